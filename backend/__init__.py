@@ -1,0 +1,1 @@
+"""LORAID Studio engine: everything the app does, usable from the command line without Gradio."""

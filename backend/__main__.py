@@ -1,0 +1,55 @@
+"""`python -m backend <command> [--help]`: the command-line entry point for everything the app can do.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`; modules are
+imported only when their command runs, so `--help` and light commands start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from backend.errors import UserError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("backend.models.demo_cli", "create the demo workspace (tiny Wan models + sample dataset)"),
+    "selfcheck": ("backend.jobs.selfcheck", "a short job that prints progress and honours stop requests"),
+}
+
+
+def _top_level_help() -> str:
+    lines = ["usage: python -m backend <command> [options]", "", "commands:"]
+    width = max(len(name) for name in COMMANDS)
+    lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Run `python -m backend <command> --help` for a command's options.",
+              "Training: accelerate launch -m backend.train --config FILE"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_level_help())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        print(f"error: unknown command `{name}`.{hint} Run `python -m backend --help` for the list.", file=sys.stderr)
+        return 2
+    module_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m backend {name}", description=summary)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
