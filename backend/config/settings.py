@@ -1,0 +1,196 @@
+"""Typed settings: the one source of truth for a job type's options.
+
+A settings model is a pydantic model whose fields are declared with `setting(...)`, which carries the label, help,
+group and choices a form needs. From the same model come: validation, preset JSON, TOML files, and command-line
+arguments (`--name value`), so a UI form, a preset and the CLI can never drift apart.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import toml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backend.errors import UserError
+
+
+def setting(default: Any, *, label: str, help: str, group: str, choices: list | None = None, **constraints) -> Any:
+    """Declare one setting with what a form needs to show it."""
+    extra = {"label": label, "group": group}
+    if choices is not None:
+        extra["choices"] = list(choices)
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one sentence naming the field and the bad value."""
+    first = exc.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "value"
+    value = first.get("input")
+    return f"{source}: setting `{name}` = {value!r} is invalid ({first['msg'].rstrip('.')}); fix that value and try again."
+
+
+class Settings(BaseModel):
+    """Base for every job type's settings. Subclasses declare fields with `setting(...)`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    # ---- introspection for forms -------------------------------------------------------------
+    @classmethod
+    def field_info(cls) -> dict[str, dict]:
+        info = {}
+        for name, field in cls.model_fields.items():
+            extra = field.json_schema_extra or {}
+            info[name] = {"label": extra.get("label", name), "help": field.description or "",
+                          "group": extra.get("group", "Other"), "choices": extra.get("choices"),
+                          "default": field.default}
+        return info
+
+    @classmethod
+    def groups(cls) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = {}
+        for name, info in cls.field_info().items():
+            grouped.setdefault(info["group"], []).append(name)
+        return grouped
+
+    # ---- construction with clear errors ------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: dict, source: str = "settings"):
+        unknown = [key for key in values if key not in cls.model_fields]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, cls.model_fields, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else "; remove it."
+            raise UserError(f"{source}: unknown setting `{key}`{hint}")
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise UserError(describe_validation_error(exc, source)) from None
+
+    def with_overrides(self, overrides: dict, source: str = "command line"):
+        return type(self).from_mapping({**self.model_dump(), **overrides}, source)
+
+    def changed_fields(self) -> dict:
+        """Only the settings that differ from their defaults (what a short preset or TOML needs)."""
+        defaults = type(self)()
+        return {k: v for k, v in self.model_dump().items() if getattr(defaults, k) != v}
+
+    # ---- files -------------------------------------------------------------------------------
+    def to_toml(self) -> str:
+        data = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
+        return toml.dumps(data)
+
+    @classmethod
+    def from_toml_text(cls, text: str, source: str = "TOML"):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{source} is not valid TOML ({exc}); fix the syntax and try again.") from None
+        return cls.from_mapping(data, source)
+
+    def to_preset(self, name: str = "") -> dict:
+        return {"schema_version": self.SCHEMA_VERSION, "kind": self.preset_kind(), "name": name,
+                "settings": self.model_dump(mode="json")}
+
+    @classmethod
+    def preset_kind(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def from_preset(cls, preset: dict, source: str = "preset"):
+        if not isinstance(preset, dict) or "settings" not in preset:
+            raise UserError(f"{source} is not a LORAID Studio preset (no `settings` object); choose a preset JSON file.")
+        version = preset.get("schema_version")
+        if not isinstance(version, int) or version < 1 or version > cls.SCHEMA_VERSION:
+            raise UserError(f"{source} has schema_version {version!r}, this app reads 1..{cls.SCHEMA_VERSION}; "
+                            "update the app or re-export the preset.")
+        return cls.from_mapping(cls.migrate(dict(preset["settings"]), version), source)
+
+    @classmethod
+    def migrate(cls, settings: dict, from_version: int) -> dict:
+        """Bring older preset settings up to SCHEMA_VERSION. Subclasses extend this when fields change."""
+        return settings
+
+    @classmethod
+    def load_file(cls, path: str | Path):
+        """A run TOML or a preset JSON, by extension."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass the path of a run TOML or preset JSON.")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-export it.") from None
+            return cls.from_preset(data, path.name)
+        return cls.from_toml_text(text, path.name)
+
+    # ---- command line ------------------------------------------------------------------------
+    def to_cli_args(self, only_changed: bool = True) -> list[str]:
+        values = self.changed_fields() if only_changed else self.model_dump()
+        args: list[str] = []
+        for name, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                args += [f"--{name}", "true" if value else "false"]
+            elif isinstance(value, (list, tuple)):
+                args += [f"--{name}", *[str(v) for v in value]] if value else []
+            else:
+                args += [f"--{name}", str(value)]
+        return args
+
+    @classmethod
+    def parse_cli_overrides(cls, argv: list[str]) -> dict:
+        """`--name value [value...]` pairs into a dict of raw values that pydantic then validates."""
+        overrides: dict[str, Any] = {}
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            if not token.startswith("--"):
+                raise UserError(f"unexpected argument `{token}`; settings are given as `--name value`.")
+            name = token[2:].replace("-", "_")
+            if "=" in name:
+                name, value = name.split("=", 1)
+                values = [value]
+                i += 1
+            else:
+                values = []
+                i += 1
+                while i < len(argv) and not argv[i].startswith("--"):
+                    values.append(argv[i])
+                    i += 1
+            if name not in cls.model_fields:
+                close = difflib.get_close_matches(name, cls.model_fields, n=1)
+                hint = f"; did you mean `--{close[0]}`?" if close else "."
+                raise UserError(f"unknown option `--{name}`{hint}")
+            overrides[name] = _coerce_cli_values(cls, name, values, overrides.get(name))
+        return overrides
+
+
+def _coerce_cli_values(cls: type[Settings], name: str, values: list[str], previous: Any) -> Any:
+    annotation = str(cls.model_fields[name].annotation)
+    is_list = annotation.startswith("list") or "List" in annotation
+    if is_list:
+        return list(previous or []) + values
+    if not values:
+        if "bool" in annotation:
+            return True
+        raise UserError(f"option `--{name}` needs a value.")
+    if len(values) > 1:
+        raise UserError(f"option `--{name}` takes one value, got {len(values)}: {' '.join(values)}.")
+    value = values[0]
+    if "bool" in annotation:
+        lowered = value.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"option `--{name}` expects true or false, got `{value}`.")
+    return value

@@ -1,0 +1,146 @@
+"""Every training option, declared once. The Train tab, presets, run TOML files and `--name value` overrides all
+come from this model. Names follow musubi-tuner where its users know them; defaults are chosen for Wan LoRA
+training (not musubi's alpha 1 / lr 2e-6)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from backend.config.settings import Settings, setting
+
+MODEL_KINDS = ["demo-t2v", "demo-a14b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b",
+               "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"]
+ALGOS = ["lora", "dora", "locon", "loha", "lokr"]
+OPTIMIZERS = ["adamw", "adamw8bit", "adafactor", "prodigy"]
+SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+TIMESTEP_SAMPLING = ["uniform", "sigmoid", "shift", "logsnr"]
+
+
+class TrainSettings(Settings):
+    # -- model
+    model_kind: Literal[tuple(MODEL_KINDS)] = setting(
+        "demo-t2v", label="Model", group="Model", choices=MODEL_KINDS,
+        help="Which Wan architecture the checkpoint is. The demo models live in the workspace.")
+    dit: str = setting("", label="DiT checkpoint", group="Model",
+                       help="Single-file .safetensors (original or ComfyUI names) or a diffusers folder. "
+                            "Empty: the workspace's demo model. For A14B, this is the low-noise expert.")
+    dit_high_noise: str = setting("", label="DiT high-noise expert", group="Model",
+                                  help="Wan2.2 A14B only: the high-noise expert checkpoint.")
+    expert: Literal["high", "low", "both"] = setting(
+        "low", label="Expert (A14B)", group="Model", choices=["high", "low", "both"],
+        help="Wan2.2 A14B: train the high-noise expert, the low-noise one, or both (one LoRA file per expert).")
+    timestep_boundary: float | None = setting(
+        None, label="Expert boundary", group="Model", ge=0.0, le=1.0,
+        help="A14B: timesteps above this fraction go to the high-noise expert. Empty: 0.875 (T2V) / 0.900 (I2V).")
+    vae: str = setting("", label="VAE", group="Model", help="AutoencoderKLWan folder. Empty: the workspace's demo VAE.")
+    text_encoder: str = setting("", label="Text encoder", group="Model",
+                                help="UMT5 encoder folder. Empty: the workspace's demo encoder.")
+    # -- data
+    dataset_config: str = setting("", label="Dataset TOML", group="Dataset",
+                                  help="musubi-tuner dataset config ([general] + [[datasets]]). Caches must exist.")
+    # -- network
+    network_type: Literal[tuple(ALGOS)] = setting("lora", label="Network type", group="Network", choices=ALGOS,
+                                                  help="Adapter algorithm. DoRA = LoRA + per-row magnitude.")
+    network_dim: int = setting(32, label="Rank (network_dim)", group="Network", ge=1, le=4096,
+                               help="LoRA rank r.")
+    network_alpha: float = setting(16.0, label="Alpha (network_alpha)", group="Network", ge=0.0,
+                                   help="Scale is alpha / rank (alpha / sqrt(rank) with use_rslora).")
+    network_args: list[str] = setting([], label="network_args", group="Network",
+                                      help="musubi-style key=value options, e.g. use_rslora=True, conv_dim=8.")
+    network_weights: str = setting("", label="Initial weights", group="Network",
+                                   help="Start from an existing LoRA file of the same layout.")
+    loraid: int | None = setting(None, label="LORAID", group="Network", ge=1,
+                                 help="Train only the blocks this LORAID owns. Empty: all blocks.")
+    blocks_per_loraid: int | None = setting(None, label="Blocks per LORAID", group="Network", ge=1,
+                                            help="Size of each LORAID slice. Empty: the LORAID default.")
+    # -- optimizer
+    optimizer_type: Literal[tuple(OPTIMIZERS)] = setting("adamw", label="Optimizer", group="Optimizer",
+                                                         choices=OPTIMIZERS,
+                                                         help="adamw8bit needs bitsandbytes; prodigy needs prodigyopt.")
+    learning_rate: float = setting(1e-4, label="Learning rate", group="Optimizer", gt=0.0,
+                                   help="Base learning rate (LoRA+ multiplies it for the up/B side).")
+    weight_decay: float = setting(0.01, label="Weight decay", group="Optimizer", ge=0.0, help="AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, label="Max grad norm", group="Optimizer", ge=0.0,
+                                   help="Gradient clipping; 0 disables it.")
+    gradient_accumulation_steps: int = setting(1, label="Gradient accumulation", group="Optimizer", ge=1,
+                                               help="Micro-batches per optimizer step.")
+    lr_scheduler: Literal[tuple(SCHEDULERS)] = setting("constant", label="LR schedule", group="Optimizer",
+                                                       choices=SCHEDULERS, help="Learning-rate schedule.")
+    lr_warmup_steps: float = setting(0, label="Warmup", group="Optimizer", ge=0,
+                                     help="Warmup steps; a value below 1 is a fraction of the total steps.")
+    lr_scheduler_num_cycles: int = setting(1, label="Restart cycles", group="Optimizer", ge=1,
+                                           help="cosine_with_restarts: number of cycles.")
+    lr_scheduler_power: float = setting(1.0, label="Polynomial power", group="Optimizer", gt=0,
+                                        help="polynomial: decay power.")
+    # -- training
+    max_train_steps: int = setting(1000, label="Max steps", group="Training", ge=1, help="Optimizer steps to train.")
+    max_train_epochs: int | None = setting(None, label="Max epochs", group="Training", ge=1,
+                                           help="If set, overrides max steps.")
+    seed: int = setting(42, label="Seed", group="Training", help="Seed for init, data order and noise.")
+    timestep_sampling: Literal[tuple(TIMESTEP_SAMPLING)] = setting(
+        "shift", label="Timestep sampling", group="Training", choices=TIMESTEP_SAMPLING,
+        help="How t is drawn: uniform, sigmoid(normal), shift (discrete_flow_shift), logsnr.")
+    discrete_flow_shift: float = setting(3.0, label="Flow shift", group="Training", gt=0,
+                                         help="shift sampling: t' = s·t / (1 + (s−1)·t).")
+    sigmoid_scale: float = setting(1.0, label="Sigmoid scale", group="Training", gt=0,
+                                   help="Scale of the normal before the sigmoid (sigmoid and shift sampling).")
+    logit_mean: float = setting(0.0, label="Logit mean", group="Training", help="logsnr / logit_normal mean.")
+    logit_std: float = setting(1.0, label="Logit std", group="Training", gt=0, help="logsnr / logit_normal std.")
+    min_timestep: int = setting(0, label="Min timestep", group="Training", ge=0, le=1000,
+                                help="Lower bound of sampled timesteps (0-1000).")
+    max_timestep: int = setting(1000, label="Max timestep", group="Training", ge=0, le=1000,
+                                help="Upper bound of sampled timesteps (0-1000).")
+    weighting_scheme: Literal["none", "logit_normal"] = setting(
+        "none", label="Loss weighting", group="Training", choices=["none", "logit_normal"],
+        help="Per-sample loss weight as a function of t.")
+    # -- memory and speed
+    mixed_precision: Literal["no", "bf16", "fp16"] = setting(
+        "no", label="Mixed precision", group="Memory", choices=["no", "bf16", "fp16"],
+        help="bf16 on GPUs that support it; 'no' on CPU.")
+    gradient_checkpointing: bool = setting(False, label="Gradient checkpointing", group="Memory",
+                                           help="Recompute block activations in backward: less memory, ~30% slower.")
+    fp8_base: bool = setting(False, label="fp8 base", group="Memory",
+                             help="Store the frozen base weights in fp8 (adapters stay fp32).")
+    blocks_to_swap: int = setting(0, label="Blocks to swap", group="Memory", ge=0,
+                                  help="Offload this many blocks to CPU (diffusers group offloading).")
+    attn_mode: Literal["sdpa", "flash", "sage"] = setting(
+        "sdpa", label="Attention", group="Memory", choices=["sdpa", "flash", "sage"],
+        help="Attention backend; flash/sage need their packages.")
+    compile: bool = setting(False, label="torch.compile blocks", group="Memory",
+                            help="Compile the repeated transformer blocks.")
+    # -- saving
+    output_dir: str = setting("", label="Output folder", group="Saving",
+                              help="Where LoRA files go. Empty: the workspace's loras/ folder.")
+    output_name: str = setting("lora", label="Output name", group="Saving", min_length=1,
+                               help="File name stem; checkpoints get -step000100 etc.")
+    save_every_n_steps: int | None = setting(None, label="Save every N steps", group="Saving", ge=1,
+                                             help="Checkpoint interval in steps.")
+    save_every_n_epochs: int | None = setting(None, label="Save every N epochs", group="Saving", ge=1,
+                                              help="Checkpoint interval in epochs.")
+    save_last_n: int | None = setting(None, label="Keep last N", group="Saving", ge=1,
+                                      help="Delete older step/epoch checkpoints beyond this many.")
+    save_precision: Literal["fp32", "bf16", "fp16"] = setting(
+        "fp32", label="Save precision", group="Saving", choices=["fp32", "bf16", "fp16"], help="dtype of saved factors.")
+    save_state: bool = setting(False, label="Save training state", group="Saving",
+                               help="Also save optimizer/scheduler/RNG/data position with each checkpoint.")
+    resume: str = setting("", label="Resume from state", group="Saving",
+                          help="A *-state folder written with save_state.")
+    # -- sampling
+    sample_prompts: str = setting("", label="Sample prompts file", group="Sampling",
+                                  help="One prompt per line; options like --w 64 --h 64 --f 5 --s 10 --d 42 --g 5 --n neg.")
+    sample_every_n_steps: int | None = setting(None, label="Sample every N steps", group="Sampling", ge=1,
+                                               help="Generate samples at this interval.")
+    sample_every_n_epochs: int | None = setting(None, label="Sample every N epochs", group="Sampling", ge=1,
+                                                help="Generate samples at this epoch interval.")
+    # -- logging
+    log_every_n_steps: int = setting(1, label="Log every N steps", group="Logging", ge=1,
+                                     help="Interval of step events and log lines.")
+    logging_dir: str = setting("", label="TensorBoard folder", group="Logging",
+                               help="Write TensorBoard scalars here when tensorboard is installed.")
+
+    @model_validator(mode="after")
+    def _check_ranges(self):
+        if self.min_timestep >= self.max_timestep:
+            raise ValueError(f"min_timestep ({self.min_timestep}) must be below max_timestep ({self.max_timestep})")
+        return self
