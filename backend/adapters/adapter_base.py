@@ -1,0 +1,202 @@
+"""What every adapter module shares: its target layer, multiplier, on/off switch, dropouts and the layer's own op.
+
+An adapter never replaces the layer it adapts. `hooks.py` calls `adapter(x, base_out)` after the layer ran and adds
+the returned output delta, so the model's module tree and state-dict keys stay untouched and several adapters on one
+layer add up. Dropouts act only when both the adapter and the adapted layer are in training mode (`model.train()`
+and `network.train()`); in eval mode the output is deterministic.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from backend.adapters.deltas import dora_delta, row_norm
+from backend.errors import UserError
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_OPS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def check_adaptable(name: str, target: nn.Module) -> None:
+    """Adapters wrap nn.Linear and plain (groups=1, zero-padded) Conv1d/2d/3d layers."""
+    if isinstance(target, nn.Linear):
+        return
+    if isinstance(target, CONV_TYPES):
+        if target.groups != 1 or target.padding_mode != "zeros":
+            raise UserError(f"The convolution `{name}` uses groups={target.groups} / padding_mode="
+                            f"'{target.padding_mode}', which adapters do not support; exclude it with exclude_patterns.")
+        return
+    raise UserError(f"`{name}` is a {type(target).__name__}, not a Linear or Conv layer; adapters cannot target it.")
+
+
+class AdapterModule(nn.Module):
+    """Base of LoRA/LoCon/DoRA, LoHa and LoKr modules. Subclasses implement the math."""
+
+    algo: str = ""
+    up_side_names: tuple[str, ...] = ()  # parameters that get lr × loraplus_lr_ratio (LoRA+ "B" side)
+
+    def __init__(self, wan_name: str, target: nn.Module, *, multiplier: float = 1.0, dropout: float = 0.0,
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0) -> None:
+        super().__init__()
+        check_adaptable(wan_name, target)
+        self.wan_name = wan_name
+        self._target = (target,)  # a tuple, so the layer is not registered as our submodule
+        self.multiplier = float(multiplier)
+        self.enabled = True
+        self.merged = False
+        self.dropout = float(dropout or 0.0)
+        self.rank_dropout = float(rank_dropout or 0.0)
+        self.module_dropout = float(module_dropout or 0.0)
+        self.use_dora = False
+
+    # --- the adapted layer -------------------------------------------------------------------------------------
+    @property
+    def target(self) -> nn.Module:
+        return self._target[0]
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.target, CONV_TYPES)
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        return self.target.weight.shape
+
+    def base_weight(self) -> torch.Tensor:
+        """The layer's current weight in the adapter's compute dtype (float32 unless the network was cast)."""
+        return self.target.weight.detach().to(self.compute_dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def layer_op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer's own op (stride, padding, ... included) with another weight and no bias."""
+        if not self.is_conv:
+            return F.linear(x, weight)
+        conv = self.target
+        return _CONV_OPS[weight.dim() - 2](x, weight, None, conv.stride, conv.padding, conv.dilation, 1)
+
+    # --- switches ----------------------------------------------------------------------------------------------
+    def is_active(self) -> bool:
+        """Contributes to the forward pass: enabled, not merged into the weights, multiplier not 0."""
+        return self.enabled and not self.merged and self.multiplier != 0.0
+
+    def training_dropouts(self) -> bool:
+        return self.training and self.target.training
+
+    def neuron_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout and self.training_dropouts():
+            return F.dropout(x, p=self.dropout, training=True)
+        return x
+
+    def forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor | None:
+        """multiplier · (adapted output − base output), or None when module dropout skips this adapter."""
+        if self.module_dropout and self.training_dropouts() and torch.rand(()) < self.module_dropout:
+            return None
+        return self.output_delta(x.to(self.compute_dtype), base_out)
+
+    # --- subclass API ------------------------------------------------------------------------------------------
+    def output_delta(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def raw_delta(self) -> torch.Tensor:
+        """scale · the algorithm's ΔW, before DoRA; base weight's shape."""
+        raise NotImplementedError
+
+    def canonical_tensors(self) -> dict[str, torch.Tensor]:
+        """suffix -> tensor in the canonical file layout (`lora_down.weight`, `alpha`, ...)."""
+        raise NotImplementedError
+
+    def load_canonical(self, parts: dict[str, torch.Tensor], *, use_dora: bool) -> None:
+        raise NotImplementedError
+
+    # --- weights -----------------------------------------------------------------------------------------------
+    def delta_weight(self, base_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW at multiplier 1 in the base weight's shape (DoRA included: m·(W+ΔW)/||W+ΔW|| − W), compute dtype.
+
+        `base_weight` defaults to the layer's current weight; a merged DoRA adapter needs it passed explicitly.
+        """
+        delta = self.raw_delta()
+        if not self.use_dora:
+            return delta
+        if base_weight is None:
+            if self.merged:
+                raise RuntimeError(f"{self.wan_name}: DoRA ΔW of a merged adapter needs the pre-merge base weight.")
+            base_weight = self.base_weight()
+        return dora_delta(base_weight.to(delta.dtype), delta, self.magnitude)
+
+    @torch.no_grad()
+    def merged_weight(self, multiplier: float | None = None, base_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """W + multiplier·ΔW in the base weight's dtype; multiplier 0 returns W itself, bit for bit."""
+        multiplier = self.multiplier if multiplier is None else float(multiplier)
+        base = self.target.weight.detach() if base_weight is None else base_weight
+        if multiplier == 0.0:
+            return base.clone()
+        delta = self.delta_weight(base)
+        return (base.to(delta.dtype) + multiplier * delta).to(base.dtype)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def row_dropout_mask(rows: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Keep each output row of ΔW with probability 1−p, kept rows rescaled by 1/(1−p) (unbiased in expectation)."""
+    keep = (torch.rand(rows, device=like.device) >= p).to(like.dtype) / (1.0 - p)
+    return keep.reshape(rows, *([1] * (like.dim() - 1)))
+
+
+def require_part(parts: dict[str, torch.Tensor], suffix: str, wan_name: str) -> torch.Tensor:
+    if suffix not in parts:
+        raise UserError(f"The weights lack `{suffix}` for `{wan_name}`; the file is incomplete or of another algorithm.")
+    return parts[suffix]
+
+
+def canonical_scale(parts: dict[str, torch.Tensor], rank: int | None) -> float:
+    """Canonical files store alpha so that alpha / r is the scale (rsLoRA included); no alpha, alpha 0 or no rank
+    (a LoKr with both Kronecker halves full) means scale 1."""
+    if "alpha" not in parts or rank is None:
+        return 1.0
+    alpha = float(parts["alpha"].float().item())
+    return 1.0 if alpha == 0.0 else alpha / rank
+
+
+class WeightDeltaAdapter(AdapterModule):
+    """Adapters whose forward builds ΔW and runs the layer's op with it (LoHa, LoKr: their ΔW has no cheaper form).
+
+    rank_dropout here drops whole output rows of ΔW, kept rows rescaled by 1/(1−p) (LyCORIS' convention; these
+    algorithms have no single rank axis to drop). DoRA, when on, normalises W + ΔW like `deltas.dora_delta`.
+    """
+
+    def init_magnitude(self, use_dora: bool) -> None:
+        self.use_dora = bool(use_dora)
+        if self.use_dora:
+            weight = self.target.weight.detach().float()
+            self.magnitude = nn.Parameter(row_norm(weight).reshape(weight.shape[0], 1))
+
+    def output_delta(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        delta = self.raw_delta()
+        if self.rank_dropout and self.training_dropouts():
+            delta = delta * row_dropout_mask(delta.shape[0], self.rank_dropout, delta)
+        if self.use_dora:
+            delta = dora_delta(self.base_weight(), delta, self.magnitude)
+        return self.layer_op(self.neuron_dropout(x), self.multiplier * delta)
+
+    def magnitude_tensors(self) -> dict[str, torch.Tensor]:
+        return {"dora_scale": self.magnitude.detach().reshape(-1, 1)} if self.use_dora else {}
+
+    @torch.no_grad()
+    def load_magnitude(self, parts: dict[str, torch.Tensor], use_dora: bool) -> None:
+        if self.use_dora and use_dora:
+            self.magnitude.copy_(require_part(parts, "dora_scale", self.wan_name).reshape(-1, 1))
+
+
+def copy_part(param: torch.Tensor, parts: dict[str, torch.Tensor], suffix: str, wan_name: str) -> None:
+    """Copy a file tensor into a parameter of the same number of elements (a conv factor may be stored flat)."""
+    tensor = require_part(parts, suffix, wan_name)
+    if tensor.numel() != param.numel() or tensor.shape[0] != param.shape[0]:
+        raise UserError(f"`{wan_name}.{suffix}` has shape {tuple(tensor.shape)} but this network expects "
+                        f"{tuple(param.shape)}; build the network with the file's rank, factor and layers.")
+    with torch.no_grad():
+        param.copy_(tensor.reshape(param.shape))

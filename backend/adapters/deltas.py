@@ -1,0 +1,107 @@
+"""The weight-update math of every adapter algorithm, as pure functions on tensors.
+
+Adapter modules (training, injection) and the file merger (`merge.delta_for_module`) both call these, so a LoRA
+injected into a model and the same LoRA merged from a file can never disagree. Shapes follow the canonical
+musubi / ComfyUI layout: a base weight is [out, in] (Linear) or [out, in, *kernel] (Conv).
+
+- LoRA / LoCon: ΔW = scale · up @ down, with down [r, in, *k] and up [out, r, 1, ...].
+- LoHa: ΔW = scale · (w1a @ w1b) ∘ (w2a @ w2b), the factors flattened to [out, r] / [r, in·k].
+- LoKr: ΔW = scale · kron(w1, w2); each half is a full matrix or a product `a @ b`. Following LyCORIS and ComfyUI,
+  scale = alpha / r when either half is factorized (r = rows of its `b` factor) and 1 when both are full.
+- DoRA (ComfyUI's reading of `dora_scale` [out, 1]): W' = m ∘ (W + ΔW) / ||W + ΔW||_row, the norm taken over every
+  axis but the output one and detached (no gradient through it, as in the DoRA paper).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """Split `dimension` into (m, n), m <= n, m·n = dimension: m = factor when it divides, else the most balanced split
+    with m <= factor (-1: no bound). This is LyCORIS's rule, so our LoKr factors have the shapes its files have."""
+    if factor > 0 and dimension % factor == 0:
+        m, n = factor, dimension // factor
+        return (n, m) if m > n else (m, n)
+    bound = dimension if factor < 0 else factor
+    m, n = 1, dimension
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m:
+            new_m += 1
+        new_n = dimension // new_m
+        if new_m + new_n > m + n or new_m > bound:
+            break
+        m, n = new_m, new_n
+    return (n, m) if m > n else (m, n)
+
+
+def lora_delta(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale · up @ down in the base weight's shape [out, in, *k]."""
+    rank = down.shape[0]
+    product = up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)
+    return (product * scale).reshape(up.shape[0], *down.shape[1:])
+
+
+def loha_delta(w1a: torch.Tensor, w1b: torch.Tensor, w2a: torch.Tensor, w2b: torch.Tensor, scale: float,
+               shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """scale · (w1a @ w1b) ∘ (w2a @ w2b), reshaped to the base weight's shape."""
+    first = w1a @ w1b.reshape(w1b.shape[0], -1)
+    second = w2a @ w2b.reshape(w2b.shape[0], -1)
+    return (first * second * scale).reshape(shape)
+
+
+def lokr_half(full: torch.Tensor | None, a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor:
+    """One Kronecker half: the full matrix, or `a @ b` with b flattened past its rank axis (LyCORIS' conv layout)."""
+    if full is not None:
+        return full
+    return a @ b.reshape(b.shape[0], -1)
+
+
+def lokr_delta(w1: torch.Tensor, w2: torch.Tensor, scale: float, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """scale · kron(w1, w2) reshaped to the base weight's shape (a conv w2 may keep its kernel axes)."""
+    if w2.dim() > w1.dim():
+        w1 = w1.reshape(*w1.shape, *([1] * (w2.dim() - w1.dim())))
+    return (torch.kron(w1, w2.contiguous()) * scale).reshape(shape)
+
+
+def lokr_scale(alpha: float, rank: int | None, use_rslora: bool = False) -> float:
+    """alpha / r when a half is factorized (rank known), else 1."""
+    if rank is None:
+        return 1.0
+    return alpha_scale(alpha, rank, use_rslora)
+
+
+def alpha_scale(alpha: float | None, rank: int, use_rslora: bool = False) -> float:
+    """The user's scale: alpha / r, or alpha / √r under rsLoRA; alpha 0 or None means scale 1 (kohya / blissful rule)."""
+    if alpha is None or alpha == 0:
+        return 1.0
+    return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
+
+
+def row_norm(weight: torch.Tensor) -> torch.Tensor:
+    """||W||_row: the L2 norm of each output row over every other axis, shaped [out, 1, ...] like `dora_scale`."""
+    norm = weight.reshape(weight.shape[0], -1).norm(dim=1)
+    return norm.reshape(weight.shape[0], *([1] * (weight.dim() - 1)))
+
+
+def dora_delta(base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """m ∘ (W + ΔW) / ||W + ΔW||_row − W: the full-strength DoRA update (strength s gives W + s·this, ComfyUI's rule)."""
+    adapted = base + delta
+    norm = row_norm(adapted).detach().clamp_min(torch.finfo(adapted.dtype).tiny)
+    return magnitude.reshape(norm.shape).to(adapted.dtype) * adapted / norm - base
+
+
+def lora_row_norm(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
+    """||W + s·up@down||_row for a Linear, [out], without building the [out, in] product up@down.
+
+    ||W_i + s(BA)_i||² = ||W_i||² + 2s·<W_i, (BA)_i> + s²·||(BA)_i||², where
+    <W_i, (BA)_i> = Σ_k B_ik (W Aᵀ)_ik  → rowsum((W Aᵀ) ∘ B), an [out, r] intermediate;
+    ||(BA)_i||²   = Σ_kl B_ik (A Aᵀ)_kl B_il → rowsum((B (A Aᵀ)) ∘ B), [out, r] and [r, r] intermediates.
+    The memory is O(out·r + r²) instead of O(out·in); rounding can make the sum a hair negative, hence the clamp.
+    """
+    cross = ((weight @ down.T) * up).sum(dim=1)
+    lora_square = ((up @ (down @ down.T)) * up).sum(dim=1)
+    square = weight.pow(2).sum(dim=1) + 2.0 * scale * cross + scale * scale * lora_square
+    return square.clamp_min(0.0).sqrt()

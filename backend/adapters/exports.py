@@ -1,0 +1,123 @@
+"""Write a LoraFile in the layout another tool loads: musubi (canonical), ComfyUI `diffusion_model.*`, diffusers.
+
+- musubi: `lora_unet_*` keys (ComfyUI reads them too); diffusers reads them only when every block has all of its
+  linears, so a partial (LORAID) LoRA needs the comfy layout for diffusers.
+- comfy: `diffusion_model.<Wan name>.lora_A.weight / lora_B.weight` with `.alpha` kept or folded into lora_B
+  (scale·B), DoRA magnitudes as `.dora_scale`. ComfyUI reads any module in this layout; diffusers' Wan loader reads
+  the block linears and ignores alpha outside the blocks, so LoRA modules outside the blocks always get alpha folded.
+  LoHa / LoKr keep their LyCORIS tensor names under `diffusion_model.` (ComfyUI's LoHa / LoKr adapters read them;
+  diffusers cannot load LoHa / LoKr at all); folding multiplies the first factor by the scale.
+- diffusers: `transformer.<diffusers name>.lora_A.weight / lora_B.weight`, scale folded into lora_B because PEFT has
+  no per-module alpha in the file; DoRA magnitudes as PEFT's `lora_magnitude_vector` [out] (PEFT divides by the
+  row norm of W + ΔW, as our DoRA does; ComfyUI's merge divides output-axis magnitudes by the norm of W alone).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from backend.adapters.formats import PRECISIONS, LoraFile, cast_for_save, load_lora
+from backend.adapters.keys import block_of
+from backend.adapters.metadata import OURS, FORMAT_VERSION
+from backend.errors import UserError
+from backend.fileio import save_safetensors_atomic
+from backend.models.names import wan_to_diffusers
+
+TARGETS = ("musubi", "comfy", "diffusers")
+# Header keys other tools read as alpha settings: they would re-apply a scale already folded into the weights.
+_FOREIGN_ALPHA_KEYS = ("lora_adapter_metadata", "lora_alpha", "r", "use_rslora")
+_FIRST_FACTOR = ("hada_w1_a", "lokr_w1", "lokr_w1_a")
+
+
+def _scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
+    return (tensor.float() * scale).to(tensor.dtype)
+
+
+def to_musubi(lora_file: LoraFile) -> dict[str, torch.Tensor]:
+    """The canonical `lora_unet_*` tensors (flags live in the header metadata, never as tensors)."""
+    return dict(lora_file.tensors)
+
+
+def _comfy_lycoris(parts: dict[str, torch.Tensor], base: str, scale: float, fold: bool) -> dict[str, torch.Tensor]:
+    out = {}
+    for suffix, tensor in parts.items():
+        if suffix == "alpha" and fold:
+            continue
+        out[f"{base}.{suffix}"] = _scaled(tensor, scale) if fold and suffix in _FIRST_FACTOR else tensor
+    return out
+
+
+def to_comfy(lora_file: LoraFile, fold_alpha: bool) -> dict[str, torch.Tensor]:
+    """`diffusion_model.<Wan name>.lora_A.weight / lora_B.weight (/ .alpha / .dora_scale)`; see the module doc."""
+    out: dict[str, torch.Tensor] = {}
+    scales = lora_file.scales
+    for name in lora_file.modules:
+        parts, base = lora_file.parts(name), f"diffusion_model.{name}"
+        if lora_file.module_algos[name] in ("loha", "lokr"):
+            out.update(_comfy_lycoris(parts, base, scales[name], fold_alpha))
+            continue
+        fold = fold_alpha or block_of(name) is None
+        out[f"{base}.lora_A.weight"] = parts["lora_down.weight"]
+        out[f"{base}.lora_B.weight"] = (_scaled(parts["lora_up.weight"], scales[name]) if fold
+                                        else parts["lora_up.weight"])
+        if not fold:
+            out[f"{base}.alpha"] = parts["alpha"]
+        if "dora_scale" in parts:
+            out[f"{base}.dora_scale"] = parts["dora_scale"]
+    return out
+
+
+def to_diffusers(lora_file: LoraFile) -> dict[str, torch.Tensor]:
+    """`transformer.<diffusers name>.lora_A.weight / lora_B.weight` with the scale folded into lora_B."""
+    lycoris = sorted({algo for algo in lora_file.module_algos.values() if algo in ("loha", "lokr")})
+    if lycoris:
+        names = "/".join({"loha": "LoHa", "lokr": "LoKr"}[algo] for algo in lycoris)
+        raise UserError(f"diffusers cannot load {names} adapters; "
+                        f"export this file with --to comfy (ComfyUI reads it) or --to musubi instead.")
+    out: dict[str, torch.Tensor] = {}
+    scales = lora_file.scales
+    for name in lora_file.modules:
+        parts, base = lora_file.parts(name), f"transformer.{wan_to_diffusers(name)}"
+        out[f"{base}.lora_A.weight"] = parts["lora_down.weight"]
+        out[f"{base}.lora_B.weight"] = _scaled(parts["lora_up.weight"], scales[name])
+        if "dora_scale" in parts:
+            out[f"{base}.lora_magnitude_vector"] = parts["dora_scale"].reshape(-1)
+    return out
+
+
+def export_metadata(lora_file: LoraFile, layout: str, alpha_folded: bool) -> dict[str, str]:
+    """The source header minus alpha settings of other tools, plus ours: flags, algorithm, layout."""
+    md = {key: value for key, value in lora_file.metadata.items() if key not in _FOREIGN_ALPHA_KEYS}
+    md.setdefault(OURS + "network_args", json.dumps(lora_file.info["network_args"]))
+    md.update({
+        OURS + "version": FORMAT_VERSION,
+        OURS + "algo": lora_file.algo,
+        OURS + "use_rslora": "true" if lora_file.flags["use_rslora"] else "false",
+        OURS + "use_dora": "true" if lora_file.flags["use_dora"] else "false",
+        OURS + "layout": layout,
+        OURS + "alpha_folded": "true" if alpha_folded else "false",
+    })
+    return md
+
+
+def convert_lora(src: str | Path, dst: str | Path, to: str = "musubi", fold_alpha: bool = False,
+                 precision: str | None = None, overwrite: bool = False) -> Path:
+    """Read any supported LoRA file and write it in the `to` layout; precision None keeps the weights' dtypes."""
+    if to not in TARGETS:
+        raise UserError(f"Unknown target layout `{to}`; use one of {', '.join(TARGETS)}.")
+    if precision is not None and precision not in PRECISIONS:
+        raise UserError(f"Unknown save precision `{precision}`; use one of {', '.join(PRECISIONS)}.")
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise UserError(f"The output {dst} is the input file; choose a different output name so the original stays.")
+    if dst.exists() and not overwrite:
+        raise UserError(f"{dst} already exists; choose another output name or pass --overwrite.")
+    lora_file = load_lora(src)
+    if to == "musubi":
+        tensors = to_musubi(lora_file)
+    else:
+        tensors = to_comfy(lora_file, fold_alpha) if to == "comfy" else to_diffusers(lora_file)
+    folded = to == "diffusers" or (to == "comfy" and fold_alpha)
+    return save_safetensors_atomic(cast_for_save(tensors, precision), dst, export_metadata(lora_file, to, folded))

@@ -1,0 +1,428 @@
+"""musubi-tuner's dataset TOML (`[general]` + `[[datasets]]`), typed, validated and rendered back.
+
+Values are kept as written (None = not set, inherited from `[general]` or defaulted), so `render_dataset_toml`
+gives back the file's meaning exactly; `DatasetConfig.resolved()` applies inheritance and defaults the way
+musubi-tuner does. Relative paths are taken relative to the TOML file's folder (musubi takes them relative to the
+working directory; absolute paths, which the Dataset tab writes, mean the same in both).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from backend.data.frames import FRAME_EXTRACTION_MODES
+from backend.errors import UserError
+
+RESOLUTION_STEP = 16
+DEFAULT_RESOLUTION = (960, 544)
+DEFAULT_CAPTION_EXTENSION = ".txt"
+
+# Keys musubi-tuner accepts in [general] and, overriding them, in each [[datasets]] entry.
+INHERITED_KEYS = ("resolution", "caption_extension", "batch_size", "num_repeats", "enable_bucket",
+                  "bucket_no_upscale", "skip_corrupted_cache")
+SOURCE_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
+DATASET_ONLY_KEYS = ("cache_directory", "control_directory")
+VIDEO_KEYS = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps")
+DATASET_KEYS = SOURCE_KEYS + DATASET_ONLY_KEYS + INHERITED_KEYS + VIDEO_KEYS
+
+# Keys musubi-tuner knows for other architectures: named, so the user learns why they do not apply here.
+OTHER_ARCHITECTURE_KEYS = {
+    "fp_latent_window_size": "a FramePack setting", "fp_1f_clean_indices": "a FramePack setting",
+    "fp_1f_target_index": "a FramePack setting", "fp_1f_no_post": "a FramePack setting",
+    "multiple_target": "a Qwen-Image-Edit / FLUX.1 Kontext setting",
+    "no_resize_control": "a Qwen-Image-Edit / FLUX.1 Kontext setting",
+    "control_resolution": "a Qwen-Image-Edit / FLUX.1 Kontext setting",
+    "flux_kontext_no_resize_control": "a FLUX.1 Kontext setting",
+    "qwen_image_edit_no_resize_control": "a Qwen-Image-Edit setting",
+    "qwen_image_edit_control_resolution": "a Qwen-Image-Edit setting",
+}
+
+
+@dataclass
+class GeneralSection:
+    """`[general]`: defaults every `[[datasets]]` entry inherits. None = not set."""
+    resolution: tuple[int, int] | None = None
+    caption_extension: str | None = None
+    batch_size: int | None = None
+    num_repeats: int | None = None
+    enable_bucket: bool | None = None
+    bucket_no_upscale: bool | None = None
+    skip_corrupted_cache: bool | None = None
+
+
+@dataclass
+class DatasetSection:
+    """One `[[datasets]]` entry as written. Exactly one of the four sources is set."""
+    image_directory: str | None = None
+    image_jsonl_file: str | None = None
+    video_directory: str | None = None
+    video_jsonl_file: str | None = None
+    cache_directory: str | None = None
+    control_directory: str | None = None
+    resolution: tuple[int, int] | None = None
+    caption_extension: str | None = None
+    batch_size: int | None = None
+    num_repeats: int | None = None
+    enable_bucket: bool | None = None
+    bucket_no_upscale: bool | None = None
+    skip_corrupted_cache: bool | None = None
+    target_frames: list[int] | None = None
+    frame_extraction: str | None = None
+    frame_stride: int | None = None
+    frame_sample: int | None = None
+    max_frames: int | None = None
+    source_fps: float | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.video_directory is not None or self.video_jsonl_file is not None
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    """A `[[datasets]]` entry with inheritance and defaults applied and paths made absolute."""
+    index: int  # 1-based, as in error messages
+    kind: str  # "image" | "video"
+    source: Path  # the media directory or the JSONL file
+    is_jsonl: bool
+    cache_directory: Path
+    control_directory: Path | None
+    resolution: tuple[int, int]
+    caption_extension: str
+    batch_size: int
+    num_repeats: int
+    enable_bucket: bool
+    bucket_no_upscale: bool
+    skip_corrupted_cache: bool
+    target_frames: tuple[int, ...]
+    frame_extraction: str
+    frame_stride: int
+    frame_sample: int
+    max_frames: int
+    source_fps: float | None
+
+    @property
+    def label(self) -> str:
+        return f"[[datasets]] #{self.index} ({self.source.name})"
+
+
+@dataclass
+class DatasetConfig:
+    general: GeneralSection = field(default_factory=GeneralSection)
+    datasets: list[DatasetSection] = field(default_factory=list)
+    base_dir: Path = field(default_factory=Path.cwd)  # relative paths are resolved against this (the TOML's folder)
+    source_name: str = "dataset.toml"
+
+    def resolved(self) -> list[ResolvedDataset]:
+        return [_resolve(self, i + 1, section) for i, section in enumerate(self.datasets)]
+
+
+# ---- value checks ----------------------------------------------------------------------------------------------
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+    low = value - value % step
+    return f"{low} or {low + step}" if low >= step else f"{low + step}"
+
+
+def _nearest_4n1(value: int) -> str:
+    if value < 1:
+        return "1"
+    low = (value - 1) // 4 * 4 + 1
+    return f"{low} or {low + 4}"
+
+
+class _Checker:
+    """Validates one section's raw values; every error names the file, the section and the key."""
+
+    def __init__(self, source: str, where: str):
+        self.prefix = f"{source}: {where}"
+
+    def fail(self, message: str) -> UserError:
+        return UserError(f"{self.prefix}: {message}")
+
+    def unknown(self, key: str, allowed: tuple[str, ...]) -> UserError:
+        if key in OTHER_ARCHITECTURE_KEYS:
+            return self.fail(f"`{key}` is {OTHER_ARCHITECTURE_KEYS[key]} that Wan training does not use; remove it.")
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+        hint = f"did you mean `{close[0]}`?" if close else f"valid keys are {', '.join(allowed)}."
+        return self.fail(f"unknown key `{key}`; {hint}")
+
+    def integer(self, key: str, value: Any, minimum: int = 1) -> int:
+        if not _is_int(value):
+            raise self.fail(f"{key} must be a whole number, got {value!r}; write e.g. {key} = {max(minimum, 1)}.")
+        if value < minimum:
+            raise self.fail(f"{key} must be at least {minimum}, got {value}.")
+        return value
+
+    def boolean(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(f"{key} must be true or false (no quotes), got {value!r}.")
+        return value
+
+    def string(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{key} must be a non-empty string in quotes, got {value!r}.")
+        return value
+
+    def resolution(self, value: Any) -> tuple[int, int]:
+        pair = [value, value] if _is_int(value) else value
+        if not isinstance(pair, list) or len(pair) != 2 or not all(_is_int(v) for v in pair):
+            raise self.fail(f"resolution must be [width, height] (two whole numbers), got {value!r}; "
+                            "write e.g. resolution = [960, 544].")
+        for name, v in zip(("width", "height"), pair):
+            if v < RESOLUTION_STEP or v % RESOLUTION_STEP:
+                raise self.fail(f"resolution {name} {v} is not a multiple of {RESOLUTION_STEP}; "
+                                f"use {_nearest_multiples(max(v, 1), RESOLUTION_STEP)}.")
+        return (pair[0], pair[1])
+
+    def caption_extension(self, value: Any) -> str:
+        text = self.string("caption_extension", value)
+        if not text.startswith(".") or len(text) < 2:
+            raise self.fail(f"caption_extension must start with a dot, got {value!r}; write e.g. \".txt\".")
+        return text
+
+    def target_frames(self, value: Any) -> list[int]:
+        if _is_int(value):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(_is_int(v) for v in value):
+            raise self.fail(f"target_frames must be a list of whole numbers, got {value!r}; write e.g. [1, 17, 33].")
+        for v in value:
+            if v < 1 or (v - 1) % 4:
+                raise self.fail(f"target_frames value {v} is not 4n+1; use {_nearest_4n1(v)}.")
+        return list(value)
+
+    def frame_extraction(self, value: Any) -> str:
+        if value not in FRAME_EXTRACTION_MODES:
+            close = difflib.get_close_matches(str(value), FRAME_EXTRACTION_MODES, n=1, cutoff=0.4)
+            hint = f"did you mean \"{close[0]}\"? " if close else ""
+            raise self.fail(f"frame_extraction {value!r} is not a mode; {hint}use one of "
+                            f"{', '.join(FRAME_EXTRACTION_MODES)}.")
+        return value
+
+    def positive_float(self, key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise self.fail(f"{key} must be a positive number, got {value!r}; write e.g. {key} = 30.0.")
+        return float(value)
+
+
+def _check_inherited(check: _Checker, key: str, value: Any) -> Any:
+    if key == "resolution":
+        return check.resolution(value)
+    if key == "caption_extension":
+        return check.caption_extension(value)
+    if key in ("batch_size", "num_repeats"):
+        return check.integer(key, value)
+    return check.boolean(key, value)
+
+
+def _check_dataset_value(check: _Checker, key: str, value: Any) -> Any:
+    if key in INHERITED_KEYS:
+        return _check_inherited(check, key, value)
+    if key in SOURCE_KEYS or key in DATASET_ONLY_KEYS:
+        return check.string(key, value)
+    if key == "target_frames":
+        return check.target_frames(value)
+    if key == "frame_extraction":
+        return check.frame_extraction(value)
+    if key == "source_fps":
+        return check.positive_float(key, value)
+    return check.integer(key, value)  # frame_stride, frame_sample, max_frames
+
+
+# ---- parsing ---------------------------------------------------------------------------------------------------
+
+def _parse_general(raw: Any, source: str) -> GeneralSection:
+    check = _Checker(source, "[general]")
+    if not isinstance(raw, dict):
+        raise check.fail("must be a table; write [general] on its own line followed by key = value lines.")
+    values = {}
+    for key, value in raw.items():
+        if key == "cache_directory":
+            raise check.fail("cache_directory cannot go in [general]; musubi-tuner needs a different "
+                             "cache_directory in each [[datasets]] entry, so set it there.")
+        if key not in INHERITED_KEYS:
+            raise check.unknown(key, INHERITED_KEYS)
+        values[key] = _check_inherited(check, key, value)
+    return GeneralSection(**values)
+
+
+def _parse_dataset(raw: Any, index: int, source: str) -> DatasetSection:
+    check = _Checker(source, f"[[datasets]] #{index}")
+    if not isinstance(raw, dict):
+        raise check.fail("must be a table; start each dataset with a [[datasets]] line.")
+    values = {}
+    for key, value in raw.items():
+        if key not in DATASET_KEYS:
+            raise check.unknown(key, DATASET_KEYS)
+        values[key] = _check_dataset_value(check, key, value)
+    given_sources = [key for key in SOURCE_KEYS if key in values]
+    if not given_sources:
+        raise check.fail("no media source; set one of image_directory, image_jsonl_file, video_directory or "
+                         "video_jsonl_file.")
+    if len(given_sources) > 1:
+        raise check.fail(f"{' and '.join(given_sources)} are both set; use one source per [[datasets]] entry "
+                         "(add another [[datasets]] entry for the other).")
+    section = DatasetSection(**values)
+    if not section.is_video:
+        video_keys = [key for key in VIDEO_KEYS if key in values]
+        if video_keys:
+            raise check.fail(f"{video_keys[0]} only applies to video datasets, but this entry is an image dataset "
+                             f"({given_sources[0]}); remove it or use video_directory.")
+    if section.frame_extraction == "full" and section.target_frames is not None:
+        raise check.fail("frame_extraction \"full\" ignores target_frames (it uses max_frames); remove target_frames "
+                         "or pick another frame_extraction.")
+    if (section.image_jsonl_file or section.video_jsonl_file) and section.cache_directory is None:
+        raise check.fail("a JSONL dataset needs a cache_directory; add cache_directory = \"/path/to/cache\".")
+    return section
+
+
+def parse_dataset_config(data: dict, *, source_name: str = "dataset.toml", base_dir: str | Path | None = None,
+                         check_paths: bool = True) -> DatasetConfig:
+    """Validate an already-parsed TOML mapping. `check_paths`: media folders/files must exist."""
+    top = _Checker(source_name, "top level")
+    for key in data:
+        if key not in ("general", "datasets"):
+            close = difflib.get_close_matches(key, ("general", "datasets"), n=1, cutoff=0.5)
+            hint = f"did you mean `{close[0]}`?" if close else "only [general] and [[datasets]] are allowed."
+            raise top.fail(f"unknown section `{key}`; {hint}")
+    general = _parse_general(data.get("general", {}), source_name)
+    raw_datasets = data.get("datasets")
+    if isinstance(raw_datasets, dict):
+        raise top.fail("datasets must be written [[datasets]] (double brackets), one block per dataset.")
+    if not raw_datasets:
+        raise top.fail("no [[datasets]] entry; add one with image_directory or video_directory.")
+    datasets = [_parse_dataset(raw, i + 1, source_name) for i, raw in enumerate(raw_datasets)]
+    config = DatasetConfig(general, datasets, Path(base_dir).resolve() if base_dir else Path.cwd(), source_name)
+    resolved = config.resolved()
+    _check_unique_cache_directories(config, resolved)
+    if check_paths:
+        for item in resolved:
+            _check_source_exists(config, item)
+    return config
+
+
+def load_dataset_config(path: str | Path, check_paths: bool = True) -> DatasetConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset config {path} does not exist; pass the path of a dataset TOML file.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path.name} is not valid TOML ({exc}); fix the syntax and try again.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path.name} is not a UTF-8 text file; save it as UTF-8 TOML.") from None
+    return parse_dataset_config(data, source_name=path.name, base_dir=path.resolve().parent, check_paths=check_paths)
+
+
+def parse_dataset_toml(text: str, *, source_name: str = "dataset.toml", base_dir: str | Path | None = None,
+                       check_paths: bool = True) -> DatasetConfig:
+    """The same validation for TOML text (the Dataset tab's editor)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source_name} is not valid TOML ({exc}); fix the syntax and try again.") from None
+    return parse_dataset_config(data, source_name=source_name, base_dir=base_dir, check_paths=check_paths)
+
+
+# ---- resolution of inheritance ----------------------------------------------------------------------------------
+
+def _pick(section: DatasetSection, general: GeneralSection, key: str, default: Any) -> Any:
+    value = getattr(section, key)
+    if value is None:
+        value = getattr(general, key)
+    return default if value is None else value
+
+
+def _absolute(config: DatasetConfig, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (config.base_dir / path)
+
+
+def _resolve(config: DatasetConfig, index: int, section: DatasetSection) -> ResolvedDataset:
+    g = config.general
+    source_key = next(key for key in SOURCE_KEYS if getattr(section, key) is not None)
+    source = _absolute(config, getattr(section, source_key))
+    cache = _absolute(config, section.cache_directory) if section.cache_directory else source
+    frame_extraction = section.frame_extraction or "head"
+    frame_sample = section.frame_sample or 1
+    if frame_extraction == "uniform" and frame_sample == 1:
+        frame_extraction = "head"  # musubi-tuner does the same: one uniform sample is the head window
+    return ResolvedDataset(
+        index=index, kind="video" if section.is_video else "image", source=source,
+        is_jsonl=source_key.endswith("jsonl_file"), cache_directory=cache,
+        control_directory=_absolute(config, section.control_directory) if section.control_directory else None,
+        resolution=tuple(_pick(section, g, "resolution", DEFAULT_RESOLUTION)),
+        caption_extension=_pick(section, g, "caption_extension", DEFAULT_CAPTION_EXTENSION),
+        batch_size=_pick(section, g, "batch_size", 1), num_repeats=_pick(section, g, "num_repeats", 1),
+        enable_bucket=_pick(section, g, "enable_bucket", False),
+        bucket_no_upscale=_pick(section, g, "bucket_no_upscale", False),
+        skip_corrupted_cache=_pick(section, g, "skip_corrupted_cache", False),
+        target_frames=tuple(sorted(set(section.target_frames or [1]))), frame_extraction=frame_extraction,
+        frame_stride=section.frame_stride or 1, frame_sample=frame_sample, max_frames=section.max_frames or 129,
+        source_fps=section.source_fps)
+
+
+def _check_unique_cache_directories(config: DatasetConfig, resolved: list[ResolvedDataset]) -> None:
+    seen: dict[Path, int] = {}
+    for item in resolved:
+        key = item.cache_directory.resolve()
+        if key in seen:
+            raise UserError(f"{config.source_name}: [[datasets]] #{item.index}: cache_directory {item.cache_directory} "
+                            f"is also used by [[datasets]] #{seen[key]}; give each dataset its own cache_directory.")
+        seen[key] = item.index
+
+
+def _check_source_exists(config: DatasetConfig, item: ResolvedDataset) -> None:
+    where = f"{config.source_name}: [[datasets]] #{item.index}"
+    if item.is_jsonl and not item.source.is_file():
+        raise UserError(f"{where}: JSONL file {item.source} does not exist; fix the path (relative paths start at "
+                        "the TOML file's folder).")
+    if not item.is_jsonl and not item.source.is_dir():
+        raise UserError(f"{where}: {item.kind} folder {item.source} does not exist; fix the path (relative paths "
+                        "start at the TOML file's folder).")
+    if item.control_directory is not None and not item.control_directory.is_dir():
+        raise UserError(f"{where}: control_directory {item.control_directory} does not exist; fix or remove it.")
+
+
+# ---- rendering ---------------------------------------------------------------------------------------------------
+
+def _section_dict(section: GeneralSection | DatasetSection) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        if f.name == "source_fps":
+            value = float(value)  # musubi-tuner only accepts a decimal number here (30.0, not 30)
+        out[f.name] = value
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def render_dataset_toml(config: DatasetConfig, header: str = "") -> str:
+    """The config as musubi-tuner TOML: only the keys that are set, [general] first, then each [[datasets]]."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    sections = ([("[general]", _section_dict(config.general))] if _section_dict(config.general) else [])
+    sections += [("[[datasets]]", _section_dict(section)) for section in config.datasets]
+    for title, values in sections:
+        lines += [title, *(f"{key} = {_toml_value(value)}" for key, value in values.items()), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,49 @@
+"""The whole page: a header with the machine's status, then one tab per stage of the work."""
+from __future__ import annotations
+
+import gradio as gr
+
+from backend.jobs import JobManager
+from backend.system.monitor import status_line, system_status
+from backend.workspace import Workspace
+from ui.context import AppContext
+from ui.tabs import dataset, ema, generate, jobs, loraid, merge, train
+
+TABS = [  # (elem_id suffix, label, module) in the order they appear
+    ("dataset", "Dataset", dataset),
+    ("train", "Train", train),
+    ("loraid", "LORAID", loraid),
+    ("merge", "Merge", merge),
+    ("ema", "EMA", ema),
+    ("generate", "Generate", generate),
+    ("jobs", "Jobs", jobs),
+]
+STATUS_POLL_SECONDS = 3.0
+
+CSS = """
+#app-header { align-items: center; }
+#system-status p { margin: 0; font-family: ui-monospace, monospace; font-size: 0.9em; text-align: right; }
+.loraid-muted p { opacity: 0.75; }
+#job-log textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
+"""
+# Gradio 6 takes theme and css at launch(), not in Blocks(); app.py passes these.
+LAUNCH_STYLE = {"theme": gr.themes.Soft(), "css": CSS}
+
+
+def current_status_line() -> str:
+    return status_line(system_status())
+
+
+def build_app(workspace: Workspace, manager: JobManager) -> gr.Blocks:
+    ctx = AppContext(workspace=workspace, jobs=manager)
+    with gr.Blocks(title="LORAID Studio", analytics_enabled=False) as blocks:  # a local app reports to no one
+        with gr.Row(elem_id="app-header"):
+            gr.Markdown(f"## LORAID Studio\nWorkspace: `{workspace.root}`", elem_id="app-title")
+            header_status = gr.Markdown(current_status_line, elem_id="system-status")
+        gr.Timer(STATUS_POLL_SECONDS).tick(current_status_line, outputs=header_status, show_progress="hidden",
+                                           concurrency_id="system-status")
+        with gr.Tabs():
+            for name, label, module in TABS:
+                with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
+                    module.build(ctx)
+    return blocks
