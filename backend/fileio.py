@@ -43,8 +43,20 @@ def atomic_write_json(path: str | os.PathLike, obj) -> Path:
 
 
 def save_safetensors_atomic(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """safetensors.torch.save_file, but atomic. Tensors are made contiguous first."""
-    from safetensors.torch import save_file
+    """safetensors.torch.save_file, but atomic and byte-deterministic (metadata keys sorted in the header).
+    Tensors are made contiguous first."""
+    from safetensors.torch import save
 
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    return atomic_write_bytes(path, sorted_header(save(contiguous, metadata=metadata)))
+
+
+def sorted_header(data: bytes) -> bytes:
+    """safetensors writes `__metadata__` in hash order, which differs per process; rewrite it sorted."""
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + data[8 + header_len:]
