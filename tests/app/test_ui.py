@@ -41,6 +41,8 @@ def test_seven_tabs_in_order_and_only_jobs_has_buttons(workspace):
         buttons = [block.value for block in descendants(tab) if isinstance(block, gr.Button)]
         if tab.label == "Jobs":
             assert buttons == ["Run self-check", "Stop", "Re-run", "Delete"]
+        elif tab.label == "LORAID":
+            assert buttons == ["Refresh list", "Run interference report"]
         else:
             assert buttons == [], f"{tab.label} has buttons that do nothing yet"
 

@@ -1,0 +1,108 @@
+"""The LORAID tab in a real browser: two demo LoRAs on disjoint IDs show both owners and no conflict; an
+overlapping pair shows the conflict naming the shared block; the interference report runs as a job."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from playwright.sync_api import Page, expect
+
+from backend.adapters.formats import save_lora
+from backend.adapters.metadata import build_metadata
+from backend.adapters.network import AdapterNetwork
+from backend.adapters.network_config import NetworkConfig
+from backend.loraid.allocation import allocate
+from backend.loraid.patterns import network_args_entries
+from backend.models.loading import load_transformer
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOT = REPO / "docs" / "screenshot-loraid.png"
+DEMO_BLOCKS = 8  # the demo T2V transformer; default blocks_per_loraid there is 8 // 4 = 2
+
+
+def save_demo_lora(model, path: Path, loraid: int, blocks_per_loraid: int, seed: int) -> None:
+    """Train nothing: an AdapterNetwork restricted to the ID's slice, factors randomised, saved as training does."""
+    allocation = allocate(loraid, DEMO_BLOCKS, blocks_per_loraid, model="demo-t2v")
+    args = network_args_entries(allocation)
+    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in network.parameters():
+            param.normal_(0.0, 0.1)
+    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
+                              allocation=allocation.to_metadata())
+    save_lora(path, network.state_dict_for_save(), metadata)
+
+
+def pick_files(page: Page, names: list[str]) -> None:
+    dropdown = page.locator("#loraid-files")
+    for name in names:
+        dropdown.locator("input").click()
+        page.get_by_role("option", name=name, exact=True).click()
+    page.locator("#loraid-files").locator("input").press("Escape")
+
+
+def clear_files(page: Page) -> None:
+    page.locator("#loraid-files").get_by_role("button", name="Clear").click()  # gradio's "remove all" control
+
+
+def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_app, browser):
+    loras = demo_workspace_copy / "loras"
+    model = load_transformer(demo_workspace_copy / "models" / "demo-t2v")
+    save_demo_lora(model, loras / "alice.safetensors", loraid=1, blocks_per_loraid=2, seed=1)  # blocks 0-1
+    save_demo_lora(model, loras / "bob.safetensors", loraid=3, blocks_per_loraid=2, seed=2)  # blocks 4-5
+    save_demo_lora(model, loras / "carol.safetensors", loraid=2, blocks_per_loraid=3, seed=3)  # blocks 3-5
+    server = start_app(demo_workspace_copy)
+
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    try:
+        page.goto(server.url)
+        page.get_by_role("tab", name="LORAID", exact=True).click()
+        grid = page.locator("#loraid-grid")
+        # the allocation of the demo T2V: 8 blocks, 2 per ID -> IDs 1-4; block 5 belongs to ID 3
+        expect(grid.locator('td[data-block="5"][data-kind="ffn.2"]')).to_have_attribute("data-owners", "ID 3")
+        expect(grid.locator(".bm-owner")).to_have_count(4)
+        expect(page.locator("#loraid-capacity")).to_contain_text("blocks 6-7")
+
+        page.locator("#loraid-id").locator("input").click()
+        page.get_by_role("option", name="3", exact=True).click()
+        expect(page.locator("#loraid-network-args")).to_contain_text(r"include_patterns=[r'blocks\.(4|5)\..*']")
+        expect(page.locator("#loraid-cli-args textarea")).to_have_value(
+            re.compile(r"^--loraid 3 --blocks_per_loraid 2\n--network_args "))
+
+        pick_files(page, ["alice.safetensors", "bob.safetensors"])
+        conflicts, file_grid = page.locator("#loraid-conflicts"), page.locator("#loraid-file-grid")
+        expect(conflicts).to_contain_text("No conflict")
+        expect(file_grid.locator('td[data-block="0"][data-kind="self_attn.q"]')).to_have_attribute(
+            "data-owners", "alice.safetensors")
+        expect(file_grid.locator('td[data-block="5"][data-kind="ffn.0"]')).to_have_attribute(
+            "data-owners", "bob.safetensors")
+        expect(file_grid.locator('td[data-block="3"][data-kind="ffn.0"]')).to_have_attribute("data-owners", "")
+        expect(file_grid.locator("td.bm-conflict")).to_have_count(0)
+
+        clear_files(page)
+        pick_files(page, ["bob.safetensors", "carol.safetensors"])
+        expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors both change blocks 4-5")
+        expect(file_grid.locator('td[data-block="4"][data-kind="self_attn.q"]')).to_have_attribute(
+            "data-owners", "bob.safetensors|carol.safetensors")
+        expect(file_grid.locator('td[data-block="3"][data-kind="self_attn.q"]')).to_have_attribute(
+            "data-owners", "carol.safetensors")
+        expect(file_grid.locator("td.bm-conflict")).to_have_count(2 * 10)  # blocks 4 and 5, every module kind
+
+        page.locator("#loraid-file-paths textarea").fill("loras/missing.safetensors")
+        expect(conflicts).to_contain_text("missing.safetensors does not exist")
+        page.locator("#loraid-file-paths textarea").fill("")
+        expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors")
+
+        page.locator("#loraid-report-run").click()
+        expect(page.locator("#loraid-report-status")).to_contain_text("finished", timeout=45_000)
+        report = page.locator("#loraid-report textarea")
+        expect(report).to_have_value(re.compile(r"bob\.safetensors / carol\.safetensors: 20 shared "
+                                                              r"modules in blocks 4-5"))
+        expect(report).to_have_value(re.compile("cross-talk on"))
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    finally:
+        context.close()
