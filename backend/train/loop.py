@@ -1,0 +1,226 @@
+"""The training loop, top to bottom: build, loop, log, checkpoint.
+
+One optimizer step = gradient_accumulation_steps micro-batches per process (Wan2.2 A14B `expert=both`: steps
+alternate between the high- and low-noise expert, each with t inside its own range). One micro-batch:
+
+    x0 = cached latents, ε ~ N(0, I) (seeded generator), t ~ sampler within the expert's timestep range
+    x_t = (1 − t)·x0 + t·ε,   v = model(x_t, t·1000, text),   loss = mean_w ‖v − (ε − x0)‖²
+
+accelerate is a thin wrap: it places the adapters (DDP across processes), scales the loss for accumulation and
+syncs gradients. Each process reads its own batches (every num_processes-th), so the effective batch is
+batch_size × gradient_accumulation_steps × num_processes. The stop flag is checked at every step boundary: the
+run then saves a checkpoint (and state), emits end{status: stopped} and returns.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from backend.data.cached_dataset import CachedDataset, DataPosition
+from backend.errors import UserError
+from backend.jobs.protocol import JobContext
+from backend.loraid.registry import LoraidRegistry
+from backend.models.registry import get_model_kind
+from backend.train.memory import apply_memory_settings
+from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_allocation, network_args_for
+from backend.train.optim import build_optimizer, build_scheduler
+from backend.train.paths import dit_path, output_folder, resolve_settings
+from backend.train.progress import Progress
+from backend.train.saving import Saver, checkpoint_stem, restore
+from backend.train.timesteps import TimestepSampler, add_noise, flow_target, loss_weights, timestep_range
+from backend.workspace import Workspace
+
+DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NOT_YET = {"blocks_to_swap": 0}
+
+
+def timestep_sampler(s, plan: ExpertPlan, expert: str | None) -> TimestepSampler:
+    try:
+        lo, hi = timestep_range(s.min_timestep, s.max_timestep, expert, plan.boundary)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return TimestepSampler(s.timestep_sampling, s.discrete_flow_shift, s.sigmoid_scale, s.logit_mean, s.logit_std,
+                           lo, hi)
+
+
+def flow_matching_loss(denoiser, batch: dict, sampler: TimestepSampler, generator: torch.Generator, s,
+                       device) -> torch.Tensor:
+    x0 = batch["latents"].to(device, torch.float32)
+    text = batch["text_embeds"].to(device, torch.float32)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    t = sampler.sample(x0.shape[0], generator).to(device)
+    x_t = add_noise(x0, noise, t)
+    if "image_latents" in batch:  # I2V conditioning: mask + first-frame latents along the channels
+        x_t = torch.cat([x_t, batch["image_latents"].to(device, torch.float32)], dim=1)
+    prediction = denoiser(x_t, t, text).float()
+    per_sample = ((prediction - flow_target(x0, noise)) ** 2).flatten(1).mean(1)
+    weights = loss_weights(t, s.weighting_scheme, s.logit_mean, s.logit_std)
+    return (per_sample * weights).mean()
+
+
+def _refuse_unfinished(s) -> None:
+    for name, default in NOT_YET.items():
+        if getattr(s, name) != default:
+            raise UserError(f"{name}={getattr(s, name)!r} is not supported by this trainer yet; "
+                            f"leave it at {default!r}.")
+
+
+def train(settings, workspace: Workspace | None = None, ctx: JobContext | None = None, log=print) -> str:
+    """Run one training job; returns "succeeded" or "stopped"."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    ctx = ctx or JobContext.from_env()
+    s = resolve_settings(settings, workspace)
+    _refuse_unfinished(s)
+    if not s.dataset_config:
+        raise UserError("no dataset_config given; pass --dataset_config FILE (a cached dataset TOML).")
+
+    # ---- build ------------------------------------------------------------------------------------------------
+    kind = get_model_kind(s.model_kind)
+    plan = ExpertPlan.from_settings(s, kind)
+    allocation = loraid_allocation(s, kind, plan)
+    network_args = network_args_for(s, allocation)
+    registry = LoraidRegistry.for_workspace(workspace) if workspace is not None else None
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=len(plan.experts) > 1)
+    accelerator = Accelerator(mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.gradient_accumulation_steps,
+                              kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    say = log if main else (lambda *_: None)
+    stop_flag = ctx  # every process sees the job's stop flag; events come from the main process only
+    if not main:
+        ctx = JobContext()
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    dataset = CachedDataset.from_file(s.dataset_config, seed=s.seed)
+    for warning in dataset.warnings:
+        ctx.emit("warning", message=warning)
+        say(f"warning: {warning}")
+    if allocation is not None:
+        if allocation.warning:
+            ctx.emit("warning", message=allocation.warning)
+            say(f"warning: {allocation.warning}")
+        taken = registry.check_before_training(allocation) if registry is not None else None
+        if taken and not s.resume:
+            ctx.emit("warning", message=taken)
+            say(f"warning: {taken}")
+    if s.sample_prompts or s.sample_every_n_steps or s.sample_every_n_epochs:
+        message = "samples during training are not produced by this trainer yet; the sample settings are ignored."
+        ctx.emit("warning", message=message)
+        say(f"warning: {message}")
+
+    torch.manual_seed(s.seed)  # adapter initialisation
+    dits = {label: dit_path(s, kind, expert, workspace) for label, expert in zip(plan.labels, plan.experts)}
+    models, networks = build_networks(s, kind, plan, dits, DTYPES[s.mixed_precision], network_args)
+    for model in models.values():
+        model.to(accelerator.device)
+        apply_memory_settings(model, s)
+    denoiser = Denoiser(models, networks, plan)
+    groups = [group for network in networks.values() for group in network.optimizer_param_groups(s.learning_rate)]
+    optimizer = build_optimizer(s.optimizer_type, groups, s.learning_rate, s.weight_decay)
+    per_step = s.gradient_accumulation_steps * world
+    steps_per_epoch = max(1, math.ceil(len(dataset) / per_step))
+    total_steps = s.max_train_epochs * steps_per_epoch if s.max_train_epochs else s.max_train_steps
+    scheduler = build_scheduler(s.lr_scheduler, optimizer, total_steps, s.lr_warmup_steps,
+                                s.lr_scheduler_num_cycles, s.lr_scheduler_power)
+    raw_optimizer = optimizer
+    denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
+    # Wan2.2 A14B with both experts: steps alternate high / low, each drawing t inside its own expert's range.
+    samplers = [timestep_sampler(s, plan, expert) for expert in plan.experts]
+    generator = torch.Generator().manual_seed(s.seed + rank)
+    saver = Saver(s, output_folder(s, workspace), networks, network_args, allocation, registry)
+
+    step, position = 0, DataPosition()
+    if s.resume:
+        doc = restore(Path(s.resume), s, networks, optimizer=raw_optimizer, scheduler=scheduler,
+                      generators={"noise": generator})
+        step, position = int(doc["step"]), DataPosition.from_dict(doc["data_position"])
+        say(f"resumed from {s.resume} at step {step} (epoch {position.epoch}, batch {position.index})")
+    epoch = position.epoch
+
+    batch_size = max(d.batch_size for d in dataset.datasets)
+    parameters = sum(p.numel() for n in networks.values() for p in n.trainable_params())
+    say(f"training {kind.label} ({', '.join(plan.labels)}): {sum(len(n.adapters) for n in networks.values())} "
+        f"adapter modules, {parameters:,} parameters; {len(dataset.items)} cached items, {len(dataset)} batches per "
+        f"epoch; effective batch {batch_size} x {s.gradient_accumulation_steps} accumulation x {world} processes = "
+        f"{batch_size * s.gradient_accumulation_steps * world}; {total_steps} steps")
+    ctx.emit("start", total=total_steps, step=step, model_kind=s.model_kind, experts=plan.labels,
+             effective_batch=batch_size * s.gradient_accumulation_steps * world, num_processes=world,
+             loraid=s.loraid, output_dir=str(saver.folder), output_name=s.output_name)
+
+    def checkpoint(stem: str, final: bool = False) -> None:
+        """LoRA file(s) + state, from the main process, with everyone waiting for it."""
+        accelerator.wait_for_everyone()
+        if main:
+            for path in saver.save_loras(stem, step, epoch):
+                ctx.emit("checkpoint", path=str(path), step=step, epoch=epoch, final=final)
+                say(f"saved {path}")
+            if s.save_state:
+                folder = saver.save_state(stem, optimizer=raw_optimizer, scheduler=scheduler, step=step,
+                                          epoch=epoch, data_position=position.to_dict(),
+                                          generators={"noise": generator})
+                ctx.emit("checkpoint", path=str(folder), step=step, kind="state")
+        accelerator.wait_for_everyone()
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    batches = dataset.iterate(position)
+    progress = Progress(ctx, total_steps, step, say, s.logging_dir if main else "")
+    denoiser.train()
+    status = "succeeded"
+    while step < total_steps:
+        if _stop_requested(stop_flag, accelerator):
+            status = "stopped"
+            break
+        sampler = samplers[step % len(samplers)]
+        losses = []
+        for _ in range(s.gradient_accumulation_steps):
+            mine = None
+            for index in range(world):  # every process walks the same order and takes its own share
+                current, batch = next(batches)
+                position = dataset.next_position(current)
+                if index == rank:
+                    mine = batch
+            with accelerator.accumulate(denoiser):
+                loss = flow_matching_loss(denoiser, mine, sampler, generator, s, accelerator.device)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and s.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(denoiser.parameters(), s.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(accelerator.reduce(loss.detach(), "mean").item())
+        scheduler.step()
+        step += 1
+        progress.step(step, sum(losses) / len(losses), scheduler.get_last_lr()[0], epoch, s.log_every_n_steps)
+        if position.epoch > epoch:
+            epoch = position.epoch
+            ctx.emit("epoch", epoch=epoch, step=step)
+            say(f"epoch {epoch} done at step {step}")
+            if s.save_every_n_epochs and epoch % s.save_every_n_epochs == 0 and step < total_steps:
+                checkpoint(checkpoint_stem(s.output_name, epoch=epoch))
+                if main:
+                    saver.prune("epoch")
+        if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < total_steps:
+            checkpoint(checkpoint_stem(s.output_name, step=step))
+            if main:
+                saver.prune("step")
+
+    # ---- final save -------------------------------------------------------------------------------------------
+    progress.close()
+    if status == "stopped":
+        say(f"stop requested: saving at step {step}")
+        checkpoint(checkpoint_stem(s.output_name, step=step))
+    else:
+        checkpoint(checkpoint_stem(s.output_name), final=True)
+    ctx.emit("end", status=status, step=step, epoch=epoch, total=total_steps)
+    accelerator.end_training()
+    ctx.close()
+    return status
+
+
+def _stop_requested(stop_flag: JobContext, accelerator) -> bool:
+    """The stop flag, agreed on by all processes (any one seeing it stops them all at the same step)."""
+    seen = torch.tensor([1.0 if stop_flag.stop_requested() else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        seen = accelerator.reduce(seen, "sum")
+    return bool(seen.item() > 0)

@@ -1,0 +1,36 @@
+"""fp8 storage of the frozen base: base weights in float8, adapters in fp32, gradients still reach the adapters."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.errors import UserError
+from backend.models.registry import get_model_kind
+from backend.train.memory import apply_memory_settings
+from backend.train.networks import ExpertPlan, build_networks, network_args_for
+
+
+def test_fp8_base_keeps_adapters_fp32_and_trainable(demo_workspace, demo_settings):
+    settings = demo_settings.with_overrides({"fp8_base": True})
+    kind = get_model_kind("demo-t2v")
+    plan = ExpertPlan.from_settings(settings, kind)
+    models, networks = build_networks(settings, kind, plan, {"single": demo_workspace.demo_t2v /
+                                                             "transformer.safetensors"}, torch.float32, [])
+    model, network = models["single"], networks["single"]
+    apply_memory_settings(model, settings)
+    assert model.blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
+    assert all(p.dtype == torch.float32 for p in network.trainable_params())
+    torch.nn.init.normal_(next(iter(network.adapters.values())).lora_up)
+    out = model(hidden_states=torch.randn(1, 16, 1, 8, 8), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=torch.randn(1, 16, 32), return_dict=False)[0]
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in network.trainable_params()[:2])
+
+
+def test_fp8_base_with_dora_is_refused(demo_workspace, demo_settings):
+    settings = demo_settings.with_overrides({"fp8_base": True, "network_type": "dora"})
+    kind = get_model_kind("demo-t2v")
+    with pytest.raises(UserError, match="DoRA"):
+        build_networks(settings, kind, ExpertPlan.from_settings(settings, kind),
+                       {"single": demo_workspace.demo_t2v / "transformer.safetensors"}, torch.float32,
+                       network_args_for(settings, None))
