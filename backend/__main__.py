@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("backend.adapters.convert_cli", "convert a LoRA file to the musubi, ComfyUI or diffusers layout"),
     "cache": ("backend.data.cache_cli", "cache VAE latents or UMT5 text outputs of a dataset TOML for training"),
     "blockmap": ("backend.loraid.blockmap_cli", "LORAID allocation table, capacities, patterns and interference report"),
+    "merge": ("backend.compose.merge_cli", "fold LoRAs into a DiT checkpoint (streaming, exact, overlap-guarded)"),
+    "merge-loras": ("backend.compose.merge_loras_cli", "merge LoRA files into one LoRA (exact concat or SVD resize)"),
+    "ema": ("backend.compose.ema_cli", "post-hoc EMA of a run's LoRA checkpoints (power EMA by real steps)"),
+    "share": ("backend.compose.share_cli", "blend LoRAs only inside the modules they share (LORAID-safe)"),
+    "generate": ("backend.generate.cli", "generate videos / images on Wan models with LoRAs and LORAIDs"),
 }
 
 

@@ -1,0 +1,179 @@
+"""`python -m backend generate`: text/image-to-video and text-to-image on Wan models with any set of LoRAs / LORAIDs.
+
+    python -m backend generate --workspace W --model demo-t2v --prompt "a red ball" --width 32 --height 32 \
+        --frames 5 --steps 4 --loraid 1 2 --multiplier 1.0 0.7
+    python -m backend generate --dit high.safetensors low.safetensors --model_kind wan2.2-t2v-a14b \
+        --vae VAE --text_encoder TE --tokenizer TOK --prompt "..." --guidance_scale 4 --guidance_scale_2 3
+    python -m backend generate --workspace W --model demo-t2v --from_file prompts.txt
+    python -m backend generate --workspace W --decode_latents W/outputs/20260101-120000_42.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from backend.errors import UserError
+from backend.generate.engine import GenerateSession, LoraRequest, Stopped, decode_latents
+from backend.generate.memory import MemoryOptions
+from backend.generate.outputs import output_stem, read_latents, write_result
+from backend.generate.pipeline import DEMO_MODELS, ModelChoice
+from backend.generate.prompts import settings_from_file
+from backend.generate.settings import SAMPLERS, GenerateSettings, validate
+from backend.jobs.protocol import JobContext
+from backend.loraid.cli_args import add_loraid_arguments, add_multiplier_argument, flatten_appended, resolve_loraids
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--workspace", default=None, help="workspace folder: demo models, LoRA registry, outputs")
+    model.add_argument("--model", choices=DEMO_MODELS, default=None, help="a demo model of the workspace")
+    model.add_argument("--dit", nargs="+", default=None, metavar="FILE",
+                       help="your transformer file (two for a Wan2.2 A14B pair: high-noise then low-noise)")
+    model.add_argument("--model_kind", default=None, help="model type (e.g. wan2.2-t2v-a14b) or a config folder")
+    model.add_argument("--vae", default=None, help="AutoencoderKLWan folder (default: the workspace's)")
+    model.add_argument("--text_encoder", default=None, help="UMT5 encoder folder (default: the workspace's)")
+    model.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the workspace's)")
+    model.add_argument("--image_encoder", default=None, help="CLIP vision folder (Wan2.1 I2V only)")
+    model.add_argument("--boundary_ratio", type=float, default=None,
+                       help="where an expert pair switches (fraction of 1000 timesteps; default: the model's)")
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--prompt", default=None, help="what to show")
+    gen.add_argument("--negative_prompt", default="", help="what to avoid")
+    gen.add_argument("--from_file", default=None, metavar="PROMPTS",
+                     help="one prompt per line, musubi options after it (--w --h --f --s --d --g --n)")
+    gen.add_argument("--image", default=None, help="start image: image-to-video (needs an I2V model)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded)")
+    gen.add_argument("--steps", type=int, default=30, help="denoising steps")
+    gen.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance (1 = off)")
+    gen.add_argument("--guidance_scale_2", type=float, default=None,
+                     help="guidance of the low-noise expert of an A14B pair (default: --guidance_scale)")
+    gen.add_argument("--flow_shift", type=float, default=3.0, help="sigma shift (3.0 at 480p, 5.0 at 720p)")
+    gen.add_argument("--sampler", choices=SAMPLERS, default="unipc", help="UniPC (default) or flow-matching Euler")
+    gen.add_argument("--width", type=int, default=832, help="multiple of 16")
+    gen.add_argument("--height", type=int, default=480, help="multiple of 16")
+    gen.add_argument("--frames", type=int, default=81, help="4n+1; 1 makes an image")
+    gen.add_argument("--fps", type=int, default=16, help="frames per second of the mp4")
+
+    lora = parser.add_argument_group("LoRAs")
+    lora.add_argument("--lora", nargs="+", action="append", default=None, metavar="FILE", help="LoRA file(s)")
+    add_loraid_arguments(lora, allocation_options=False)
+    add_multiplier_argument(lora)
+    lora.add_argument("--allow_overlap", action="store_true", help="apply LoRAs that change the same weights")
+    lora.add_argument("--hooked", action="store_true",
+                      help="keep LoRAs as live adapters instead of merging them into the weights (slower steps, "
+                           "multipliers changeable without reloading)")
+
+    memory = parser.add_argument_group("memory")
+    memory.add_argument("--cpu_offload", action="store_true",
+                        help="keep idle models (text encoder, transformer, VAE) on the CPU and move each to the GPU "
+                             "only while it runs; saves GPU memory, costs a transfer per model per prompt "
+                             "(needs a CUDA GPU and accelerate)")
+    memory.add_argument("--fp8", action="store_true",
+                        help="store transformer weights in fp8 (half of bf16), upcast per layer; costs a small "
+                             "loss of precision and some speed; applied after LoRAs are merged or hooked")
+    memory.add_argument("--vae_tiling", action="store_true",
+                        help="decode the video in tiles; saves VAE memory at large sizes, costs decode time and "
+                             "may show faint seams")
+
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--out_dir", default=None, help="output folder (default: <workspace>/outputs)")
+    out.add_argument("--save_latents", action="store_true", help="also save the final latents (.safetensors)")
+    out.add_argument("--save_frames", action="store_true", help="also save every video frame as a png")
+    out.add_argument("--decode_latents", default=None, metavar="FILE",
+                     help="decode latents saved with --save_latents (needs only the VAE) instead of generating")
+
+
+def _base_settings(args: argparse.Namespace) -> GenerateSettings:
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+    return GenerateSettings(prompt=args.prompt or "", negative_prompt=args.negative_prompt, seed=seed,
+                            steps=args.steps, guidance_scale=args.guidance_scale,
+                            guidance_scale_2=args.guidance_scale_2, flow_shift=args.flow_shift, sampler=args.sampler,
+                            width=args.width, height=args.height, frames=args.frames, fps=args.fps, image=args.image)
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    if args.out_dir:
+        return Path(args.out_dir).expanduser()
+    if args.workspace:
+        from backend.workspace import Workspace
+
+        return Workspace(args.workspace).outputs
+    raise UserError("No output folder; pass --out_dir DIR or --workspace W (outputs go to W/outputs).")
+
+
+def _choice(args: argparse.Namespace) -> ModelChoice:
+    return ModelChoice(workspace=Path(args.workspace).expanduser() if args.workspace else None, model=args.model,
+                       dit=tuple(args.dit or ()), model_kind=args.model_kind, vae=args.vae,
+                       text_encoder=args.text_encoder, tokenizer=args.tokenizer, image_encoder=args.image_encoder,
+                       boundary_ratio=args.boundary_ratio)
+
+
+def _decode_only(args: argparse.Namespace, ctx: JobContext) -> int:
+    from diffusers import AutoencoderKLWan
+
+    from backend.generate.pipeline import companion_folders
+
+    latents, record = read_latents(args.decode_latents)
+    vae_dir = companion_folders(_choice(args))[0]
+    vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
+    if args.vae_tiling:
+        vae.enable_tiling()
+    frames = decode_latents(vae, latents)
+    record = {**record, "decoded_from": str(args.decode_latents)}
+    record.setdefault("settings", {"fps": args.fps})
+    stem = output_stem(_out_dir(args), int(record.get("seed", 0)))
+    written = write_result(stem, frames, record, save_frames=args.save_frames)
+    ctx.emit("sample", path=written.get("video") or written.get("image"))
+    print(f"decoded {args.decode_latents} -> {written.get('video') or written.get('image')}")
+    return 0
+
+
+def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
+    """Run every prompt of the command line; returns the written paths of each result."""
+    base = _base_settings(args)
+    if args.from_file:
+        if args.prompt:
+            raise UserError("Pass either --prompt or --from_file, not both.")
+        batch = settings_from_file(args.from_file, base)
+    else:
+        batch = [validate(base)]
+    lora_request = LoraRequest(files=[str(f) for f in flatten_appended(args.lora)], loraids=resolve_loraids(args),
+                               multipliers=flatten_appended(args.multiplier) or None,
+                               allow_overlap=args.allow_overlap, hooked=args.hooked)
+    memory = MemoryOptions(args.cpu_offload, args.fp8, args.vae_tiling)
+    out_dir = _out_dir(args)
+    session = GenerateSession(_choice(args), lora_request, memory, image_to_video=args.image is not None,
+                              warn=lambda message: (print(message), ctx.emit("warning", message=message)))
+    total = sum(settings.steps for settings in batch)
+    ctx.emit("start", total=total, prompts=len(batch))
+    done, results = 0, []
+    for settings in batch:
+        def on_step(step: int, steps: int, offset=done) -> bool:
+            ctx.emit("progress", step=offset + step, total=total)
+            return ctx.stop_requested()
+
+        latents = session.denoise(settings, on_step)
+        done += settings.steps
+        record = session.record(settings)
+        written = write_result(output_stem(out_dir, settings.seed), session.decode(latents), record,
+                               save_frames=args.save_frames, latents=latents if args.save_latents else None)
+        ctx.emit("sample", path=written.get("video") or written.get("image"), prompt=settings.prompt)
+        print(f"wrote {written.get('video') or written.get('image')} (seed {settings.seed})")
+        results.append(written)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    with JobContext.from_env() as ctx:
+        if args.decode_latents:
+            return _decode_only(args, ctx)
+        try:
+            results = generate_all(args, ctx)
+        except Stopped as stop:
+            print(stop)
+            ctx.emit("end", status="stopped")
+            return 0
+        ctx.emit("end", status="succeeded", outputs=results)
+    return 0

@@ -1,0 +1,135 @@
+"""One generation session: load the model once, put the LoRAs on it, then denoise and decode any number of prompts.
+
+    session = GenerateSession(ModelChoice(workspace=ws, model="demo-t2v"), LoraRequest(["a.safetensors"]))
+    latents = session.denoise(GenerateSettings(prompt="a red ball", width=32, height=32, frames=5, steps=2))
+    frames = session.decode(latents)          # numpy [F, H, W, 3] in [0, 1]
+
+LoRAs are merged into the in-memory weights by default; `hooked=True` keeps them as live adapters whose
+`network.multiplier` can be changed between runs (`session.networks`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backend.errors import UserError
+from backend.generate.loras import PickedLora, by_transformer, check_overlaps, hook_into, merge_into, pick_loras
+from backend.generate.memory import MemoryOptions, apply_memory_options, check_memory_options
+from backend.generate.pipeline import LoadedModel, ModelChoice, load_model
+from backend.generate.settings import GenerateSettings, make_scheduler, validate
+
+StepCallback = Callable[[int, int], bool]  # (steps done, total) -> True to stop
+
+
+@dataclass(frozen=True)
+class LoraRequest:
+    files: list[str] = field(default_factory=list)
+    loraids: list[int] = field(default_factory=list)
+    multipliers: list[float] | None = None
+    allow_overlap: bool = False
+    hooked: bool = False
+
+
+class Stopped(Exception):
+    """The user asked to stop during denoising."""
+
+
+def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
+    """Wan latents -> frames [F, H, W, 3] in [0, 1] (the same un-normalisation and decode as the Wan pipelines)."""
+    from diffusers.video_processor import VideoProcessor
+
+    latents = latents.to(next(vae.parameters()).device, vae.dtype)
+    z_dim = vae.config.z_dim
+    if latents.dim() != 5 or latents.shape[1] != z_dim:
+        raise UserError(f"The latents have shape {tuple(latents.shape)}, but this VAE decodes "
+                        f"[batch, {z_dim}, frames, height, width]; decode them with the VAE they were made for.")
+    mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents)
+    with torch.no_grad():
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+    frames = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")
+    return np.asarray(frames)[0]
+
+
+class GenerateSession:
+    def __init__(self, choice: ModelChoice, loras: LoraRequest | None = None, memory: MemoryOptions | None = None,
+                 image_to_video: bool = False, warn: Callable[[str], None] = print) -> None:
+        self.choice = choice
+        self.lora_request = loras or LoraRequest()
+        self.memory = memory or MemoryOptions()
+        check_memory_options(self.memory)
+        model_kind = choice.model or (choice.model_kind if isinstance(choice.model_kind, str) else None)
+        self.loras: list[PickedLora] = pick_loras(self.lora_request.files, self.lora_request.loraids,
+                                                  self.lora_request.multipliers, choice.workspace, model_kind)
+        placed = by_transformer(self.loras, choice.roles)
+        for warning in check_overlaps(placed, self.lora_request.allow_overlap):
+            warn(f"warning: overlapping LoRAs allowed: {warning}")
+        self.model: LoadedModel = load_model(choice, make_scheduler("unipc", 3.0), image=image_to_video)
+        self.networks = []
+        for role, loras in placed.items():
+            transformer = self.model.transformers[role]
+            if self.lora_request.hooked:
+                self.networks += hook_into(transformer, loras)
+            else:
+                merge_into(transformer, loras)
+        apply_memory_options(self.model.pipeline, self.model.transformers, self.memory)
+
+    @property
+    def pipeline(self):
+        return self.model.pipeline
+
+    def denoise(self, settings: GenerateSettings, on_step: StepCallback | None = None) -> torch.Tensor:
+        """The final latents [1, C, F', H/8, W/8] of one prompt; raises Stopped when on_step returns True."""
+        validate(settings)
+        pipe = self.pipeline
+        if settings.guidance_scale_2 is not None and self.model.boundary_ratio is None:
+            raise UserError("--guidance_scale_2 sets the low-noise expert's guidance, and this model has a single "
+                            "transformer; leave it out.")
+        pipe.scheduler = make_scheduler(settings.sampler, settings.flow_shift)
+        stopped = []
+
+        def callback(pipeline, index, timestep, tensors):
+            if on_step is not None and on_step(index + 1, settings.steps):
+                stopped.append(index + 1)
+                pipeline._interrupt = True
+            return {}
+
+        kwargs = dict(prompt=settings.prompt, negative_prompt=settings.negative_prompt, height=settings.height,
+                      width=settings.width, num_frames=settings.frames, num_inference_steps=settings.steps,
+                      guidance_scale=settings.guidance_scale, generator=torch.Generator().manual_seed(settings.seed),
+                      output_type="latent", callback_on_step_end=callback)
+        if self.model.boundary_ratio is not None:
+            kwargs["guidance_scale_2"] = settings.guidance_scale_2
+        if settings.image is not None:
+            from PIL import Image
+
+            with Image.open(settings.image) as image:
+                kwargs["image"] = image.convert("RGB")
+        with torch.no_grad():
+            latents = pipe(**kwargs).frames
+        if stopped:
+            raise Stopped(f"stopped after step {stopped[0]} of {settings.steps}")
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        return decode_latents(self.pipeline.vae, latents)
+
+    def record(self, settings: GenerateSettings) -> dict:
+        """Everything needed to reproduce one result: the sidecar JSON (also stored in the mp4 / png / latents)."""
+        import diffusers
+
+        return {
+            "settings": settings.to_dict(), "seed": settings.seed,
+            "model": {**self.choice.describe(), "label": self.model.label, "task": self.model.task,
+                      "boundary_ratio": self.model.boundary_ratio},
+            "loras": [lora.describe() for lora in self.loras],
+            "lora_mode": "hooked" if self.lora_request.hooked else "merged",
+            "allow_overlap": self.lora_request.allow_overlap,
+            "memory": self.memory.to_dict(),
+            "diffusers_version": diffusers.__version__,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }

@@ -1,0 +1,164 @@
+"""Assemble a diffusers Wan pipeline for a generation: the demo models of a workspace or a user's own files, offline.
+
+T2V / T2I use `WanPipeline`; a start image needs an I2V model and uses `WanImageToVideoPipeline`. A Wan2.2 A14B
+pair becomes `transformer` (high-noise expert) + `transformer_2` (low-noise) with the kind's `boundary_ratio`, so
+diffusers switches experts at the boundary timestep and applies `guidance_scale_2` to the low-noise one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.errors import UserError
+from backend.models.registry import EXPERTS, MODEL_KINDS, get_model_kind
+from backend.workspace import Workspace
+
+DEMO_MODELS = ("demo-t2v", "demo-a14b")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which transformer(s) and companions to load. Either `model` (a demo model) or `dit` (1 or 2 files)."""
+    workspace: Path | None = None
+    model: str | None = None
+    dit: tuple[str, ...] = ()
+    model_kind: str | None = None
+    vae: str | None = None
+    text_encoder: str | None = None
+    tokenizer: str | None = None
+    image_encoder: str | None = None
+    boundary_ratio: float | None = None
+
+    @property
+    def roles(self) -> list[str]:
+        """The transformers this choice loads: ["main"], or ["high", "low"] for an expert pair."""
+        kind = self.model or self.model_kind
+        pair = (isinstance(kind, str) and kind in MODEL_KINDS and get_model_kind(kind).has_experts) or len(self.dit) == 2
+        return list(EXPERTS) if pair else ["main"]
+
+    def describe(self) -> dict:
+        return {key: (str(value) if isinstance(value, Path) else value) for key, value in self.__dict__.items()}
+
+
+@dataclass
+class LoadedModel:
+    pipeline: object
+    transformers: dict[str, object]  # "main", or "high" / "low" for an A14B pair -> WanTransformer3DModel
+    task: str  # t2v | i2v | ti2v
+    label: str
+    boundary_ratio: float | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def _folder(path: str | Path | None, what: str, flag: str) -> Path:
+    if path is None:
+        raise UserError(f"No {what} folder was given; pass {flag} DIR (a diffusers / transformers folder).")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"The {what} folder {folder} does not exist; check {flag}.")
+    return folder
+
+
+def companion_folders(choice: ModelChoice) -> tuple[Path, Path, Path]:
+    """(VAE, text encoder, tokenizer) folders: the ones given, else the workspace's."""
+    ws = Workspace(choice.workspace) if choice.workspace is not None else None
+
+    def pick(given, default, what, flag):
+        return _folder(given if given is not None else default, what, flag)
+
+    return (pick(choice.vae, ws and ws.vae, "VAE", "--vae"),
+            pick(choice.text_encoder, ws and ws.text_encoder, "text encoder", "--text_encoder"),
+            pick(choice.tokenizer, ws and ws.tokenizer, "tokenizer", "--tokenizer"))
+
+
+def _transformers(choice: ModelChoice) -> tuple[dict, str, str, float | None]:
+    """(transformers by role, task, label, boundary ratio)."""
+    from backend.models.demo import TRANSFORMER_FILE, expert_file
+    from backend.models.loading import load_transformer
+
+    if choice.model is not None:
+        if choice.dit:
+            raise UserError("Pass either --model (a demo model) or --dit (your own files), not both.")
+        if choice.model not in DEMO_MODELS:
+            raise UserError(f"Unknown demo model `{choice.model}`; choose one of: {', '.join(DEMO_MODELS)}, "
+                            f"or pass your own files with --dit.")
+        ws = Workspace(choice.workspace or ".")
+        if not ws.exists():
+            raise UserError(f"{ws.root} is not a demo workspace; create it with `python -m backend demo "
+                            f"--workspace {ws.root}` or pass --workspace.")
+        kind = get_model_kind(choice.model)
+        if not kind.has_experts:
+            return {"main": load_transformer(ws.demo_t2v / TRANSFORMER_FILE)}, kind.task, kind.label, None
+        pair = {expert: load_transformer(expert_file(ws, expert)) for expert in EXPERTS}
+        return pair, kind.task, kind.label, choice.boundary_ratio or kind.timestep_boundary
+    if not choice.dit:
+        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b or your transformer with --dit FILE.")
+    for path in choice.dit:
+        if not Path(path).expanduser().exists():
+            raise UserError(f"The transformer file {path} does not exist; check --dit.")
+    kind = get_model_kind(choice.model_kind) if choice.model_kind in MODEL_KINDS else None
+    source = choice.model_kind  # a kind name or a config folder (None: detect)
+    if kind is not None and kind.has_experts:
+        if len(choice.dit) != 2:
+            raise UserError(f"{kind.label} has two experts; pass --dit HIGH_NOISE_FILE LOW_NOISE_FILE.")
+        pair = {expert: load_transformer(path, source, expert=expert) for expert, path in zip(EXPERTS, choice.dit)}
+        return pair, kind.task, kind.label, choice.boundary_ratio or kind.timestep_boundary
+    if len(choice.dit) == 2:
+        if choice.boundary_ratio is None:
+            raise UserError("Two --dit files make an expert pair; pass --model_kind of an A14B model or "
+                            "--boundary_ratio to say where the experts switch.")
+        pair = {expert: load_transformer(path, source) for expert, path in zip(EXPERTS, choice.dit)}
+        return pair, _task_of(pair["high"]), "expert pair", choice.boundary_ratio
+    if len(choice.dit) > 2:
+        raise UserError(f"--dit takes one file, or two for an expert pair; got {len(choice.dit)}.")
+    model = load_transformer(choice.dit[0], source)
+    label = kind.label if kind else Path(choice.dit[0]).name
+    return {"main": model}, kind.task if kind else _task_of(model), label, None
+
+
+def _task_of(model) -> str:
+    in_channels, out_channels = model.config.in_channels, model.config.out_channels or model.config.in_channels
+    return "i2v" if in_channels > out_channels else "t2v"
+
+
+def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedModel:
+    """The pipeline for `choice`, with `scheduler`; `image` True builds the image-to-video pipeline."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from backend.models.demo import _quiet_progress_bars
+
+    vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice)
+    transformers, task, label, boundary = _transformers(choice)
+    if image and task != "i2v":
+        raise UserError(f"{label} is a text-to-video model, so it cannot start from --image; pick an I2V model "
+                        f"or leave --image out.")
+    if not image and task == "i2v":
+        raise UserError(f"{label} is an image-to-video model; pass the start image with --image PATH.")
+    first = transformers.get("main", transformers.get("high"))
+    with _quiet_progress_bars():
+        text_encoder = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True).eval()
+    parts = dict(
+        tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True), text_encoder=text_encoder,
+        vae=AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval(),
+        scheduler=scheduler, transformer=first, transformer_2=transformers.get("low"), boundary_ratio=boundary)
+    if image:
+        from diffusers import WanImageToVideoPipeline
+
+        parts.update(_image_encoder_parts(choice, first))
+        pipeline = WanImageToVideoPipeline(**parts)
+    else:
+        pipeline = WanPipeline(**parts)
+    pipeline.set_progress_bar_config(disable=True)
+    return LoadedModel(pipeline, transformers, task, label, boundary)
+
+
+def _image_encoder_parts(choice: ModelChoice, transformer) -> dict:
+    """Wan2.1 I2V reads CLIP image features (image_dim set); Wan2.2 I2V has none."""
+    if not transformer.config.image_dim:
+        return {}
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    folder = _folder(choice.image_encoder, "CLIP image encoder", "--image_encoder")
+    return {"image_encoder": CLIPVisionModel.from_pretrained(str(folder), local_files_only=True).eval(),
+            "image_processor": CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)}
