@@ -33,18 +33,20 @@ def workspace(tmp_path: Path) -> Workspace:
     return ws
 
 
-def test_seven_tabs_in_order_and_only_jobs_has_buttons(workspace):
+def test_seven_tabs_in_order_and_placeholder_tabs_have_no_buttons(workspace):
     blocks = build_app(workspace, JobManager(workspace.jobs))
     tabs = [block for block in blocks.blocks.values() if isinstance(block, gr.Tab)]
     assert [(tab.label, tab.elem_id) for tab in tabs] == TABS
     for tab in tabs:
+        texts = [str(block.value) for block in descendants(tab) if isinstance(block, gr.Markdown)]
+        is_placeholder = any("Not available in this version yet" in text for text in texts)
         buttons = [block.value for block in descendants(tab) if isinstance(block, gr.Button)]
         if tab.label == "Jobs":
-            assert buttons == ["Run self-check", "Stop", "Re-run", "Delete"]
-        elif tab.label == "LORAID":
-            assert buttons == ["Refresh list", "Run interference report"]
-        else:
+            assert buttons[:4] == ["Run self-check", "Stop", "Re-run", "Delete"]
+        elif is_placeholder:
             assert buttons == [], f"{tab.label} has buttons that do nothing yet"
+        else:
+            assert buttons, f"{tab.label} is neither a placeholder nor has any action"
 
 
 def outputs(values: tuple) -> dict:
