@@ -1,0 +1,159 @@
+"""A merge the user asked for, checked before it becomes a job, and the `python -m backend ...` arguments that run it.
+
+`DitMerge` folds LoRAs into a base DiT (`merge`); on a Wan2.2 A14B pair each expert gets the LoRAs that go on it and
+its own output (`NAME-high_noise.safetensors`, `NAME-low_noise.safetensors`); an expert that no LoRA goes on is left
+as it is. `LoraMerge` merges LoRA files into one (`merge-loras`). `check()` raises a UserError (one sentence) for
+anything the job would refuse, so bad input is reported before a job starts and nothing is written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from backend.compose.merge_dit import OUTPUT_DTYPES, open_checkpoint
+from backend.compose.merge_plan import Pick, conflicts_per_transformer, roles
+from backend.compose.output_names import check_output
+from backend.errors import UserError
+from backend.loraid.file_coverage import coverage_of_file
+from backend.loraid.overlap import overlap_message
+from backend.models.names import lora_key_prefix
+from backend.models.registry import EXPERT_STEMS
+
+FORCE_HINT = "tick “Allow overlap” to merge them anyway (their changes add up on the shared weights)"
+LORA_PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
+
+
+def expert_output(out: Path, expert: str) -> Path:
+    """`merged.safetensors` -> `merged-high_noise.safetensors` / `merged-low_noise.safetensors`."""
+    return out.with_name(f"{out.stem}-{EXPERT_STEMS[expert]}{out.suffix}")
+
+
+def check_overlaps(picks: Sequence[Pick], pair: bool, allow_overlap: bool) -> list[str]:
+    """The merge guard, per transformer: a UserError unless allowed; returns the allowed conflicts as warnings."""
+    warnings = []
+    for role, conflicts in conflicts_per_transformer(picks, pair).items():
+        if conflicts and not allow_overlap:
+            raise UserError(overlap_message(conflicts, FORCE_HINT))
+        warnings += [conflict.describe() for conflict in conflicts]
+    return warnings
+
+
+def _check_base(path: Path | None, what: str) -> Path:
+    if path is None or not str(path).strip():
+        raise UserError(f"No {what} is chosen; pick the demo model or type the path of a .safetensors checkpoint.")
+    if not path.exists():
+        raise UserError(f"The {what} {path} does not exist; pick the demo model or type the path of a "
+                        f".safetensors checkpoint.")
+    return path
+
+
+def _check_targets(base: Path, picks: Sequence[Pick]) -> None:
+    """Every module of every LoRA must find its weight in the base (read from headers, no weight is loaded)."""
+    present = open_checkpoint(base).by_wan_param
+    for pick in picks:
+        missing = sorted(m for m in coverage_of_file(pick.path) if f"{m}.weight" not in present)
+        if missing:
+            raise UserError(f"{pick.path.name} changes `{lora_key_prefix(missing[0])}`, which {base.name} does not "
+                            f"have; the LoRA was trained for another model, so pick its base model.")
+
+
+@dataclass(frozen=True)
+class DitMerge:
+    picks: list[Pick]
+    base: Path | None
+    out: Path
+    base_high: Path | None = None  # set for a Wan2.2 A14B pair: `base` is then the low-noise expert
+    dtype: str = "same"
+    device: str = "cpu"
+    allow_overlap: bool = False
+    overwrite: bool = False
+
+    @property
+    def pair(self) -> bool:
+        return self.base_high is not None
+
+    def bases(self) -> dict[str, Path]:
+        return {"high": self.base_high, "low": self.base} if self.pair else {"model": self.base}
+
+    def on(self, role: str) -> list[Pick]:
+        return [pick for pick in self.picks if pick.goes_on(role)]
+
+    def outputs(self) -> dict[str, Path]:
+        """role -> the file it writes (only the transformers some LoRA goes on)."""
+        if not self.pair:
+            return {"model": self.out}
+        return {role: expert_output(self.out, role) for role in roles(True) if self.on(role)}
+
+    def check(self) -> list[str]:
+        """Raise a UserError for bad input; return warnings (overlaps the user allowed)."""
+        if not self.picks:
+            raise UserError("No LoRA file is picked; choose at least one from the list or type its path.")
+        bases = {role: _check_base(path, "high-noise expert" if role == "high" else "base DiT")
+                 for role, path in self.bases().items()}
+        if self.pair and bases["high"].resolve() == bases["low"].resolve():
+            raise UserError("The high-noise and low-noise experts are the same file; pick each expert's checkpoint.")
+        if self.dtype not in OUTPUT_DTYPES:
+            raise UserError(f"Unknown output dtype `{self.dtype}`; use one of {', '.join(OUTPUT_DTYPES)}.")
+        if self.device not in DEVICES:
+            raise UserError(f"Unknown device `{self.device}`; use cpu or cuda.")
+        outputs = self.outputs()
+        if not outputs:
+            raise UserError("No LoRA goes on either expert; set each row's expert to high, low or both.")
+        warnings = check_overlaps(self.picks, self.pair, self.allow_overlap)
+        inputs = [*bases.values(), *(pick.path for pick in self.picks)]
+        for role, out in outputs.items():
+            check_output(out, self.overwrite, inputs)
+            _check_targets(bases[role], self.on(role))
+        return warnings
+
+    def arguments(self) -> list[str]:
+        """The arguments after `python -m backend`."""
+        outputs, bases = self.outputs(), self.bases()
+        first = "low" if "low" in outputs else next(iter(outputs))
+        args = ["merge", "--dit", str(bases[first]), "--lora", *self._files(first), "--multiplier",
+                *self._strengths(first), "--out", str(outputs[first])]
+        if self.pair and first == "low" and "high" in outputs:
+            args += ["--dit_high_noise", str(bases["high"]), "--lora_high_noise", *self._files("high"),
+                     "--multiplier_high_noise", *self._strengths("high"), "--out_high_noise", str(outputs["high"])]
+        args += ["--dtype", self.dtype, "--device", self.device]
+        return args + (["--allow_overlap"] if self.allow_overlap else [])
+
+    def _files(self, role: str) -> list[str]:
+        return [str(pick.path) for pick in self.on(role)]
+
+    def _strengths(self, role: str) -> list[str]:
+        return [repr(pick.multiplier) for pick in self.on(role)]
+
+
+@dataclass(frozen=True)
+class LoraMerge:
+    picks: list[Pick]
+    out: Path
+    rank: int | None = None  # None: exact (ranks concatenated); else resized by SVD
+    precision: str = "fp32"
+    allow_overlap: bool = False
+    overwrite: bool = False
+
+    def outputs(self) -> dict[str, Path]:
+        return {"model": self.out}
+
+    def check(self) -> list[str]:
+        if len(self.picks) < 2:
+            raise UserError(f"Merging LoRAs into one needs at least two files; {len(self.picks)} "
+                            f"{'is' if len(self.picks) == 1 else 'are'} picked.")
+        if self.rank is not None and self.rank < 1:
+            raise UserError(f"The rank must be a whole number of at least 1, got {self.rank}; leave it empty for an "
+                            f"exact merge.")
+        if self.precision not in LORA_PRECISIONS:
+            raise UserError(f"Unknown precision `{self.precision}`; use one of {', '.join(LORA_PRECISIONS)}.")
+        warnings = check_overlaps(self.picks, False, self.allow_overlap)
+        check_output(self.out, self.overwrite, [pick.path for pick in self.picks])
+        return warnings
+
+    def arguments(self) -> list[str]:
+        args = ["merge-loras", "--lora", *(str(p.path) for p in self.picks), "--multiplier",
+                *(repr(p.multiplier) for p in self.picks), "--out", str(self.out), "--precision", self.precision]
+        args += ["--rank", str(self.rank)] if self.rank is not None else []
+        return args + (["--allow_overlap"] if self.allow_overlap else [])

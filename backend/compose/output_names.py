@@ -1,0 +1,77 @@
+"""Output files of composing: default names (`demo-t2v+alice+bob.safetensors` for a merged DiT, `alice+bob
+.safetensors` for a merged LoRA, `RUN-ema.safetensors` for a post-hoc EMA, made unique in their folder with `-2`,
+`-3`, ...), the high-noise partner of a Wan2.2 A14B low-noise checkpoint (the same name with `high_noise` for
+`low_noise`), and the check every output path passes before a job starts."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+from backend.errors import UserError
+from backend.models.registry import EXPERT_STEMS
+
+PAIR_VARIANTS = tuple(f"-{stem}" for stem in EXPERT_STEMS.values())
+
+MERGED_DIT_FOLDER = ("outputs", "merged")  # under the workspace; the Generate tab lists its *.safetensors
+GENERIC_STEMS = {"transformer", "diffusion_pytorch_model", "model", *EXPERT_STEMS.values()}
+NAMES_SHOWN = 3
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def free_path(folder: Path, stem: str, variants: Sequence[str] = ("",)) -> Path:
+    """`folder/stem.safetensors`, or `stem-2`, `stem-3`, ... when a file `stem<variant>.safetensors` exists for some
+    variant (an A14B pair writes `-high_noise` / `-low_noise` variants of the name)."""
+    stem = _UNSAFE.sub("_", stem).strip("._") or "merged"
+    candidate, number = stem, 1
+    while any((Path(folder) / f"{candidate}{variant}.safetensors").exists() for variant in variants):
+        number += 1
+        candidate = f"{stem}-{number}"
+    return Path(folder) / f"{candidate}.safetensors"
+
+
+def model_label(base: Path) -> str:
+    """A checkpoint's short name: its stem, or its folder's name for generic stems (`demo-t2v/transformer`)."""
+    base = Path(base)
+    return base.parent.name if base.stem in GENERIC_STEMS and base.parent.name else base.stem
+
+
+def joined(paths: Sequence[Path]) -> str:
+    stems = [Path(p).stem for p in paths]
+    if len(stems) > NAMES_SHOWN:
+        return "+".join(stems[:NAMES_SHOWN - 1]) + f"+{len(stems) - NAMES_SHOWN + 1}-more"
+    return "+".join(stems)
+
+
+def merged_dit_stem(base: Path | None, loras: Sequence[Path]) -> str:
+    return "+".join(part for part in (model_label(base) if base else "", joined(loras)) if part) or "merged"
+
+
+def merged_lora_stem(loras: Sequence[Path]) -> str:
+    return joined(loras) or "merged"
+
+
+def ema_stem(run_name: str) -> str:
+    return f"{run_name}-ema"
+
+
+def high_noise_partner(low_noise: Path) -> Path | None:
+    """The high-noise checkpoint beside a low-noise one, when a file of the partner name exists."""
+    low_noise = Path(low_noise)
+    low, high = EXPERT_STEMS["low"], EXPERT_STEMS["high"]
+    if low not in low_noise.name:
+        return None
+    partner = low_noise.with_name(low_noise.name.replace(low, high))
+    return partner if partner.is_file() else None
+
+
+def check_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    """A .safetensors file name that is no input, and no existing file unless overwriting was asked."""
+    if out.suffix != ".safetensors":
+        raise UserError(f"The output {out.name} must end in .safetensors; composed files are saved as safetensors.")
+    if out.is_dir():
+        raise UserError(f"The output {out} is a folder; type a file name ending in .safetensors.")
+    if any(out.resolve() == Path(path).resolve() for path in inputs):
+        raise UserError(f"The output {out.name} is one of the inputs; write the result to a new file.")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; type another output name or tick “Overwrite”.")
