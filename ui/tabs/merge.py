@@ -1,14 +1,254 @@
-"""Merge tab: merge LoRAs into a base model or into each other."""
+"""Merge tab: fold LoRAs into a base DiT (a Wan2.2 A14B pair too), or merge LoRAs into one LoRA, as a job.
+
+Checks, names and summaries come from `backend.compose` (merge_plan, merge_request, output_names, summaries); this
+module builds widgets and turns them into a request."""
 from __future__ import annotations
 
-from ui.context import AppContext
-from ui.widgets import coming_soon
+import sys
+from html import escape
+from pathlib import Path
 
-DESCRIPTION = """### Merge
-This tab will merge LoRA files into a base transformer at chosen strengths, or combine several LoRAs into one file.
-LoRAs whose parameters overlap are refused unless you force it; LORAID LoRAs on disjoint blocks merge without
-touching each other's weights. Merges run as jobs and write `.safetensors` files atomically to `outputs/`."""
+import gradio as gr
+import torch
+
+from backend.compose.merge_dit import OUTPUT_DTYPES
+from backend.compose.merge_plan import (TABLE_HEADERS, display_path, lora_files, overlap_lines, picks_from_rows,
+                                        table_rows, workspace_path)
+from backend.compose.merge_request import LORA_PRECISIONS, DitMerge, LoraMerge
+from backend.compose.output_names import (MERGED_DIT_FOLDER, PAIR_VARIANTS, free_path, high_noise_partner,
+                                          merged_dit_stem, merged_lora_stem)
+from backend.compose.summaries import merge_summary
+from backend.errors import UserError
+from backend.models.demo import TRANSFORMER_FILE, expert_file
+from ui.context import AppContext
+from ui.merge_ema_common import FollowedJob, error_html, follow_job, tick
+from ui.widgets import report_error
+
+MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
+JOB_KINDS = ("merge", "merge-loras")
+POLL_SECONDS = 1.0
+_GROUP = dict(concurrency_id="merge-tab", concurrency_limit=1, show_progress="hidden")
+
+
+def merged_folder(ctx: AppContext) -> Path:
+    return ctx.workspace.root.joinpath(*MERGED_DIT_FOLDER)
+
+
+def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """The demo checkpoints, then earlier merged models (a merge may build on another)."""
+    ws = ctx.workspace
+    demos = [(f"Demo T2V ({display_path(ws.root, ws.demo_t2v / TRANSFORMER_FILE)})", ws.demo_t2v / TRANSFORMER_FILE),
+             (f"Demo A14B pair, low-noise expert ({display_path(ws.root, expert_file(ws, 'low'))})",
+              expert_file(ws, "low"))]
+    folder = merged_folder(ctx)
+    merged = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return [(label, str(path)) for label, path in demos if path.is_file()] + \
+        [(f"Merged: {path.name}", str(path)) for path in merged]
+
+
+def high_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    demo = expert_file(ctx.workspace, "high")
+    return [("None: a single model", "")] + ([(f"Demo A14B pair, high-noise expert "
+                                               f"({display_path(ctx.workspace.root, demo)})", str(demo))]
+                                             if demo.is_file() else [])
+
+
+def lora_choices(ctx: AppContext) -> list[str]:
+    folder = ctx.workspace.loras
+    return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def device_choices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def overlap_html(lines: list[str], count: int) -> str:
+    if count < 2:
+        return ""
+    if not lines:
+        return (f'<p class="merge-ok"><b>No overlap:</b> the {count} LoRAs change different weights, so none of '
+                f"them changes what another one merged.</p>")
+    items = "".join(f'<li style="color: #c0392b;">{escape(line)}</li>' for line in lines)
+    return (f'<p style="color: #c0392b;"><b>Overlap:</b> these LoRAs change the same weights; the merge is refused '
+            f"unless you tick “Allow overlap” (their changes then add up).</p><ul>{items}</ul>")
+
+
+def job_title(request: DitMerge | LoraMerge) -> str:
+    count = f"{len(request.picks)} LoRA{'s' * (len(request.picks) != 1)}"
+    if isinstance(request, LoraMerge):
+        return f"Merge {count} into one LoRA"
+    pair = " (A14B pair)" if request.pair else ""
+    return f"Merge {count} into {Path(request.base).name}{pair}"
+
+
+class MergePanel:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def _path(self, text: str | None) -> Path | None:
+        return workspace_path(self.ctx.workspace.root, text).resolve() if text and str(text).strip() else None
+
+    def _pair(self, mode: str, base_high: str | None) -> bool:
+        return mode == "dit" and self._path(base_high) is not None
+
+    def refresh_files(self, names):
+        choices = lora_choices(self.ctx)
+        return gr.update(choices=choices, value=[n for n in names or [] if n in choices]), \
+            gr.update(choices=base_choices(self.ctx))
+
+    def on_base(self, base):
+        partner = high_noise_partner(self._path(base)) if self._path(base) else None
+        return str(partner) if partner else ""
+
+    def on_mode(self, mode):
+        dit = mode == "dit"
+        return gr.update(visible=dit), gr.update(visible=not dit)
+
+    def rows(self, mode, names, typed, table, base_high):
+        """(table rows, file message) for the picked files."""
+        root = self.ctx.workspace.root
+        try:
+            paths = lora_files(root, self.ctx.workspace.loras, names, typed)
+            return table_rows(root, paths, table, self._pair(mode, base_high)), ""
+        except UserError as exc:  # shown beside the picker: typed paths are checked when the box loses focus
+            return gr.skip(), error_html(str(exc))
+
+    def suggestion(self, mode, base, base_high, picks) -> str:
+        paths = [pick.path for pick in picks]
+        if mode == "loras":
+            return str(free_path(self.ctx.workspace.loras, merged_lora_stem(paths)))
+        variants = PAIR_VARIANTS if self._pair(mode, base_high) else ("",)
+        return str(free_path(merged_folder(self.ctx), merged_dit_stem(self._path(base), paths), variants))
+
+    def review(self, mode, table, base, base_high, out, suggested):
+        """(overlap report, output path, suggested output): warnings before running; the default output follows
+        the picks until the user types another path."""
+        try:
+            pair = self._pair(mode, base_high)
+            picks = picks_from_rows(self.ctx.workspace.root, table, pair)
+            report = overlap_html(overlap_lines(picks, pair), len(picks))
+            suggestion = self.suggestion(mode, base, base_high, picks)
+        except UserError as exc:
+            return error_html(report_error(exc)), gr.skip(), gr.skip()
+        keep_typed = out and out.strip() and out.strip() != suggested
+        return report, gr.skip() if keep_typed else suggestion, suggestion
+
+    def request(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite):
+        root = self.ctx.workspace.root
+        pair = self._pair(mode, base_high)
+        picks = picks_from_rows(root, table, pair)
+        if not out or not str(out).strip():
+            raise UserError("The output path is empty; type where the merged file goes (a .safetensors name).")
+        target = self._path(out)
+        if mode == "loras":
+            exact = rank in (None, "") or int(rank) == 0
+            return LoraMerge(picks, target, None if exact else int(rank), precision, bool(allow), bool(overwrite))
+        return DitMerge(picks, self._path(base), target, self._path(base_high) if pair else None, dtype, device,
+                        bool(allow), bool(overwrite))
+
+    def run(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite, followed):
+        """(followed job, status, log, summary, timer)."""
+        try:
+            request = self.request(mode, table, base, base_high, out, dtype, device, rank, precision, allow,
+                                   overwrite)
+            warnings = request.check()
+            arguments = request.arguments()
+            job = self.ctx.jobs.submit(
+                [sys.executable, "-m", "backend", *arguments], kind=arguments[0], title=job_title(request),
+                settings={"mode": mode, "files": [str(pick.path) for pick in request.picks],
+                          "multipliers": [pick.multiplier for pick in request.picks],
+                          "outputs": [str(path) for path in request.outputs().values()]})
+        except UserError as exc:
+            return followed, f"⚠ {report_error(exc)}", gr.skip(), gr.skip(), gr.Timer(active=False)
+        note = "".join(f"  \n⚠ Allowed overlap: {warning}." for warning in warnings)
+        return follow_job(job), f"Job {job.id}: {job.status}…{note}", "", "", gr.Timer(active=True)
+
+    def tick(self, followed: FollowedJob):
+        return tick(self.ctx, followed, JOB_KINDS, self.summary)
+
+    def summary(self, outputs: list[str]) -> str:
+        parts = []
+        for out in map(Path, outputs):
+            try:
+                lines = merge_summary(out)
+            except UserError as exc:
+                parts.append(f"⚠ {exc}")
+                continue
+            parts.append("\n".join([f"**{lines[0]}**", *(f"- {line}" for line in lines[1:])]))
+            if out.parent.resolve() == merged_folder(self.ctx).resolve():
+                parts.append(f"Send to Generate: `{out.name}` is in `outputs/merged/`, which the Generate tab "
+                             f"lists in its model choice (refresh it there).")
+            elif out.parent.resolve() == self.ctx.workspace.loras.resolve():
+                parts.append(f"`{out.name}` is in `loras/`: the LORAID and Generate tabs list it.")
+        return "\n\n".join(parts)
 
 
 def build(ctx: AppContext) -> None:
-    coming_soon(DESCRIPTION, where=ctx.workspace.outputs)
+    panel = MergePanel(ctx)
+    gr.Markdown("### Merge\nFold LoRAs into a base transformer at chosen strengths (the merged model needs no "
+                "adapter at generation), or combine LoRAs into one LoRA file. LoRAs on disjoint LORAIDs never touch "
+                "each other's weights; overlapping ones are refused unless you allow it. Merges run as jobs and "
+                "write their file atomically.")
+    mode = gr.Radio(MODES, value="dit", label="Merge", elem_id="merge-mode")
+    with gr.Row():
+        files = gr.Dropdown(lora_choices(ctx), value=[], multiselect=True, scale=3, elem_id="merge-files",
+                            label=f"LoRA files in {ctx.workspace.loras}")
+        refresh = gr.Button("Refresh lists", scale=0, min_width=120, elem_id="merge-refresh")
+        typed = gr.Textbox("", lines=2, scale=3, elem_id="merge-file-paths",
+                           label="Other LoRA files (one path per line, relative to the workspace or absolute)")
+    file_message = gr.HTML("", elem_id="merge-file-message")
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=[], type="array", interactive=True,
+                         static_columns=[0, 1, 2, 3, 4],
+                         datatype=["str", "str", "str", "str", "str", "str", "number"], wrap=True,
+                         label="Picked LoRAs (edit multiplier; on an A14B pair also expert: high, low or both)",
+                         elem_id="merge-table")
+    overlap = gr.HTML("", elem_id="merge-overlap")
+    allow = gr.Checkbox(False, label="Allow overlap (merge LoRAs that change the same weights; their changes add up)",
+                        elem_id="merge-allow-overlap")
+    bases = base_choices(ctx)
+    with gr.Group(visible=True) as dit_options:
+        with gr.Row():
+            base = gr.Dropdown(bases, value=bases[0][1] if bases else None, allow_custom_value=True, scale=3,
+                               label="Base DiT checkpoint (Wan2.2 A14B: the low-noise expert; or type a path)",
+                               elem_id="merge-base")
+            base_high = gr.Dropdown(high_choices(ctx), value="", allow_custom_value=True, scale=3,
+                                    label="High-noise expert (Wan2.2 A14B pair only)", elem_id="merge-base-high")
+        with gr.Row():
+            dtype = gr.Radio(list(OUTPUT_DTYPES), value="same", label="Output dtype (same: as in the base)",
+                             elem_id="merge-dtype")
+            device = gr.Dropdown(device_choices(), value="cpu", label="Compute on", elem_id="merge-device")
+    with gr.Row(visible=False) as lora_options:
+        rank = gr.Number(0, precision=0, minimum=0, label="Rank (0: exact, ranks concatenated; else resized by SVD)",
+                         elem_id="merge-rank")
+        precision = gr.Radio(list(LORA_PRECISIONS), value="fp32", label="Saved precision", elem_id="merge-precision")
+    first_output = panel.suggestion("dit", base.value, "", [])
+    with gr.Row():
+        out = gr.Textbox(first_output, scale=4, label="Output file (a pair writes NAME-high_noise / NAME-low_noise)",
+                         elem_id="merge-out")
+        overwrite = gr.Checkbox(False, label="Overwrite", scale=0, min_width=120, elem_id="merge-overwrite")
+    with gr.Row():
+        run_button = gr.Button("Run merge", variant="primary", scale=0, min_width=160, elem_id="merge-run")
+        status = gr.Markdown("", elem_id="merge-status")
+    summary = gr.Markdown("", elem_id="merge-summary")
+    log = gr.Textbox("", label="Job log", lines=8, max_lines=16, interactive=False, autoscroll=True,
+                     elem_id="merge-log")
+    suggested = gr.State(first_output)
+    followed = gr.State(FollowedJob())
+    timer = gr.Timer(POLL_SECONDS, active=True)  # the first tick picks up a merge that runs already
+
+    row_inputs = [mode, files, typed, table, base_high]
+    review_inputs, review_outputs = [mode, table, base, base_high, out, suggested], [overlap, out, suggested]
+    files.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
+    typed.blur(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
+    mode.change(panel.on_mode, inputs=mode, outputs=[dit_options, lora_options], **_GROUP).then(
+        panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP).then(
+        panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
+    base.change(panel.on_base, inputs=base, outputs=base_high, **_GROUP).then(
+        panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
+    base_high.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
+    table.change(panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
+    refresh.click(panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
+    run_button.click(panel.run, inputs=[mode, table, base, base_high, out, dtype, device, rank, precision, allow,
+                                        overwrite, followed],
+                     outputs=[followed, status, log, summary, timer], **_GROUP)
+    timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, timer], **_GROUP)

@@ -1,0 +1,217 @@
+"""The Merge and EMA tabs' handlers without a browser, on a workspace holding the demo transformers: bad input is
+one sentence and starts no job and writes nothing; a good request runs as a real job whose summary is read from the
+output file; a page opened while a merge runs follows it."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from backend.adapters.formats import save_lora
+from backend.adapters.metadata import build_metadata
+from backend.adapters.network import AdapterNetwork
+from backend.adapters.network_config import NetworkConfig
+from backend.jobs import JobManager
+from backend.loraid.allocation import allocate
+from backend.loraid.patterns import network_args_entries
+from backend.models import demo_parts
+from backend.models.demo import TRANSFORMER_FILE, expert_file
+from backend.models.loading import save_transformer_original
+from backend.workspace import Workspace
+from ui.context import AppContext
+from ui.merge_ema_common import FollowedJob
+from ui.tabs.ema import EmaPanel, run_choices
+from ui.tabs.merge import MergePanel
+
+DEMO_BLOCKS = 8
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory):
+    """The demo T2V transformer and the A14B pair, as the demo workspace holds them (no VAE, encoder, dataset)."""
+    ws = Workspace(tmp_path_factory.mktemp("models") / "ws")
+    ws.ensure_folders()
+    t2v = demo_parts.build_transformer("demo-t2v", 0, part=10)
+    save_transformer_original(t2v, ws.demo_t2v / TRANSFORMER_FILE)
+    for part, expert in enumerate(("high", "low"), start=11):
+        save_transformer_original(demo_parts.build_transformer("demo-a14b", 0, part, expert), expert_file(ws, expert))
+    return ws, t2v
+
+
+@pytest.fixture
+def ctx(demo_models, tmp_path):
+    source, model = demo_models
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_folders()
+    shutil.copytree(source.models, ws.models, dirs_exist_ok=True)
+    return AppContext(ws, JobManager(ws.jobs)), model
+
+
+def save_demo_lora(model, path: Path, loraid: int, blocks_per_loraid: int, seed: int, step: int | None = None,
+                   expert: str | None = None) -> Path:
+    allocation = allocate(loraid, DEMO_BLOCKS, blocks_per_loraid, expert=expert, model="demo-t2v")
+    args = network_args_entries(allocation)
+    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in network.parameters():
+            param.normal_(0.0, 0.1)
+    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
+                              allocation=allocation.to_metadata(), step=step)
+    return save_lora(path, network.state_dict_for_save(), metadata)
+
+
+def until_finished(panel, followed: FollowedJob, timeout_s: float = 60) -> tuple:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        shown = panel.tick(followed)
+        followed = shown[0]
+        if isinstance(shown[1], str) and ("succeeded" in shown[1] or "ended" in shown[1]):
+            return shown
+        time.sleep(0.3)
+    raise AssertionError(f"the job did not finish within {timeout_s} s")
+
+
+def run_merge(panel: MergePanel, table, base, out, *, allow=False, base_high="", mode="dit"):
+    return panel.run(mode, table, base, base_high, out, "same", "cpu", 0, "fp32", allow, False, FollowedJob())
+
+
+def test_merge_refuses_bad_input_with_one_sentence_and_writes_nothing(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = MergePanel(context)
+    base = str(ws.demo_t2v / TRANSFORMER_FILE)
+    out = str(ws.outputs / "merged" / "m.safetensors")
+    save_demo_lora(model, ws.loras / "bob.safetensors", loraid=3, blocks_per_loraid=2, seed=2)  # blocks 4-5
+    save_demo_lora(model, ws.loras / "carol.safetensors", loraid=2, blocks_per_loraid=3, seed=3)  # blocks 3-5
+
+    _, status, *_ = run_merge(panel, [], base, out)
+    assert status == "⚠ No LoRA file is picked; choose at least one from the list or type its path."
+    rows, message = panel.rows("dit", ["bob.safetensors", "carol.safetensors"], "", [], "")
+    assert message == ""
+    _, status, *_ = run_merge(panel, rows, str(ws.models / "missing.safetensors"), out)
+    assert status.startswith("⚠ The base DiT ") and "missing.safetensors does not exist" in status
+    report, suggested_out, _ = panel.review("dit", rows, base, "", "", "")
+    assert "Overlap:" in report and "bob.safetensors and carol.safetensors both change blocks 4-5" in report
+    assert suggested_out == str(ws.outputs / "merged" / "demo-t2v+bob+carol.safetensors")
+    _, status, *_ = run_merge(panel, rows, base, out)
+    assert status.startswith("⚠ bob.safetensors and carol.safetensors both change blocks 4-5")
+    assert status.endswith("tick “Allow overlap” to merge them anyway (their changes add up on the shared weights).")
+    _, status, *_ = run_merge(panel, rows[:1], base, out, mode="loras")
+    assert status == "⚠ Merging LoRAs into one needs at least two files; 1 is picked."
+    _, message = panel.rows("dit", ["bob.safetensors"], "loras/typo.safetensors", rows, "")
+    assert "typo.safetensors does not exist" in message
+    assert context.jobs.list() == [] and not (ws.outputs / "merged").exists()
+
+
+def test_merge_runs_as_a_job_and_shows_the_summary_from_the_file(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = MergePanel(context)
+    base = ws.demo_t2v / TRANSFORMER_FILE
+    save_demo_lora(model, ws.loras / "alice.safetensors", loraid=1, blocks_per_loraid=2, seed=1)
+    save_demo_lora(model, ws.loras / "bob.safetensors", loraid=3, blocks_per_loraid=2, seed=2)
+    rows, _ = panel.rows("dit", ["alice.safetensors", "bob.safetensors"], "", [], "")
+    assert [row[:5] for row in rows] == [["loras/alice.safetensors", "lora", "4", "1", "blocks 0-1"],
+                                         ["loras/bob.safetensors", "lora", "4", "3", "blocks 4-5"]]
+    rows[1][6] = 0.7
+    report, out, suggested = panel.review("dit", rows, str(base), "", "", "")
+    assert "No overlap" in report
+    followed, status, *_ = run_merge(panel, rows, str(base), out)
+    assert status.startswith(f"Job {followed.job_id}: ")
+    shown = until_finished(panel, followed)
+    assert shown[1] == f"Job {followed.job_id} succeeded."
+    summary = shown[3]
+    assert "alice.safetensors × 1: LORAID 1" in summary and "bob.safetensors × 0.7: LORAID 3" in summary
+    assert "LORAIDs: 1, 3" in summary and "which the Generate tab lists in its model choice" in summary
+    merged, original = load_file(out), load_file(base)
+    assert not torch.equal(merged["blocks.4.ffn.0.weight"], original["blocks.4.ffn.0.weight"])
+    assert torch.equal(merged["blocks.2.ffn.0.weight"], original["blocks.2.ffn.0.weight"])
+    job = context.jobs.get(followed.job_id)
+    assert job.kind == "merge" and job.settings["multipliers"] == [1.0, 0.7]
+    # the default output moves on to a free name; a typed one stays as typed
+    _, next_out, _ = panel.review("dit", rows, str(base), "", out, suggested)
+    assert next_out == str(ws.outputs / "merged" / "demo-t2v+alice+bob-2.safetensors")
+    _, kept, _ = panel.review("dit", rows, str(base), "", "/tmp/mine.safetensors", suggested)
+    assert kept == gr.skip()  # the typed path is left alone
+
+
+def test_a14b_pair_assigns_experts_from_the_files(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = MergePanel(context)
+    assert panel.on_base(str(expert_file(ws, "low"))) == str(expert_file(ws, "high"))
+    assert panel.on_base(str(ws.demo_t2v / TRANSFORMER_FILE)) == ""
+    save_demo_lora(model, ws.loras / "hi.safetensors", loraid=1, blocks_per_loraid=2, seed=4, expert="high")
+    save_demo_lora(model, ws.loras / "any.safetensors", loraid=2, blocks_per_loraid=2, seed=5)
+    high = str(expert_file(ws, "high"))
+    rows, _ = panel.rows("dit", ["hi.safetensors", "any.safetensors"], "", [], high)
+    assert [row[5] for row in rows] == ["high", "both"]
+    report, out, _ = panel.review("dit", rows, str(expert_file(ws, "low")), high, "", "")
+    assert out == str(ws.outputs / "merged" / "demo-a14b+hi+any.safetensors")
+    followed, *_ = run_merge(panel, rows, str(expert_file(ws, "low")), out, base_high=high)
+    summary = until_finished(panel, followed)[3]
+    assert "(high-noise expert)" in summary and "(low-noise expert)" in summary
+    low_out = Path(out).with_name("demo-a14b+hi+any-low_noise.safetensors")
+    record = json.loads(safe_open(str(low_out), "pt").metadata()["loraid_studio.merge"])
+    assert [r["file"] for r in record["loras"]] == ["any.safetensors"]
+
+
+def test_a_page_opened_during_a_merge_follows_it(ctx):
+    context, _ = ctx
+    job = context.jobs.submit([sys.executable, "-m", "backend", "selfcheck", "--steps", "400", "--interval", "0.05"],
+                              kind="merge", title="stand-in merge", settings={"outputs": []})
+    try:
+        followed, status, *_ = MergePanel(context).tick(FollowedJob())
+        assert followed.job_id == job.id and status.startswith(f"Job {job.id}: running")
+        nothing = EmaPanel(context).tick(FollowedJob())
+        assert nothing[0].job_id is None  # the EMA tab follows EMA jobs only
+    finally:
+        context.jobs.stop(job.id, grace_s=1.0)
+
+
+def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = EmaPanel(context)
+    for step, seed in ((10, 11), (20, 12), (40, 13)):
+        save_demo_lora(model, ws.loras / f"run-step{step:06d}.safetensors", 4, 2, seed, step=step)
+    shutil.copy(ws.loras / "run-step000040.safetensors", ws.loras / "run.safetensors")
+    assert run_choices(context) == [("run: 4 files in loras/", "loras/run")]
+    inputs, notes, out, suggested = panel.find("loras/run", "", "", "")
+    assert notes.startswith("3 lora checkpoints, ordered by the training step in their metadata.")
+    assert "run.safetensors holds the same weights as run-step000040.safetensors" in notes
+    assert out == suggested == str(ws.loras / "run-ema.safetensors")
+    rows, message = panel.weights(inputs, "power", 0.2, 0.95, 0.95)
+    assert [row[1:3] for row in rows] == [["loras/run-step000010.safetensors", 10],
+                                          ["loras/run-step000020.safetensors", 20],
+                                          ["loras/run-step000040.safetensors", 40]]
+    gamma = max(r.real for r in np.roots([1, 7, 16 - 0.2 ** -2, 12 - 0.2 ** -2]) if abs(r.imag) < 1e-12)
+    assert message == f"γ = {gamma:.4f}; the weights sum to 1.000000."
+    expected = [(s / 40) ** (gamma + 1) - (p / 40) ** (gamma + 1) for p, s in ((0, 10), (10, 20), (20, 40))]
+    assert [row[3] for row in rows] == pytest.approx(expected, abs=1e-6)
+
+    bad = panel.run(inputs, "power", 0.5, 0.95, 0.95, "factors", "same", out, False, FollowedJob())
+    assert bad[1].startswith("⚠ --sigma_rel must be between 0 and 1/√12")
+    empty = panel.run(panel.find(None, "", "", "")[0], "power", 0.2, 0.95, 0.95, "factors", "same", out, False,
+                      FollowedJob())
+    assert empty[1] == "⚠ No checkpoints are chosen; pick a run or type a run folder or checkpoint files."
+    assert context.jobs.list() == [] and not Path(out).exists()
+
+    followed, status, *_ = panel.run(inputs, "power", 0.2, 0.95, 0.95, "delta", "same", out, False, FollowedJob())
+    shown = until_finished(panel, followed)
+    assert shown[1] == f"Job {followed.job_id} succeeded."
+    assert "delta space, steps from metadata" in shown[3] and "Largest relative truncation error" in shown[3]
+    assert "`run-ema.safetensors` is in `loras/`: the LORAID tab lists it" in shown[3]
+    record = json.loads(safe_open(out, "pt").metadata()["loraid_studio.ema"])
+    assert [c["weight"] for c in record["checkpoints"]] == pytest.approx(expected, abs=1e-9)
+    assert run_choices(context) == [("run: 4 files in loras/", "loras/run")]  # the result is no checkpoint
