@@ -103,7 +103,7 @@ def average_deltas(loras: Sequence[LoraFile], weights: Sequence[float]) -> tuple
     return out, errors
 
 
-def _rule(sigma_rel: float | None, beta: float | None, beta2: float | None, uniform: bool) -> tuple[str, float | None]:
+def averaging_rule(sigma_rel: float | None, beta: float | None, beta2: float | None, uniform: bool) -> tuple[str, float | None]:
     """(method, γ) of the chosen averaging rule, checked before any file is read."""
     chosen = [name for name, on in (("--sigma_rel", sigma_rel is not None), ("--beta", beta is not None),
                                     ("--uniform", uniform)) if on]
@@ -138,7 +138,7 @@ def post_hoc_ema(inputs: Sequence[str | Path], out: str | Path, *, sigma_rel: fl
     if precision not in PRECISIONS:
         raise UserError(f"Unknown precision `{precision}`; use one of {', '.join(PRECISIONS)}.")
     out = Path(out)
-    method, gamma = _rule(sigma_rel, beta, beta2, uniform)
+    method, gamma = averaging_rule(sigma_rel, beta, beta2, uniform)
     run = find_checkpoints(inputs, exclude=out)
     weights = _weights(run, method, gamma, beta, beta2)
     loras = [c.lora for c in run.checkpoints]

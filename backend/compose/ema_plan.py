@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from backend.compose.ema import PRECISIONS, SPACES, _rule as averaging_rule, check_compatible
+from backend.compose.ema import PRECISIONS, SPACES, averaging_rule, check_compatible
 from backend.compose.ema_inputs import EMA_KEY, find_checkpoints
 from backend.compose.ema_weights import beta_weights, power_weights, uniform_weights
 from backend.compose.merge_plan import display_path
