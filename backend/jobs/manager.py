@@ -27,6 +27,7 @@ from backend.jobs.record import JOB_FILE, JOB_ID_PATTERN, SUPERVISOR_FILE, Job, 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # where `python -m backend ...` works: the default working folder
 LOCK_FILE = ".lock"
 QUEUE_FILE = "queue.json"  # {"max_concurrent": n}: so a supervisor can start the next queued job, app or no app
+QUEUE_ORDER_FILE = "queue_order.json"  # {"order": [job ids]}: the start order chosen for queued jobs (else by age)
 log = logging.getLogger(__name__)
 
 
@@ -106,7 +107,30 @@ class JobManager:
         """The complete events written since byte `offset`, and the offset to pass next time."""
         return read_jsonl(self._job_dir(job_id) / EVENTS_FILE, offset)
 
+    def queued(self) -> list[Job]:
+        """The queued jobs in the order they will start."""
+        with self._lock():
+            jobs = self._refresh_locked()
+            return self._in_start_order([job for job in jobs if job.status == "queued"])
+
     # --- changing ---------------------------------------------------------------------------------------------
+
+    def move(self, job_id: str, offset: int) -> list[Job]:
+        """Move a queued job `offset` places later in the queue (negative: earlier); returns the new queue order."""
+        with self._lock():
+            job = self._reconcile(load_job(self._job_dir(job_id)))
+            if job.status != "queued":
+                raise UserError(f"Job {job.id} is {job.status}, not queued; only queued jobs can be moved.")
+            queue = self._in_start_order([j for j in self._refresh_locked() if j.status == "queued"])
+            ids = [j.id for j in queue]
+            if job.id not in ids:  # it started during the refresh
+                raise UserError(f"Job {job.id} has just started; only queued jobs can be moved.")
+            position = max(0, min(len(ids) - 1, ids.index(job.id) + int(offset)))
+            ids.remove(job.id)
+            ids.insert(position, job.id)
+            atomic_write_json(self.jobs_dir / QUEUE_ORDER_FILE, {"order": ids})
+            return self._in_start_order(queue)
+
 
     def stop(self, job_id: str, grace_s: float = 10.0) -> Job:
         """Ask a running job to stop; its supervisor kills the whole process tree after `grace_s` seconds.
@@ -175,7 +199,7 @@ class JobManager:
                 del self._supervisors[job_id]
         jobs = [self._reconcile(job) for job in self._scan()]
         active = sum(job.is_active for job in jobs)
-        for job in sorted((j for j in jobs if j.status == "queued"), key=lambda j: (j.created, j.id)):
+        for job in self._in_start_order([j for j in jobs if j.status == "queued"]):
             if active >= self.max_concurrent:
                 break
             self._launch(job)
@@ -184,6 +208,11 @@ class JobManager:
             if job.is_finished:
                 self._finished[job.id] = job
         return jobs
+
+    def _in_start_order(self, queued: list[Job]) -> list[Job]:
+        """Jobs placed by the user's order first (in that order), the rest after them by age."""
+        order = {job_id: index for index, job_id in enumerate(_recorded_order(self.jobs_dir))}
+        return sorted(queued, key=lambda j: (order.get(j.id, len(order)), j.created, j.id))
 
     def _scan(self) -> list[Job]:
         jobs = []
@@ -267,6 +296,14 @@ def _recorded_limit(jobs_dir: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return limit if limit >= 1 else None
+
+
+def _recorded_order(jobs_dir: Path) -> list[str]:
+    try:
+        order = json.loads((jobs_dir / QUEUE_ORDER_FILE).read_text(encoding="utf-8"))["order"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [str(job_id) for job_id in order] if isinstance(order, list) else []
 
 
 def _read_supervisor(job_dir: Path) -> ProcessRef | None:

@@ -95,8 +95,9 @@ class Saver:
                                    fingerprint=fingerprint(self.settings), extra_tensors=tensors)
 
     def prune(self, kind: str) -> list[Path]:
-        """Keep the newest save_last_n intermediate checkpoints of one kind ("step" / "epoch"); returns removed."""
-        keep = self.settings.save_last_n
+        """Keep the newest save_last_n_steps / save_last_n_epochs checkpoints of that kind ("step" / "epoch");
+        returns the files removed."""
+        keep = self.settings.save_last_n_steps if kind == "step" else self.settings.save_last_n_epochs
         if not keep:
             return []
         pattern = re.compile(rf"^{re.escape(self.settings.output_name)}-{kind}(\d{{6}})$")

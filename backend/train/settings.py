@@ -3,7 +3,7 @@ come from this model. Names follow musubi-tuner where its users know them; defau
 training (not musubi's alpha 1 / lr 2e-6)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -18,6 +18,11 @@ TIMESTEP_SAMPLING = ["uniform", "sigmoid", "shift", "logsnr"]
 
 
 class TrainSettings(Settings):
+    """Schema history of presets: version 1 had one `save_last_n` for step and epoch checkpoints alike; version 2
+    splits it into musubi-tuner's `save_last_n_steps` / `save_last_n_epochs` (a v1 value is kept for both)."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
     # -- model
     model_kind: Literal[tuple(MODEL_KINDS)] = setting(
         "demo-t2v", label="Model", group="Model", choices=MODEL_KINDS,
@@ -118,8 +123,12 @@ class TrainSettings(Settings):
                                              help="Checkpoint interval in steps.")
     save_every_n_epochs: int | None = setting(None, label="Save every N epochs", group="Saving", ge=1,
                                               help="Checkpoint interval in epochs.")
-    save_last_n: int | None = setting(None, label="Keep last N", group="Saving", ge=1,
-                                      help="Delete older step/epoch checkpoints beyond this many.")
+    save_last_n_steps: int | None = setting(None, label="Keep last N step checkpoints", group="Saving", ge=1,
+                                            help="Delete older -stepNNNNNN checkpoints (and their states) beyond "
+                                                 "this many.")
+    save_last_n_epochs: int | None = setting(None, label="Keep last N epoch checkpoints", group="Saving", ge=1,
+                                             help="Delete older -epochNNNNNN checkpoints (and their states) beyond "
+                                                  "this many.")
     save_precision: Literal["fp32", "bf16", "fp16"] = setting(
         "fp32", label="Save precision", group="Saving", choices=["fp32", "bf16", "fp16"], help="dtype of saved factors.")
     save_state: bool = setting(False, label="Save training state", group="Saving",
@@ -138,6 +147,14 @@ class TrainSettings(Settings):
                                      help="Interval of step events and log lines.")
     logging_dir: str = setting("", label="TensorBoard folder", group="Logging",
                                help="Write TensorBoard scalars here when tensorboard is installed.")
+
+    @classmethod
+    def migrate(cls, settings: dict, from_version: int) -> dict:
+        if from_version < 2 and "save_last_n" in settings:
+            keep = settings.pop("save_last_n")
+            settings.setdefault("save_last_n_steps", keep)
+            settings.setdefault("save_last_n_epochs", keep)
+        return settings
 
     @model_validator(mode="after")
     def _check_ranges(self):

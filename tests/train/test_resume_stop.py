@@ -61,7 +61,7 @@ def test_keep_last_n_and_resume_refuses_a_state_of_other_settings(demo_workspace
     from backend.errors import UserError
 
     settings = demo_settings.with_overrides({"output_dir": str(tmp_path), "save_state": True, "save_every_n_steps": 1,
-                                             "save_last_n": 1, "max_train_steps": 3})
+                                             "save_last_n_steps": 1, "max_train_steps": 3})
     train(settings, demo_workspace, JobContext(), log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # the final file has its state too
         "demo-concept-a-state", "demo-concept-a-step000002-state", "demo-concept-a-step000002.safetensors", "demo-concept-a.safetensors"]

@@ -1,0 +1,240 @@
+"""Check a training form against the settings model and the workspace: one sentence per field that is wrong.
+
+`check_train_settings(values, workspace)` validates every field at once with pydantic (not only the first bad one),
+then, when the values form valid TrainSettings, what only the workspace can tell: paths that must exist, the
+checkpoint's architecture, the dataset TOML, network_args together with the network type and the LORAID slice,
+the LORAID's allocation and whether a LoRA file in the workspace already owns part of it. `deep=True` (before a
+start) also opens the dataset's caches. Errors block a start; notes are worth knowing but do not.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from backend.adapters.network_config import NetworkConfig
+from backend.errors import UserError
+from backend.loraid.allocation import Allocation, compact_ranges
+from backend.loraid.registry import LoraidRegistry
+from backend.models.demo import TRANSFORMER_FILE, expert_file
+from backend.models.registry import get_model_kind
+from backend.train.loop import NOT_YET
+from backend.train.memory import check_memory_settings
+from backend.train.networks import ExpertPlan, loraid_allocation, network_args_for
+from backend.train.paths import resolve_path
+from backend.train.settings import TrainSettings
+from backend.train.timesteps import timestep_range
+from backend.workspace import Workspace
+
+
+
+@dataclass
+class FormCheck:
+    settings: TrainSettings | None
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    allocation: Allocation | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.settings is not None and not self.errors
+
+    def first_error(self) -> str | None:
+        return next(iter(self.errors.values()), None)
+
+
+def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: bool = False) -> FormCheck:
+    try:
+        settings = TrainSettings(**values)
+    except ValidationError as exc:
+        return FormCheck(None, validation_messages(exc))
+    check = FormCheck(settings)
+    _check_model(settings, workspace, check)
+    _check_paths(settings, workspace, check)
+    _check_dataset(settings, workspace, check, deep)
+    _check_network(settings, workspace, check)
+    for name, default in NOT_YET.items():
+        if getattr(settings, name) != default:
+            check.errors[name] = (f"{label(name)} = {getattr(settings, name)!r} is not supported by this trainer yet; "
+                                  f"set it back to {default!r}.")
+    if settings.sample_prompts or settings.sample_every_n_steps or settings.sample_every_n_epochs:
+        check.notes["sample_prompts"] = ("This trainer does not render samples during training yet, so the sample "
+                                         "settings are ignored.")
+    return check
+
+
+# --- pydantic's report, field by field ------------------------------------------------------------------------
+def label(name: str) -> str:
+    info = TrainSettings.field_info().get(name)
+    if not info:
+        return f"`{name}`"
+    return info["label"] if name in info["label"] else f"{info['label']} ({name})"
+
+
+def _expected(name: str) -> str:
+    annotation = TrainSettings.model_fields[name].annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = args[0]
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    return {int: "a whole number", float: "a number", str: "a text", bool: "true or false"}.get(kind, "a value")
+
+
+def validation_messages(exc: ValidationError) -> dict[str, str]:
+    messages: dict[str, str] = {}
+    for error in exc.errors():
+        if not error["loc"]:  # a check across fields (min_timestep < max_timestep)
+            text = error["msg"].removeprefix("Value error, ")
+            messages.setdefault("max_timestep", f"{text}; lower Min timestep or raise Max timestep.")
+            continue
+        name = str(error["loc"][0])
+        if name in messages:
+            continue
+        messages[name] = _sentence(name, error)
+    return messages
+
+
+def _sentence(name: str, error: dict) -> str:
+    value, kind, ctx = error.get("input"), error["type"], error.get("ctx") or {}
+    what = label(name)
+    if kind == "string_too_short":
+        return f"{what} is empty; enter a name."
+    if value is None or value == "":
+        return f"{what} is empty; enter {_expected(name)}."
+    bounds = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "above"),
+              "less_than_equal": ("le", "at most"), "less_than": ("lt", "below")}
+    if kind in bounds:
+        key, words = bounds[kind]
+        return f"{what} is {value!r}; it must be {words} {ctx[key]}."
+    return f"{what} = {value!r} is not {_expected(name)}; enter {_expected(name)}."
+
+
+# --- what the workspace can tell ------------------------------------------------------------------------------
+def _path(value: str, workspace: Workspace) -> Path | None:
+    return Path(resolve_path(value, workspace)) if value else None
+
+
+def _check_model(s: TrainSettings, workspace: Workspace, check: FormCheck) -> None:
+    kind = get_model_kind(s.model_kind)
+    plan = ExpertPlan.from_settings(s, kind)
+    needs = {"dit": None in plan.experts or "low" in plan.experts, "dit_high_noise": "high" in plan.experts}
+    for name, needed in needs.items():
+        if not needed:
+            continue
+        given = _path(getattr(s, name), workspace)
+        if given is None:
+            if kind.name.startswith("demo-"):
+                expert = None if None in plan.experts else ("high" if name == "dit_high_noise" else "low")
+                demo = workspace.demo_t2v / TRANSFORMER_FILE if expert is None else expert_file(workspace, expert)
+                if not demo.exists():
+                    check.errors[name] = (f"The workspace has no demo model at {demo}; run `python -m backend demo "
+                                          f"--workspace {workspace.root}` or type a checkpoint path.")
+            else:
+                check.errors[name] = (f"{kind.label} needs a checkpoint here; type the path of its transformer "
+                                      ".safetensors file or diffusers folder.")
+            continue
+        if not given.exists():
+            check.errors[name] = (f"{label(name)}: {given} does not exist; type the path of the transformer "
+                                  ".safetensors file or diffusers folder.")
+            continue
+        try:
+            from backend.models.checkpoint import read_checkpoint_shapes
+            from backend.models.registry import check_model_kind
+
+            check_model_kind(read_checkpoint_shapes(given), kind.name, given.name)
+        except UserError as exc:
+            check.errors[name] = str(exc)
+    if kind.has_experts and s.expert != "both":
+        try:
+            timestep_range(s.min_timestep, s.max_timestep, s.expert, plan.boundary)
+        except ValueError as exc:
+            check.errors.setdefault("min_timestep", f"{exc}".capitalize())
+
+
+def _check_paths(s: TrainSettings, workspace: Workspace, check: FormCheck) -> None:
+    for name, what in (("vae", "the VAE folder"), ("text_encoder", "the text encoder folder")):
+        path = _path(getattr(s, name), workspace)
+        if path is not None and not path.exists():
+            check.errors[name] = f"{label(name)}: {path} does not exist; type {what}, or leave it empty for the demo."
+    for name, what in (("network_weights", "a LoRA .safetensors file"), ("sample_prompts", "a prompts text file")):
+        path = _path(getattr(s, name), workspace)
+        if path is not None and not path.is_file():
+            check.errors[name] = f"{label(name)}: {path} is not a file; type the path of {what} or leave it empty."
+    resume = _path(s.resume, workspace)
+    if resume is not None and not resume.is_dir():
+        check.errors["resume"] = (f"{label('resume')}: {resume} is not a folder; pick a *-state folder written with "
+                                  "Save training state, or leave it empty.")
+    output = _path(s.output_dir, workspace)
+    if output is not None and output.exists() and not output.is_dir():
+        check.errors["output_dir"] = f"{label('output_dir')}: {output} is a file; type a folder for the LoRA files."
+
+
+def _check_dataset(s: TrainSettings, workspace: Workspace, check: FormCheck, deep: bool) -> None:
+    path = _path(s.dataset_config, workspace)
+    if path is None:
+        check.errors["dataset_config"] = ("No dataset TOML is chosen; pick one from the list or type its path (the "
+                                          "Dataset tab writes one).")
+        return
+    try:
+        if deep:
+            from backend.data.cached_dataset import CachedDataset
+
+            CachedDataset.from_file(path, seed=s.seed)
+        else:
+            from backend.data.dataset_config import load_dataset_config
+
+            load_dataset_config(path)
+    except UserError as exc:
+        check.errors["dataset_config"] = str(exc)
+
+
+def _check_network(s: TrainSettings, workspace: Workspace, check: FormCheck) -> None:
+    kind = get_model_kind(s.model_kind)
+    try:
+        check.allocation = loraid_allocation(s, kind, ExpertPlan.from_settings(s, kind))
+    except UserError as exc:
+        check.errors["loraid"] = str(exc)
+        return
+    chosen = {line.split("=", 1)[0].strip() for line in s.network_args} & {"include_patterns", "exclude_patterns"}
+    if check.allocation is not None and chosen:
+        patterns = " and ".join(sorted(chosen))
+        check.errors["network_args"] = (f"LORAID {s.loraid} chooses the trained blocks itself, so {patterns} cannot "
+                                        "be set too; clear the patterns or set LORAID to none.")
+        return
+    try:
+        config = NetworkConfig.from_network_args(s.network_dim, s.network_alpha, network_args_for(s, check.allocation))
+    except UserError as exc:
+        check.errors["network_args"] = str(exc)
+        return
+    try:
+        check_memory_settings(s, config.use_dora)
+    except UserError as exc:
+        check.errors["fp8_base" if s.fp8_base and config.use_dora else "attn_mode"] = str(exc)
+    if check.allocation is None:
+        return
+    if check.allocation.warning:
+        check.notes["loraid"] = check.allocation.warning
+    if not s.resume:
+        taken = taken_by(check.allocation, workspace)
+        if taken:
+            check.errors["loraid"] = taken
+
+
+def taken_by(allocation: Allocation, workspace: Workspace) -> str | None:
+    """A sentence naming the workspace's LoRA files (that still exist) owning part of this slice; None if free."""
+    try:
+        registry = LoraidRegistry.for_workspace(workspace)
+        owners = [e for e in registry.owners(allocation) if registry.resolve(e).is_file()]
+    except UserError as exc:
+        return str(exc)
+    if not owners:
+        return None
+    described = []
+    for entry in owners:
+        shared = sorted({b for b, _ in set(allocation.owned_units()) & set(entry.parsed.owned_units())})
+        described.append(f"{entry.file} (blocks {compact_ranges(shared)})")
+    return (f"LORAID {allocation.loraid} is already taken by {', '.join(described)}; pick a free ID, or delete that "
+            "file to train this slice again.")
