@@ -1,15 +1,195 @@
-"""Train tab: configure and start a LoRA-family training job."""
+"""Train tab: presets, the settings form generated from TrainSettings, the network_args builder, the LORAID
+picker, the commands, and a live view of the training job (progress, ETA, loss and lr charts, VRAM, log, samples).
+
+Widgets are kept in one name -> component dict; every handler (ui/train_panel.py) receives values by name and
+returns updates by name. Stable elem_ids for browser tests:
+
+    presets   train-preset (dropdown), train-preset-load, train-preset-name, train-preset-replace,
+              train-preset-save, train-preset-rename, train-preset-delete, train-preset-import (file upload),
+              train-preset-export (button), train-preset-export-file, train-preset-message
+    form      train-<field> for every TrainSettings field (e.g. train-max_train_steps, train-network_type,
+              train-dataset_config), its error slot train-<field>-error, train-validation (summary)
+    network   train-loraid (picker), train-loraid-allocation, train-net-recipe, train-net-<key> (one per
+              network_args key, e.g. train-net-use_dora), train-net-paste, train-net-paste-apply,
+              train-network-args (the live lines), train-network_args-error
+    run       train-processes, train-show-command, train-start, train-stop, train-resume, train-run-message,
+              train-command, train-toml, train-musubi, train-command-notes
+    monitor   train-job, train-progress (data-step / data-total / data-status), train-stats, train-loss-chart,
+              train-lr-chart, train-samples, train-log
+"""
 from __future__ import annotations
 
-from ui.context import AppContext
-from ui.widgets import coming_soon
+from typing import Any, Callable
 
+import gradio as gr
+
+from backend.config.network_builder import BUILDER_KEYS, builder_state
+from backend.errors import UserError
+from backend.train.run_events import RunProgress
+from backend.train.settings import TrainSettings
+from ui.context import AppContext
+from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
+from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
+from ui.train_panel import TrainPanel, preset_choices
+from ui.train_run import RunSession, loss_frame, lr_frame
+
+POLL_SECONDS = 1.0
+INITIAL_PRESET = "shipped:lora"
+_GROUP = dict(concurrency_id="train-tab", concurrency_limit=1, show_progress="hidden")
 DESCRIPTION = """### Train
-This tab will let you choose a base model (a Wan 2.1 / 2.2 checkpoint on disk, or the tiny demo model), a cached
-dataset and an adapter (LoRA, DoRA, LoCon, LoHa, LoKr) with its rank, alpha and `network_args`. Settings come
-from presets and are saved with the run. Training runs as a job (`accelerate launch -m backend.train --config
-run.toml`) whose loss, learning rate, samples and checkpoints stream into the Jobs tab; it can be stopped and resumed."""
+Choose a preset or fill in the form: every setting is checked as you change it, and the message appears next to
+the field. **Show command** gives this app's `accelerate launch` command with its TOML and the equivalent
+musubi-tuner command. **Start** runs the training as a job (it keeps running if you close the page); **Stop** saves
+a checkpoint (and the training state when *Save training state* is on) and **Resume** continues from it."""
+
+
+def initial_settings(panel: TrainPanel) -> TrainSettings:
+    try:
+        return panel.store.load(INITIAL_PRESET)
+    except UserError:
+        return TrainSettings()
+
+
+class Wiring:
+    """Connect name-keyed handlers to the components, through sets of components (no positional arguments)."""
+
+    def __init__(self, components: dict[str, Any]) -> None:
+        self.components = components
+
+    def on(self, event: Callable, handler: Callable[[dict], dict], inputs: list[str] | None = None,
+           **options) -> None:
+        names = {component: name for name, component in self.components.items()}
+        inputs = inputs if inputs is not None else input_names(self.components)
+        outputs = set(self.components.values())
+
+        def run(data: dict) -> dict:
+            updates = handler({names[component]: value for component, value in data.items()})
+            return {self.components[name]: value for name, value in updates.items()}
+
+        event(run, inputs={self.components[n] for n in inputs}, outputs=outputs, **{**_GROUP, **options})
+
+
+def input_names(components: dict[str, Any]) -> list[str]:
+    """What the handlers read: the form, the builder, the preset controls, the processes and the run session."""
+    extra = ("preset", "preset:name", "preset:replace", "preset:file", "run:processes", "run:session", "loraid",
+             "net:recipe", "net:paste")
+    return [name for name in components if name in FIELDS or name in extra
+            or (name.startswith("net:") and name[4:] in BUILDER_KEYS)]
 
 
 def build(ctx: AppContext) -> None:
-    coming_soon(DESCRIPTION, where=ctx.workspace.loras)
+    panel = TrainPanel(ctx)
+    settings = initial_settings(panel)
+    network_type, net_values = builder_state(settings.network_type, settings.network_args)
+    start_widgets = {**widget_values(settings), **control_updates(net_values), "network_type": network_type,
+                     "loraid": settings.loraid if settings.loraid is not None else NO_LORAID}
+    check = panel.read(start_widgets)
+    shown = panel.validation(start_widgets, check)
+    c: dict[str, Any] = {}
+    gr.Markdown(DESCRIPTION)
+
+    with gr.Accordion("Presets", open=True):
+        with gr.Row():
+            c["preset"] = gr.Dropdown(preset_choices(panel.store), value=INITIAL_PRESET, label="Preset", scale=3,
+                                      elem_id="train-preset")
+            c["preset:load"] = gr.Button("Load", variant="primary", scale=0, min_width=90, elem_id="train-preset-load")
+            c["preset:export"] = gr.Button("Export", scale=0, min_width=90, elem_id="train-preset-export")
+            c["preset:rename"] = gr.Button("Rename", scale=0, min_width=90, elem_id="train-preset-rename")
+            c["preset:delete"] = gr.Button("Delete", variant="stop", scale=0, min_width=90,
+                                           elem_id="train-preset-delete")
+        with gr.Row():
+            c["preset:name"] = gr.Textbox("", label="Name (to save, rename or import as)", scale=3,
+                                          elem_id="train-preset-name")
+            c["preset:replace"] = gr.Checkbox(False, label="Replace an existing preset", scale=1,
+                                              elem_id="train-preset-replace")
+            c["preset:save"] = gr.Button("Save form as preset", scale=0, min_width=170, elem_id="train-preset-save")
+        with gr.Row():
+            c["preset:file"] = gr.File(label="Import a preset file", file_types=[".json"], type="filepath",
+                                       scale=1, elem_id="train-preset-import")
+            c["preset:exported"] = gr.File(label="Exported preset", interactive=False, scale=1,
+                                           elem_id="train-preset-export-file")
+        c["preset:message"] = gr.Markdown("", elem_id="train-preset-message")
+
+    form = Form()
+    for group in GROUP_ORDER:
+        names = [n for n, info in FIELDS.items() if info["group"] == group and n not in OWN_WIDGETS]
+        with gr.Accordion(group, open=group in ("Model", "Dataset", "Network"), elem_id=f"train-group-{group}"):
+            form.build_fields(names, settings, ctx.workspace, check.errors)
+            if group == "Network":
+                _network_widgets(c, form, shown, settings, net_values, check)
+    c.update(form.components)
+    c.update({error_key(name): slot for name, slot in form.errors.items()})
+    c["summary"] = gr.Markdown(shown["summary"], elem_id="train-validation")
+
+    with gr.Row(equal_height=True):
+        c["run:processes"] = gr.Number(1, precision=0, label="Processes (one per GPU)", scale=1, min_width=150,
+                                       elem_id="train-processes")
+        c["command:show"] = gr.Button("Show command", scale=0, min_width=140, elem_id="train-show-command")
+        c["run:start"] = gr.Button("Start training", variant="primary", scale=0, min_width=150,
+                                   elem_id="train-start")
+        c["run:stop"] = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="train-stop")
+        c["run:resume"] = gr.Button("Resume", scale=0, min_width=100, elem_id="train-resume")
+        c["run:message"] = gr.Markdown("", elem_id="train-run-message")
+    with gr.Accordion("Command", open=False):
+        c["command:ours"] = gr.Code("", language="shell", label="This app", elem_id="train-command")
+        c["command:toml"] = gr.Code("", language=None, label="run.toml", elem_id="train-toml")
+        c["command:musubi"] = gr.Code("", language="shell", label="musubi-tuner equivalent", elem_id="train-musubi")
+        c["command:notes"] = gr.Markdown("", elem_id="train-command-notes")
+
+    _monitor_widgets(c)
+    wiring = Wiring(c)
+    _wire(wiring, c, panel, form)
+
+
+def _network_widgets(c: dict, form: Form, shown: dict, settings: TrainSettings, net_values: dict, check) -> None:
+    loraid_update = shown.get("loraid") or {"choices": loraid_choices(settings, {})}
+    with gr.Row():
+        with gr.Column(scale=1):
+            c["loraid"] = gr.Dropdown(loraid_update["choices"], value=settings.loraid or NO_LORAID,
+                                      label="LORAID (free IDs of the workspace; taken ones name their file)",
+                                      elem_id="train-loraid")
+            form.add_error_slot("loraid", check.errors.get("loraid", ""))
+        c["loraid:allocation"] = gr.Markdown(shown.get("loraid:allocation", ""), elem_id="train-loraid-allocation")
+    build_builder(c, net_values)
+    c["net:text"] = gr.Code(shown.get("net:text", ""), language=None, interactive=False, lines=4,
+                            label="network_args (paste into musubi-tuner's --network_args or TOML; includes the "
+                                  "network type and the LORAID slice)", elem_id="train-network-args")
+    form.add_error_slot("network_args", check.errors.get("network_args", ""))
+
+
+def _monitor_widgets(c: dict) -> None:
+    empty = RunProgress()
+    c["run:session"] = gr.State(RunSession())
+    c["run:job"] = gr.Markdown("", elem_id="train-job")
+    c["run:progress"] = gr.HTML("", elem_id="train-progress")
+    c["run:stats"] = gr.Markdown("", elem_id="train-stats")
+    with gr.Row():
+        c["run:loss"] = gr.LinePlot(loss_frame(empty), x="step", y="value", color="series", label="Loss (0 steps)",
+                                    y_title="loss", elem_id="train-loss-chart")
+        c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label="Learning rate (0 steps)",
+                                  elem_id="train-lr-chart")
+    c["run:samples"] = gr.Gallery([], label="Samples", columns=4, height=220, elem_id="train-samples")
+    c["run:log"] = gr.Textbox("", label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
+                              buttons=["copy"], elem_id="train-log")
+
+
+def _wire(wiring: Wiring, c: dict, panel: TrainPanel, form: Form) -> None:
+    for name in [*form.components, "loraid", *[net_key(key) for key in BUILDER_KEYS]]:
+        wiring.on(c[name].input, panel.validate, trigger_mode="always_last")
+        if isinstance(c[name], (gr.Textbox, gr.Dropdown)):  # typed values: also when the field is left
+            wiring.on(c[name].blur, panel.validate, trigger_mode="always_last")
+    wiring.on(c["loraid"].focus, panel.validate)
+    wiring.on(c["net:recipe"].input, panel.apply_recipe)
+    wiring.on(c["net:paste-apply"].click, panel.apply_paste)
+    wiring.on(c["preset:load"].click, panel.load_preset)
+    wiring.on(c["preset:save"].click, panel.save_preset)
+    wiring.on(c["preset:rename"].click, panel.rename_preset)
+    wiring.on(c["preset:delete"].click, panel.delete_preset)
+    wiring.on(c["preset:export"].click, panel.export_preset)
+    wiring.on(c["preset:file"].upload, panel.import_preset)
+    wiring.on(c["preset"].focus, panel.refresh_presets)
+    wiring.on(c["command:show"].click, panel.show_command)
+    wiring.on(c["run:start"].click, panel.start)
+    wiring.on(c["run:stop"].click, panel.stop)
+    wiring.on(c["run:resume"].click, panel.resume)
+    wiring.on(gr.Timer(POLL_SECONDS).tick, panel.tick, inputs=["run:session"])

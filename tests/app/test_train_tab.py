@@ -1,0 +1,242 @@
+"""The Train tab's handlers without a browser: the generated form, every field's round trip (form -> preset JSON ->
+form and form -> TOML -> trainer), and a table of bad inputs that each get their own message and change nothing."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.config.network_builder import BUILDER_KEYS
+from backend.jobs import JobManager
+from backend.loraid.allocation import allocate
+from backend.loraid.registry import LoraidRegistry
+from backend.models.demo import build_demo_workspace
+from backend.train.__main__ import parse
+from backend.train.settings import TrainSettings
+from ui.app import build_app
+from ui.context import AppContext
+from ui.train_form import FIELDS, OWN_WIDGETS
+from ui.train_network import GROUPS, net_key
+from ui.train_panel import TrainPanel
+
+WIDGET_NAMES = [n for n in FIELDS if n not in OWN_WIDGETS] + ["loraid"] + [net_key(k) for k in BUILDER_KEYS]
+EVERY_FIELD_CHANGED = TrainSettings(
+    model_kind="wan2.2-t2v-a14b", dit="/m/low.safetensors", dit_high_noise="/m/high.safetensors", expert="both",
+    timestep_boundary=0.9, vae="/m/vae", text_encoder="/m/t5", dataset_config="datasets/x/dataset.toml",
+    network_type="dora", network_dim=12, network_alpha=6.5,
+    network_args=["use_rslora=True", "loraplus_lr_ratio=4.0", "module_dropout=0.05", "exclude_mod=False",
+                  "verbose=True", "rank_q=4", "rank_kvo=6", "rank_ffn=8"],
+    network_weights="/m/init.safetensors", loraid=3, blocks_per_loraid=4, optimizer_type="prodigy",
+    learning_rate=3e-4, weight_decay=0.02, max_grad_norm=0.5, gradient_accumulation_steps=2,
+    lr_scheduler="cosine_with_restarts", lr_warmup_steps=0.1, lr_scheduler_num_cycles=3, lr_scheduler_power=2.0,
+    max_train_steps=123, max_train_epochs=7, seed=7, timestep_sampling="sigmoid", discrete_flow_shift=5.0,
+    sigmoid_scale=1.5, logit_mean=0.2, logit_std=0.8, min_timestep=10, max_timestep=990,
+    weighting_scheme="logit_normal", mixed_precision="bf16", gradient_checkpointing=True, fp8_base=True,
+    blocks_to_swap=2, attn_mode="flash", compile=True, output_dir="out", output_name="round-trip",
+    save_every_n_steps=50, save_every_n_epochs=2, save_last_n_steps=3, save_last_n_epochs=4, save_precision="bf16",
+    save_state=True, resume="loras/x-state", sample_prompts="prompts.txt", sample_every_n_steps=25,
+    sample_every_n_epochs=1, log_every_n_steps=3, logging_dir="logs")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return build_demo_workspace(tmp_path_factory.mktemp("train_tab") / "ws", seed=0)
+
+
+@pytest.fixture
+def panel(workspace, tmp_path):
+    return TrainPanel(AppContext(workspace, JobManager(tmp_path / "jobs")))
+
+
+def widgets_of(updates: dict) -> dict:
+    """The widget values a handler set (not its messages or choice lists)."""
+    values = {}
+    for name, value in updates.items():
+        if name in WIDGET_NAMES and (not isinstance(value, dict) or "value" in value):
+            values[name] = value["value"] if isinstance(value, dict) else value
+    return values
+
+
+def demo_form(panel: TrainPanel) -> dict:
+    return widgets_of(panel.fill(panel.store.load("shipped:lora"), {}))
+
+
+def test_the_form_is_generated_with_a_widget_for_every_setting(workspace, tmp_path):
+    blocks = build_app(workspace, JobManager(tmp_path / "jobs"))
+    ids = {block.elem_id for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+    for name in FIELDS:
+        if name != "network_args":
+            assert f"train-{name}" in ids, name
+        assert f"train-{name}-error" in ids, name
+    assert {f"train-net-{key}" for key in BUILDER_KEYS} <= ids
+    assert sorted(k for _, keys in GROUPS for k in keys) == sorted(BUILDER_KEYS)
+    assert {"train-preset", "train-start", "train-stop", "train-resume", "train-loss-chart", "train-lr-chart",
+            "train-network-args", "train-loraid-allocation", "train-progress", "train-log"} <= ids
+    accordions = [b.label for b in blocks.blocks.values() if isinstance(b, gr.Accordion)]
+    assert [a for a in accordions if a in TrainSettings.groups()] == ["Model", "Dataset", "Network", "Optimizer",
+                                                                      "Training", "Memory", "Saving", "Sampling",
+                                                                      "Logging"]
+
+
+def test_every_field_round_trips_through_the_preset_json_and_the_trainer_toml(panel, workspace, tmp_path):
+    assert set(EVERY_FIELD_CHANGED.changed_fields()) == set(TrainSettings.model_fields)
+    form = widgets_of(panel.fill(EVERY_FIELD_CHANGED, {}))
+    assert set(form) == set(WIDGET_NAMES)
+    assert panel.read(form).settings == EVERY_FIELD_CHANGED  # form -> settings
+
+    saved = panel.save_preset({**form, "preset:name": "every field"})
+    assert saved["preset:message"].startswith("Saved user preset `every field`")
+    document = json.loads((workspace.presets / "every field.json").read_text())
+    assert document["schema_version"] == 2 and TrainSettings(**document["settings"]) == EVERY_FIELD_CHANGED
+    loaded = panel.load_preset({"preset": "user:every field"})
+    assert widgets_of(loaded) == form  # preset JSON -> the same form
+
+    shown = panel.show_command({**form, "run:processes": 1})
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(shown["command:toml"])
+    trainer_settings, trainer_workspace = parse(["--config", str(run_file), "--workspace", str(workspace.root)])
+    assert trainer_settings == EVERY_FIELD_CHANGED and trainer_workspace.root == workspace.root
+    assert "--network_args use_dora=True use_rslora=True" in shown["command:musubi"]
+
+
+def test_recipe_and_paste_change_the_network_args_lines(panel):
+    form = demo_form(panel)
+    assert panel.validate(form)["net:text"] == ""
+    dora = panel.apply_recipe({**form, "net:recipe": "dora"})
+    assert dora["network_type"] == "dora" and dora["net:text"] == "use_dora=True"
+    combo = panel.apply_recipe({**form, "net:recipe": "full-combo"})
+    assert combo["net:text"].splitlines() == ["use_rslora=True", "use_dora=True", "loraplus_lr_ratio=8.0"]
+    pasted = panel.apply_paste({**form, "net:paste": '"algo=lokr" "factor=4" "rank_ffn=2"'})
+    assert pasted["network_type"] == "lokr" and pasted[net_key("factor")] == "4"
+    assert pasted["net:text"].splitlines() == ["algo=lokr", "rank_ffn=2", "factor=4"]
+    with_id = panel.validate({**form, "loraid": 2})
+    assert with_id["net:text"].splitlines() == ["exclude_patterns=['.*']", r"include_patterns=[r'blocks\.(2|3)\..*']"]
+    assert with_id["loraid:allocation"].startswith("LORAID 2 owns blocks 2-3")
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def register_lora(workspace, name: str, loraid: int, blocks_per_loraid: int) -> None:
+    file = workspace.loras / name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(b"stand-in; the registry entry names it")
+    LoraidRegistry.for_workspace(workspace).register(file, allocate(loraid, 8, blocks_per_loraid, model="demo-t2v"))
+
+
+def not_a_wan_checkpoint(tmp_path: Path) -> str:
+    path = tmp_path / "not_wan.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(path))
+    return str(path)
+
+
+def preset_file(workspace, name: str, text: str) -> str:
+    write(workspace.presets / f"{name}.json", text)
+    return f"user:{name}"
+
+
+# (case, handler, what the user did (by widget name; a callable gets (workspace, tmp_path)), where the message
+# goes, what it says)
+BAD_INPUTS = [
+    ("dataset path missing", "validate", {"dataset_config": "datasets/none/dataset.toml"}, "error:dataset_config",
+     r"dataset config .*none/dataset.toml does not exist"),
+    ("dataset empty", "validate", {"dataset_config": ""}, "error:dataset_config", "No dataset TOML is chosen"),
+    ("dataset corrupt", "validate", {"dataset_config": lambda ws, tmp: write(tmp / "bad.toml", "[general\n")},
+     "error:dataset_config", "bad.toml is not valid TOML"),
+    ("dit missing", "validate", {"dit": "models/none.safetensors"}, "error:dit", "none.safetensors does not exist"),
+    ("dit not Wan", "validate", {"dit": lambda ws, tmp: not_a_wan_checkpoint(tmp)}, "error:dit",
+     "is not a Wan transformer checkpoint"),
+    ("rank zero", "validate", {"network_dim": 0}, "error:network_dim", r"Rank \(network_dim\) is 0; it must be at least 1"),
+    ("lr cleared", "validate", {"learning_rate": None}, "error:learning_rate", "Learning rate .* is empty"),
+    ("steps negative", "validate", {"max_train_steps": -5}, "error:max_train_steps", "is -5; it must be at least 1"),
+    ("boundary text", "validate", {"timestep_boundary": "abc"}, "error:timestep_boundary", "'abc' is not a number"),
+    ("epochs fraction", "validate", {"max_train_epochs": "2.5"}, "error:max_train_epochs", "is not a whole number"),
+    ("timesteps crossed", "validate", {"min_timestep": 900, "max_timestep": 100}, "error:max_timestep",
+     r"min_timestep \(900\) must be below max_timestep \(100\)"),
+    ("output name empty", "validate", {"output_name": ""}, "error:output_name", "Output name .* is empty; enter a name"),
+    ("dropout too big", "validate", {net_key("dropout"): "1.5"}, "error:network_args",
+     "dropout=1.5: expected a number at least 0 and below 1"),
+    ("factor without lokr", "validate", {net_key("factor"): "4"}, "error:network_args", "factor only applies to LoKr"),
+    ("bad regex", "validate", {net_key("exclude_patterns"): "blocks\\.(0"}, "error:network_args",
+     "is not a valid regular expression"),
+    ("rank fraction", "validate", {net_key("rank_q"): "2.5"}, "error:network_args", "rank_q=2.5: expected a whole"),
+    ("loraid past the end", "validate", {"loraid": 9}, "error:loraid", "LORAID 9 would own no block"),
+    ("loraid with patterns", "validate", {"loraid": 1, net_key("include_patterns"): ".*ffn.*"}, "error:network_args",
+     "LORAID 1 chooses the trained blocks itself"),
+    ("loraid taken", "validate", {"loraid": 1, "_registered": ("alice.safetensors", 1, 2)}, "error:loraid",
+     r"LORAID 1 is already taken by loras/alice.safetensors \(blocks 0-1\)"),
+    ("loraid overlapping", "validate", {"loraid": 2, "blocks_per_loraid": "3", "_registered": ("bob.safetensors", 3, 2)},
+     "error:loraid", r"LORAID 2 is already taken by loras/bob.safetensors \(blocks 4-5\)"),
+    ("fp8 with dora", "validate", {"fp8_base": True, "network_type": "dora"}, "error:fp8_base",
+     "fp8_base cannot be combined with DoRA"),
+    ("block swap", "validate", {"blocks_to_swap": 4}, "error:blocks_to_swap", "not supported by this trainer yet"),
+    ("flash missing", "validate", {"attn_mode": "flash"}, "error:attn_mode", "needs the `flash-attn` package"),
+    ("resume missing", "validate", {"resume": "loras/none-state"}, "error:resume", "none-state is not a folder"),
+    ("weights missing", "validate", {"network_weights": "loras/none.safetensors"}, "error:network_weights",
+     "none.safetensors is not a file"),
+    ("paste bad value", "apply_paste", {"net:paste": "use_dora=maybe"}, "error:network_args",
+     "use_dora=maybe: expected True or False"),
+    ("paste unknown key", "apply_paste", {"net:paste": "use_dorra=True"}, "error:network_args",
+     "Unknown network_args key `use_dorra`; did you mean `use_dora`"),
+    ("preset corrupt", "load_preset", {"preset": lambda ws, tmp: preset_file(ws, "broken", "{oops")},
+     "preset:message", "preset `broken` is not valid JSON"),
+    ("preset unknown keys", "load_preset",
+     {"preset": lambda ws, tmp: preset_file(ws, "typo", '{"schema_version": 2, "settings": {"netwrok_dim": 4}}')},
+     "preset:message", r"unknown setting\(s\) `netwrok_dim` \(did you mean `network_dim`\?\)"),
+    ("preset bad value", "load_preset",
+     {"preset": lambda ws, tmp: preset_file(ws, "zero", '{"schema_version": 2, "settings": {"network_dim": 0}}')},
+     "preset:message", "`network_dim` = 0 is invalid"),
+    ("preset bad network_args", "load_preset",
+     {"preset": lambda ws, tmp: preset_file(ws, "args", '{"schema_version": 2, "settings": {"network_args": ["x"]}}')},
+     "preset:message", "preset `args`: network_args entry `x` is not key=value"),
+    ("import not a preset", "import_preset", {"preset:file": lambda ws, tmp: write(tmp / "list.json", "[1, 2]")},
+     "preset:message", "list.json is not a LORAID Studio preset"),
+    ("save bad name", "save_preset", {"preset:name": "../outside"}, "preset:message", "not usable as a file name"),
+    ("start without caches", "start", {}, "error:dataset_config", "no complete latent cache"),
+    ("zero processes", "show_command", {"run:processes": 0}, "run:message", "Processes is 0; enter a whole number"),
+    ("resume nothing", "resume", {}, "run:message", "No training run is shown here yet"),
+]
+
+
+def visible_errors(updates: dict) -> set[str]:
+    return {name for name, value in updates.items()
+            if name.startswith("error:") and isinstance(value, dict) and value.get("visible")}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the toast (gr.Warning) that goes with an action's message
+@pytest.mark.parametrize("case, handler, change, slot, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_its_own_message_and_changes_nothing(panel, workspace, tmp_path, case, handler, change,
+                                                            slot, message):
+    form = {**demo_form(panel), "run:processes": 1}
+    assert not panel.read(form).errors  # the starting point is a valid form
+    presets_before = sorted(p.name for p in workspace.presets.glob("*"))
+    change = dict(change)
+    registered = change.pop("_registered", None)
+    if registered:
+        register_lora(workspace, *registered)
+    values = {name: value(workspace, tmp_path) if callable(value) else value for name, value in change.items()}
+    try:
+        updates = getattr(panel, handler)({**form, **values})
+    finally:
+        if registered:
+            LoraidRegistry.for_workspace(workspace).unregister(workspace.loras / registered[0])
+    shown = updates[slot]
+    text = shown["value"] if isinstance(shown, dict) else shown
+    assert [c[0] for c in BAD_INPUTS if re.search(c[4], text)] == [case], f"{case}: not its own message: {text}"
+    assert widgets_of(updates) == {}, f"{case}: a refused input changed the form"
+    assert visible_errors(updates) <= {slot}, f"{case}: other fields were flagged too"
+    created = {p.name for p in workspace.presets.glob("*")} - set(presets_before)
+    assert created <= {"broken.json", "typo.json", "zero.json", "args.json"}, "a refused preset was written"
+    assert not list((workspace.root / "runs").glob("*.toml")), "a refused start wrote a run file"
+
+
+def test_the_table_covers_at_least_twenty_kinds_of_bad_input():
+    assert len({case[0] for case in BAD_INPUTS}) == len(BAD_INPUTS) >= 20

@@ -1,0 +1,254 @@
+"""The Train tab's handlers. Each takes the page's values keyed by name and returns updates keyed by name, so the
+tab wires them with sets of components and a test can call them with plain dicts.
+
+Names: the TrainSettings fields (generic widgets, ui/train_form.py), `loraid` and `net:*` (ui/train_network.py),
+`error:<field>` (a field's error slot), `summary`, `preset*`, `command:*`, `run:*` (ui/train_run.py).
+A handler that refuses bad input returns only messages: no widget value changes.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from backend.config.network_builder import builder_lines, builder_state, recipe_state
+from backend.config.presets import PresetStore
+from backend.config.train_checks import FormCheck, check_train_settings
+from backend.errors import UserError
+from backend.loraid.allocation import allocation_table
+from backend.loraid.registry import LoraidRegistry
+from backend.models.registry import get_model_kind
+from backend.train.command import musubi_command, run_toml, shown_command
+from backend.train.settings import TrainSettings
+from ui.context import AppContext
+from ui.train_form import FIELDS, error_key, error_updates, settings_values, widget_values
+from ui.train_network import (NO_LORAID, allocation_text, builder_values, control_updates, live_lines,
+                              loraid_choices)
+from ui.train_run import RunPanel, RunSession
+from ui.widgets import report_error
+
+EXPORT_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-exports"
+
+
+def preset_choices(store: PresetStore) -> list[tuple[str, str]]:
+    return [(ref.label, ref.key) for ref in store.list()]
+
+
+class TrainPanel:
+    def __init__(self, ctx: AppContext, store: PresetStore | None = None) -> None:
+        self.ctx = ctx
+        self.store = store or PresetStore(ctx.workspace.presets, TrainSettings)
+        self.run = RunPanel(ctx)
+
+    # --- reading the form --------------------------------------------------------------------------------------
+    def read(self, widgets: dict[str, Any], deep: bool = False) -> FormCheck:
+        values = settings_values(widgets)
+        loraid = widgets.get("loraid")
+        values["loraid"] = None if loraid in (None, "", NO_LORAID) else loraid
+        builder_error = None
+        try:
+            values["network_args"] = builder_lines(values.get("network_type") or "lora", builder_values(widgets))
+        except UserError as exc:
+            values["network_args"], builder_error = [], str(exc)
+        check = check_train_settings(values, self.ctx.workspace, deep=deep)
+        if builder_error:
+            check.errors = {"network_args": builder_error, **check.errors}
+            check.settings = None
+        return check
+
+    def settings(self, widgets: dict[str, Any]) -> TrainSettings:
+        """The form as TrainSettings, or a UserError naming the first wrong field."""
+        check = self.read(widgets)
+        if check.settings is None:
+            raise UserError(f"Fix the form first: {check.first_error()}")
+        return check.settings
+
+    def _taken(self, settings: TrainSettings) -> dict[int, str]:
+        kind = get_model_kind(settings.model_kind)
+        expert = settings.expert if kind.has_experts else None
+        try:
+            registry = LoraidRegistry.for_workspace(self.ctx.workspace)
+            table = allocation_table(kind.num_blocks, settings.blocks_per_loraid, expert, model=kind.name)
+            return {a.loraid: ", ".join(Path(e.file).name for e in owners)
+                    for a in table if (owners := [e for e in registry.owners(a) if registry.resolve(e).is_file()])}
+        except UserError:
+            return {}
+
+    def validation(self, widgets: dict[str, Any], check: FormCheck | None = None) -> dict[str, Any]:
+        """Every field's error slot, the summary, the live network_args lines and the LORAID picker."""
+        check = check or self.read(widgets)
+        updates = error_updates(check.errors, FIELDS)
+        problems = len(check.errors)
+        notes = [f"ℹ {note}" for name, note in check.notes.items() if name not in check.errors]
+        updates["summary"] = "  \n".join(
+            [f"⚠ {problems} setting(s) need attention; the first: {check.first_error()}" if problems
+             else "✓ All settings are valid.", *notes])
+        if "network_args" not in check.errors and check.settings is not None:
+            s = check.settings
+            updates["net:text"] = live_lines(s.network_type, builder_values(widgets), check.allocation)
+        if check.settings is not None:
+            updates["loraid"] = gr.update(choices=loraid_choices(check.settings, self._taken(check.settings)))
+            updates["loraid:allocation"] = allocation_text(check.settings, check.allocation,
+                                                           check.notes.get("loraid", ""))
+        return updates
+
+    def validate(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        return self.validation(widgets)
+
+    # --- filling the form --------------------------------------------------------------------------------------
+    def fill(self, settings: TrainSettings, widgets: dict[str, Any]) -> dict[str, Any]:
+        """Updates that put `settings` into the form, with the validation of the result."""
+        network_type, values = builder_state(settings.network_type, settings.network_args)
+        filled = {**widget_values(settings), **control_updates(values), "network_type": network_type,
+                  "loraid": settings.loraid if settings.loraid is not None else NO_LORAID}
+        checked = self.validation({**widgets, **filled})
+        if "loraid" in checked:  # the picker gets the new value and the choices that go with it
+            checked["loraid"] = gr.update(value=filled["loraid"], choices=checked["loraid"]["choices"])
+        return {**filled, **checked}
+
+    def apply_recipe(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        name = widgets.get("net:recipe")
+        if not name:
+            return {}
+        network_type, values = recipe_state(name)
+        filled = {"network_type": network_type, **control_updates(values)}
+        return {**filled, **self.validation({**widgets, **filled})}
+
+    def apply_paste(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        try:
+            network_type, values = builder_state(widgets.get("network_type") or "lora", widgets.get("net:paste") or "")
+        except UserError as exc:
+            return {error_key("network_args"): gr.update(value=f"⚠ {exc}", visible=True)}
+        filled = {"network_type": network_type, **control_updates(values)}
+        return {**filled, **self.validation({**widgets, **filled})}
+
+    # --- presets -----------------------------------------------------------------------------------------------
+    def _preset_refresh(self, selected: str | None) -> dict[str, Any]:
+        return {"preset": gr.update(choices=preset_choices(self.store), value=selected)}
+
+    def _refused(self, exc: UserError) -> dict[str, Any]:
+        return {"preset:message": report_error(exc)}
+
+    def load_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        key = widgets.get("preset")
+        try:
+            settings = self.store.load(key)
+        except UserError as exc:
+            return self._refused(exc)
+        try:
+            updates = self.fill(settings, widgets)
+        except UserError as exc:  # network_args the builder cannot show
+            return self._refused(UserError(f"preset `{self.store.ref(key).name}`: {exc}"))
+        return {**updates, "preset:message": f"Loaded preset `{self.store.ref(key).name}`."}
+
+    def save_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ref = self.store.save(widgets.get("preset:name") or "", self.settings(widgets),
+                                  replace=bool(widgets.get("preset:replace")))
+        except UserError as exc:
+            return self._refused(exc)
+        return {**self._preset_refresh(ref.key), "preset:message": f"Saved user preset `{ref.name}` ({ref.path})."}
+
+    def rename_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ref = self.store.rename(widgets.get("preset"), widgets.get("preset:name") or "")
+        except UserError as exc:
+            return self._refused(exc)
+        return {**self._preset_refresh(ref.key), "preset:message": f"Renamed to `{ref.name}`."}
+
+    def delete_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ref = self.store.ref(widgets.get("preset"))
+            self.store.delete(ref.key)
+        except UserError as exc:
+            return self._refused(exc)
+        return {**self._preset_refresh(None), "preset:message": f"Deleted user preset `{ref.name}`."}
+
+    def import_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        path = widgets.get("preset:file")
+        if not path:
+            return {}
+        try:
+            ref = self.store.import_file(Path(path), name=widgets.get("preset:name") or "",
+                                         replace=bool(widgets.get("preset:replace")))
+        except UserError as exc:
+            return self._refused(exc)
+        return {**self._preset_refresh(ref.key), "preset:file": None, "preset:message": f"Imported `{Path(path).name}` as user preset "
+                                                                   f"`{ref.name}`; press Load to use it."}
+
+    def export_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        try:
+            source = self.store.export_path(widgets.get("preset"))
+        except UserError as exc:
+            return self._refused(exc)
+        EXPORT_FOLDER.mkdir(parents=True, exist_ok=True)
+        copy = Path(tempfile.mkdtemp(dir=EXPORT_FOLDER)) / source.name
+        shutil.copyfile(source, copy)
+        return {"preset:exported": str(copy), "preset:message": f"`{source.name}` is ready: download it below."}
+
+    def refresh_presets(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        return {"preset": gr.update(choices=preset_choices(self.store))}
+
+    # --- commands and runs -------------------------------------------------------------------------------------
+    def show_command(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        try:
+            settings = self.settings(widgets)
+            processes = self._processes(widgets)
+        except UserError as exc:
+            return {"run:message": report_error(exc)}
+        musubi = musubi_command(settings, self.ctx.workspace)
+        notes = "\n".join(f"- {note}" for note in musubi.notes)
+        return {"command:ours": shown_command("run.toml", self.ctx.workspace, processes),
+                "command:toml": run_toml(settings), "command:musubi": musubi.text(),
+                "command:notes": f"Start saves the TOML as `runs/<time>-{settings.output_name}.toml` in the "
+                                 f"workspace.\n\nmusubi-tuner notes:\n{notes}" if notes else "",
+                "run:message": "The commands for these settings are shown under Command."}
+
+    def _processes(self, widgets: dict[str, Any]) -> int:
+        value = widgets.get("run:processes")
+        if value in (None, "") or float(value) != int(float(value)) or int(float(value)) < 1:
+            raise UserError(f"Processes is {value!r}; enter a whole number of 1 or more (one per GPU).")
+        processes = int(float(value))
+        if processes > 1:
+            import torch
+
+            available = torch.cuda.device_count()
+            if processes > available:
+                raise UserError(f"Processes is {processes} but this machine has {available} GPU(s); enter at most "
+                                f"{max(1, available)}.")
+        return processes
+
+    def start(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        check = self.read(widgets, deep=True)
+        if not check.ok:
+            return {**self.validation(widgets, check), "run:message": report_error(UserError(
+                f"Not started: {len(check.errors)} setting(s) need attention; the first: {check.first_error()}"))}
+        try:
+            job = self.run.submit(check.settings, self._processes(widgets))
+        except UserError as exc:
+            return {"run:message": report_error(exc)}
+        return {**self.run.tick(RunSession.following(job.id)),
+                "run:message": f"Started training job {job.id} ({job.status})."}
+
+    def stop(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        session = widgets.get("run:session") or RunSession()
+        try:
+            message = self.run.stop(session)
+        except UserError as exc:
+            return {"run:message": report_error(exc)}
+        return {**self.run.tick(session), "run:message": message}
+
+    def resume(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        session = widgets.get("run:session") or RunSession()
+        try:
+            job = self.run.resume(session, self._processes(widgets))
+        except UserError as exc:
+            return {"run:message": report_error(exc)}
+        return {**self.run.tick(RunSession.following(job.id)),
+                "run:message": f"Resumed from {Path(job.settings['resume']).name} as job {job.id}."}
+
+    def tick(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        return self.run.tick(widgets.get("run:session") or RunSession())

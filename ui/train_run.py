@@ -1,0 +1,181 @@
+"""The Train tab's run panel: Start / Stop / Resume a training job and follow it live from its events and log.
+
+A page follows one job (`RunSession`); with none chosen it adopts the workspace's newest training job, so a
+reloaded page or a restarted app re-attaches. Each tick reads only the bytes added since the last one. Outputs are
+keyed by name (`run:*`); see `RUN_OUTPUTS`.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from backend.errors import UserError
+from backend.jobs import Job
+from backend.train.command import train_argv, write_run_config
+from backend.train.run_events import RunProgress
+from backend.train.settings import TrainSettings
+from ui.context import AppContext
+from ui.log_view import LogView
+
+TRAIN_KIND = "train"
+RUN_OUTPUTS = ("run:session", "run:job", "run:progress", "run:stats", "run:loss", "run:lr", "run:samples",
+               "run:log")
+SAMPLES_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-samples"  # the page serves files from the temp dir
+
+
+@dataclass
+class RunSession:
+    job_id: str | None = None
+    events_offset: int = 0
+    progress: RunProgress = field(default_factory=RunProgress)
+    log: LogView = field(default_factory=LogView)
+    shown_points: int = -1
+    shown_samples: int = -1
+    adopted: bool = False  # looked for the newest training job once already
+
+    @classmethod
+    def following(cls, job_id: str) -> "RunSession":
+        return cls(job_id=job_id, log=LogView(job_id), adopted=True)
+
+
+def train_title(settings: TrainSettings) -> str:
+    loraid = f" LORAID {settings.loraid}" if settings.loraid is not None else ""
+    resumed = f" (resume {Path(settings.resume).name})" if settings.resume else ""
+    return f"Train {settings.output_name}{loraid}{resumed}"
+
+
+def loss_frame(progress: RunProgress) -> pd.DataFrame:
+    return pd.DataFrame(progress.loss_rows(), columns=["step", "value", "series"])
+
+
+def lr_frame(progress: RunProgress) -> pd.DataFrame:
+    return pd.DataFrame(progress.lr_rows(), columns=["step", "lr"])
+
+
+def progress_html(progress: RunProgress, status: str) -> str:
+    total = progress.total or 0
+    return (f'<div class="train-progress" data-step="{progress.step}" data-total="{total}" '
+            f'data-status="{html.escape(status)}"><progress value="{progress.step}" max="{max(total, 1)}" '
+            f'style="width:100%"></progress></div>')
+
+
+def _sample_gallery(progress: RunProgress) -> list[tuple[str, str]]:
+    """Copies of the sample files in a temporary folder (the page serves only files from there)."""
+    shown = []
+    for path, caption in progress.samples:
+        source = Path(path)
+        if not source.is_file():
+            continue
+        copy = SAMPLES_FOLDER / f"{hashlib.sha1(str(source).encode()).hexdigest()[:12]}-{source.name}"
+        if not copy.exists():
+            SAMPLES_FOLDER.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, copy)
+        shown.append((str(copy), caption))
+    return shown
+
+
+class RunPanel:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    # --- following ---------------------------------------------------------------------------------------------
+    def _newest_training_job(self) -> Job | None:
+        return next((job for job in self.ctx.jobs.list() if job.kind == TRAIN_KIND), None)
+
+    def tick(self, session: RunSession) -> dict:
+        if session.job_id is None and not session.adopted:
+            newest = self._newest_training_job()
+            session = RunSession.following(newest.id) if newest else RunSession(adopted=True)
+        if session.job_id is None:
+            return {"run:session": session}
+        try:
+            self.ctx.jobs.refresh()
+            job = self.ctx.jobs.get(session.job_id)
+        except UserError:  # deleted in the Jobs tab
+            return {"run:session": RunSession(adopted=True), "run:job": "The followed job was deleted."}
+        events, session.events_offset = self.ctx.jobs.read_events(job.id, session.events_offset)
+        session.progress.apply(events)
+        chunk, session.log.offset = self.ctx.jobs.read_log(job.id, session.log.offset)
+        if chunk:
+            session.log.append(chunk)
+        return {**self._view(session, job), "run:session": session}
+
+    def _view(self, session: RunSession, job: Job) -> dict:
+        progress = session.progress
+        updates: dict = {"run:job": self._job_line(job, progress),
+                         "run:progress": progress_html(progress, job.status),
+                         "run:stats": self._stats(progress, job), "run:log": session.log.text}
+        if len(progress.points) != session.shown_points:
+            session.shown_points = len(progress.points)
+            updates["run:loss"] = gr.update(value=loss_frame(progress), label=f"Loss ({len(progress.points)} steps)")
+            updates["run:lr"] = gr.update(value=lr_frame(progress), label=f"Learning rate ({len(progress.points)} steps)")
+        if len(progress.samples) != session.shown_samples:
+            session.shown_samples = len(progress.samples)
+            updates["run:samples"] = _sample_gallery(progress)
+        return updates
+
+    @staticmethod
+    def _job_line(job: Job, progress: RunProgress) -> str:
+        line = f"**{job.title}** · job `{job.id}` · **{job.status}**"
+        if job.is_finished and job.error:
+            line += f"  \n{job.error.splitlines()[0]}"
+        elif progress.error:
+            line += f"  \n{progress.error}"
+        return line
+
+    @staticmethod
+    def _stats(progress: RunProgress, job: Job) -> str:
+        lines = [progress.summary() if job.status != "queued" else "queued: waiting for a free job slot"]
+        if progress.checkpoints:
+            lines.append(f"last checkpoint: `{progress.checkpoints[-1]}`")
+        if progress.latest_state:
+            lines.append(f"resume state: `{progress.latest_state}`")
+        lines += [f"⚠ {warning}" for warning in progress.warnings[-3:]]
+        return "  \n".join(lines)
+
+    # --- actions -----------------------------------------------------------------------------------------------
+    def submit(self, settings: TrainSettings, num_processes: int) -> Job:
+        config = write_run_config(settings, self.ctx.workspace)
+        return self.ctx.jobs.submit(train_argv(config, self.ctx.workspace, num_processes), kind=TRAIN_KIND,
+                                    title=train_title(settings), settings=settings.model_dump(mode="json"))
+
+    def stop(self, session: RunSession) -> str:
+        job = self._followed(session)
+        if job.is_finished:
+            raise UserError(f"Job {job.id} has already ended ({job.status}); there is nothing to stop.")
+        self.ctx.jobs.stop(job.id)
+        if job.status == "queued":
+            return f"Cancelled queued job {job.id}."
+        if not job.settings.get("save_state"):
+            return (f"Asked job {job.id} to stop: it saves a checkpoint at its next step. This run does not save "
+                    "training state, so it cannot be resumed.")
+        return f"Asked job {job.id} to stop: it saves a checkpoint and its training state at its next step."
+
+    def resume(self, session: RunSession, num_processes: int) -> Job:
+        job = self._followed(session)
+        if not job.is_finished:
+            raise UserError(f"Job {job.id} is {job.status}; stop it and wait until it has stopped, then resume.")
+        if job.status == "succeeded":
+            raise UserError(f"Job {job.id} finished all its steps; raise Max steps and start a new run instead.")
+        if job.status == "cancelled":
+            raise UserError(f"Job {job.id} was cancelled before it ran; press Start to run it.")
+        state = session.progress.latest_state
+        if state is None:
+            hint = ("it was started without Save training state; tick it and start again" if not
+                    job.settings.get("save_state") else "it stopped before its first checkpoint; start it again")
+            raise UserError(f"Job {job.id} saved no training state to resume from: {hint}.")
+        settings = TrainSettings.from_mapping({**job.settings, "resume": state}, f"job {job.id}'s settings")
+        return self.submit(settings, num_processes)
+
+    def _followed(self, session: RunSession) -> Job:
+        if session.job_id is None:
+            raise UserError("No training run is shown here yet; press Start first.")
+        self.ctx.jobs.refresh()
+        return self.ctx.jobs.get(session.job_id)
