@@ -1,0 +1,104 @@
+"""The Jobs tab's queue and history handlers with real job processes: filters, reorder, cancel, a job's settings
+and events, and "open as preset" for a training job."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.config.presets import PresetStore
+from backend.jobs import JobManager
+from backend.train.settings import TrainSettings
+from backend.workspace import Workspace
+from ui.context import AppContext
+from ui.tabs.jobs import JobsPanel, SessionView, selfcheck_argv
+
+OUT = ["view", "table", "status", "result", "folder", "command", "log", "message"]
+QUICK = [sys.executable, "-c", "print('quick job')"]
+
+
+def shown(values: tuple) -> dict:
+    return dict(zip(OUT, values, strict=True))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_folders()
+    return ws
+
+
+def wait_for(predicate, timeout_s: float = 30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not reached within {timeout_s} s")
+
+
+def test_filters_queue_order_cancel_and_details(workspace):
+    manager = JobManager(workspace.jobs, max_concurrent=1)
+    panel = JobsPanel(AppContext(workspace, manager))
+    blocker = manager.submit(selfcheck_argv(400, 0.05), kind="selfcheck", title="blocker",
+                             settings={"steps": 400, "interval": 0.05})
+    first = manager.submit(QUICK, kind="quick", title="first")
+    second = manager.submit(QUICK, kind="quick", title="second")
+    try:
+        queued = shown(panel.filter(SessionView(), "quick", "queued"))
+        view = queued["view"]
+        assert [(row[0], row[6]) for row in queued["table"]] == [(second.id, "2"), (first.id, "1")]
+        assert view.job_id == second.id  # the newest shown job is selected
+
+        moved = shown(panel.move_up(view))
+        assert moved["message"] == f"Job {second.id} is now number 1 of 2 in the queue."
+        assert [(row[0], row[6]) for row in moved["table"]] == [(second.id, "1"), (first.id, "2")]
+        with pytest.warns(UserWarning, match="only queued jobs can be moved"):
+            refused = shown(panel.move_down(SessionView.of(blocker.id)))
+        assert refused["message"].startswith(f"Job {blocker.id} is running")
+
+        cancelled = shown(panel.cancel(SessionView.of(first.id, view)))
+        assert cancelled["message"] == f"Cancelled queued job {first.id}; it will not start."
+        assert [row[0] for row in cancelled["table"]] == [second.id]  # still filtered to queued
+        assert [row[0] for row in shown(panel.filter(view, "quick", "cancelled"))["table"]] == [first.id]
+        assert [row[1] for row in shown(panel.filter(view, "all", "all"))["table"]] == ["quick", "quick",
+                                                                                        "selfcheck"]
+
+        details = SessionView.of(blocker.id)
+        wait_for(lambda: '"event": "progress"' in panel.details(details)[2])
+        _, settings, events = panel.details(details)
+        assert json.loads(settings) == {"steps": 400, "interval": 0.05}
+        assert all(json.loads(line)["event"] for line in events.splitlines())
+    finally:
+        manager.stop(blocker.id, grace_s=2)
+        wait_for(lambda: manager.get(blocker.id).is_finished)
+        wait_for(lambda: manager.get(second.id).is_finished)
+    assert manager.get(second.id).status == "succeeded" and manager.get(first.id).started is None
+
+
+def test_open_a_training_job_as_a_preset(workspace):
+    manager = JobManager(workspace.jobs)
+    panel = JobsPanel(AppContext(workspace, manager))
+    settings = TrainSettings(network_type="dora", loraid=2, max_train_steps=12, output_name="from-job")
+    train_job = manager.submit(QUICK, kind="train", title="Train from-job", settings=settings.model_dump(mode="json"))
+    other = manager.submit(QUICK, kind="selfcheck", title="not training", settings={"steps": 3})
+    wait_for(lambda: manager.get(other.id).is_finished)
+
+    saved = shown(panel.open_as_preset(SessionView.of(train_job.id), ""))
+    assert saved["message"].startswith(f"Saved job {train_job.id}'s settings as user preset `job-{train_job.id}`")
+    store = PresetStore(workspace.presets, TrainSettings)
+    assert store.load(f"user:job-{train_job.id}") == settings
+    named = shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))
+    assert "`dora slice 2`" in named["message"] and store.load("user:dora slice 2") == settings
+
+    with pytest.warns(UserWarning, match="only training jobs"):
+        refused = shown(panel.open_as_preset(SessionView.of(other.id), "x"))
+    assert refused["message"] == (f"Job {other.id} is a selfcheck job; only training jobs have settings the Train "
+                                  "tab can load.")
+    with pytest.warns(UserWarning, match="already exists"):
+        shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))
+    assert sorted(p.name for p in workspace.presets.iterdir()) == ["dora slice 2.json", f"job-{train_job.id}.json"]
