@@ -16,5 +16,5 @@ start=$(date +%s.%N)
 "$python" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no \
     -m backend.train --config presets/demo.json --workspace "$work" --mixed_precision bf16 \
     --output_dir "$work/loras" --output_name cuda-proof --log_every_n_steps 5
-echo "train wall seconds: $(echo "$(date +%s.%N) - $start" | bc)"
+"$python" -c "import sys, time; print(f\"train wall seconds: {time.time() - float(sys.argv[1]):.1f}\")" "$start"
 "$python" -m backend inspect "$work/loras/cuda-proof.safetensors"

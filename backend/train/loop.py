@@ -28,6 +28,7 @@ from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
 from backend.train.progress import Progress
+from backend.train.sampling import TrainingSamples
 from backend.train.saving import Saver, checkpoint_stem, restore
 from backend.train.timesteps import TimestepSampler, add_noise, flow_target, loss_weights, timestep_range
 from backend.workspace import Workspace
@@ -105,10 +106,9 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
         if taken and not s.resume:
             ctx.emit("warning", message=taken)
             say(f"warning: {taken}")
-    if s.sample_prompts or s.sample_every_n_steps or s.sample_every_n_epochs:
-        message = "samples during training are not produced by this trainer yet; the sample settings are ignored."
-        ctx.emit("warning", message=message)
-        say(f"warning: {message}")
+    if bool(s.sample_prompts) != bool(s.sample_every_n_steps or s.sample_every_n_epochs):
+        raise UserError("samples need both a sample_prompts file and sample_every_n_steps or sample_every_n_epochs; "
+                        "set the missing one or clear both.")
 
     torch.manual_seed(s.seed)  # adapter initialisation
     dits = {label: dit_path(s, kind, expert, workspace) for label, expert in zip(plan.labels, plan.experts)}
@@ -130,6 +130,7 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
     samplers = [timestep_sampler(s, plan, expert) for expert in plan.experts]
     generator = torch.Generator().manual_seed(s.seed + rank)
     saver = Saver(s, output_folder(s, workspace), networks, network_args, allocation, registry)
+    samples = TrainingSamples(s, workspace, models, plan.boundary, saver.folder, ctx.emit, say)
 
     step, position = 0, DataPosition()
     if s.resume:
@@ -144,7 +145,8 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
     say(f"training {kind.label} ({', '.join(plan.labels)}): {sum(len(n.adapters) for n in networks.values())} "
         f"adapter modules, {parameters:,} parameters; {len(dataset.items)} cached items, {len(dataset)} batches per "
         f"epoch; effective batch {batch_size} x {s.gradient_accumulation_steps} accumulation x {world} processes = "
-        f"{batch_size * s.gradient_accumulation_steps * world}; {total_steps} steps")
+        f"{batch_size * s.gradient_accumulation_steps * world}; {total_steps} steps on {accelerator.device} "
+        f"(mixed precision: {s.mixed_precision})")
     ctx.emit("start", total=total_steps, step=step, model_kind=s.model_kind, experts=plan.labels,
              effective_batch=batch_size * s.gradient_accumulation_steps * world, num_processes=world,
              loraid=s.loraid, output_dir=str(saver.folder), output_name=s.output_name)
@@ -161,6 +163,12 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
                                           epoch=epoch, data_position=position.to_dict(),
                                           generators={"noise": generator})
                 ctx.emit("checkpoint", path=str(folder), step=step, kind="state")
+        accelerator.wait_for_everyone()
+
+    def sample() -> None:
+        accelerator.wait_for_everyone()
+        if main:
+            samples.write(step, epoch, accelerator.autocast)
         accelerator.wait_for_everyone()
 
     # ---- loop -------------------------------------------------------------------------------------------------
@@ -196,10 +204,14 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
             epoch = position.epoch
             ctx.emit("epoch", epoch=epoch, step=step)
             say(f"epoch {epoch} done at step {step}")
+            if samples.due_at_epoch(epoch):
+                sample()
             if s.save_every_n_epochs and epoch % s.save_every_n_epochs == 0 and step < total_steps:
                 checkpoint(checkpoint_stem(s.output_name, epoch=epoch))
                 if main:
                     saver.prune("epoch")
+        if samples.due_at_step(step):
+            sample()
         if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < total_steps:
             checkpoint(checkpoint_stem(s.output_name, step=step))
             if main:
