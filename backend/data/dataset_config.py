@@ -284,6 +284,16 @@ def _parse_dataset(raw: Any, index: int, source: str) -> DatasetSection:
     return section
 
 
+def check_general_section(raw: dict, source_name: str = "dataset.toml") -> GeneralSection:
+    """Validate `[general]` values on their own (the Dataset tab checks a form before it has folders)."""
+    return _parse_general(raw, source_name)
+
+
+def check_dataset_section(raw: dict, index: int = 1, source_name: str = "dataset.toml") -> DatasetSection:
+    """Validate one `[[datasets]]` entry on its own (no path checks)."""
+    return _parse_dataset(raw, index, source_name)
+
+
 def parse_dataset_config(data: dict, *, source_name: str = "dataset.toml", base_dir: str | Path | None = None,
                          check_paths: bool = True) -> DatasetConfig:
     """Validate an already-parsed TOML mapping. `check_paths`: media folders/files must exist."""

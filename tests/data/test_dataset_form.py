@@ -1,0 +1,114 @@
+"""The Dataset tab's form: raw page values in, a validated musubi-tuner TOML for the scanned sources out."""
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from backend.data.dataset_config import load_dataset_config
+from backend.data.dataset_folder import scan_tree
+from backend.data.dataset_form import (DatasetForm, existing_form, form_from_config, parse_target_frames, read_form,
+                                       render_form_toml)
+from backend.data.sample_dataset import write_sample_dataset
+from backend.errors import UserError
+from backend.fileio import atomic_write_text
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo") / "demo"
+    write_sample_dataset(folder)
+    return folder
+
+
+def page_values(**changes) -> dict:
+    """The form as the page sends it: numbers as floats, target_frames as text, a blank source_fps."""
+    values = {"resolution_width": 64.0, "resolution_height": 64.0, "caption_extension": ".txt", "batch_size": 1.0,
+              "num_repeats": 2.0, "enable_bucket": True, "bucket_no_upscale": False, "target_frames": "1, 17",
+              "frame_extraction": "head", "frame_stride": 1.0, "frame_sample": 1.0, "max_frames": 129.0,
+              "source_fps": None}
+    return {**values, **changes}
+
+
+def test_the_toml_for_the_demo_uses_the_demo_cache_layout_and_loads(demo, tmp_path):
+    scan = scan_tree(demo)
+    form = read_form(page_values())
+    toml_path = demo / "written.toml"
+    text = render_form_toml(scan, form, toml_path)
+    data = tomllib.loads(text)
+    assert data["general"] == {"resolution": [64, 64], "caption_extension": ".txt", "batch_size": 1,
+                               "num_repeats": 2, "enable_bucket": True, "bucket_no_upscale": False}
+    assert [(d.get("image_directory") or d["video_directory"], d["cache_directory"]) for d in data["datasets"]] == [
+        (str(demo / f"concept_{c}" / kind), str(demo / f"concept_{c}" / "cache" / kind))
+        for c in "ab" for kind in ("images", "videos")]
+    assert data["datasets"][1] == {"video_directory": str(demo / "concept_a" / "videos"),
+                                   "cache_directory": str(demo / "concept_a" / "cache" / "videos"),
+                                   "target_frames": [1, 17], "frame_extraction": "head"}
+    atomic_write_text(toml_path, text)
+    resolved = load_dataset_config(toml_path).resolved()
+    concept_a = load_dataset_config(demo / "concept_a" / "dataset.toml").resolved()
+    assert [d.cache_directory for d in resolved[:2]] == [d.cache_directory for d in concept_a]
+    toml_path.unlink()
+
+
+def test_only_the_frame_keys_a_mode_uses_are_written(tmp_path, make):
+    make.caption(make.mp4(tmp_path / "clip.mp4", 9), "clip")
+    scan = scan_tree(tmp_path)
+    path = tmp_path / "dataset.toml"
+
+    def video_entry(**changes):
+        return tomllib.loads(render_form_toml(scan, read_form(page_values(**changes)), path))["datasets"][0]
+
+    assert video_entry(frame_extraction="full", max_frames=33.0).keys() == {
+        "video_directory", "cache_directory", "frame_extraction", "max_frames"}
+    assert video_entry(frame_extraction="slide", frame_stride=4.0)["frame_stride"] == 4
+    assert video_entry(frame_extraction="uniform", frame_sample=3.0)["frame_sample"] == 3
+    assert video_entry(source_fps=30.0)["source_fps"] == 30.0
+    assert video_entry()["cache_directory"] == str(tmp_path / "cache" / "videos")  # media in the folder itself
+
+
+def test_a_folder_with_both_kinds_gets_two_cache_folders(tmp_path, make):
+    make.caption(make.png(tmp_path / "mixed" / "a.png", 32, 32), "a")
+    make.caption(make.mp4(tmp_path / "mixed" / "b.mp4", 5), "b")
+    data = tomllib.loads(render_form_toml(scan_tree(tmp_path), DatasetForm(), tmp_path / "d.toml"))
+    assert [d["cache_directory"] for d in data["datasets"]] == [str(tmp_path / "cache" / "mixed-images"),
+                                                                str(tmp_path / "cache" / "mixed-videos")]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"resolution_width": 100.0}, "dataset form: [general]: resolution width 100 is not a multiple of 16; "
+                                  "use 96 or 112."),
+    ({"target_frames": "1, 18"}, "dataset form: [[datasets]] #2: target_frames value 18 is not 4n+1; use 17 or 21."),
+    ({"batch_size": 0.0}, "dataset form: [general]: batch_size must be at least 1, got 0."),
+    ({"caption_extension": "txt"}, "caption_extension must start with a dot"),
+])
+def test_bad_values_name_the_toml_key(demo, changes, message):
+    with pytest.raises(UserError) as caught:
+        render_form_toml(scan_tree(demo), read_form(page_values(**changes)), demo / "dataset.toml")
+    assert message in str(caught.value)
+
+
+def test_page_values_that_cannot_be_read_are_one_sentence():
+    with pytest.raises(UserError, match=r"^target_frames must be whole numbers separated by commas, got '1, x'"):
+        read_form(page_values(target_frames="1, x"))
+    with pytest.raises(UserError, match=r"^target_frames is empty"):
+        parse_target_frames(" , ")
+    with pytest.raises(UserError, match=r"^Width \(resolution\) is empty; type a value \(default 960\)\."):
+        read_form(page_values(resolution_width=None))
+    with pytest.raises(UserError, match=r"setting `resolution_width` = 64.5 is invalid"):
+        read_form(page_values(resolution_width=64.5))
+    assert parse_target_frames("1;17 33") == [1, 17, 33]
+    assert read_form(page_values(source_fps=0)).source_fps is None
+
+
+def test_the_form_shows_an_existing_tomls_settings(demo, tmp_path):
+    form, note = existing_form(demo)
+    assert note == f"Settings read from {demo / 'dataset.toml'}."
+    assert (form.resolution_width, form.resolution_height, form.target_frames, form.source_fps) == (64, 64, [1, 17],
+                                                                                                     16.0)
+    assert existing_form(tmp_path) == (None, "")
+    (tmp_path / "dataset.toml").write_text("[general\n", encoding="utf-8")
+    form, note = existing_form(tmp_path)
+    assert form is None and note.startswith(f"{tmp_path / 'dataset.toml'} was not used for the settings: ")
+    config = load_dataset_config(demo / "concept_b" / "dataset.toml")
+    assert form_from_config(config).frame_extraction == "head"
