@@ -1,0 +1,200 @@
+"""The Dataset tab's handlers without a browser, on a copy of the demo dataset: bad input gives one sentence and
+changes nothing on disk; good input scans, edits captions, previews and writes the TOML."""
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from backend.data.dataset_config import load_dataset_config
+from backend.data.dataset_form import DatasetForm
+from backend.data.sample_dataset import write_sample_dataset
+from backend.jobs import JobManager
+from backend.workspace import Workspace
+from ui.context import AppContext
+from ui.dataset_panel import ALL_FOLDERS, FORM_FIELDS, DatasetPanel, form_values
+
+MISSING = "concept_a/images/a_002.png"
+
+
+@pytest.fixture(scope="module")
+def demo_dataset(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo") / "demo"
+    write_sample_dataset(folder)
+    return folder
+
+
+@pytest.fixture
+def workspace(tmp_path, demo_dataset) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_folders()
+    shutil.copytree(demo_dataset, ws.demo_dataset)
+    (ws.demo_dataset / MISSING).with_suffix(".txt").unlink()
+    return ws
+
+
+@pytest.fixture
+def panel(workspace) -> DatasetPanel:
+    return DatasetPanel(AppContext(workspace, JobManager(workspace.jobs)))
+
+
+def page_form(**changes) -> list:
+    """The form's values in input order, as the page holds them (the demo's settings)."""
+    values = form_values(DatasetForm(resolution_width=64, resolution_height=64, target_frames=[1, 17],
+                                     source_fps=16.0))
+    values.update({f"form.{key}": value for key, value in changes.items()})
+    return [values[f"form.{name}"] for name in FORM_FIELDS]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def scanned(panel, workspace):
+    shown = panel.scan(str(workspace.demo_dataset), *page_form())
+    return shown["scan"], shown
+
+
+@pytest.mark.parametrize("typed, sentence", [
+    ("", "No dataset folder is given; type or pick the folder that holds your images and videos."),
+    ("datasets/nowhere", "does not exist; check the path (relative paths start at"),
+    ("datasets/demo/dataset.toml", "is a file, not a folder; choose the folder that holds your images and videos."),
+    ("models", "No images or videos were found in"),
+])
+def test_a_bad_folder_gives_one_sentence_and_keeps_the_scan(panel, workspace, typed, sentence):
+    (workspace.models).mkdir(exist_ok=True)
+    with pytest.warns(UserWarning):  # the toast
+        shown = panel.scan(typed, *page_form())
+    assert set(shown) == {"summary"}  # nothing else on the page changes, the previous scan state included
+    assert shown["summary"].startswith("⚠ ") and sentence in shown["summary"]
+    assert shown["summary"].count(". ") == 0  # one sentence
+
+
+def test_scanning_the_demo_shows_counts_the_missing_caption_and_a_valid_toml(panel, workspace):
+    scan, shown = scanned(panel, workspace)
+    assert "12 images and 6 videos in 4 folders; **1 without a caption**, **0 unreadable**" in shown["summary"]
+    assert "Image sizes: 64x64 ×8, 96x64 ×2, 64x96 ×2" in shown["summary"]
+    assert f"`{MISSING}`" in shown["problems"]
+    assert shown["item"]["value"] == MISSING
+    assert (f"{MISSING} (no caption)", MISSING) in shown["item"]["choices"]
+    assert [row[0] for row in shown["items"]].index(MISSING) == 2 and shown["items"][2][-1] == "— no caption —"
+    assert len(shown["gallery"]) == 18
+    assert shown["scope"]["choices"] == [ALL_FOLDERS, "concept_a/images (images)", "concept_a/videos (videos)",
+                                         "concept_b/images (images)", "concept_b/videos (videos)"]
+    assert shown["form.resolution_width"] == 64 and shown["form.target_frames"] == "1, 17"
+    assert [row[0] for row in shown["buckets"]] == ["48x80", "64x64", "80x48"]
+    assert shown["frames_message"].startswith("concept_a/videos/a_clip_000.mp4: 17 frames")
+    assert len(tomllib.loads(shown["toml"])["datasets"]) == 4
+    assert shown["toml_path"] == str(workspace.demo_dataset / "dataset.toml")
+
+
+def test_fixing_the_missing_caption_writes_only_that_file(panel, workspace):
+    scan, _ = scanned(panel, workspace)
+    before = snapshot(workspace.demo_dataset)
+    with pytest.warns(UserWarning):
+        refused = panel.save_caption(scan, MISSING, "  ")
+    assert refused == {"caption_message": "⚠ The caption for a_002.png is empty; type a caption before saving."}
+    assert snapshot(workspace.demo_dataset) == before
+
+    saved = panel.save_caption(scan, MISSING, "loraidA, a red ball in the shade")
+    assert saved["caption_message"] == "Saved a_002.txt."
+    after = snapshot(workspace.demo_dataset)
+    assert after.pop("concept_a/images/a_002.txt") == b"loraidA, a red ball in the shade\n"
+    assert after == before
+    assert "**0 without a caption**" in saved["summary"]
+    assert saved["problems"] == "Every file is readable and has a caption."
+    assert panel.next_missing(saved["scan"], MISSING) == {"caption_message": "Every file has a caption."}
+
+
+def test_a_trigger_word_is_previewed_then_applied_on_confirm(panel, workspace):
+    scan, _ = scanned(panel, workspace)
+    before = snapshot(workspace.demo_dataset)
+    with pytest.warns(UserWarning):
+        assert panel.bulk_apply(scan, None, None)["bulk_message"].startswith("⚠ There is no previewed edit to apply")
+    preview = panel.bulk_preview(scan, "trigger word", ALL_FOLDERS, "sks", "", "end", False, True)
+    assert preview["bulk_message"] == ("17 of 17 captions would change (add trigger word `sks` at the end); 1 file(s) "
+                                       "without a caption are left alone. Click Apply to write them.")
+    first = (workspace.demo_dataset / "concept_a/images/a_000.txt").read_text(encoding="utf-8").strip()
+    assert preview["changes"][0] == ["concept_a/images/a_000.png", first, f"{first}, sks"]
+    assert snapshot(workspace.demo_dataset) == before  # a preview writes nothing
+
+    only_b = panel.bulk_preview(scan, "trigger word", "concept_b/videos (videos)", "loraidB", "", "start", False, True)
+    assert only_b["bulk_message"].startswith("0 of 3 captions would change")
+
+    applied = panel.bulk_apply(scan, preview["plan"], "concept_a/images/a_000.png")
+    assert applied["bulk_message"] == "Wrote 17 caption file(s)."
+    assert applied["plan"] is None and applied["caption"] == f"{first}, sks"
+    captions = [p.read_text(encoding="utf-8") for p in workspace.demo_dataset.rglob("*.txt")]
+    assert len(captions) == 17 and all(text.endswith(", sks\n") for text in captions)
+
+
+def test_bad_resolution_and_frame_settings_are_one_sentence(panel, workspace):
+    scan, _ = scanned(panel, workspace)
+    with pytest.warns(UserWarning):
+        shown = panel.buckets(scan, *page_form(resolution_width=100))
+    assert shown == {"buckets_message": "⚠ dataset form: [general]: resolution width 100 is not a multiple of 16; "
+                                        "use 96 or 112."}
+    with pytest.warns(UserWarning):
+        shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 18"))
+    assert shown == {"frames_message": "⚠ dataset form: [[datasets]] #1: target_frames value 18 is not 4n+1; "
+                                       "use 17 or 21."}
+    with pytest.warns(UserWarning):
+        shown = panel.frames(scan, "concept_a/images/a_000.png", *page_form())
+    assert "is an image; frame extraction applies to videos only" in shown["frames_message"]
+    with pytest.warns(UserWarning):
+        assert panel.buckets(None, *page_form())["buckets_message"].startswith("⚠ No folder has been scanned yet")
+    frames = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(frame_extraction="slide",
+                                                                                frame_stride=8, target_frames="9"))
+    assert frames["frames"][2] == ["slide", 2, "0: 0-8; 8: 8-16"]
+    assert frames["frames_strip"].count('<tr data-start=') == 2
+
+
+@pytest.mark.parametrize("edit, sentence", [
+    (lambda t: t.replace("[general]", "[general"), "dataset.toml is not valid TOML"),
+    (lambda t: t.replace("batch_size", "batch_sise"),
+     "[general]: unknown key `batch_sise`; did you mean `batch_size`?"),
+    (lambda t: t.replace("frame_extraction = \"head\"", "frame_extraction = \"tail\"", 1),
+     "[[datasets]] #2: frame_extraction 'tail' is not a mode"),
+    (lambda t: t.replace("concept_a/images", "concept_z/images", 1), "concept_z/images does not exist"),
+])
+def test_a_malformed_toml_edit_is_refused_and_the_file_is_unchanged(panel, workspace, edit, sentence):
+    scan, shown = scanned(panel, workspace)
+    path = workspace.demo_dataset / "dataset.toml"
+    before = snapshot(workspace.demo_dataset)
+    with pytest.warns(UserWarning):
+        refused = panel.write_toml(str(path), edit(shown["toml"]))
+    assert refused["toml_message"].startswith("⚠ ") and sentence in refused["toml_message"]
+    assert refused["toml_message"].endswith("Nothing was written.")
+    assert snapshot(workspace.demo_dataset) == before
+
+
+def test_writing_the_generated_toml_gives_a_file_the_loader_reads(panel, workspace):
+    scan, _ = scanned(panel, workspace)
+    generated = panel.generate_toml(scan, "datasets/demo/studio.toml", *page_form(num_repeats=3))
+    assert "nothing is written until you click Write TOML" in generated["toml_message"]
+    path = workspace.demo_dataset / "studio.toml"
+    assert not path.exists()
+    assert panel.write_toml("datasets/demo/studio.toml", generated["toml"])["toml_message"] == (
+        f"Wrote {path}: 4 [[datasets]] entries, valid.")
+    config = load_dataset_config(path)
+    assert config.general.num_repeats == 3
+    assert config.resolved()[0].source == workspace.demo_dataset / "concept_a" / "images"
+    assert panel.load_toml(str(path)) == {"toml": generated["toml"], "toml_message": f"Loaded {path}."}
+    with pytest.warns(UserWarning):
+        refused = panel.write_toml("datasets/demo/studio.txt", generated["toml"])
+    assert "does not end in .toml" in refused["toml_message"]
+
+
+def test_caching_starts_only_from_the_written_toml(panel, workspace):
+    scan, shown = scanned(panel, workspace)
+    path = workspace.demo_dataset / "fresh.toml"
+    with pytest.warns(UserWarning):
+        refused = panel.start_cache("latents", str(path), shown["toml"], "cpu")
+    assert refused == {"cache_status": f"⚠ {path} has not been written yet; click Write TOML before caching."}
+    panel.write_toml(str(path), shown["toml"])
+    with pytest.warns(UserWarning):
+        refused = panel.start_cache("latents", str(path), shown["toml"].replace("64, 64", "96, 96"), "cpu")
+    assert "differs from fresh.toml on disk; click Write TOML first" in refused["cache_status"]
+    assert panel.ctx.jobs.list() == []

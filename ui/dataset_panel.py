@@ -1,0 +1,283 @@
+"""The Dataset tab's handlers. Each takes the page's values and returns {output name: value} (names in OUTPUTS);
+a name left out keeps what the page shows. All work is done by `backend.data`; a user error becomes one sentence
+beside the control (and a toast), and the previous scan, plan and files stay as they were."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+from backend.data.caption_edits import BulkEdit, CaptionEditPlan, apply_plan, plan_bulk_edit, save_caption
+from backend.data.captions import read_caption
+from backend.data.dataset_folder import Entry, FolderScan, resolve_folder, scan_tree
+from backend.data.dataset_form import DatasetForm, existing_form, read_form, render_form_toml
+from backend.data.dataset_preview import bucket_summary, cache_counts, windows_by_mode
+from backend.data.dataset_toml_file import read_toml_text, ready_for_cache, resolve_toml_path, write_dataset_toml
+from backend.data.media import MediaError
+from backend.data.thumbnails import thumbnail
+from backend.errors import UserError
+from backend.jobs import Job
+from ui import dataset_views as views
+from ui.context import AppContext
+from ui.log_view import LogView
+from ui.widgets import report_error
+
+FORM_FIELDS = list(DatasetForm.model_fields)
+FORM_OUTPUTS = [f"form.{name}" for name in FORM_FIELDS]
+OUTPUTS = {  # every output a handler may set, by name
+    "scan", "summary", "problems", "gallery", "items", "item", "preview", "item_info", "caption", "caption_message",
+    "scope", "plan", "changes", "bulk_message", "buckets", "dropped", "buckets_message", "frames_video", "frames",
+    "frames_strip", "frames_message", "toml_path", "toml", "toml_message", "cache_view", "cache_status", "cache_log",
+    "timer", *FORM_OUTPUTS}
+ALL_FOLDERS = "all folders"
+GALLERY_LIMIT = 120
+PREVIEW_SIDE = 256
+LOG_LINES = 30
+
+
+def form_values(form: DatasetForm) -> dict:
+    values = {f"form.{name}": getattr(form, name) for name in FORM_FIELDS}
+    values["form.target_frames"] = ", ".join(str(n) for n in form.target_frames)
+    return values
+
+
+def gallery_items(scan: FolderScan) -> list[tuple]:
+    items = []
+    for entry in scan.entries[:GALLERY_LIMIT]:
+        try:
+            items.append((thumbnail(entry.item.path), entry.name))
+        except MediaError:
+            continue
+    return items
+
+
+def cache_argv(what: str, workspace: Path, toml_path: Path, device: str) -> list[str]:
+    return [sys.executable, "-m", "backend", "cache", what, "--workspace", str(workspace),
+            "--dataset_config", str(toml_path), "--device", device]
+
+
+def _require_scan(scan: FolderScan | None) -> FolderScan:
+    if scan is None:
+        raise UserError("No folder has been scanned yet; choose a folder and click Scan first.")
+    return scan
+
+
+class DatasetPanel:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    # ---- scanning ------------------------------------------------------------------------------------------
+
+    def scan(self, folder_text: str, *values) -> dict:
+        """Scan the folder; the form takes the settings of its dataset.toml when it has one, and the bucket and
+        frame previews and the TOML editor are filled from the form."""
+        try:
+            root = resolve_folder(folder_text, self.ctx.workspace.root)
+            existing, note = existing_form(root)
+            form = existing or read_form(dict(zip(FORM_FIELDS, values)))
+            scan = scan_tree(root, form.caption_extension)
+        except UserError as exc:
+            return {"summary": f"⚠ {report_error(exc)}"}
+        first = (scan.missing_captions or scan.entries)[0].name if scan.entries else None
+        videos = [entry.name for entry in scan.entries if entry.item.kind == "video"]
+        out = {"scan": scan, "summary": views.summary_markdown(scan), "problems": views.problems_markdown(scan),
+               "gallery": gallery_items(scan), "items": views.item_rows(scan), "plan": None, "changes": [],
+               "bulk_message": "", "toml_path": str(root / "dataset.toml"),
+               "item": gr.update(choices=views.item_choices(scan), value=first),
+               "scope": gr.update(choices=[ALL_FOLDERS, *scan.sources_by_label()], value=ALL_FOLDERS),
+               "frames_video": gr.update(choices=videos, value=videos[0] if videos else None),
+               **(form_values(existing) if existing else {})}
+        previews = [("buckets_message", lambda: self._buckets(scan, form)),
+                    ("toml_message", lambda: {"toml": render_form_toml(scan, form, root / "dataset.toml"),
+                                              "toml_message": note or "Generated from the form; not written yet."})]
+        if videos:
+            previews.append(("frames_message", lambda: self._frames(scan, videos[0], form)))
+        for message_name, preview in previews:
+            try:
+                out.update(preview())
+            except UserError as exc:  # a form value the previews cannot use; the scan itself stands
+                out[message_name] = f"⚠ {exc}"
+        return out
+
+    def _refreshed(self, scan: FolderScan, name: str | None) -> dict:
+        return {"scan": scan, "summary": views.summary_markdown(scan), "problems": views.problems_markdown(scan),
+                "items": views.item_rows(scan), "item": gr.update(choices=views.item_choices(scan), value=name)}
+
+    # ---- one caption ---------------------------------------------------------------------------------------
+
+    def select_item(self, scan: FolderScan | None, name: str | None) -> dict:
+        if scan is None or not name:
+            return {"preview": None, "item_info": "", "caption": "", "caption_message": ""}
+        try:
+            entry = scan.entry(name)
+            picture = thumbnail(entry.item.path, PREVIEW_SIDE)
+        except (UserError, MediaError) as exc:
+            return {"caption_message": f"⚠ {report_error(exc)}"}
+        return {"preview": picture, "item_info": views.item_info(entry), "caption": entry.item.caption or "",
+                "caption_message": ""}
+
+    def next_missing(self, scan: FolderScan | None, name: str | None) -> dict:
+        try:
+            missing = [e.name for e in _require_scan(scan).missing_captions]
+        except UserError as exc:
+            return {"caption_message": f"⚠ {report_error(exc)}"}
+        if not missing:
+            return {"caption_message": "Every file has a caption."}
+        after = [m for m in missing if name is None or m > name]
+        return {"item": (after or missing)[0]}
+
+    def save_caption(self, scan: FolderScan | None, name: str | None, text: str) -> dict:
+        try:
+            scan = _require_scan(scan)
+            if not name:
+                raise UserError("No file is selected; pick one in the list, the table or the thumbnails first.")
+            entry = scan.entry(name)
+            written = save_caption(entry.item.path, text, scan.caption_extension)
+            entry.item.caption = read_caption(entry.item.path, scan.caption_extension)
+        except UserError as exc:
+            return {"caption_message": f"⚠ {report_error(exc)}"}
+        return {**self._refreshed(scan, name), "caption": entry.item.caption,
+                "caption_message": f"Saved {written.name}."}
+
+    # ---- bulk edits ----------------------------------------------------------------------------------------
+
+    def _in_scope(self, scan: FolderScan, scope: str | None) -> list[Entry]:
+        if not scope or scope == ALL_FOLDERS:
+            return scan.entries
+        source = scan.sources_by_label().get(scope)
+        if source is None:
+            raise UserError(f"The folder {scope} is not in the last scan; scan again and pick a folder from the list.")
+        return [entry for entry in scan.entries if entry.source == source]
+
+    def bulk_preview(self, scan: FolderScan | None, operation: str, scope: str, text: str, replacement: str,
+                     position: str, regex: bool, case_sensitive: bool) -> dict:
+        try:
+            scan = _require_scan(scan)
+            entries = self._in_scope(scan, scope)
+            captions = {e.item.path: read_caption(e.item.path, scan.caption_extension) for e in entries}
+            edit = BulkEdit(operation, text or "", replacement or "", position or "start", bool(regex),
+                            bool(case_sensitive))
+            plan = plan_bulk_edit(captions, edit)
+        except UserError as exc:
+            return {"plan": None, "changes": [], "bulk_message": f"⚠ {report_error(exc)}"}
+        hint = " Click Apply to write them." if plan.changes else ""
+        return {"plan": plan, "changes": views.change_rows(plan, scan), "bulk_message": plan.summary + hint}
+
+    def bulk_apply(self, scan: FolderScan | None, plan: CaptionEditPlan | None, name: str | None) -> dict:
+        try:
+            scan = _require_scan(scan)
+            if plan is None:
+                raise UserError("There is no previewed edit to apply; click Preview first and check the changes.")
+            result = apply_plan(plan, scan.caption_extension)
+        except UserError as exc:
+            return {"bulk_message": f"⚠ {report_error(exc)}"}
+        for entry in scan.entries:
+            if entry.item.path in plan.changes:
+                entry.item.caption = read_caption(entry.item.path, scan.caption_extension)
+        out = {**self._refreshed(scan, name), "plan": None, "changes": [], "bulk_message": result.summary}
+        if name:
+            out["caption"] = scan.entry(name).item.caption or ""
+        return out
+
+    # ---- previews ------------------------------------------------------------------------------------------
+
+    def _buckets(self, scan: FolderScan, form: DatasetForm) -> dict:
+        summary = bucket_summary(scan, form)
+        dropped = summary.dropped or [["(none)", "every item fits a bucket"]]
+        return {"buckets": views.bucket_rows(summary), "dropped": [list(row) for row in dropped],
+                "buckets_message": views.bucket_message(summary, (form.resolution_width, form.resolution_height))}
+
+    def buckets(self, scan: FolderScan | None, *values) -> dict:
+        try:
+            return self._buckets(_require_scan(scan), read_form(dict(zip(FORM_FIELDS, values))))
+        except UserError as exc:
+            return {"buckets_message": f"⚠ {report_error(exc)}"}
+
+    def _frames(self, scan: FolderScan, name: str | None, form: DatasetForm) -> dict:
+        if not name:
+            raise UserError("No video is chosen; pick one of the scanned videos (this folder may have none).")
+        entry = scan.entry(name)
+        if entry.item.kind != "video":
+            raise UserError(f"{name} is an image; frame extraction applies to videos only, so pick a video.")
+        count = entry.item.frame_count or 0
+        by_mode = windows_by_mode(count, form)
+        return {"frames": views.frame_rows(by_mode),
+                "frames_strip": views.frame_strip_html(by_mode[form.frame_extraction], count, form.frame_extraction),
+                "frames_message": f"{name}: {count} frames; the table shows every mode with these settings."}
+
+    def frames(self, scan: FolderScan | None, name: str | None, *values) -> dict:
+        try:
+            return self._frames(_require_scan(scan), name, read_form(dict(zip(FORM_FIELDS, values))))
+        except UserError as exc:
+            return {"frames_message": f"⚠ {report_error(exc)}"}
+
+    # ---- the TOML ------------------------------------------------------------------------------------------
+
+    def generate_toml(self, scan: FolderScan | None, toml_path: str, *values) -> dict:
+        try:
+            scan = _require_scan(scan)
+            path = resolve_toml_path(toml_path, self.ctx.workspace.root)
+            text = render_form_toml(scan, read_form(dict(zip(FORM_FIELDS, values))), path)
+        except UserError as exc:
+            return {"toml_message": f"⚠ {report_error(exc)}"}
+        return {"toml": text, "toml_message": f"Generated from the form; nothing is written until you click "
+                                              f"Write TOML ({path})."}
+
+    def load_toml(self, toml_path: str) -> dict:
+        try:
+            path = resolve_toml_path(toml_path, self.ctx.workspace.root)
+            text = read_toml_text(path)
+        except UserError as exc:
+            return {"toml_message": f"⚠ {report_error(exc)}"}
+        return {"toml": text, "toml_message": f"Loaded {path}."}
+
+    def write_toml(self, toml_path: str, text: str) -> dict:
+        try:
+            path = resolve_toml_path(toml_path, self.ctx.workspace.root)
+            config = write_dataset_toml(path, text)
+        except UserError as exc:
+            return {"toml_message": f"⚠ {report_error(exc)} Nothing was written."}
+        return {"toml_message": f"Wrote {path}: {len(config.datasets)} [[datasets]] entries, valid."}
+
+    # ---- caching jobs --------------------------------------------------------------------------------------
+
+    def start_cache(self, what: str, toml_path: str, editor_text: str, device: str) -> dict:
+        try:
+            path = resolve_toml_path(toml_path, self.ctx.workspace.root)
+            ready_for_cache(path, editor_text)
+            job = self.ctx.jobs.submit(cache_argv(what, self.ctx.workspace.root, path, device or "cpu"),
+                                       kind="cache", title=f"Cache {what}: {path.parent.name}/{path.name}",
+                                       settings={"what": what, "dataset_config": str(path), "device": device})
+        except UserError as exc:
+            return {"cache_status": f"⚠ {report_error(exc)}"}
+        return {"cache_view": LogView(job.id), "cache_status": self._status_line(job, what), "cache_log": "",
+                "timer": gr.Timer(active=True)}
+
+    def _status_line(self, job: Job, what: str | None = None) -> str:
+        what = what or job.settings.get("what", "")
+        if not job.is_finished:
+            return f"Cache {what} job {job.id}: {job.status}…"
+        if job.status != "succeeded":
+            return f"Cache {what} job {job.id} ended ({job.status}); its log below says why."
+        try:
+            counts = cache_counts(ready_for_cache(Path(job.settings["dataset_config"]), None))
+        except UserError:
+            return f"Cache {what} job {job.id} succeeded."
+        return f"Cache {what} job {job.id} succeeded: {views.cache_message(counts)}"
+
+    def poll_cache(self, view: LogView | None) -> dict:
+        if view is None or view.job_id is None:
+            return {"timer": gr.Timer(active=False)}
+        try:
+            self.ctx.jobs.refresh()  # starts it if it was queued
+            job = self.ctx.jobs.get(view.job_id)
+        except UserError as exc:  # deleted in the Jobs tab meanwhile
+            return {"cache_status": str(exc), "timer": gr.Timer(active=False)}
+        chunk, view.offset = self.ctx.jobs.read_log(job.id, view.offset)
+        view.append(chunk)
+        out = {"cache_view": view, "cache_status": self._status_line(job),
+               "cache_log": "\n".join(view.text.splitlines()[-LOG_LINES:])}
+        if job.is_finished:
+            out["timer"] = gr.Timer(active=False)
+        return out
