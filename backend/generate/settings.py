@@ -38,9 +38,14 @@ class GenerateSettings:
 
 def validate(settings: GenerateSettings) -> GenerateSettings:
     """Return the settings unchanged, or raise a UserError naming the first wrong value and how to fix it."""
-    s = settings
-    if not s.prompt.strip():
+    if not settings.prompt.strip():
         raise UserError("The prompt is empty; write what the video should show with --prompt.")
+    return validate_values(settings)
+
+
+def validate_values(settings: GenerateSettings) -> GenerateSettings:
+    """Every rule of `validate` but the prompt's (a form checks these while its prompt is still being written)."""
+    s = settings
     if s.frames < 1 or (s.frames - 1) % 4:
         lower = max(1, s.frames - (s.frames - 1) % 4)
         raise UserError(f"--frames {s.frames} is not 4n+1 (1, 5, 9, ..., 81); use {lower} or {lower + 4}.")

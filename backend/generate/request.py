@@ -1,0 +1,139 @@
+"""One generation as a form asks for it: checked with the generate engine's own rules before a job starts (settings,
+model, start image, LoRA files and their overlaps, memory options), turned into `python -m backend generate`
+arguments, and rebuilt from a result's sidecar JSON so its settings can be reused.
+
+    request = GenerateRequest(read_model(ws, "demo-t2v"), GenerateSettings(prompt="a red ball", width=64, ...),
+                              loras=(LoraPick(ws.loras / "alice.safetensors", 1.0),))
+    warnings = request.check()                       # UserError: one sentence, nothing started
+    argv = [sys.executable, "-m", "backend", *request.arguments(ws.root)]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from backend.errors import UserError
+from backend.generate.lora_catalog import check_overlaps, summarize
+from backend.generate.memory import MemoryOptions, check_memory_options
+from backend.generate.model_options import ModelPick, pick_from_record
+from backend.generate.settings import GenerateSettings, validate
+
+
+@dataclass(frozen=True)
+class LoraPick:
+    path: Path
+    multiplier: float = 1.0
+
+
+@dataclass(frozen=True)
+class Companions:
+    """The non-transformer parts; None uses the workspace's (the demo VAE, text encoder and tokenizer)."""
+    vae: str | None = None
+    text_encoder: str | None = None
+    tokenizer: str | None = None
+    image_encoder: str | None = None
+
+    LABELS = {"vae": ("VAE", "--vae"), "text_encoder": ("text encoder", "--text_encoder"),
+              "tokenizer": ("tokenizer", "--tokenizer"), "image_encoder": ("CLIP image encoder", "--image_encoder")}
+
+    def given(self) -> dict[str, str]:
+        return {name: value for name, value in asdict(self).items() if value}
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model: ModelPick
+    settings: GenerateSettings
+    random_seed: bool = False  # leave the seed to the job (it picks one and records it)
+    loras: tuple[LoraPick, ...] = ()
+    hooked: bool = False
+    allow_overlap: bool = False
+    memory: MemoryOptions = field(default_factory=MemoryOptions)
+    companions: Companions = field(default_factory=Companions)
+    save_latents: bool = False
+    save_frames: bool = False
+
+    def check(self) -> list[str]:
+        """Raise a UserError for the first thing that would make the job fail; returns allowed-overlap warnings."""
+        settings = validate(self.settings)
+        if settings.guidance_scale_2 is not None and not self.model.is_pair:
+            raise UserError("The low-noise guidance scale is for a Wan2.2 A14B expert pair; leave it empty for a "
+                            "single-transformer model.")
+        task = self.model.task
+        if settings.image is not None and task != "i2v":
+            raise UserError("This is a text-to-video model, so it cannot start from an image; remove the start "
+                            "image or pick an image-to-video model.")
+        if settings.image is None and task == "i2v":
+            raise UserError("This is an image-to-video model; add a start image.")
+        for name, value in self.companions.given().items():
+            what, flag = Companions.LABELS[name]
+            if not Path(value).expanduser().is_dir():
+                raise UserError(f"The {what} folder {value} does not exist; type an existing folder ({flag}) or "
+                                f"leave it empty to use the workspace's.")
+        check_memory_options(self.memory)
+        paths = [Path(pick.path) for pick in self.loras]
+        for pick in self.loras:
+            summarize(pick.path)  # exists, is a readable .safetensors
+            if not math.isfinite(pick.multiplier):
+                raise UserError(f"The multiplier of {Path(pick.path).name} must be a finite number such as 1.0.")
+        if len({path.resolve() for path in paths}) != len(paths):
+            raise UserError("The same LoRA file is chosen twice; choose each file once.")
+        return check_overlaps(paths, self.model.roles, self.allow_overlap)
+
+    def with_image(self, image: Path) -> "GenerateRequest":
+        return replace(self, settings=self.settings.with_overrides(image=str(image)))
+
+    def arguments(self, workspace: Path) -> list[str]:
+        """`generate ...` arguments (single values as `--name=value`, so a prompt may start with a dash)."""
+        s = self.settings
+        args = ["generate", f"--workspace={Path(workspace)}", *self.model.arguments(),
+                f"--prompt={s.prompt}", f"--negative_prompt={s.negative_prompt}",
+                f"--width={s.width}", f"--height={s.height}", f"--frames={s.frames}", f"--fps={s.fps}",
+                f"--steps={s.steps}", f"--guidance_scale={s.guidance_scale}", f"--flow_shift={s.flow_shift}",
+                f"--sampler={s.sampler}"]
+        if not self.random_seed:
+            args.append(f"--seed={s.seed}")
+        if s.guidance_scale_2 is not None:
+            args.append(f"--guidance_scale_2={s.guidance_scale_2}")
+        if s.image is not None:
+            args.append(f"--image={s.image}")
+        args += [f"--{name}={value}" for name, value in self.companions.given().items()]
+        if self.loras:
+            args += ["--lora", *(str(Path(pick.path).resolve()) for pick in self.loras),
+                     "--multiplier", *(repr(float(pick.multiplier)) for pick in self.loras)]
+        flags = {"--allow_overlap": self.allow_overlap and bool(self.loras), "--hooked": self.hooked,
+                 "--cpu_offload": self.memory.cpu_offload, "--fp8": self.memory.fp8,
+                 "--vae_tiling": self.memory.vae_tiling, "--save_latents": self.save_latents,
+                 "--save_frames": self.save_frames}
+        return args + [flag for flag, on in flags.items() if on]
+
+    def job_settings(self) -> dict:
+        """What the job record keeps about the request (plain JSON)."""
+        return {"settings": self.settings.to_dict(), "random_seed": self.random_seed,
+                "model": {"demo": self.model.demo, "dit": [str(p) for p in self.model.dit],
+                          "model_kind": self.model.model_kind},
+                "loras": [{"path": str(pick.path), "multiplier": pick.multiplier} for pick in self.loras],
+                "lora_mode": "hooked" if self.hooked else "merged", "allow_overlap": self.allow_overlap,
+                "memory": self.memory.to_dict(), "companions": self.companions.given(),
+                "save_latents": self.save_latents, "save_frames": self.save_frames}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "GenerateRequest":
+        """The request that made a result, from its sidecar JSON; files it names are not checked here."""
+        try:
+            known = {f.name for f in fields(GenerateSettings)}
+            settings = GenerateSettings(**{k: v for k, v in record["settings"].items() if k in known})
+            model = record.get("model") or {}
+            loras = tuple(LoraPick(Path(item["path"]), float(item.get("multiplier", 1.0)))
+                          for item in record.get("loras") or [])
+            memory = MemoryOptions(**{k: bool(v) for k, v in (record.get("memory") or {}).items()
+                                      if k in {f.name for f in fields(MemoryOptions)}})
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UserError("This result's settings record is incomplete or damaged, so it cannot be reused; pick "
+                            "another result.") from None
+        companions = Companions(**{name: model.get(name) for name in Companions.LABELS if model.get(name)})
+        outputs = record.get("outputs") or {}
+        return cls(pick_from_record(model), settings, loras=loras, hooked=record.get("lora_mode") == "hooked",
+                   allow_overlap=bool(record.get("allow_overlap")), memory=memory, companions=companions,
+                   save_latents="latents" in outputs, save_frames="frames" in outputs)

@@ -1,0 +1,286 @@
+"""The Generate tab's handlers without a browser, on a workspace holding the demo transformers (no VAE or encoders):
+bad settings and overlapping LoRAs are one sentence and submit nothing; a good request becomes one real
+`python -m backend generate` job (which here fails for want of a VAE, and the tab shows the job's own sentence);
+multipliers stay with their files; a result's sidecar refills the form."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.adapters.formats import save_lora
+from backend.adapters.metadata import build_metadata
+from backend.adapters.network import AdapterNetwork
+from backend.adapters.network_config import NetworkConfig
+from backend.generate.outputs import output_stem, write_result
+from backend.generate.pipeline import ModelChoice
+from backend.generate.settings import GenerateSettings
+from backend.jobs import JobManager
+from backend.loraid.allocation import allocate, allocate_explicit
+from backend.loraid.patterns import network_args_entries
+from backend.models import demo_parts
+from backend.models.demo import TRANSFORMER_FILE, expert_file
+from backend.models.loading import save_transformer_original
+from backend.workspace import Workspace
+from ui.context import AppContext
+from ui.generate_form import MAX_LORAS, GenerateForm
+from ui.generate_panel import FollowedGeneration, GeneratePanel
+
+DEMO_BLOCKS = 8
+STATUS, PROGRESS = 1, 2  # positions in run()'s outputs (followed, status, progress, timer)
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory):
+    """The demo T2V transformer and the A14B pair as the demo workspace holds them, and three LoRAs on the T2V:
+    alice (LORAID 1: blocks 0-1), bob (LORAID 3: blocks 4-5) and carol (LORAID 2 of 3 blocks: blocks 3-5)."""
+    ws = Workspace(tmp_path_factory.mktemp("models") / "ws")
+    ws.ensure_folders()
+    t2v = demo_parts.build_transformer("demo-t2v", 0, part=10)
+    save_transformer_original(t2v, ws.demo_t2v / TRANSFORMER_FILE)
+    for part, expert in enumerate(("high", "low"), start=11):
+        save_transformer_original(demo_parts.build_transformer("demo-a14b", 0, part, expert), expert_file(ws, expert))
+    save_demo_lora(t2v, ws.loras / "alice.safetensors", allocate(1, DEMO_BLOCKS, 2, model="demo-t2v"), seed=1)
+    save_demo_lora(t2v, ws.loras / "bob.safetensors", allocate(3, DEMO_BLOCKS, 2, model="demo-t2v"), seed=2)
+    save_demo_lora(t2v, ws.loras / "carol.safetensors", allocate(2, DEMO_BLOCKS, 3, model="demo-t2v"), seed=3)
+    return ws
+
+
+def save_demo_lora(model, path: Path, allocation, seed: int) -> Path:
+    args = network_args_entries(allocation)
+    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in network.parameters():
+            param.normal_(0.0, 0.1)
+    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=allocation.loraid,
+                              allocation=allocation.to_metadata())
+    return save_lora(path, network.state_dict_for_save(), metadata)
+
+
+@pytest.fixture
+def ctx(demo_models, tmp_path) -> AppContext:
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_folders()
+    shutil.copytree(demo_models.models, ws.models, dirs_exist_ok=True)
+    shutil.copytree(demo_models.loras, ws.loras, dirs_exist_ok=True)
+    return AppContext(ws, JobManager(ws.jobs))
+
+
+def form(**changes) -> GenerateForm:
+    """A valid tiny request on the demo T2V; LoRAs given as {name: multiplier}."""
+    loras = changes.pop("loras", {})
+    names = tuple(loras)
+    multipliers = tuple(loras.values()) + (1.0,) * (MAX_LORAS - len(loras))
+    values = dict(prompt="a red ball bouncing", width=32, height=32, frames=9, steps=2, seed=7,
+                  lora_files=names, slot_files=names, multipliers=multipliers)
+    values.update(changes)
+    return GenerateForm(**values)
+
+
+def run(panel: GeneratePanel, request: GenerateForm) -> tuple:
+    return panel.run(FollowedGeneration(), *request.values())
+
+
+def until_finished(panel: GeneratePanel, followed: FollowedGeneration, timeout_s: float = 90) -> tuple:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        shown = panel.tick(followed)
+        followed = shown[0]
+        if isinstance(shown[1], str) and ("succeeded" in shown[1] or "ended" in shown[1]):
+            return shown
+        time.sleep(0.3)
+    raise AssertionError(f"the generate job did not finish within {timeout_s} s")
+
+
+@pytest.mark.parametrize("changes, sentence", [
+    ({"frames": 6}, "--frames 6 is not 4n+1 (1, 5, 9, ..., 81); use 5 or 9."),
+    ({"frames": 0}, "--frames 0 is not 4n+1 (1, 5, 9, ..., 81); use 1 or 5."),
+    ({"width": 60}, "--width 60 is not a positive multiple of 16; use 64."),
+    ({"height": 8}, "--height 8 is not a positive multiple of 16; use 16."),
+    ({"steps": 0}, "--steps 0 must be at least 1."),
+    ({"guidance_scale": 0.5}, "Guidance scales must be 1.0 or more (1.0 turns classifier-free guidance off)."),
+    ({"width": 32.5}, "The width must be a whole number, not 32.5."),
+])
+def test_bad_settings_are_one_sentence_beside_the_form_and_on_run_and_submit_nothing(ctx, changes, sentence):
+    panel = GeneratePanel(ctx)
+    bad = form(**changes)
+    assert panel.settings_message(*bad.values()) == f"⚠ {sentence}"
+    shown = run(panel, bad)
+    assert shown[STATUS] == f"⚠ {sentence}"
+    assert ctx.jobs.list() == []
+    assert panel.settings_message(*form().values()) == ""
+
+
+def test_requests_the_model_cannot_run_are_refused_before_any_job(ctx, tmp_path):
+    panel = GeneratePanel(ctx)
+    image = tmp_path / "start.png"
+    Image.new("RGB", (16, 16), "red").save(image)
+    cases = {
+        "The prompt is empty; write what the video should show with --prompt.": form(prompt="  "),
+        "The low-noise guidance scale is for a Wan2.2 A14B expert pair; leave it empty for a single-transformer "
+        "model.": form(guidance_scale_2=3.0),
+        "This is a text-to-video model, so it cannot start from an image; remove the start image or pick an "
+        "image-to-video model.": form(image=str(image)),
+        "No model is chosen; pick a demo model or a merged model, or type a checkpoint path.": form(model=""),
+    }
+    for sentence, request in cases.items():
+        assert run(panel, request)[STATUS] == f"⚠ {sentence}"
+    missing = ctx.workspace.root / "outputs" / "merged" / "gone.safetensors"
+    assert run(panel, form(model="outputs/merged/gone.safetensors"))[STATUS] == (
+        f"⚠ The model file {missing} does not exist; pick a model from the list or check the path.")
+    assert ctx.jobs.list() == [] and not (ctx.workspace.outputs / "start_images").exists()
+    started = run(panel, form(guidance_scale_2=3.0, model="demo-a14b"))  # a pair takes the low-noise guidance
+    assert started[STATUS].startswith("Job ")
+    (job,) = ctx.jobs.list()
+    assert "--guidance_scale_2=3.0" in job.argv
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, started[0])
+
+
+def test_overlapping_loras_are_flagged_when_picked_and_refused_on_run(ctx):
+    panel = GeneratePanel(ctx)
+    slots = panel.lora_slots("demo-t2v", "", ["bob.safetensors", "carol.safetensors"], [], *[1.0] * MAX_LORAS)
+    conflicts = slots[1]
+    assert "bob.safetensors and carol.safetensors both change blocks 4-5" in conflicts
+    assert "Run is refused unless you tick “Allow overlap”" in conflicts
+
+    shown = run(panel, form(loras={"bob.safetensors": 1.0, "carol.safetensors": 0.5}))
+    assert shown[STATUS].startswith("⚠ bob.safetensors and carol.safetensors both change blocks 4-5 (modules ")
+    assert shown[STATUS].endswith("; tick “Allow overlap” to apply them anyway (their changes add up on the "
+                                  "shared weights).")
+    assert ctx.jobs.list() == []
+
+    allowed = run(panel, form(loras={"bob.safetensors": 1.0, "carol.safetensors": 0.5}, allow_overlap=True))
+    assert "⚠ Allowed overlap: bob.safetensors and carol.safetensors both change blocks 4-5" in allowed[STATUS]
+    (job,) = ctx.jobs.list()
+    assert "--allow_overlap" in job.argv
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, allowed[0])
+
+
+def test_disjoint_loraids_run_as_one_generate_job_and_its_failure_is_shown_in_one_sentence(ctx):
+    panel = GeneratePanel(ctx)
+    slots = panel.lora_slots("demo-t2v", "", ["alice.safetensors", "bob.safetensors"], [], *[1.0] * MAX_LORAS)
+    assert slots[0] == ["alice.safetensors", "bob.safetensors"]
+    assert "No conflict" in slots[1]
+    first, second, third = slots[2], slots[3], slots[4]
+    assert (first["visible"], first["label"], first["info"]) == (
+        True, "alice.safetensors multiplier", "LORAID 1 · blocks 0-1 · lora rank 4")
+    assert (second["label"], second["info"]) == ("bob.safetensors multiplier", "LORAID 3 · blocks 4-5 · lora rank 4")
+    assert third == gr.update(visible=False)
+
+    started = run(panel, form(loras={"alice.safetensors": 1.0, "bob.safetensors": 0.7}))
+    assert started[STATUS].startswith("Job ")
+    (job,) = ctx.jobs.list()
+    loras = ctx.workspace.loras.resolve()
+    assert job.kind == "generate" and job.title == "Generate: a red ball bouncing"
+    assert job.argv[1:] == [
+        "-m", "backend", "generate", f"--workspace={ctx.workspace.root}", "--model", "demo-t2v",
+        "--prompt=a red ball bouncing", "--negative_prompt=", "--width=32", "--height=32", "--frames=9", "--fps=16",
+        "--steps=2", "--guidance_scale=5.0", "--flow_shift=3.0", "--sampler=unipc", "--seed=7",
+        "--lora", str(loras / "alice.safetensors"), str(loras / "bob.safetensors"), "--multiplier", "1.0", "0.7"]
+    assert job.settings["loras"] == [{"path": str(loras / "alice.safetensors"), "multiplier": 1.0},
+                                     {"path": str(loras / "bob.safetensors"), "multiplier": 0.7}]
+
+    shown = until_finished(panel, started[0])
+    vae = ctx.workspace.vae
+    assert shown[1] == f"Job {job.id} ended (failed): The VAE folder {vae} does not exist; check --vae."
+    assert isinstance(shown[-1], gr.Timer) and shown[-1].active is False
+
+
+def test_multipliers_stay_with_their_files_when_the_picks_change(ctx):
+    panel = GeneratePanel(ctx)
+    before = ["alice.safetensors", "bob.safetensors"]
+    slots = panel.lora_slots("demo-t2v", "", ["bob.safetensors", "carol.safetensors", "missing.safetensors"],
+                             before, 1.0, 0.7, *[1.0] * (MAX_LORAS - 2))
+    assert slots[0] == ["bob.safetensors", "carol.safetensors", "missing.safetensors"]
+    assert [slots[2]["value"], slots[3]["value"], slots[4]["value"]] == [0.7, 1.0, 1.0]
+    assert "missing.safetensors does not exist" in slots[1]
+    assert all(update == gr.update(visible=False) for update in slots[5:])
+
+    stale = form(loras={"alice.safetensors": 1.0}).with_changes(slot_files=())
+    assert run(panel, stale)[STATUS] == "⚠ The LoRA list is still updating; press Run again."
+    assert ctx.jobs.list() == []
+
+
+def test_model_choices_list_demos_and_merged_models_and_check_typed_paths(ctx):
+    ws = ctx.workspace
+    merged = ws.outputs / "merged"
+    merged.mkdir(parents=True)
+    shutil.copy(ws.demo_t2v / TRANSFORMER_FILE, merged / "demo-t2v+alice.safetensors")
+    shutil.copy(expert_file(ws, "high"), merged / "pair-high_noise.safetensors")
+    shutil.copy(expert_file(ws, "low"), merged / "pair-low_noise.safetensors")
+    panel = GeneratePanel(ctx)
+    pair = "outputs/merged/pair-high_noise.safetensors | outputs/merged/pair-low_noise.safetensors"
+    assert panel.model_choices() == [
+        ("Demo T2V (tiny demo T2V)", "demo-t2v"), ("Demo A14B pair (tiny demo A14B-style pair)", "demo-a14b"),
+        ("Merged A14B pair: pair (high + low noise)", pair),
+        ("Merged: demo-t2v+alice.safetensors", "outputs/merged/demo-t2v+alice.safetensors")]
+    assert panel.model_message(pair, "") == ("2 files (an expert pair: high-noise, then low-noise), model type "
+                                             "demo-a14b.")
+    assert panel.model_message("outputs/merged/demo-t2v+alice.safetensors", "") == "1 file, model type detected."
+    assert panel.model_message("outputs/merged/demo-t2v+alice.safetensors", "demo-a14b") == (
+        "⚠ tiny demo A14B-style pair is a pair of experts; give both files as `HIGH_NOISE | LOW_NOISE` or pick a "
+        "single-transformer model type.")
+
+    started = run(panel, form(model=pair))
+    (job,) = ctx.jobs.list()
+    high, low = merged / "pair-high_noise.safetensors", merged / "pair-low_noise.safetensors"
+    assert job.argv[job.argv.index("--dit"):job.argv.index("--dit") + 4] == [
+        "--dit", str(high.resolve()), str(low.resolve()), "--model_kind=demo-a14b"]
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, started[0])
+
+
+def test_gallery_lists_results_and_reuse_fills_the_form_from_the_sidecar(ctx):
+    ws = ctx.workspace
+    panel = GeneratePanel(ctx)
+    nothing = panel.reuse(None, *form().values())
+    assert nothing[-1] == "⚠ No result is selected; click a result in the gallery first."
+    assert all(value == gr.skip() for value in nothing[:-1])
+
+    settings = GenerateSettings(prompt="loraidA, a cat on a sofa", negative_prompt="blurry", seed=1234, steps=3,
+                                guidance_scale=4.5, flow_shift=5.0, sampler="euler", width=48, height=32, frames=5)
+    record = {"settings": settings.to_dict(), "seed": 1234,
+              "model": {**ModelChoice(workspace=ws.root, model="demo-t2v").describe(), "label": "tiny demo T2V"},
+              "loras": [{"path": str(ws.loras / "alice.safetensors"), "multiplier": 1.0, "loraid": 1},
+                        {"path": str(ws.loras / "bob.safetensors"), "multiplier": 0.7, "loraid": 3}],
+              "lora_mode": "hooked", "allow_overlap": False,
+              "memory": {"cpu_offload": False, "fp8": True, "vae_tiling": True}}
+    written = write_result(output_stem(ws.outputs, 1234), np.random.default_rng(0).random((5, 32, 48, 3)), record)
+
+    shown = panel.tick(FollowedGeneration())
+    gallery, results = shown[3], shown[4]
+    assert gallery["value"] == [(written["video"], "seed 1234 · 2 LoRAs · loraidA, a cat on a sofa")]
+    assert results == [written["sidecar"]]
+    assert isinstance(shown[-1], gr.Timer) and shown[-1].active is False
+
+    selected, settings_text = panel.select(results, gr.SelectData(None, {"index": 0, "value": None}))
+    assert selected == written["sidecar"]
+    assert '"prompt": "loraidA, a cat on a sofa"' in settings_text
+
+    refilled = panel.reuse(selected, *form().values())
+    assert refilled[-1] == f"Filled the form with the settings of {Path(written['video']).name}; press Run to make " \
+                           f"it again."
+    again = GenerateForm.from_values(*refilled[:-1])
+    assert (again.prompt, again.negative_prompt, again.seed, again.random_seed) == (
+        "loraidA, a cat on a sofa", "blurry", 1234, False)
+    assert (again.width, again.height, again.frames, again.steps, again.guidance_scale, again.flow_shift,
+            again.sampler) == (48, 32, 5, 3, 4.5, 5.0, "euler")
+    assert (again.model, again.lora_mode, again.fp8, again.vae_tiling, again.cpu_offload) == (
+        "demo-t2v", "hooked", True, True, False)
+    assert again.lora_files == again.slot_files == ("alice.safetensors", "bob.safetensors")
+    assert again.multipliers[:3] == (1.0, 0.7, 1.0)
+    resubmitted = run(panel, again)  # the refilled form is a valid request as it stands
+    assert resubmitted[STATUS].startswith("Job ")
+    (job,) = ctx.jobs.list()
+    assert "--hooked" in job.argv and "--fp8" in job.argv and "--seed=1234" in job.argv
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, resubmitted[0])

@@ -1,0 +1,151 @@
+"""The Generate tab's form as plain values: the widgets' values in one fixed order, turned into a backend
+`GenerateRequest`, and back (a past result's request becomes the values that refill the widgets)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from backend.errors import UserError
+from backend.generate.lora_catalog import picker_value, resolve_lora
+from backend.generate.memory import MemoryOptions
+from backend.generate.model_options import AUTO_KIND, read_model
+from backend.generate.request import Companions, GenerateRequest, LoraPick
+from backend.generate.settings import GenerateSettings
+from backend.workspace import Workspace
+
+MAX_LORAS = 12  # multiplier sliders on the page; the command line takes any number
+SAME_GUIDANCE = (None, "", 0)  # a number box sends 0 when it is emptied
+LORA_MODES = [("Merged into the weights (fast steps)", "merged"), ("Hooked adapters (live multipliers)", "hooked")]
+
+
+@dataclass(frozen=True)
+class GenerateForm:
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = "demo-t2v"
+    model_kind: str = AUTO_KIND
+    image: str | None = None
+    vae: str = ""
+    text_encoder: str = ""
+    tokenizer: str = ""
+    image_encoder: str = ""
+    width: float | None = 64
+    height: float | None = 64
+    frames: float | None = 17
+    fps: float | None = 16
+    steps: float | None = 10
+    guidance_scale: float | None = 5.0
+    guidance_scale_2: float | None = 0  # 0 (or empty): the same as guidance_scale
+    flow_shift: float | None = 3.0
+    seed: float | None = 42
+    random_seed: bool = False
+    sampler: str = "unipc"
+    lora_mode: str = "merged"
+    allow_overlap: bool = False
+    cpu_offload: bool = False
+    fp8: bool = False
+    vae_tiling: bool = False
+    save_latents: bool = False
+    save_frames: bool = False
+    lora_files: tuple[str, ...] = ()
+    slot_files: tuple[str, ...] = ()  # the files the sliders show, slot by slot
+    multipliers: tuple[float, ...] = field(default=(1.0,) * MAX_LORAS)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The widget order of `values()` (the multipliers come last, one value per slider)."""
+        return [f.name for f in fields(cls) if f.name != "multipliers"]
+
+    @classmethod
+    def from_values(cls, *values) -> "GenerateForm":
+        names = cls.names()
+        given = dict(zip(names, values[:len(names)]))
+        given["lora_files"] = tuple(given.get("lora_files") or ())
+        given["slot_files"] = tuple(given.get("slot_files") or ())
+        return cls(**given, multipliers=tuple(values[len(names):]))
+
+    def values(self) -> list:
+        return [getattr(self, name) for name in self.names()] + list(self.multipliers)
+
+    def with_changes(self, **changes) -> "GenerateForm":
+        return replace(self, **changes)
+
+    # --- to the backend ---------------------------------------------------------------------------------------
+    def settings(self) -> GenerateSettings:
+        """The generation settings (numbers checked for being whole where they must be)."""
+        image = self.image or None
+        return GenerateSettings(
+            prompt=str(self.prompt or ""), negative_prompt=str(self.negative_prompt or ""),
+            seed=0 if self.random_seed else _whole(self.seed, "The seed"), steps=_whole(self.steps, "Steps"),
+            guidance_scale=_number(self.guidance_scale, "The guidance scale"),
+            guidance_scale_2=None if self.guidance_scale_2 in SAME_GUIDANCE else _number(
+                self.guidance_scale_2, "The low-noise guidance scale"),
+            flow_shift=_number(self.flow_shift, "The flow shift"), sampler=str(self.sampler),
+            width=_whole(self.width, "The width"), height=_whole(self.height, "The height"),
+            frames=_whole(self.frames, "Frames"), fps=_whole(self.fps, "Frames per second"),
+            image=str(image) if image else None)
+
+    def lora_picks(self, ws: Workspace) -> tuple[LoraPick, ...]:
+        files = list(self.lora_files)
+        if len(files) > MAX_LORAS:
+            raise UserError(f"{len(files)} LoRAs are chosen and this tab applies up to {MAX_LORAS}; merge some into "
+                            f"one (Merge tab) or run `python -m backend generate` with all of them.")
+        if list(self.slot_files[:len(files)]) != files:
+            raise UserError("The LoRA list is still updating; press Run again.")
+        return tuple(LoraPick(resolve_lora(ws.root, ws.loras, name), float(multiplier))
+                     for name, multiplier in zip(files, self.multipliers))
+
+    def request(self, ws: Workspace) -> GenerateRequest:
+        companions = Companions(**{name: _folder_text(ws, getattr(self, name)) for name in Companions.LABELS})
+        return GenerateRequest(
+            read_model(ws, self.model, self.model_kind), self.settings(), random_seed=bool(self.random_seed),
+            loras=self.lora_picks(ws), hooked=self.lora_mode == "hooked", allow_overlap=bool(self.allow_overlap),
+            memory=MemoryOptions(bool(self.cpu_offload), bool(self.fp8), bool(self.vae_tiling)),
+            companions=companions, save_latents=bool(self.save_latents), save_frames=bool(self.save_frames))
+
+    # --- from a past result -----------------------------------------------------------------------------------
+    @classmethod
+    def from_request(cls, ws: Workspace, request: GenerateRequest) -> "GenerateForm":
+        s, c = request.settings, request.companions
+        files = tuple(picker_value(ws.root, ws.loras, pick.path) for pick in request.loras)[:MAX_LORAS]
+        multipliers = tuple(pick.multiplier for pick in request.loras)[:MAX_LORAS]
+        return cls(
+            prompt=s.prompt, negative_prompt=s.negative_prompt, model=request.model.value(ws),
+            model_kind=request.model.model_kind or AUTO_KIND,
+            image=s.image, vae=c.vae or "", text_encoder=c.text_encoder or "", tokenizer=c.tokenizer or "",
+            image_encoder=c.image_encoder or "", width=s.width, height=s.height, frames=s.frames, fps=s.fps,
+            steps=s.steps, guidance_scale=s.guidance_scale, guidance_scale_2=s.guidance_scale_2 or 0,
+            flow_shift=s.flow_shift, seed=s.seed, random_seed=False, sampler=s.sampler,
+            lora_mode="hooked" if request.hooked else "merged", allow_overlap=request.allow_overlap,
+            cpu_offload=request.memory.cpu_offload, fp8=request.memory.fp8, vae_tiling=request.memory.vae_tiling,
+            save_latents=request.save_latents, save_frames=request.save_frames, lora_files=files, slot_files=files,
+            multipliers=multipliers + (1.0,) * (MAX_LORAS - len(multipliers)))
+
+
+def _number(value, label: str) -> float:
+    if value is None or value == "":
+        raise UserError(f"{label} is empty; type a number.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{label} `{value}` is not a number; type a number.") from None
+    if not math.isfinite(number):
+        raise UserError(f"{label} must be a finite number, not {value}.")
+    return number
+
+
+def _whole(value, label: str) -> int:
+    number = _number(value, label)
+    if number != int(number):
+        raise UserError(f"{label} must be a whole number, not {value}.")
+    return int(number)
+
+
+def _folder_text(ws: Workspace, text: str | None) -> str | None:
+    """A typed folder, relative to the workspace unless absolute; empty means the workspace's own."""
+    text = (text or "").strip().strip('"')
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else ws.root / path)
