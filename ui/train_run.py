@@ -160,8 +160,10 @@ class RunPanel:
 
     def resume(self, session: RunSession, num_processes: int) -> Job:
         job = self._followed(session)
+        if job.status == "stopping":
+            raise UserError(f"Job {job.id} is still stopping (saving its checkpoint); press Resume again in a moment.")
         if not job.is_finished:
-            raise UserError(f"Job {job.id} is {job.status}; stop it and wait until it has stopped, then resume.")
+            raise UserError(f"Job {job.id} is {job.status}; press Stop and wait until it has stopped, then resume.")
         if job.status == "succeeded":
             raise UserError(f"Job {job.id} finished all its steps; raise Max steps and start a new run instead.")
         if job.status == "cancelled":

@@ -23,6 +23,7 @@ from ui.context import AppContext
 from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
 from ui.train_panel import TrainPanel
+from ui.train_run import RunSession
 
 WIDGET_NAMES = [n for n in FIELDS if n not in OWN_WIDGETS] + ["loraid"] + [net_key(k) for k in BUILDER_KEYS]
 EVERY_FIELD_CHANGED = TrainSettings(
@@ -240,3 +241,76 @@ def test_bad_input_gets_its_own_message_and_changes_nothing(panel, workspace, tm
 
 def test_the_table_covers_at_least_twenty_kinds_of_bad_input():
     assert len({case[0] for case in BAD_INPUTS}) == len(BAD_INPUTS) >= 20
+
+
+@pytest.fixture(scope="module")
+def cached_workspace(tmp_path_factory):
+    """A demo workspace with concept A's latents and text cached (what the Dataset tab's cache jobs make)."""
+    from backend.data import encoders
+    from backend.data.cache import cache_latents, cache_text
+    from backend.data.dataset_config import load_dataset_config
+
+    ws = build_demo_workspace(tmp_path_factory.mktemp("train_run") / "ws", seed=0)
+    config = load_dataset_config(ws.demo_dataset / "concept_a" / "dataset.toml")
+    cache_latents(config, encoders.load_vae(ws.vae), model_id=encoders.model_fingerprint(ws.vae), log=lambda *_: None)
+    tokenizer, text_encoder = encoders.load_text_encoder(ws.text_encoder, ws.tokenizer)
+    cache_text(config, tokenizer, text_encoder, model_id=encoders.model_fingerprint(ws.text_encoder, ws.tokenizer),
+               log=lambda *_: None)
+    return ws
+
+
+def tick_until(panel: TrainPanel, session, condition, timeout_s: float = 120):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        updates = panel.tick({"run:session": session})
+        session = updates["run:session"]
+        if condition(session, updates):
+            return session, updates
+        time.sleep(0.3)
+    raise AssertionError(f"not reached within {timeout_s} s: {session.progress.summary()}")
+
+
+def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
+    manager = JobManager(cached_workspace.jobs)
+    panel = TrainPanel(AppContext(cached_workspace, manager))
+    form = {**demo_form(panel), "max_train_steps": 8, "log_every_n_steps": 1, "save_every_n_steps": "",
+            "loraid": 1, "output_name": "concept-a", "run:processes": 1}
+    started = panel.start(form)
+    session = started["run:session"]
+    assert started["run:message"].startswith(f"Started training job {session.job_id}")
+    run_files = list((cached_workspace.root / "runs").glob("*-concept-a.toml"))
+    assert len(run_files) == 1 and parse(["--config", str(run_files[0])])[0] == panel.read(form).settings
+
+    session, _ = tick_until(panel, session, lambda s, u: s.progress.step >= 2)
+    assert "saves a checkpoint and its training state" in panel.stop({"run:session": session})["run:message"]
+    session, updates = tick_until(panel, session, lambda s, u: s.progress.status == "stopped")
+    if manager.get(session.job_id).status == "stopping":  # its end event is written just before it exits
+        with pytest.warns(UserWarning, match="is still stopping"):
+            panel.resume({"run:session": session, "run:processes": 1})
+    session, updates = tick_until(panel, session, lambda s, u: manager.get(s.job_id).status == "stopped")
+    stopped_at = session.progress.step
+    assert 2 <= stopped_at < 8 and session.progress.latest_state.endswith(f"concept-a-step{stopped_at:06d}-state")
+    reattached = panel.tick({"run:session": RunSession()})  # a new page follows the newest training job
+    assert reattached["run:session"].job_id == session.job_id
+    assert reattached["run:loss"]["label"] == f"Loss ({stopped_at} steps)"
+    assert reattached["run:loss"]["value"]["step"].tolist()[-2:] == [stopped_at, stopped_at]  # loss and average
+
+    resumed = panel.resume({"run:session": session, "run:processes": 1})
+    assert resumed["run:message"].startswith(f"Resumed from concept-a-step{stopped_at:06d}-state as job")
+    second = resumed["run:session"]
+    assert second.job_id != session.job_id
+    second, updates = tick_until(panel, second, lambda s, u: manager.get(s.job_id).status == "succeeded")
+    assert second.progress.status == "succeeded"
+    assert second.progress.start_step == stopped_at and second.progress.points[-1]["step"] == 8
+    assert {p["step"] for p in second.progress.points} == set(range(stopped_at + 1, 9))
+    assert (cached_workspace.loras / "concept-a.safetensors").is_file()
+    assert 'data-status="succeeded"' in updates["run:progress"]
+
+    with pytest.warns(UserWarning, match="finished all its steps"):
+        panel.resume({"run:session": second, "run:processes": 1})
+    taken = panel.validate(form)
+    assert "LORAID 1 is already taken by loras/concept-a" in taken["error:loraid"]["value"]
+    assert taken["loraid"]["choices"][1][0] == (f"1: blocks 0-1 (taken by concept-a-step{stopped_at:06d}.safetensors, "
+                                                "concept-a.safetensors)")

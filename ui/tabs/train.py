@@ -31,11 +31,12 @@ from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
 from ui.train_panel import TrainPanel, preset_choices
-from ui.train_run import RunSession, loss_frame, lr_frame
+from ui.train_run import RUN_OUTPUTS, RunSession, loss_frame, lr_frame
 
 POLL_SECONDS = 1.0
 INITIAL_PRESET = "shipped:lora"
-_GROUP = dict(concurrency_id="train-tab", concurrency_limit=1, show_progress="hidden")
+_GROUP = dict(concurrency_id="train-tab", concurrency_limit=1, show_progress="hidden",
+              api_visibility="undocumented")
 DESCRIPTION = """### Train
 Choose a preset or fill in the form: every setting is checked as you change it, and the message appears next to
 the field. **Show command** gives this app's `accelerate launch` command with its TOML and the equivalent
@@ -56,17 +57,22 @@ class Wiring:
     def __init__(self, components: dict[str, Any]) -> None:
         self.components = components
 
-    def on(self, event: Callable, handler: Callable[[dict], dict], inputs: list[str] | None = None,
-           **options) -> None:
+    def on(self, triggers: list, handler: Callable[[dict], dict], outputs: list[str],
+           inputs: list[str] | None = None, **options) -> None:
+        """One event for all `triggers`; a handler returning a name that is not among `outputs` is a bug."""
         names = {component: name for name, component in self.components.items()}
         inputs = inputs if inputs is not None else input_names(self.components)
-        outputs = set(self.components.values())
+        allowed = set(outputs)
 
         def run(data: dict) -> dict:
             updates = handler({names[component]: value for component, value in data.items()})
+            unexpected = set(updates) - allowed
+            if unexpected:
+                raise RuntimeError(f"{handler.__name__} returned {sorted(unexpected)}, which are not its outputs")
             return {self.components[name]: value for name, value in updates.items()}
 
-        event(run, inputs={self.components[n] for n in inputs}, outputs=outputs, **{**_GROUP, **options})
+        gr.on(triggers, run, inputs={self.components[n] for n in inputs},
+              outputs={self.components[n] for n in outputs}, **{**_GROUP, **options})
 
 
 def input_names(components: dict[str, Any]) -> list[str]:
@@ -165,31 +171,33 @@ def _monitor_widgets(c: dict) -> None:
     c["run:stats"] = gr.Markdown("", elem_id="train-stats")
     with gr.Row():
         c["run:loss"] = gr.LinePlot(loss_frame(empty), x="step", y="value", color="series", label="Loss (0 steps)",
-                                    y_title="loss", elem_id="train-loss-chart")
-        c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label="Learning rate (0 steps)",
-                                  elem_id="train-lr-chart")
+                                    y_title="loss", height=260, elem_id="train-loss-chart")
+        c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label="Learning rate (0 steps)", height=260,
+                                  y_lim=[0, None], elem_id="train-lr-chart")
     c["run:samples"] = gr.Gallery([], label="Samples", columns=4, height=220, elem_id="train-samples")
     c["run:log"] = gr.Textbox("", label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
                               buttons=["copy"], elem_id="train-log")
 
 
 def _wire(wiring: Wiring, c: dict, panel: TrainPanel, form: Form) -> None:
-    for name in [*form.components, "loraid", *[net_key(key) for key in BUILDER_KEYS]]:
-        wiring.on(c[name].input, panel.validate, trigger_mode="always_last")
-        if isinstance(c[name], (gr.Textbox, gr.Dropdown)):  # typed values: also when the field is left
-            wiring.on(c[name].blur, panel.validate, trigger_mode="always_last")
-    wiring.on(c["loraid"].focus, panel.validate)
-    wiring.on(c["net:recipe"].input, panel.apply_recipe)
-    wiring.on(c["net:paste-apply"].click, panel.apply_paste)
-    wiring.on(c["preset:load"].click, panel.load_preset)
-    wiring.on(c["preset:save"].click, panel.save_preset)
-    wiring.on(c["preset:rename"].click, panel.rename_preset)
-    wiring.on(c["preset:delete"].click, panel.delete_preset)
-    wiring.on(c["preset:export"].click, panel.export_preset)
-    wiring.on(c["preset:file"].upload, panel.import_preset)
-    wiring.on(c["preset"].focus, panel.refresh_presets)
-    wiring.on(c["command:show"].click, panel.show_command)
-    wiring.on(c["run:start"].click, panel.start)
-    wiring.on(c["run:stop"].click, panel.stop)
-    wiring.on(c["run:resume"].click, panel.resume)
-    wiring.on(gr.Timer(POLL_SECONDS).tick, panel.tick, inputs=["run:session"])
+    widgets = [*form.components, "loraid", *[net_key(key) for key in BUILDER_KEYS]]
+    checks = [*[error_key(name) for name in form.errors], "summary", "net:text", "loraid", "loraid:allocation"]
+    presets = ["preset", "preset:message", "preset:file", "preset:exported"]
+    run = [*RUN_OUTPUTS, "run:message"]
+    typed = [name for name in widgets if isinstance(c[name], (gr.Textbox, gr.Dropdown))]
+    wiring.on([c[name].input for name in widgets] + [c[name].blur for name in typed] + [c["loraid"].focus],
+              panel.validate, checks, trigger_mode="always_last")
+    wiring.on([c["net:recipe"].input], panel.apply_recipe, [*widgets, *checks])
+    wiring.on([c["net:paste-apply"].click], panel.apply_paste, [*widgets, *checks])
+    wiring.on([c["preset:load"].click], panel.load_preset, [*widgets, *checks, *presets])
+    for name, handler in (("preset:save", panel.save_preset), ("preset:rename", panel.rename_preset),
+                          ("preset:delete", panel.delete_preset), ("preset:export", panel.export_preset)):
+        wiring.on([c[name].click], handler, presets)
+    wiring.on([c["preset:file"].upload], panel.import_preset, presets)
+    wiring.on([c["preset"].focus], panel.refresh_presets, presets)
+    wiring.on([c["command:show"].click], panel.show_command,
+              ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"])
+    wiring.on([c["run:start"].click], panel.start, [*checks, *run])
+    wiring.on([c["run:stop"].click], panel.stop, run)
+    wiring.on([c["run:resume"].click], panel.resume, run)
+    wiring.on([gr.Timer(POLL_SECONDS).tick], panel.tick, run, inputs=["run:session"])
