@@ -91,7 +91,7 @@ def _text(key: str, value: Any) -> str | None:
         return None if value is False and key != "exclude_mod" else str(bool(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value)
+    return str(value).strip() or None
 
 
 def checked_args(network_type: str, values: dict[str, Any]) -> NetworkArgs:
