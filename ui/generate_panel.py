@@ -77,8 +77,16 @@ def gallery_items(results: list[GeneratedResult]) -> list[tuple[str, str]]:
     return [(str(result.media), result.caption) for result in results]
 
 
+RECORD_ORDER = ("settings", "seed", "loras", "lora_mode", "allow_overlap", "model", "memory", "outputs")
+
+
 def record_text(result: GeneratedResult) -> str:
-    return json.dumps(result.record, indent=2, sort_keys=True, ensure_ascii=False)
+    """The sidecar JSON, what a user reads first on top: the settings, then the LoRAs, then the rest."""
+    record = result.record
+    ordered = {key: record[key] for key in RECORD_ORDER if key in record}
+    ordered.update({key: value for key, value in sorted(record.items()) if key not in ordered})
+    ordered["settings"] = dict(sorted(record["settings"].items(), key=lambda item: item[0] != "prompt"))
+    return json.dumps(ordered, indent=2, ensure_ascii=False)
 
 
 class GeneratePanel:
