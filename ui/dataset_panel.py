@@ -137,7 +137,7 @@ class DatasetPanel:
             entry.item.caption = read_caption(entry.item.path, scan.caption_extension)
         except UserError as exc:
             return {"caption_message": f"⚠ {report_error(exc)}"}
-        return {**self._refreshed(scan, name), "caption": entry.item.caption,
+        return {**self._refreshed(scan, name), "caption": entry.item.caption, "item_info": views.item_info(entry),
                 "caption_message": f"Saved {written.name}."}
 
     # ---- bulk edits ----------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ class DatasetPanel:
                 entry.item.caption = read_caption(entry.item.path, scan.caption_extension)
         out = {**self._refreshed(scan, name), "plan": None, "changes": [], "bulk_message": result.summary}
         if name:
-            out["caption"] = scan.entry(name).item.caption or ""
+            out["caption"], out["item_info"] = scan.entry(name).item.caption or "", views.item_info(scan.entry(name))
         return out
 
     # ---- previews ------------------------------------------------------------------------------------------

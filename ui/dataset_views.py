@@ -8,7 +8,7 @@ from backend.data.dataset_folder import Entry, FolderScan
 from backend.data.dataset_preview import BucketSummary, CacheCount, describe_indices
 from backend.data.frames import FrameWindow
 
-ITEM_HEADERS = ["file", "kind", "size", "frames", "fps", "seconds", "caption"]
+ITEM_HEADERS = ["file", "kind", "size", "frames", "caption"]
 BUCKET_HEADERS = ["bucket", "images", "videos", "video windows", "upscaled", "cropped (mean)"]
 DROPPED_HEADERS = ["file", "why it is dropped"]
 FRAME_HEADERS = ["mode", "windows", "frames taken (start: original frame numbers)"]
@@ -55,15 +55,17 @@ def problems_markdown(scan: FolderScan) -> str:
     return "\n\n".join(parts) if parts else "Every file is readable and has a caption."
 
 
+def frames_text(item) -> str:
+    """"17 @ 16 fps, 1.06 s" for a clip, "" for an image."""
+    if item.kind != "video":
+        return ""
+    text = str(item.frame_count)
+    return text + (f" @ {item.fps:g} fps, {item.duration:.2f} s" if item.fps else "")
+
+
 def item_rows(scan: FolderScan) -> list[list]:
-    rows = []
-    for entry in scan.entries:
-        item = entry.item
-        rows.append([entry.name, item.kind, f"{item.width}x{item.height}",
-                     item.frame_count if item.kind == "video" else "",
-                     f"{item.fps:g}" if item.fps else "", f"{item.duration:.2f}" if item.duration else "",
-                     item.caption if item.caption is not None else NO_CAPTION])
-    return rows
+    return [[entry.name, entry.item.kind, f"{entry.item.width}x{entry.item.height}", frames_text(entry.item),
+             entry.item.caption if entry.item.caption is not None else NO_CAPTION] for entry in scan.entries]
 
 
 def item_label(entry: Entry) -> str:

@@ -15,6 +15,7 @@ from backend.jobs import JobManager
 from backend.workspace import Workspace
 from ui.context import AppContext
 from ui.dataset_panel import ALL_FOLDERS, FORM_FIELDS, DatasetPanel, form_values
+from ui.tabs.dataset import wire
 
 MISSING = "concept_a/images/a_002.png"
 
@@ -80,6 +81,8 @@ def test_scanning_the_demo_shows_counts_the_missing_caption_and_a_valid_toml(pan
     assert shown["item"]["value"] == MISSING
     assert (f"{MISSING} (no caption)", MISSING) in shown["item"]["choices"]
     assert [row[0] for row in shown["items"]].index(MISSING) == 2 and shown["items"][2][-1] == "— no caption —"
+    clip_row = next(row for row in shown["items"] if row[0] == "concept_b/videos/b_clip_002.mp4")
+    assert clip_row[1:4] == ["video", "64x64", "17 @ 16 fps, 1.06 s"]
     assert len(shown["gallery"]) == 18
     assert shown["scope"]["choices"] == [ALL_FOLDERS, "concept_a/images (images)", "concept_a/videos (videos)",
                                          "concept_b/images (images)", "concept_b/videos (videos)"]
@@ -100,6 +103,7 @@ def test_fixing_the_missing_caption_writes_only_that_file(panel, workspace):
 
     saved = panel.save_caption(scan, MISSING, "loraidA, a red ball in the shade")
     assert saved["caption_message"] == "Saved a_002.txt."
+    assert saved["item_info"].endswith("Caption file: `a_002.txt`.")
     after = snapshot(workspace.demo_dataset)
     assert after.pop("concept_a/images/a_002.txt") == b"loraidA, a red ball in the shade\n"
     assert after == before
@@ -198,3 +202,17 @@ def test_caching_starts_only_from_the_written_toml(panel, workspace):
         refused = panel.start_cache("latents", str(path), shown["toml"].replace("64, 64", "96, 96"), "cpu")
     assert "differs from fresh.toml on disk; click Write TOML first" in refused["cache_status"]
     assert panel.ctx.jobs.list() == []
+
+
+def test_wired_handlers_give_gradio_one_value_per_output_and_skip_the_rest():
+    import gradio as gr
+
+    with gr.Blocks():
+        first, second = gr.Markdown(), gr.Markdown()
+    single, outputs = wire(lambda text: {"toml_message": text}, {"toml_message": first})
+    assert outputs == [first] and single("one sentence.") == "one sentence."
+    double, outputs = wire(lambda: {"summary": "s"}, {"summary": first, "problems": second})
+    shown = double()
+    assert outputs == [first, second] and shown[0] == "s" and shown[1] == gr.skip()
+    with pytest.raises(AssertionError, match="not a Dataset tab output"):
+        wire(lambda: {}, {"nonsense": first})

@@ -5,6 +5,7 @@ import tomllib
 
 import pytest
 
+from backend.data.cache_plan import latent_settings
 from backend.data.dataset_config import load_dataset_config
 from backend.data.dataset_folder import scan_tree
 from backend.data.dataset_form import (DatasetForm, existing_form, form_from_config, parse_target_frames, read_form,
@@ -32,7 +33,7 @@ def page_values(**changes) -> dict:
 
 def test_the_toml_for_the_demo_uses_the_demo_cache_layout_and_loads(demo, tmp_path):
     scan = scan_tree(demo)
-    form = read_form(page_values())
+    form = read_form(page_values(source_fps=16.0))
     toml_path = demo / "written.toml"
     text = render_form_toml(scan, form, toml_path)
     data = tomllib.loads(text)
@@ -43,11 +44,13 @@ def test_the_toml_for_the_demo_uses_the_demo_cache_layout_and_loads(demo, tmp_pa
         for c in "ab" for kind in ("images", "videos")]
     assert data["datasets"][1] == {"video_directory": str(demo / "concept_a" / "videos"),
                                    "cache_directory": str(demo / "concept_a" / "cache" / "videos"),
-                                   "target_frames": [1, 17], "frame_extraction": "head"}
+                                   "target_frames": [1, 17], "frame_extraction": "head", "source_fps": 16.0}
     atomic_write_text(toml_path, text)
     resolved = load_dataset_config(toml_path).resolved()
     concept_a = load_dataset_config(demo / "concept_a" / "dataset.toml").resolved()
     assert [d.cache_directory for d in resolved[:2]] == [d.cache_directory for d in concept_a]
+    # training on concept A alone finds the cache the tab's TOML filled: same folders, same latent settings
+    assert [latent_settings(d) for d in resolved[:2]] == [latent_settings(d) for d in concept_a]
     toml_path.unlink()
 
 

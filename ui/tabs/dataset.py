@@ -48,7 +48,8 @@ def wire(handler, outputs: dict[str, gr.components.Component]):
     @functools.wraps(handler)
     def run(*args):
         result = handler(*args)
-        return tuple(result.get(name, gr.skip()) for name in names)
+        values = tuple(result.get(name, gr.skip()) for name in names)
+        return values[0] if len(values) == 1 else values  # gradio takes one output's value as it is
 
     return run, [outputs[name] for name in names]
 
@@ -100,11 +101,11 @@ def build(ctx: AppContext) -> None:
     problems = gr.Markdown("", elem_id="dataset-problems")
 
     gr.Markdown("#### Captions")
-    with gr.Row():
-        gallery = gr.Gallery(label="Thumbnails (click one to edit its caption)", columns=6, height=320,
-                             allow_preview=False, elem_id="dataset-gallery", scale=2)
-        items = gr.Dataframe(headers=views.ITEM_HEADERS, value=[], interactive=False, wrap=True, max_height=320,
-                             label="Files (click a row to edit its caption)", elem_id="dataset-items", scale=3)
+    gallery = gr.Gallery(label="Thumbnails (click one to edit its caption)", columns=10, height=260,
+                         allow_preview=False, elem_id="dataset-gallery")
+    items = gr.Dataframe(headers=views.ITEM_HEADERS, value=[], interactive=False, wrap=True, max_height=320,
+                         column_widths=["28%", "7%", "8%", "17%", "40%"],
+                         label="Files (click a row to edit its caption)", elem_id="dataset-items")
     with gr.Row():
         item = gr.Dropdown([], value=None, label="File", scale=4, elem_id="dataset-item")
         next_missing = gr.Button("Next file without a caption", scale=0, min_width=220,
@@ -211,7 +212,8 @@ def build(ctx: AppContext) -> None:
     on(bulk_preview.click, panel.bulk_preview, bulk_inputs, dict(plan=plan_state, changes=changes,
                                                                  bulk_message=bulk_message))
     on(bulk_apply.click, panel.bulk_apply, [scan_state, plan_state, item],
-       dict(**listing, plan=plan_state, changes=changes, bulk_message=bulk_message, caption=caption))
+       dict(**listing, plan=plan_state, changes=changes, bulk_message=bulk_message, caption=caption,
+            item_info=item_info))
     on(buckets_run.click, panel.buckets, [scan_state, *form_inputs], bucket_outputs)
     on(frames_run.click, panel.frames, [scan_state, frames_video, *form_inputs], frame_outputs)
     on(frames_video.change, panel.frames, [scan_state, frames_video, *form_inputs], frame_outputs)
