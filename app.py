@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +132,24 @@ def check_port_free(host: str, port: int) -> None:
                               f"another program may be using it, so pick another --port.") from None
 
 
+def wait_until_answering(url: str, timeout_s: float = 120.0) -> None:
+    """The server answers HTTP at `url` (any status: a login page counts), else a LaunchError."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=30):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise LaunchError(f"the app started but {url} did not answer within {timeout_s:.0f} s; check the proxy settings "
+                      f"(NO_PROXY should include 127.0.0.1) and try again.")
+
+
 def serve(options: LaunchOptions) -> None:
     from backend.jobs import JobManager
     from backend.workspace import Workspace
@@ -148,8 +167,10 @@ def serve(options: LaunchOptions) -> None:
         inbrowser=options.open_browser,
         prevent_thread_lock=True,
         quiet=True,
+        _frontend=False,  # Gradio's own reachability check gives up after 3 s; the full page can take longer
         **LAUNCH_STYLE,
     )
+    wait_until_answering(options.local_url)
     print(f"LORAID Studio is running at {options.local_url}  (workspace: {workspace.root})", flush=True)
     if not is_loopback_host(options.host):
         print(f"Listening on {options.host}: other machines can reach it and must log in.", flush=True)
