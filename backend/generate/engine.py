@@ -18,7 +18,7 @@ import torch
 
 from backend.errors import UserError
 from backend.generate.loras import PickedLora, by_transformer, check_overlaps, hook_into, merge_into, pick_loras
-from backend.generate.memory import MemoryOptions, apply_memory_options, check_memory_options
+from backend.generate.memory import MemoryOptions, adapter_device, apply_memory_options, check_memory_options
 from backend.generate.pipeline import LoadedModel, ModelChoice, load_model
 from backend.generate.settings import GenerateSettings, make_scheduler, validate
 
@@ -77,6 +77,8 @@ class GenerateSession:
             else:
                 merge_into(transformer, loras)
         apply_memory_options(self.model.pipeline, self.model.transformers, self.memory)
+        for network in self.networks:
+            network.to(adapter_device())
 
     @property
     def pipeline(self):

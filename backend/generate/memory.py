@@ -50,3 +50,10 @@ def apply_memory_options(pipeline, transformers: dict, options: MemoryOptions) -
         pipeline.vae.enable_tiling()
     if options.cpu_offload:
         pipeline.enable_model_cpu_offload()
+    elif torch.cuda.is_available():
+        pipeline.to("cuda")
+
+
+def adapter_device() -> torch.device:
+    """Where hooked adapters live: on the GPU whenever there is one (with CPU offload, each transformer runs there)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
