@@ -16,11 +16,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.adapters.network_config import NetworkConfig
+from backend.data.cached_dataset import CachedDataset
+from backend.data.dataset_config import load_dataset_config
 from backend.errors import UserError
 from backend.loraid.allocation import Allocation, compact_ranges
 from backend.loraid.registry import LoraidRegistry
+from backend.models.checkpoint import read_checkpoint_shapes
 from backend.models.demo import TRANSFORMER_FILE, expert_file
-from backend.models.registry import get_model_kind
+from backend.models.registry import check_model_kind, get_model_kind
 from backend.train.loop import NOT_YET
 from backend.train.memory import check_memory_settings
 from backend.train.networks import ExpertPlan, loraid_allocation, network_args_for
@@ -141,9 +144,6 @@ def _check_model(s: TrainSettings, workspace: Workspace, check: FormCheck) -> No
                                   ".safetensors file or diffusers folder.")
             continue
         try:
-            from backend.models.checkpoint import read_checkpoint_shapes
-            from backend.models.registry import check_model_kind
-
             check_model_kind(read_checkpoint_shapes(given), kind.name, given.name)
         except UserError as exc:
             check.errors[name] = str(exc)
@@ -180,12 +180,8 @@ def _check_dataset(s: TrainSettings, workspace: Workspace, check: FormCheck, dee
         return
     try:
         if deep:
-            from backend.data.cached_dataset import CachedDataset
-
             CachedDataset.from_file(path, seed=s.seed)
         else:
-            from backend.data.dataset_config import load_dataset_config
-
             load_dataset_config(path)
     except UserError as exc:
         check.errors["dataset_config"] = str(exc)

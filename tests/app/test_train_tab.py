@@ -19,6 +19,7 @@ from backend.models.demo import build_demo_workspace
 from backend.train.__main__ import parse
 from backend.train.settings import TrainSettings
 from ui.app import build_app
+from ui.tabs.train import OUTPUTS
 from ui.context import AppContext
 from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
@@ -95,6 +96,7 @@ def test_every_field_round_trips_through_the_preset_json_and_the_trainer_toml(pa
     document = json.loads((workspace.presets / "every field.json").read_text())
     assert document["schema_version"] == 2 and TrainSettings(**document["settings"]) == EVERY_FIELD_CHANGED
     loaded = panel.load_preset({"preset": "user:every field"})
+    assert set(loaded) <= set(OUTPUTS["load_preset"]) and set(saved) <= set(OUTPUTS["save_preset"])
     assert widgets_of(loaded) == form  # preset JSON -> the same form
 
     shown = panel.show_command({**form, "run:processes": 1})
@@ -229,6 +231,7 @@ def test_bad_input_gets_its_own_message_and_changes_nothing(panel, workspace, tm
     finally:
         if registered:
             LoraidRegistry.for_workspace(workspace).unregister(workspace.loras / registered[0])
+    assert set(updates) <= set(OUTPUTS[handler]), f"{case}: {handler} returned names it is not wired to"
     shown = updates[slot]
     text = shown["value"] if isinstance(shown, dict) else shown
     assert [c[0] for c in BAD_INPUTS if re.search(c[4], text)] == [case], f"{case}: not its own message: {text}"
@@ -278,6 +281,7 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     form = {**demo_form(panel), "max_train_steps": 8, "log_every_n_steps": 1, "save_every_n_steps": "",
             "loraid": 1, "output_name": "concept-a", "run:processes": 1}
     started = panel.start(form)
+    assert set(started) <= set(OUTPUTS["start"])
     session = started["run:session"]
     assert started["run:message"].startswith(f"Started training job {session.job_id}")
     run_files = list((cached_workspace.root / "runs").glob("*-concept-a.toml"))

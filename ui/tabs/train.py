@@ -144,7 +144,7 @@ def build(ctx: AppContext) -> None:
 
     _monitor_widgets(c)
     wiring = Wiring(c)
-    _wire(wiring, c, panel, form)
+    _wire(wiring, c, panel)
 
 
 def _network_widgets(c: dict, form: Form, shown: dict, settings: TrainSettings, net_values: dict, check) -> None:
@@ -179,25 +179,29 @@ def _monitor_widgets(c: dict) -> None:
                               buttons=["copy"], elem_id="train-log")
 
 
-def _wire(wiring: Wiring, c: dict, panel: TrainPanel, form: Form) -> None:
-    widgets = [*form.components, "loraid", *[net_key(key) for key in BUILDER_KEYS]]
-    checks = [*[error_key(name) for name in form.errors], "summary", "net:text", "loraid", "loraid:allocation"]
-    presets = ["preset", "preset:message", "preset:file", "preset:exported"]
-    run = [*RUN_OUTPUTS, "run:message"]
-    typed = [name for name in widgets if isinstance(c[name], (gr.Textbox, gr.Dropdown))]
-    wiring.on([c[name].input for name in widgets] + [c[name].blur for name in typed] + [c["loraid"].focus],
-              panel.validate, checks, trigger_mode="always_last")
-    wiring.on([c["net:recipe"].input], panel.apply_recipe, [*widgets, *checks])
-    wiring.on([c["net:paste-apply"].click], panel.apply_paste, [*widgets, *checks])
-    wiring.on([c["preset:load"].click], panel.load_preset, [*widgets, *checks, *presets])
-    for name, handler in (("preset:save", panel.save_preset), ("preset:rename", panel.rename_preset),
-                          ("preset:delete", panel.delete_preset), ("preset:export", panel.export_preset)):
-        wiring.on([c[name].click], handler, presets)
-    wiring.on([c["preset:file"].upload], panel.import_preset, presets)
-    wiring.on([c["preset"].focus], panel.refresh_presets, presets)
-    wiring.on([c["command:show"].click], panel.show_command,
-              ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"])
-    wiring.on([c["run:start"].click], panel.start, [*checks, *run])
-    wiring.on([c["run:stop"].click], panel.stop, run)
-    wiring.on([c["run:resume"].click], panel.resume, run)
-    wiring.on([gr.Timer(POLL_SECONDS).tick], panel.tick, run, inputs=["run:session"])
+WIDGETS = [*(n for n in FIELDS if n not in OWN_WIDGETS), "loraid", *(net_key(key) for key in BUILDER_KEYS)]
+CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid", "loraid:allocation"]
+PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
+RUN = [*RUN_OUTPUTS, "run:message"]
+OUTPUTS = {  # handler -> the names it may update
+    "validate": CHECKS, "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
+    "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
+    "delete_preset": PRESETS, "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
+    "show_command": ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"],
+    "start": [*CHECKS, *RUN], "stop": RUN, "resume": RUN, "tick": RUN,
+}
+TRIGGERS = {"apply_recipe": ("net:recipe", "input"), "apply_paste": ("net:paste-apply", "click"),
+            "load_preset": ("preset:load", "click"), "save_preset": ("preset:save", "click"),
+            "rename_preset": ("preset:rename", "click"), "delete_preset": ("preset:delete", "click"),
+            "export_preset": ("preset:export", "click"), "import_preset": ("preset:file", "upload"),
+            "refresh_presets": ("preset", "focus"), "show_command": ("command:show", "click"),
+            "start": ("run:start", "click"), "stop": ("run:stop", "click"), "resume": ("run:resume", "click")}
+
+
+def _wire(wiring: Wiring, c: dict, panel: TrainPanel) -> None:
+    typed = [name for name in WIDGETS if isinstance(c[name], (gr.Textbox, gr.Dropdown))]
+    wiring.on([c[name].input for name in WIDGETS] + [c[name].blur for name in typed] + [c["loraid"].focus],
+              panel.validate, OUTPUTS["validate"], trigger_mode="always_last")
+    for handler, (name, event) in TRIGGERS.items():
+        wiring.on([getattr(c[name], event)], getattr(panel, handler), OUTPUTS[handler])
+    wiring.on([gr.Timer(POLL_SECONDS).tick], panel.tick, OUTPUTS["tick"], inputs=["run:session"])
