@@ -28,6 +28,7 @@ from backend.train.loop import NOT_YET
 from backend.train.memory import check_memory_settings
 from backend.train.networks import ExpertPlan, loraid_allocation, network_args_for
 from backend.train.paths import resolve_path
+from backend.train.sample_prompts import load_sample_prompts
 from backend.train.settings import TrainSettings
 from backend.train.timesteps import timestep_range
 from backend.workspace import Workspace
@@ -63,9 +64,7 @@ def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: boo
         if getattr(settings, name) != default:
             check.errors[name] = (f"{label(name)} = {getattr(settings, name)!r} is not supported by this trainer yet; "
                                   f"set it back to {default!r}.")
-    if settings.sample_prompts or settings.sample_every_n_steps or settings.sample_every_n_epochs:
-        check.notes["sample_prompts"] = ("This trainer does not render samples during training yet, so the sample "
-                                         "settings are ignored.")
+    _check_samples(settings, workspace, check)
     return check
 
 
@@ -170,6 +169,25 @@ def _check_paths(s: TrainSettings, workspace: Workspace, check: FormCheck) -> No
     output = _path(s.output_dir, workspace)
     if output is not None and output.exists() and not output.is_dir():
         check.errors["output_dir"] = f"{label('output_dir')}: {output} is a file; type a folder for the LoRA files."
+
+
+def _check_samples(s: TrainSettings, workspace: Workspace, check: FormCheck) -> None:
+    """As the trainer: a prompts file and an interval go together; the file's lines must parse."""
+    interval = s.sample_every_n_steps or s.sample_every_n_epochs
+    if interval and not s.sample_prompts:
+        check.errors["sample_prompts"] = ("Samples are due every few steps/epochs but no sample prompts file is "
+                                          "given; choose one or clear Sample every N steps/epochs.")
+        return
+    if not s.sample_prompts or "sample_prompts" in check.errors:
+        return
+    if not interval:
+        check.errors["sample_every_n_steps"] = ("A sample prompts file is given but no interval; set Sample every N "
+                                                "steps (or epochs) or clear the prompts file.")
+        return
+    try:
+        load_sample_prompts(_path(s.sample_prompts, workspace))
+    except UserError as exc:
+        check.errors["sample_prompts"] = str(exc)
 
 
 def _check_dataset(s: TrainSettings, workspace: Workspace, check: FormCheck, deep: bool) -> None:
