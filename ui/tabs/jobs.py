@@ -32,7 +32,7 @@ SHOWN_EVENTS = 200
 TRAIN_KIND = "train"
 POLL_SECONDS = 1.0
 SELFCHECK_STEPS = 100
-SELFCHECK_INTERVAL_S = 0.25
+SELFCHECK_INTERVAL_S = 0.6  # a minute in all: long enough to outlast an app restart on a slow machine
 _GROUP = dict(concurrency_id="jobs-tab", concurrency_limit=1, show_progress="hidden")
 
 
