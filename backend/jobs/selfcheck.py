@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
             ctx.emit("end", status="stopped", step=done)
             return 0
         time.sleep(args.interval)
-        sys.stdout.write("\r" + progress_bar(step, args.steps, time.monotonic() - began))
-        if step % args.line_every == 0 and step < args.steps:
-            sys.stdout.write(f"\rselfcheck: step {step}/{args.steps} ok\n")
+        line = f"\rselfcheck: step {step}/{args.steps} ok\n" if step % args.line_every == 0 and step < args.steps else ""
+        sys.stdout.write(line + "\r" + progress_bar(step, args.steps, time.monotonic() - began))  # the bar stays last
         sys.stdout.flush()
         ctx.emit("progress", step=step, total=args.steps)
     print(f"\nselfcheck: finished {args.steps} steps in {time.monotonic() - began:.1f} s", flush=True)
