@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html import escape
+from pathlib import Path
 from typing import Callable
 
 import gradio as gr
@@ -91,3 +92,20 @@ def tick(ctx: AppContext, followed: FollowedJob, kinds: tuple[str, ...], summari
         return followed, state.status, state.log, gr.skip(), gr.skip()
     summary = summarize(followed.outputs) if state.succeeded else ""
     return followed, state.status, state.log, summary, gr.Timer(active=False)
+
+
+def summary_markdown(outputs: list[str], read_summary: Callable[[Path], list[str]],
+                     where_note: Callable[[Path], str | None]) -> str:
+    """Each output's summary (title in bold, then its lines) and where the app lists it; an unreadable one is a ⚠."""
+    parts = []
+    for out in map(Path, outputs):
+        try:
+            lines = read_summary(out)
+        except UserError as exc:
+            parts.append(f"⚠ {exc}")
+            continue
+        parts.append("\n".join([f"**{lines[0]}**", *(f"- {line}" for line in lines[1:])]))
+        note = where_note(out)
+        if note:
+            parts.append(note)
+    return "\n\n".join(parts)

@@ -16,7 +16,7 @@ from backend.compose.output_names import ema_stem, free_path
 from backend.compose.summaries import ema_summary
 from backend.errors import UserError
 from ui.context import AppContext
-from ui.merge_ema_common import FollowedJob, error_html, follow_job, tick
+from ui.merge_ema_common import FollowedJob, error_html, follow_job, summary_markdown, tick
 from ui.widgets import report_error
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
@@ -124,17 +124,12 @@ class EmaPanel:
         return tick(self.ctx, followed, JOB_KINDS, self.summary)
 
     def summary(self, outputs: list[str]) -> str:
-        parts = []
-        for out in map(Path, outputs):
-            try:
-                lines = ema_summary(out)
-            except UserError as exc:
-                parts.append(f"⚠ {exc}")
-                continue
-            parts.append("\n".join([f"**{lines[0]}**", *(f"- {line}" for line in lines[1:])]))
-            if out.parent.resolve() == self.ctx.workspace.loras.resolve():
-                parts.append(f"`{out.name}` is in `loras/`: the LORAID tab lists it (click Refresh list there).")
-        return "\n\n".join(parts)
+        return summary_markdown(outputs, ema_summary, self._where)
+
+    def _where(self, out: Path) -> str | None:
+        if out.parent.resolve() == self.ctx.workspace.loras.resolve():
+            return f"`{out.name}` is in `loras/`: the LORAID tab lists it (click Refresh list there)."
+        return None
 
 
 def build(ctx: AppContext) -> None:

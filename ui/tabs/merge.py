@@ -21,7 +21,7 @@ from backend.compose.summaries import merge_summary
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from ui.context import AppContext
-from ui.merge_ema_common import FollowedJob, error_html, follow_job, tick
+from ui.merge_ema_common import FollowedJob, error_html, follow_job, summary_markdown, tick
 from ui.widgets import report_error
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
@@ -167,20 +167,15 @@ class MergePanel:
         return tick(self.ctx, followed, JOB_KINDS, self.summary)
 
     def summary(self, outputs: list[str]) -> str:
-        parts = []
-        for out in map(Path, outputs):
-            try:
-                lines = merge_summary(out)
-            except UserError as exc:
-                parts.append(f"⚠ {exc}")
-                continue
-            parts.append("\n".join([f"**{lines[0]}**", *(f"- {line}" for line in lines[1:])]))
-            if out.parent.resolve() == merged_folder(self.ctx).resolve():
-                parts.append(f"Send to Generate: `{out.name}` is in `outputs/merged/`, which the Generate tab "
-                             f"lists in its model choice (refresh it there).")
-            elif out.parent.resolve() == self.ctx.workspace.loras.resolve():
-                parts.append(f"`{out.name}` is in `loras/`: the LORAID and Generate tabs list it.")
-        return "\n\n".join(parts)
+        return summary_markdown(outputs, merge_summary, self._where)
+
+    def _where(self, out: Path) -> str | None:
+        if out.parent.resolve() == merged_folder(self.ctx).resolve():
+            return (f"Send to Generate: `{out.name}` is in `outputs/merged/`, which the Generate tab lists in its "
+                    f"model choice (refresh it there).")
+        if out.parent.resolve() == self.ctx.workspace.loras.resolve():
+            return f"`{out.name}` is in `loras/`: the LORAID and Generate tabs list it."
+        return None
 
 
 def build(ctx: AppContext) -> None:
