@@ -285,7 +285,8 @@ def tick_until(panel: TrainPanel, session, condition, timeout_s: float = 120):
 def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     manager = JobManager(cached_workspace.jobs)
     panel = TrainPanel(AppContext(cached_workspace, manager))
-    form = {**demo_form(panel), "max_train_steps": 8, "log_every_n_steps": 1, "save_every_n_steps": "",
+    steps = 60  # enough that a fast machine cannot finish the run before the stop request lands
+    form = {**demo_form(panel), "max_train_steps": steps, "log_every_n_steps": 1, "save_every_n_steps": "",
             "loraid": 1, "output_name": "concept-a", "run:processes": 1}
     started = panel.start(form)
     assert set(started) <= set(OUTPUTS["start"])
@@ -302,7 +303,7 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
             panel.resume({"run:session": session, "run:processes": 1})
     session, updates = tick_until(panel, session, lambda s, u: manager.get(s.job_id).status == "stopped")
     stopped_at = session.progress.step
-    assert 2 <= stopped_at < 8 and session.progress.latest_state.endswith(f"concept-a-step{stopped_at:06d}-state")
+    assert 2 <= stopped_at < steps and session.progress.latest_state.endswith(f"concept-a-step{stopped_at:06d}-state")
     reattached = panel.tick({"run:session": RunSession()})  # a new page follows the newest training job
     assert reattached["run:session"].job_id == session.job_id
     assert reattached["run:loss"]["label"] == f"Loss ({stopped_at} steps)"
@@ -314,8 +315,8 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     assert second.job_id != session.job_id
     second, updates = tick_until(panel, second, lambda s, u: manager.get(s.job_id).status == "succeeded")
     assert second.progress.status == "succeeded"
-    assert second.progress.start_step == stopped_at and second.progress.points[-1]["step"] == 8
-    assert {p["step"] for p in second.progress.points} == set(range(stopped_at + 1, 9))
+    assert second.progress.start_step == stopped_at and second.progress.points[-1]["step"] == steps
+    assert {p["step"] for p in second.progress.points} == set(range(stopped_at + 1, steps + 1))
     assert (cached_workspace.loras / "concept-a.safetensors").is_file()
     assert 'data-status="succeeded"' in updates["run:progress"]
 
