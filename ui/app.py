@@ -44,6 +44,6 @@ def build_app(workspace: Workspace, manager: JobManager) -> gr.Blocks:
                                            concurrency_id="system-status")
         with gr.Tabs():
             for name, label, module in TABS:
-                with gr.Tab(label, id=name, elem_id=f"tab-{name}"):
-                    module.build(ctx)
+                with gr.Tab(label, id=name, elem_id=f"tab-{name}") as tab:
+                    module.build(ctx, tab)
     return blocks

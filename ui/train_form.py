@@ -44,12 +44,12 @@ def field_type(name: str) -> tuple[type, bool]:
     return annotation, False
 
 
-def dataset_choices(workspace: Workspace) -> list[str]:
-    """Every `dataset.toml` under the workspace's datasets/, as paths relative to the workspace."""
+def dataset_choices(workspace: Workspace, typed: str = "") -> list[str]:
+    """Every `dataset.toml` under the workspace's datasets/ (relative to the workspace), after a typed path."""
     folder = workspace.datasets
-    if not folder.is_dir():
-        return []
-    return sorted(path.relative_to(workspace.root).as_posix() for path in folder.rglob("dataset.toml"))
+    found = sorted(path.relative_to(workspace.root).as_posix() for path in folder.rglob("dataset.toml")) \
+        if folder.is_dir() else []
+    return [typed, *found] if typed and typed not in found else found
 
 
 def widget_value(name: str, value: Any) -> Any:
@@ -96,10 +96,7 @@ def _widget(name: str, value: Any, workspace: Workspace):
         choices = [(f"{MODEL_KINDS[k].label} ({k})", k) for k in info["choices"]]
         return gr.Dropdown(choices, value=value, **common)
     if name == "dataset_config":
-        choices = dataset_choices(workspace)
-        if value and value not in choices:
-            choices = [value, *choices]
-        return gr.Dropdown(choices, value=value, allow_custom_value=True, **common)
+        return gr.Dropdown(dataset_choices(workspace, value), value=value, allow_custom_value=True, **common)
     if info["choices"]:
         return gr.Dropdown(info["choices"], value=value, **common)
     if kind is bool:

@@ -24,7 +24,7 @@ from backend.models.registry import get_model_kind
 from backend.train.command import musubi_command, run_toml, shown_command
 from backend.train.settings import TrainSettings
 from ui.context import AppContext
-from ui.train_form import FIELDS, error_key, error_updates, settings_values, widget_values
+from ui.train_form import FIELDS, dataset_choices, error_key, error_updates, settings_values, widget_values
 from ui.train_network import (NO_LORAID, allocation_text, builder_values, control_updates, live_lines,
                               loraid_choices)
 from ui.train_run import RunPanel, RunSession
@@ -192,6 +192,11 @@ class TrainPanel:
     def refresh_presets(self, widgets: dict[str, Any]) -> dict[str, Any]:
         return {"preset": gr.update(choices=preset_choices(self.store))}
 
+    def refresh_datasets(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """The workspace's dataset TOML files as they are now (the Dataset tab may have written one)."""
+        typed = (widgets.get("dataset_config") or "").strip()
+        return {"dataset_config": gr.update(choices=dataset_choices(self.ctx.workspace, typed))}
+
     # --- commands and runs -------------------------------------------------------------------------------------
     def show_command(self, widgets: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -247,7 +252,7 @@ class TrainPanel:
             job = self.run.resume(session, self._processes(widgets))
         except UserError as exc:
             return {"run:message": report_error(exc)}
-        return {**self.run.tick(RunSession.following(job.id)),
+        return {**self.run.tick(RunSession.resuming(job.id, session.progress)),
                 "run:message": f"Resumed from {Path(job.settings['resume']).name} as job {job.id}."}
 
     def tick(self, widgets: dict[str, Any]) -> dict[str, Any]:

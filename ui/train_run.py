@@ -39,10 +39,18 @@ class RunSession:
     shown_points: int = -1
     shown_samples: int = -1
     adopted: bool = False  # looked for the newest training job once already
+    shown: dict = field(default_factory=dict)  # the text outputs as last sent to the page
 
     @classmethod
     def following(cls, job_id: str) -> "RunSession":
         return cls(job_id=job_id, log=LogView(job_id), adopted=True)
+
+    @classmethod
+    def resuming(cls, job_id: str, stopped: RunProgress) -> "RunSession":
+        """Follows a resumed job; its charts start with the stopped job's points, so the curves continue."""
+        session = cls.following(job_id)
+        session.progress.points = [point for point in stopped.points if point["step"] <= stopped.step]
+        return session
 
 
 def train_title(settings: TrainSettings) -> str:
@@ -109,9 +117,10 @@ class RunPanel:
 
     def _view(self, session: RunSession, job: Job) -> dict:
         progress = session.progress
-        updates: dict = {"run:job": self._job_line(job, progress),
-                         "run:progress": progress_html(progress, job.status),
-                         "run:stats": self._stats(progress, job), "run:log": session.log.text}
+        texts = {"run:job": self._job_line(job, progress), "run:progress": progress_html(progress, job.status),
+                 "run:stats": self._stats(progress, job), "run:log": session.log.text}
+        updates: dict = {key: gr.skip() if session.shown.get(key) == text else text for key, text in texts.items()}
+        session.shown.update(texts)  # unchanged outputs are skipped: re-rendering them every second costs CPU
         if len(progress.points) != session.shown_points:
             session.shown_points = len(progress.points)
             updates["run:loss"] = gr.update(value=loss_frame(progress), label=f"Loss ({len(progress.points)} steps)")

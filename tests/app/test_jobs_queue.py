@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 from backend.config.presets import PresetStore
@@ -68,11 +69,13 @@ def test_filters_queue_order_cancel_and_details(workspace):
         assert [row[1] for row in shown(panel.filter(view, "all", "all"))["table"]] == ["quick", "quick",
                                                                                         "selfcheck"]
 
-        details = SessionView.of(blocker.id)
-        wait_for(lambda: '"event": "progress"' in panel.details(details)[2])
-        _, settings, events = panel.details(details)
+        wait_for(lambda: '"event": "progress"' in panel.details(SessionView.of(blocker.id))[2])
+        page_view = SessionView.of(blocker.id)
+        _, settings, events = panel.details(page_view)
         assert json.loads(settings) == {"steps": 400, "interval": 0.05}
         assert all(json.loads(line)["event"] for line in events.splitlines())
+        _, settings_again, _ = panel.details(page_view)  # the page shows them already: not sent again
+        assert isinstance(settings_again, type(gr.skip()))
     finally:
         manager.stop(blocker.id, grace_s=2)
         wait_for(lambda: manager.get(blocker.id).is_finished)

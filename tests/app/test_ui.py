@@ -49,6 +49,15 @@ def test_seven_tabs_in_order_and_placeholder_tabs_have_no_buttons(workspace):
             assert buttons, f"{tab.label} is neither a placeholder nor has any action"
 
 
+def test_every_element_id_names_one_element(workspace):
+    """Browser tests and users' scripts find widgets by id; two widgets with one id make both unreachable."""
+    from collections import Counter
+
+    blocks = build_app(workspace, JobManager(workspace.jobs))
+    counts = Counter(block.elem_id for block in blocks.blocks.values() if getattr(block, "elem_id", None))
+    assert [elem_id for elem_id, count in counts.items() if count > 1] == []
+
+
 def outputs(values: tuple) -> dict:
     assert len(values) == len(OUT)
     return dict(zip(OUT, values))

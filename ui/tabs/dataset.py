@@ -87,7 +87,7 @@ def build_form(initial: DatasetForm) -> dict[str, gr.components.Component]:
     return components
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = DatasetPanel(ctx)
     default_folder = ctx.workspace.demo_dataset if ctx.workspace.demo_dataset.is_dir() else ctx.workspace.datasets
     initial = existing_form(default_folder)[0] or DatasetForm()

@@ -132,7 +132,7 @@ class EmaPanel:
         return None
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = EmaPanel(ctx)
     gr.Markdown("### EMA\nBuild an exponential-moving-average LoRA after training from the checkpoints a run saved, "
                 "choosing the averaging width (`sigma_rel`) without retraining. Checkpoints are ordered by the "
@@ -181,7 +181,7 @@ def build(ctx: AppContext) -> None:
     rule.change(panel.on_rule, inputs=rule, outputs=[sigma_rel, beta, beta2], **_GROUP)
     for control in (rule, sigma_rel, beta, beta2):
         control.change(panel.weights, inputs=rule_inputs, outputs=[table, weight_message], **_GROUP)
-    refresh.click(panel.refresh, inputs=run, outputs=run, **_GROUP)
+    gr.on([refresh.click, tab.select], panel.refresh, inputs=run, outputs=run, **_GROUP)
     run_button.click(panel.run, inputs=[inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite,
                                         followed],
                      outputs=[followed, status, log, summary, timer], **_GROUP)

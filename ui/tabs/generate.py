@@ -16,7 +16,7 @@ _GROUP = dict(concurrency_id="generate-tab", concurrency_limit=1, show_progress=
 DEFAULTS = GenerateForm()
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = GeneratePanel(ctx)
     gr.Markdown("### Generate\nText-to-video (one frame makes an image) on the demo models, a merged model or your own "
                 "checkpoint, with any LoRAs at their own strengths. LoRAs on disjoint LORAIDs never change each "
@@ -126,7 +126,8 @@ def build(ctx: AppContext) -> None:
             panel.lora_slots, inputs=slot_inputs, outputs=slot_outputs, **_GROUP)
     for control in (width, height, frames, fps, steps, guidance, guidance_2, flow_shift, seed, random_seed, sampler):
         control.change(panel.settings_message, inputs=form, outputs=settings_message, **_GROUP)
-    refresh.click(panel.refresh, inputs=[model, lora_files], outputs=[model, lora_files, gallery, results], **_GROUP)
+    gr.on([refresh.click, tab.select], panel.refresh, inputs=[model, lora_files],
+          outputs=[model, lora_files, gallery, results], **_GROUP)
 
     run_button.click(panel.run, inputs=[followed, *form], outputs=[followed, status, progress, timer], **_GROUP)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)

@@ -69,6 +69,7 @@ class SessionView:
     status: str = ALL
     events_offset: int = 0
     events: deque = field(default_factory=lambda: deque(maxlen=SHOWN_EVENTS))
+    details_shown: bool = False  # settings and events were sent once; later ticks send only new events
 
     @classmethod
     def of(cls, job_id: str | None, like: "SessionView | None" = None) -> "SessionView":
@@ -128,8 +129,12 @@ class JobsPanel:
         except UserError:
             return view, "", ""
         view.events.extend(events)
+        if view.details_shown and not events:
+            return view, gr.skip(), gr.skip()  # re-sending unchanged editors every second costs the page CPU
         lines = [json.dumps(event, ensure_ascii=False) for event in view.events]
-        return view, json.dumps(job.settings, indent=1, ensure_ascii=False), "\n".join(lines)
+        settings = gr.skip() if view.details_shown else json.dumps(job.settings, indent=1, ensure_ascii=False)
+        view.details_shown = True
+        return view, settings, "\n".join(lines)
 
     def filter(self, view: SessionView, kind: str, status: str) -> tuple:
         chosen = SessionView.of(view.job_id) if view.job_id else SessionView()
@@ -221,7 +226,7 @@ def kind_choices(ctx: AppContext) -> list[str]:
     return [ALL, *sorted({job.kind for job in ctx.jobs.list()} | {TRAIN_KIND, "selfcheck"})]
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = JobsPanel(ctx)
     gr.Markdown("### Jobs\nEvery heavy action runs as a separate process with its own folder, log and events. "
                 "Jobs keep running when you close the page or restart the app; queued jobs start in the order of "

@@ -198,7 +198,7 @@ class LoraidPanel:
                 gr.Timer(active=False))
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = LoraidPanel(ctx)
     gr.Markdown("### LORAID block map\nEach LORAID owns its own slice of the transformer blocks (`LORAID n` owns "
                 "blocks `[(n-1)·k, n·k)` for `blocks_per_loraid = k`), so LoRAs trained on different IDs never "
@@ -259,7 +259,8 @@ def build(ctx: AppContext) -> None:
         control.change(panel.allocation, inputs=settings, outputs=allocation_outputs, **_GROUP)
     for control in (files, typed):
         control.change(panel.files, inputs=file_inputs, outputs=file_outputs, **_GROUP)
-    refresh.click(panel.refresh_files, inputs=files, outputs=files, **_GROUP)
+    gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=files, **_GROUP).then(
+        panel.allocation, inputs=settings, outputs=allocation_outputs, **_GROUP)  # "taken by" follows new files
     report_button.click(panel.run_report, inputs=file_inputs, outputs=[report_job, report_status, report, timer],
                         **_GROUP)
     timer.tick(panel.poll_report, inputs=report_job, outputs=[report_status, report, timer], **_GROUP)

@@ -178,7 +178,7 @@ class MergePanel:
         return None
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = MergePanel(ctx)
     gr.Markdown("### Merge\nFold LoRAs into a base transformer at chosen strengths (the merged model needs no "
                 "adapter at generation), or combine LoRAs into one LoRA file. LoRAs on disjoint LORAIDs never touch "
@@ -242,7 +242,7 @@ def build(ctx: AppContext) -> None:
         panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
     base_high.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
     table.change(panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
-    refresh.click(panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
+    gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
     run_button.click(panel.run, inputs=[mode, table, base, base_high, out, dtype, device, rank, precision, allow,
                                         overwrite, followed],
                      outputs=[followed, status, log, summary, timer], **_GROUP)

@@ -12,7 +12,7 @@ returns updates by name. Stable elem_ids for browser tests:
     network   train-loraid (picker), train-loraid-allocation, train-net-recipe, train-net-<key> (one per
               network_args key, e.g. train-net-use_dora), train-net-paste, train-net-paste-apply,
               train-network-args (the live lines), train-network_args-error
-    run       train-processes, train-show-command, train-start, train-stop, train-resume, train-run-message,
+    run       train-processes, train-show-command, train-start, train-stop, train-resume-run, train-run-message,
               train-command, train-toml, train-musubi, train-command-notes
     monitor   train-job, train-progress (data-step / data-total / data-status), train-stats, train-loss-chart,
               train-lr-chart, train-samples, train-log
@@ -83,7 +83,7 @@ def input_names(components: dict[str, Any]) -> list[str]:
             or (name.startswith("net:") and name[4:] in BUILDER_KEYS)]
 
 
-def build(ctx: AppContext) -> None:
+def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = TrainPanel(ctx)
     settings = initial_settings(panel)
     network_type, net_values = builder_state(settings.network_type, settings.network_args)
@@ -134,7 +134,7 @@ def build(ctx: AppContext) -> None:
         c["run:start"] = gr.Button("Start training", variant="primary", scale=0, min_width=150,
                                    elem_id="train-start")
         c["run:stop"] = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="train-stop")
-        c["run:resume"] = gr.Button("Resume", scale=0, min_width=100, elem_id="train-resume")
+        c["run:resume"] = gr.Button("Resume", scale=0, min_width=100, elem_id="train-resume-run")
         c["run:message"] = gr.Markdown("", elem_id="train-run-message")
     with gr.Accordion("Command", open=False):
         c["command:ours"] = gr.Code("", language="shell", label="This app", elem_id="train-command")
@@ -187,6 +187,7 @@ OUTPUTS = {  # handler -> the names it may update
     "validate": CHECKS, "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
     "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
     "delete_preset": PRESETS, "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
+    "refresh_datasets": ["dataset_config"],
     "show_command": ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"],
     "start": [*CHECKS, *RUN], "stop": RUN, "resume": RUN, "tick": RUN,
 }
@@ -194,7 +195,8 @@ TRIGGERS = {"apply_recipe": ("net:recipe", "input"), "apply_paste": ("net:paste-
             "load_preset": ("preset:load", "click"), "save_preset": ("preset:save", "click"),
             "rename_preset": ("preset:rename", "click"), "delete_preset": ("preset:delete", "click"),
             "export_preset": ("preset:export", "click"), "import_preset": ("preset:file", "upload"),
-            "refresh_presets": ("preset", "focus"), "show_command": ("command:show", "click"),
+            "refresh_presets": ("preset", "focus"), "refresh_datasets": ("dataset_config", "focus"),
+            "show_command": ("command:show", "click"),
             "start": ("run:start", "click"), "stop": ("run:stop", "click"), "resume": ("run:resume", "click")}
 
 
