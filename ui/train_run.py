@@ -26,7 +26,9 @@ from ui.log_view import LogView
 
 TRAIN_KIND = "train"
 RUN_OUTPUTS = ("run:session", "run:job", "run:progress", "run:stats", "run:loss", "run:lr", "run:samples",
-               "run:log")
+               "run:log", "run:timer")
+FOLLOW_SECONDS = 1.0  # poll interval while the followed job runs
+IDLE_SECONDS = 5.0  # and while nothing runs: each poll costs the page CPU in proportion to its size
 SAMPLES_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-samples"  # the page serves files from the temp dir
 
 
@@ -102,7 +104,7 @@ class RunPanel:
             newest = self._newest_training_job()
             session = RunSession.following(newest.id) if newest else RunSession(adopted=True)
         if session.job_id is None:
-            return {"run:session": session}
+            return {"run:session": session, **self._poll_every(session, IDLE_SECONDS)}
         try:
             self.ctx.jobs.refresh()
             job = self.ctx.jobs.get(session.job_id)
@@ -121,6 +123,7 @@ class RunPanel:
                  "run:stats": self._stats(progress, job), "run:log": session.log.text}
         updates: dict = {key: gr.skip() if session.shown.get(key) == text else text for key, text in texts.items()}
         session.shown.update(texts)  # unchanged outputs are skipped: re-rendering them every second costs CPU
+        updates.update(self._poll_every(session, IDLE_SECONDS if job.is_finished else FOLLOW_SECONDS))
         if len(progress.points) != session.shown_points:
             session.shown_points = len(progress.points)
             updates["run:loss"] = gr.update(value=loss_frame(progress), label=f"Loss ({len(progress.points)} steps)")
@@ -129,6 +132,13 @@ class RunPanel:
             session.shown_samples = len(progress.samples)
             updates["run:samples"] = _sample_gallery(progress)
         return updates
+
+    @staticmethod
+    def _poll_every(session: RunSession, seconds: float) -> dict:
+        if session.shown.get("run:timer") == seconds:
+            return {}
+        session.shown["run:timer"] = seconds
+        return {"run:timer": gr.Timer(seconds, active=True)}
 
     @staticmethod
     def _job_line(job: Job, progress: RunProgress) -> str:

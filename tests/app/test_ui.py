@@ -66,7 +66,7 @@ def outputs(values: tuple) -> dict:
 def tick_until(panel: JobsPanel, view: SessionView, condition, timeout_s: float = 30) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        shown = outputs(panel.tick(view))
+        shown = outputs(panel.tick(view)[:-1])  # the last value paces the timer
         if condition(shown):
             return shown
         time.sleep(0.2)
@@ -99,7 +99,7 @@ def test_jobs_panel_runs_stops_reruns_and_deletes_a_real_job(workspace):
 
     # A new page (or a restarted app: a new manager) re-attaches and shows the complete log.
     fresh = JobsPanel(AppContext(workspace, JobManager(workspace.jobs)))
-    reattached = outputs(fresh.tick(SessionView()))
+    reattached = outputs(fresh.tick(SessionView())[:-1])
     assert reattached["view"].job_id == job_id and reattached["status"] == "stopped"
     assert reattached["log"] == log_of(view)
 

@@ -31,6 +31,7 @@ ALL = "all"
 SHOWN_EVENTS = 200
 TRAIN_KIND = "train"
 POLL_SECONDS = 1.0
+IDLE_SECONDS = 4.0  # when no job is unfinished: each poll costs the page CPU in proportion to its size
 SELFCHECK_STEPS = 100
 SELFCHECK_INTERVAL_S = 0.6  # a minute in all: long enough to outlast an app restart on a slow machine
 _GROUP = dict(concurrency_id="jobs-tab", concurrency_limit=1, show_progress="hidden")
@@ -70,6 +71,7 @@ class SessionView:
     events_offset: int = 0
     events: deque = field(default_factory=lambda: deque(maxlen=SHOWN_EVENTS))
     details_shown: bool = False  # settings and events were sent once; later ticks send only new events
+    poll_seconds: float = 0.0  # the timer's interval as last set
 
     @classmethod
     def of(cls, job_id: str | None, like: "SessionView | None" = None) -> "SessionView":
@@ -117,7 +119,12 @@ class JobsPanel:
         )
 
     def tick(self, view: SessionView) -> tuple:
-        return self._outputs(view, None, log_changed=False)
+        """The outputs, then the timer: polled every second while a job is unfinished, else every IDLE_SECONDS."""
+        shown = self._outputs(view, None, log_changed=False)
+        seconds = POLL_SECONDS if any(not job.is_finished for job in self.ctx.jobs.list()) else IDLE_SECONDS
+        pace = gr.skip() if view.poll_seconds == seconds else gr.Timer(seconds, active=True)
+        shown[0].poll_seconds = seconds
+        return (*shown, pace)
 
     def details(self, view: SessionView) -> tuple:
         """(view, settings JSON, events) of the selected job; events are read by offset, the newest kept."""
@@ -265,7 +272,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     outputs = [view, table, status, result, folder, command, log, message]
     details = dict(fn=panel.details, inputs=view, outputs=[view, settings, events], **_GROUP)
-    gr.Timer(POLL_SECONDS).tick(panel.tick, inputs=view, outputs=outputs, **_GROUP).then(**details)
+    timer = gr.Timer(POLL_SECONDS)
+    timer.tick(panel.tick, inputs=view, outputs=[*outputs, timer], **_GROUP).then(**details)
     table.select(panel.select, inputs=view, outputs=outputs, **_GROUP).then(**details)
     for control in (kind_filter, status_filter):
         control.input(panel.filter, inputs=[view, kind_filter, status_filter], outputs=outputs, **_GROUP)

@@ -31,9 +31,8 @@ from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
 from ui.train_panel import TrainPanel, preset_choices
-from ui.train_run import RUN_OUTPUTS, RunSession, loss_frame, lr_frame
+from ui.train_run import FOLLOW_SECONDS, RUN_OUTPUTS, RunSession, loss_frame, lr_frame
 
-POLL_SECONDS = 1.0
 INITIAL_PRESET = "shipped:lora"
 _GROUP = dict(concurrency_id="train-tab", concurrency_limit=1, show_progress="hidden",
               api_visibility="undocumented")
@@ -166,6 +165,7 @@ def _network_widgets(c: dict, form: Form, shown: dict, settings: TrainSettings, 
 def _monitor_widgets(c: dict) -> None:
     empty = RunProgress()
     c["run:session"] = gr.State(RunSession())
+    c["run:timer"] = gr.Timer(FOLLOW_SECONDS)  # the first tick adopts a running job, then RunPanel sets the pace
     c["run:job"] = gr.Markdown("", elem_id="train-job")
     c["run:progress"] = gr.HTML("", elem_id="train-progress")
     c["run:stats"] = gr.Markdown("", elem_id="train-stats")
@@ -206,4 +206,4 @@ def _wire(wiring: Wiring, c: dict, panel: TrainPanel) -> None:
               panel.validate, OUTPUTS["validate"], trigger_mode="always_last")
     for handler, (name, event) in TRIGGERS.items():
         wiring.on([getattr(c[name], event)], getattr(panel, handler), OUTPUTS[handler])
-    wiring.on([gr.Timer(POLL_SECONDS).tick], panel.tick, OUTPUTS["tick"], inputs=["run:session"])
+    wiring.on([c["run:timer"].tick], panel.tick, OUTPUTS["tick"], inputs=["run:session"])
