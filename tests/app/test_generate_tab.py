@@ -11,28 +11,21 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from backend.adapters.formats import save_lora
-from backend.adapters.metadata import build_metadata
-from backend.adapters.network import AdapterNetwork
-from backend.adapters.network_config import NetworkConfig
 from backend.generate.outputs import output_stem, write_result
 from backend.generate.pipeline import ModelChoice
 from backend.generate.settings import GenerateSettings
 from backend.jobs import JobManager
-from backend.loraid.allocation import allocate, allocate_explicit
-from backend.loraid.patterns import network_args_entries
 from backend.models import demo_parts
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.models.loading import save_transformer_original
 from backend.workspace import Workspace
+from tests.demo_loras import save_demo_lora
 from ui.context import AppContext
 from ui.generate_form import MAX_LORAS, GenerateForm
 from ui.generate_panel import FollowedGeneration, GeneratePanel
 
-DEMO_BLOCKS = 8
 STATUS, PROGRESS = 1, 2  # positions in run()'s outputs (followed, status, progress, timer)
 
 
@@ -46,22 +39,10 @@ def demo_models(tmp_path_factory):
     save_transformer_original(t2v, ws.demo_t2v / TRANSFORMER_FILE)
     for part, expert in enumerate(("high", "low"), start=11):
         save_transformer_original(demo_parts.build_transformer("demo-a14b", 0, part, expert), expert_file(ws, expert))
-    save_demo_lora(t2v, ws.loras / "alice.safetensors", allocate(1, DEMO_BLOCKS, 2, model="demo-t2v"), seed=1)
-    save_demo_lora(t2v, ws.loras / "bob.safetensors", allocate(3, DEMO_BLOCKS, 2, model="demo-t2v"), seed=2)
-    save_demo_lora(t2v, ws.loras / "carol.safetensors", allocate(2, DEMO_BLOCKS, 3, model="demo-t2v"), seed=3)
+    save_demo_lora(t2v, ws.loras / "alice.safetensors", loraid=1, blocks_per_loraid=2, seed=1)
+    save_demo_lora(t2v, ws.loras / "bob.safetensors", loraid=3, blocks_per_loraid=2, seed=2)
+    save_demo_lora(t2v, ws.loras / "carol.safetensors", loraid=2, blocks_per_loraid=3, seed=3)
     return ws
-
-
-def save_demo_lora(model, path: Path, allocation, seed: int) -> Path:
-    args = network_args_entries(allocation)
-    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in network.parameters():
-            param.normal_(0.0, 0.1)
-    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=allocation.loraid,
-                              allocation=allocation.to_metadata())
-    return save_lora(path, network.state_dict_for_save(), metadata)
 
 
 @pytest.fixture

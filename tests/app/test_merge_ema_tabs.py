@@ -16,23 +16,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from backend.adapters.formats import save_lora
-from backend.adapters.metadata import build_metadata
-from backend.adapters.network import AdapterNetwork
-from backend.adapters.network_config import NetworkConfig
 from backend.jobs import JobManager
-from backend.loraid.allocation import allocate
-from backend.loraid.patterns import network_args_entries
 from backend.models import demo_parts
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.models.loading import save_transformer_original
 from backend.workspace import Workspace
+from tests.demo_loras import save_demo_lora
 from ui.context import AppContext
 from ui.merge_ema_common import FollowedJob
 from ui.tabs.ema import EmaPanel, run_choices
 from ui.tabs.merge import MergePanel
 
-DEMO_BLOCKS = 8
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +48,6 @@ def ctx(demo_models, tmp_path):
     ws.ensure_folders()
     shutil.copytree(source.models, ws.models, dirs_exist_ok=True)
     return AppContext(ws, JobManager(ws.jobs)), model
-
-
-def save_demo_lora(model, path: Path, loraid: int, blocks_per_loraid: int, seed: int, step: int | None = None,
-                   expert: str | None = None) -> Path:
-    allocation = allocate(loraid, DEMO_BLOCKS, blocks_per_loraid, expert=expert, model="demo-t2v")
-    args = network_args_entries(allocation)
-    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in network.parameters():
-            param.normal_(0.0, 0.1)
-    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
-                              allocation=allocation.to_metadata(), step=step)
-    return save_lora(path, network.state_dict_for_save(), metadata)
 
 
 def until_finished(panel, followed: FollowedJob, timeout_s: float = 60) -> tuple:

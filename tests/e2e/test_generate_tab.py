@@ -7,35 +7,14 @@ import json
 import re
 from pathlib import Path
 
-import torch
 from playwright.sync_api import Page, expect
 
-from backend.adapters.formats import save_lora
-from backend.adapters.metadata import build_metadata
-from backend.adapters.network import AdapterNetwork
-from backend.adapters.network_config import NetworkConfig
-from backend.loraid.allocation import allocate
-from backend.loraid.patterns import network_args_entries
 from backend.models.loading import load_transformer
+from tests.demo_loras import save_demo_lora
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot-generate.png"
-DEMO_BLOCKS = 8
 PROMPT = "loraidA, a red ball bouncing on a wooden floor"
-
-
-def save_lora_on_id(model, path: Path, loraid: int, seed: int) -> None:
-    """A LoRA restricted to its ID's slice (2 blocks per ID on the demo), factors randomised, saved as training does."""
-    allocation = allocate(loraid, DEMO_BLOCKS, 2, model="demo-t2v")
-    args = network_args_entries(allocation)
-    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in network.parameters():
-            param.normal_(0.0, 0.1)
-    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
-                              allocation=allocation.to_metadata())
-    save_lora(path, network.state_dict_for_save(), metadata)
 
 
 def pick_loras(page: Page, names: list[str]) -> None:
@@ -56,8 +35,8 @@ def test_generate_tab_makes_a_video_with_two_loraids_and_reuses_its_settings(dem
                                                                            browser):
     loras = demo_workspace_copy / "loras"
     model = load_transformer(demo_workspace_copy / "models" / "demo-t2v")
-    save_lora_on_id(model, loras / "alice.safetensors", loraid=1, seed=1)  # blocks 0-1
-    save_lora_on_id(model, loras / "bob.safetensors", loraid=3, seed=2)  # blocks 4-5
+    save_demo_lora(model, loras / "alice.safetensors", loraid=1, seed=1)  # blocks 0-1
+    save_demo_lora(model, loras / "bob.safetensors", loraid=3, seed=2)  # blocks 4-5
     server = start_app(demo_workspace_copy)
 
     context = browser.new_context(viewport={"width": 1440, "height": 1000})

@@ -5,34 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from playwright.sync_api import Page, expect
 
-from backend.adapters.formats import save_lora
-from backend.adapters.metadata import build_metadata
-from backend.adapters.network import AdapterNetwork
-from backend.adapters.network_config import NetworkConfig
-from backend.loraid.allocation import allocate
-from backend.loraid.patterns import network_args_entries
 from backend.models.loading import load_transformer
+from tests.demo_loras import save_demo_lora
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot-loraid.png"
-DEMO_BLOCKS = 8  # the demo T2V transformer; default blocks_per_loraid there is 8 // 4 = 2
-
-
-def save_demo_lora(model, path: Path, loraid: int, blocks_per_loraid: int, seed: int) -> None:
-    """Train nothing: an AdapterNetwork restricted to the ID's slice, factors randomised, saved as training does."""
-    allocation = allocate(loraid, DEMO_BLOCKS, blocks_per_loraid, model="demo-t2v")
-    args = network_args_entries(allocation)
-    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in network.parameters():
-            param.normal_(0.0, 0.1)
-    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
-                              allocation=allocation.to_metadata())
-    save_lora(path, network.state_dict_for_save(), metadata)
 
 
 def pick_files(page: Page, names: list[str]) -> None:

@@ -13,34 +13,14 @@ from playwright.sync_api import Page, expect
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from backend.adapters.formats import save_lora
-from backend.adapters.metadata import build_metadata
-from backend.adapters.network import AdapterNetwork
-from backend.adapters.network_config import NetworkConfig
 from backend.compose.merge_dit import merge_into_dit
-from backend.loraid.allocation import allocate
-from backend.loraid.patterns import network_args_entries
 from backend.models.loading import load_transformer
+from tests.demo_loras import save_demo_lora
 
 REPO = Path(__file__).resolve().parents[2]
 MERGE_SCREENSHOT = REPO / "docs" / "screenshot-merge.png"
 EMA_SCREENSHOT = REPO / "docs" / "screenshot-ema.png"
-DEMO_BLOCKS = 8
 JOB_TIMEOUT_MS = 60_000
-
-
-def save_demo_lora(model, path: Path, loraid: int, blocks_per_loraid: int, seed: int, step: int | None = None):
-    """An AdapterNetwork restricted to the ID's slice with random factors, saved as training saves it."""
-    allocation = allocate(loraid, DEMO_BLOCKS, blocks_per_loraid, model="demo-t2v")
-    args = network_args_entries(allocation)
-    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, args))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for param in network.parameters():
-            param.normal_(0.0, 0.1)
-    metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
-                              allocation=allocation.to_metadata(), step=step)
-    save_lora(path, network.state_dict_for_save(), metadata)
 
 
 def pick_files(page: Page, names: list[str]) -> None:
