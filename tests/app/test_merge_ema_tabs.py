@@ -21,7 +21,7 @@ from backend.models import demo_parts
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.models.loading import save_transformer_original
 from backend.workspace import Workspace
-from tests.demo_loras import save_demo_lora
+from tests.demo_files import save_demo_lora
 from ui.context import AppContext
 from ui.merge_ema_common import FollowedJob
 from ui.tabs.ema import EmaPanel, run_choices

@@ -25,6 +25,7 @@ from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
 from ui.train_panel import TrainPanel
 from ui.train_run import RunSession
+from tests.demo_files import cache_concept_a
 
 WIDGET_NAMES = [n for n in FIELDS if n not in OWN_WIDGETS] + ["loraid"] + [net_key(k) for k in BUILDER_KEYS]
 EVERY_FIELD_CHANGED = TrainSettings(
@@ -271,16 +272,8 @@ def test_the_table_covers_at_least_twenty_kinds_of_bad_input():
 @pytest.fixture(scope="module")
 def cached_workspace(tmp_path_factory):
     """A demo workspace with concept A's latents and text cached (what the Dataset tab's cache jobs make)."""
-    from backend.data import encoders
-    from backend.data.cache import cache_latents, cache_text
-    from backend.data.dataset_config import load_dataset_config
-
     ws = build_demo_workspace(tmp_path_factory.mktemp("train_run") / "ws", seed=0)
-    config = load_dataset_config(ws.demo_dataset / "concept_a" / "dataset.toml")
-    cache_latents(config, encoders.load_vae(ws.vae), model_id=encoders.model_fingerprint(ws.vae), log=lambda *_: None)
-    tokenizer, text_encoder = encoders.load_text_encoder(ws.text_encoder, ws.tokenizer)
-    cache_text(config, tokenizer, text_encoder, model_id=encoders.model_fingerprint(ws.text_encoder, ws.tokenizer),
-               log=lambda *_: None)
+    cache_concept_a(ws)
     return ws
 
 

@@ -176,13 +176,24 @@ def open_app(page, url: str) -> None:
 
 
 @pytest.fixture
-def page(browser, app_server):
-    """A fresh browser page showing the session's app."""
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    open_app(page, app_server.url)
-    try:
-        yield page
-    finally:
+def open_page(browser):
+    """`open_page(server, timeout_ms)`: a fresh page of its own showing `server`'s app, closed after the test."""
+    contexts = []
+
+    def open_(server: AppServer, timeout_ms: int = 20_000):
+        context = browser.new_context(viewport=VIEWPORT)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(timeout_ms)
+        open_app(page, server.url)
+        return page
+
+    yield open_
+    for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def page(open_page, app_server):
+    """A fresh browser page showing the session's app."""
+    return open_page(app_server, timeout_ms=30_000)

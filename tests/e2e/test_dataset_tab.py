@@ -28,93 +28,87 @@ def edit_code(page: Page, elem_id: str, extra: str) -> None:
 
 
 def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_workspace_copy: Path, start_app,
-                                                                       browser):
+                                                                       open_page):
     dataset = demo_workspace_copy / "datasets" / "demo"
     (dataset / MISSING).with_suffix(".txt").unlink()
     server = start_app(demo_workspace_copy)
 
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    try:
-        page.goto(server.url)
-        page.get_by_role("tab", name="Dataset", exact=True).click()
-        page.locator("#dataset-scan").click()
-        summary = page.locator("#dataset-summary")
-        expect(summary).to_contain_text("12 images and 6 videos in 4 folders; 1 without a caption, 0 unreadable.")
-        expect(summary).to_contain_text("Image sizes: 64x64 ×8, 96x64 ×2, 64x96 ×2")
-        expect(page.locator("#dataset-problems")).to_contain_text(MISSING)
-        expect(page.locator("#dataset-items")).to_contain_text("— no caption —")
-        expect(page.locator("#dataset-gallery img")).to_have_count(18)
+    page = open_page(server)
+    page.get_by_role("tab", name="Dataset", exact=True).click()
+    page.locator("#dataset-scan").click()
+    summary = page.locator("#dataset-summary")
+    expect(summary).to_contain_text("12 images and 6 videos in 4 folders; 1 without a caption, 0 unreadable.")
+    expect(summary).to_contain_text("Image sizes: 64x64 ×8, 96x64 ×2, 64x96 ×2")
+    expect(page.locator("#dataset-problems")).to_contain_text(MISSING)
+    expect(page.locator("#dataset-items")).to_contain_text("— no caption —")
+    expect(page.locator("#dataset-gallery img")).to_have_count(18)
 
-        # the file without a caption is selected first; write its caption
-        expect(page.locator("#dataset-item-info")).to_contain_text(f"{MISSING} — image, 64x64")
-        expect(page.locator("#dataset-item-info")).to_contain_text("(missing)")
-        page.locator("#dataset-caption textarea").fill("loraidA, a red ball in the shade")
-        page.locator("#dataset-caption-save").click()
-        expect(page.locator("#dataset-caption-message")).to_have_text("Saved a_002.txt.")
-        assert (dataset / MISSING).with_suffix(".txt").read_text(encoding="utf-8") == "loraidA, a red ball in the shade\n"
-        expect(summary).to_contain_text("0 without a caption")
-        expect(page.locator("#dataset-item-info")).not_to_contain_text("(missing)")
+    # the file without a caption is selected first; write its caption
+    expect(page.locator("#dataset-item-info")).to_contain_text(f"{MISSING} — image, 64x64")
+    expect(page.locator("#dataset-item-info")).to_contain_text("(missing)")
+    page.locator("#dataset-caption textarea").fill("loraidA, a red ball in the shade")
+    page.locator("#dataset-caption-save").click()
+    expect(page.locator("#dataset-caption-message")).to_have_text("Saved a_002.txt.")
+    assert (dataset / MISSING).with_suffix(".txt").read_text(encoding="utf-8") == "loraidA, a red ball in the shade\n"
+    expect(summary).to_contain_text("0 without a caption")
+    expect(page.locator("#dataset-item-info")).not_to_contain_text("(missing)")
 
-        # a trigger word: previewed (nothing written), applied on confirm
-        before = caption_files(dataset)
-        page.locator("#dataset-bulk-text textarea").fill("sks")
-        page.locator("#dataset-bulk-preview").click()
-        expect(page.locator("#dataset-bulk-message")).to_contain_text("18 of 18 captions would change (add trigger "
-                                                                      "word sks at the start)")
-        expect(page.locator("#dataset-bulk-changes")).to_contain_text("sks, loraidA, a red ball in the shade")
-        assert caption_files(dataset) == before
-        page.locator("#dataset-bulk-apply").click()
-        expect(page.locator("#dataset-bulk-message")).to_have_text("Wrote 18 caption file(s).")
-        assert caption_files(dataset) == {name: f"sks, {text}" for name, text in before.items()}
+    # a trigger word: previewed (nothing written), applied on confirm
+    before = caption_files(dataset)
+    page.locator("#dataset-bulk-text textarea").fill("sks")
+    page.locator("#dataset-bulk-preview").click()
+    expect(page.locator("#dataset-bulk-message")).to_contain_text("18 of 18 captions would change (add trigger "
+                                                                  "word sks at the start)")
+    expect(page.locator("#dataset-bulk-changes")).to_contain_text("sks, loraidA, a red ball in the shade")
+    assert caption_files(dataset) == before
+    page.locator("#dataset-bulk-apply").click()
+    expect(page.locator("#dataset-bulk-message")).to_have_text("Wrote 18 caption file(s).")
+    assert caption_files(dataset) == {name: f"sks, {text}" for name, text in before.items()}
 
-        # buckets: a bad width is one sentence, the demo's 64x64 gives three buckets
-        width = page.locator("#dataset-form-resolution_width input")
-        width.fill("100")
-        page.locator("#dataset-buckets-run").click()
-        expect(page.locator("#dataset-buckets-message")).to_contain_text(
-            "resolution width 100 is not a multiple of 16; use 96 or 112.")
-        width.fill("64")
-        page.locator("#dataset-buckets-run").click()
-        expect(page.locator("#dataset-buckets-message")).to_have_text("At 64x64: 3 buckets, 18 item(s) kept, "
-                                                                      "0 dropped.")
-        buckets = page.locator("#dataset-buckets")
-        for bucket in ("48x80", "64x64", "80x48"):
-            expect(buckets).to_contain_text(bucket)
-        expect(page.locator("#dataset-frames")).to_contain_text("0: 0-16")  # full / head 17 of a 17-frame clip
+    # buckets: a bad width is one sentence, the demo's 64x64 gives three buckets
+    width = page.locator("#dataset-form-resolution_width input")
+    width.fill("100")
+    page.locator("#dataset-buckets-run").click()
+    expect(page.locator("#dataset-buckets-message")).to_contain_text(
+        "resolution width 100 is not a multiple of 16; use 96 or 112.")
+    width.fill("64")
+    page.locator("#dataset-buckets-run").click()
+    expect(page.locator("#dataset-buckets-message")).to_have_text("At 64x64: 3 buckets, 18 item(s) kept, "
+                                                                  "0 dropped.")
+    buckets = page.locator("#dataset-buckets")
+    for bucket in ("48x80", "64x64", "80x48"):
+        expect(buckets).to_contain_text(bucket)
+    expect(page.locator("#dataset-frames")).to_contain_text("0: 0-16")  # full / head 17 of a 17-frame clip
 
-        # the TOML: a malformed edit is refused and changes nothing; the generated one is written and loads
-        toml_file = dataset / "dataset.toml"
-        original = toml_file.read_bytes()
-        page.locator("#dataset-toml-generate").click()
-        expect(page.locator("#dataset-toml-message")).to_contain_text("nothing is written until you click Write TOML")
-        edit_code(page, "dataset-toml", "\nnum_repaets = 2\n")
-        page.locator("#dataset-toml-write").click()
-        expect(page.locator("#dataset-toml-message")).to_contain_text(
-            "[[datasets]] #4: unknown key num_repaets; did you mean num_repeats?")
-        expect(page.locator("#dataset-toml-message")).to_contain_text("Nothing was written.")
-        assert toml_file.read_bytes() == original
-        page.locator("#dataset-toml-generate").click()
-        page.locator("#dataset-toml-write").click()
-        expect(page.locator("#dataset-toml-message")).to_have_text(f"Wrote {toml_file}: 4 [[datasets]] entries, "
-                                                                   "valid.")
-        resolved = load_dataset_config(toml_file).resolved()
-        assert [d.source for d in resolved] == [dataset / f"concept_{c}" / kind for c in "ab"
-                                                for kind in ("images", "videos")]
+    # the TOML: a malformed edit is refused and changes nothing; the generated one is written and loads
+    toml_file = dataset / "dataset.toml"
+    original = toml_file.read_bytes()
+    page.locator("#dataset-toml-generate").click()
+    expect(page.locator("#dataset-toml-message")).to_contain_text("nothing is written until you click Write TOML")
+    edit_code(page, "dataset-toml", "\nnum_repaets = 2\n")
+    page.locator("#dataset-toml-write").click()
+    expect(page.locator("#dataset-toml-message")).to_contain_text(
+        "[[datasets]] #4: unknown key num_repaets; did you mean num_repeats?")
+    expect(page.locator("#dataset-toml-message")).to_contain_text("Nothing was written.")
+    assert toml_file.read_bytes() == original
+    page.locator("#dataset-toml-generate").click()
+    page.locator("#dataset-toml-write").click()
+    expect(page.locator("#dataset-toml-message")).to_have_text(f"Wrote {toml_file}: 4 [[datasets]] entries, "
+                                                               "valid.")
+    resolved = load_dataset_config(toml_file).resolved()
+    assert [d.source for d in resolved] == [dataset / f"concept_{c}" / kind for c in "ab"
+                                            for kind in ("images", "videos")]
 
-        # cache latents as a job; its files appear in each dataset's cache folder
-        page.locator("#dataset-cache-device").get_by_label("cpu").check()
-        page.locator("#dataset-cache-latents").click()
-        status = page.locator("#dataset-cache-status")
-        expect(status).to_contain_text(re.compile(r"Cache latents job \S+: (queued|running)"))
-        expect(status).to_contain_text("succeeded: 24 latent file(s) and 0 text file(s) in 4 cache folders.",
-                                       timeout=120_000)
-        expect(page.locator("#dataset-cache-log textarea")).to_have_value(re.compile("cache latents done"))
-        latents = [len(list(d.cache_directory.glob("*_wan.safetensors"))) for d in resolved]
-        assert latents == [6, 6, 6, 6]  # 6 images; 3 clips x 2 windows (target_frames 1 and 17)
-        assert all((d.cache_directory / "cache_manifest.json").is_file() for d in resolved)
-        page.locator("#dataset-caption textarea").scroll_into_view_if_needed()
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
-    finally:
-        context.close()
+    # cache latents as a job; its files appear in each dataset's cache folder
+    page.locator("#dataset-cache-device").get_by_label("cpu").check()
+    page.locator("#dataset-cache-latents").click()
+    status = page.locator("#dataset-cache-status")
+    expect(status).to_contain_text(re.compile(r"Cache latents job \S+: (queued|running)"))
+    expect(status).to_contain_text("succeeded: 24 latent file(s) and 0 text file(s) in 4 cache folders.",
+                                   timeout=120_000)
+    expect(page.locator("#dataset-cache-log textarea")).to_have_value(re.compile("cache latents done"))
+    latents = [len(list(d.cache_directory.glob("*_wan.safetensors"))) for d in resolved]
+    assert latents == [6, 6, 6, 6]  # 6 images; 3 clips x 2 windows (target_frames 1 and 17)
+    assert all((d.cache_directory / "cache_manifest.json").is_file() for d in resolved)
+    page.locator("#dataset-caption textarea").scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -240,18 +240,15 @@ def ema_over_run_a(page: Page, ws: Path) -> None:
     screenshot(page, 6, "ema")
 
 
-def test_the_whole_journey(demo_workspace_copy: Path, start_app, browser):
+def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page):
     ws = demo_workspace_copy
     dataset = ws / "datasets" / "demo"
     (dataset / MISSING_CAPTION).unlink()
     manager = JobManager(ws / "jobs")
     server = start_app(ws)
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
+    page = open_page(server, timeout_ms=30_000)
     expect.set_options(timeout=30_000)
     try:
-        page.goto(server.url)
         for phase, args in ((prepare_dataset, (page, dataset)), (train_concept_a, (page, manager, ws)),
                             (train_concept_b, (page, manager)), (check_loraid_map, (page,)), (merge_both, (page, ws)),
                             (generate_with_both, (page, ws)), (ema_over_run_a, (page, ws))):
@@ -260,4 +257,3 @@ def test_the_whole_journey(demo_workspace_copy: Path, start_app, browser):
             print(f"journey: {phase.__name__} {time.monotonic() - started:.1f} s")
     finally:
         expect.set_options(timeout=5_000)
-        context.close()

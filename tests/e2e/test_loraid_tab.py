@@ -8,7 +8,7 @@ from pathlib import Path
 from playwright.sync_api import Page, expect
 
 from backend.models.loading import load_transformer
-from tests.demo_loras import save_demo_lora
+from tests.demo_files import save_demo_lora
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot-loraid.png"
@@ -26,7 +26,7 @@ def clear_files(page: Page) -> None:
     page.locator("#loraid-files").get_by_role("button", name="Clear").click()  # gradio's "remove all" control
 
 
-def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_app, browser):
+def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_app, open_page):
     loras = demo_workspace_copy / "loras"
     model = load_transformer(demo_workspace_copy / "models" / "demo-t2v")
     save_demo_lora(model, loras / "alice.safetensors", loraid=1, blocks_per_loraid=2, seed=1)  # blocks 0-1
@@ -34,54 +34,48 @@ def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_
     save_demo_lora(model, loras / "carol.safetensors", loraid=2, blocks_per_loraid=3, seed=3)  # blocks 3-5
     server = start_app(demo_workspace_copy)
 
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    try:
-        page.goto(server.url)
-        page.get_by_role("tab", name="LORAID", exact=True).click()
-        grid = page.locator("#loraid-grid")
-        # the allocation of the demo T2V: 8 blocks, 2 per ID -> IDs 1-4; block 5 belongs to ID 3
-        expect(grid.locator('td[data-block="5"][data-kind="ffn.2"]')).to_have_attribute("data-owners", "ID 3")
-        expect(grid.locator(".bm-owner")).to_have_count(4)
-        expect(page.locator("#loraid-capacity")).to_contain_text("blocks 6-7")
+    page = open_page(server)
+    page.get_by_role("tab", name="LORAID", exact=True).click()
+    grid = page.locator("#loraid-grid")
+    # the allocation of the demo T2V: 8 blocks, 2 per ID -> IDs 1-4; block 5 belongs to ID 3
+    expect(grid.locator('td[data-block="5"][data-kind="ffn.2"]')).to_have_attribute("data-owners", "ID 3")
+    expect(grid.locator(".bm-owner")).to_have_count(4)
+    expect(page.locator("#loraid-capacity")).to_contain_text("blocks 6-7")
 
-        page.locator("#loraid-id").locator("input").click()
-        page.get_by_role("option", name="3", exact=True).click()
-        expect(page.locator("#loraid-network-args")).to_contain_text(r"include_patterns=[r'blocks\.(4|5)\..*']")
-        expect(page.locator("#loraid-cli-args textarea")).to_have_value(
-            re.compile(r"^--loraid 3 --blocks_per_loraid 2\n--network_args "))
+    page.locator("#loraid-id").locator("input").click()
+    page.get_by_role("option", name="3", exact=True).click()
+    expect(page.locator("#loraid-network-args")).to_contain_text(r"include_patterns=[r'blocks\.(4|5)\..*']")
+    expect(page.locator("#loraid-cli-args textarea")).to_have_value(
+        re.compile(r"^--loraid 3 --blocks_per_loraid 2\n--network_args "))
 
-        pick_files(page, ["alice.safetensors", "bob.safetensors"])
-        conflicts, file_grid = page.locator("#loraid-conflicts"), page.locator("#loraid-file-grid")
-        expect(conflicts).to_contain_text("No conflict")
-        expect(file_grid.locator('td[data-block="0"][data-kind="self_attn.q"]')).to_have_attribute(
-            "data-owners", "alice.safetensors")
-        expect(file_grid.locator('td[data-block="5"][data-kind="ffn.0"]')).to_have_attribute(
-            "data-owners", "bob.safetensors")
-        expect(file_grid.locator('td[data-block="3"][data-kind="ffn.0"]')).to_have_attribute("data-owners", "")
-        expect(file_grid.locator("td.bm-conflict")).to_have_count(0)
+    pick_files(page, ["alice.safetensors", "bob.safetensors"])
+    conflicts, file_grid = page.locator("#loraid-conflicts"), page.locator("#loraid-file-grid")
+    expect(conflicts).to_contain_text("No conflict")
+    expect(file_grid.locator('td[data-block="0"][data-kind="self_attn.q"]')).to_have_attribute(
+        "data-owners", "alice.safetensors")
+    expect(file_grid.locator('td[data-block="5"][data-kind="ffn.0"]')).to_have_attribute(
+        "data-owners", "bob.safetensors")
+    expect(file_grid.locator('td[data-block="3"][data-kind="ffn.0"]')).to_have_attribute("data-owners", "")
+    expect(file_grid.locator("td.bm-conflict")).to_have_count(0)
 
-        clear_files(page)
-        pick_files(page, ["bob.safetensors", "carol.safetensors"])
-        expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors both change blocks 4-5")
-        expect(file_grid.locator('td[data-block="4"][data-kind="self_attn.q"]')).to_have_attribute(
-            "data-owners", "bob.safetensors|carol.safetensors")
-        expect(file_grid.locator('td[data-block="3"][data-kind="self_attn.q"]')).to_have_attribute(
-            "data-owners", "carol.safetensors")
-        expect(file_grid.locator("td.bm-conflict")).to_have_count(2 * 10)  # blocks 4 and 5, every module kind
+    clear_files(page)
+    pick_files(page, ["bob.safetensors", "carol.safetensors"])
+    expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors both change blocks 4-5")
+    expect(file_grid.locator('td[data-block="4"][data-kind="self_attn.q"]')).to_have_attribute(
+        "data-owners", "bob.safetensors|carol.safetensors")
+    expect(file_grid.locator('td[data-block="3"][data-kind="self_attn.q"]')).to_have_attribute(
+        "data-owners", "carol.safetensors")
+    expect(file_grid.locator("td.bm-conflict")).to_have_count(2 * 10)  # blocks 4 and 5, every module kind
 
-        page.locator("#loraid-file-paths textarea").fill("loras/missing.safetensors")
-        expect(conflicts).to_contain_text("missing.safetensors does not exist")
-        page.locator("#loraid-file-paths textarea").fill("")
-        expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors")
+    page.locator("#loraid-file-paths textarea").fill("loras/missing.safetensors")
+    expect(conflicts).to_contain_text("missing.safetensors does not exist")
+    page.locator("#loraid-file-paths textarea").fill("")
+    expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors")
 
-        page.locator("#loraid-report-run").click()
-        expect(page.locator("#loraid-report-status")).to_contain_text("finished", timeout=45_000)
-        report = page.locator("#loraid-report textarea")
-        expect(report).to_have_value(re.compile(r"bob\.safetensors / carol\.safetensors: 20 shared "
-                                                              r"modules in blocks 4-5"))
-        expect(report).to_have_value(re.compile("cross-talk on"))
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
-    finally:
-        context.close()
+    page.locator("#loraid-report-run").click()
+    expect(page.locator("#loraid-report-status")).to_contain_text("finished", timeout=45_000)
+    report = page.locator("#loraid-report textarea")
+    expect(report).to_have_value(re.compile(r"bob\.safetensors / carol\.safetensors: 20 shared "
+                                                          r"modules in blocks 4-5"))
+    expect(report).to_have_value(re.compile("cross-talk on"))
+    page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from backend.compose.merge_dit import merge_into_dit
 from backend.models.loading import load_transformer
-from tests.demo_loras import save_demo_lora
+from tests.demo_files import save_demo_lora
 
 REPO = Path(__file__).resolve().parents[2]
 MERGE_SCREENSHOT = REPO / "docs" / "screenshot-merge.png"
@@ -60,7 +60,7 @@ def power_weights_closed_form(steps: list[int], sigma_rel: float) -> list[float]
     return [b - a for a, b in zip(cumulative, cumulative[1:])]
 
 
-def test_merge_and_ema_tabs_run_jobs(demo_workspace_copy: Path, start_app, browser):
+def test_merge_and_ema_tabs_run_jobs(demo_workspace_copy: Path, start_app, open_page):
     ws = demo_workspace_copy
     loras = ws / "loras"
     base = ws / "models" / "demo-t2v" / "transformer.safetensors"
@@ -74,74 +74,68 @@ def test_merge_and_ema_tabs_run_jobs(demo_workspace_copy: Path, start_app, brows
                        seed=100 + step, step=step)
     server = start_app(ws)
 
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    try:
-        page.goto(server.url)
-        page.get_by_role("tab", name="Merge", exact=True).click()
-        pick_files(page, ["bob.safetensors", "carol.safetensors"])
-        overlap = page.locator("#merge-overlap")
-        expect(overlap).to_contain_text("bob.safetensors and carol.safetensors both change blocks 4-5")
-        page.locator("#merge-run").click()
-        expect(page.locator("#merge-status")).to_contain_text("tick “Allow overlap” to merge them anyway")
-        assert not (ws / "outputs" / "merged").exists()
+    page = open_page(server)
+    page.get_by_role("tab", name="Merge", exact=True).click()
+    pick_files(page, ["bob.safetensors", "carol.safetensors"])
+    overlap = page.locator("#merge-overlap")
+    expect(overlap).to_contain_text("bob.safetensors and carol.safetensors both change blocks 4-5")
+    page.locator("#merge-run").click()
+    expect(page.locator("#merge-status")).to_contain_text("tick “Allow overlap” to merge them anyway")
+    assert not (ws / "outputs" / "merged").exists()
 
-        page.locator("#merge-files").get_by_role("button", name="Clear").click()
-        pick_files(page, ["alice.safetensors", "bob.safetensors"])
-        table = page.locator("#merge-table")
-        expect(page.locator('#merge-table [data-testid="cell-0-4"]')).to_contain_text("blocks 0-1")
-        expect(page.locator('#merge-table [data-testid="cell-1-3"]')).to_contain_text("3")
-        expect(table).to_contain_text("loras/bob.safetensors")
-        expect(overlap).to_contain_text("No overlap")
-        edit_cell(page, "#merge-table", 1, 6, "0.7")
-        out = ws / "outputs" / "merged" / "demo-t2v+alice+bob.safetensors"
-        expect(page.locator("#merge-out textarea")).to_have_value(str(out))
-        page.locator("#merge-run").click()
-        expect(page.locator("#merge-status")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
-        summary = page.locator("#merge-summary")
-        expect(summary).to_contain_text("Merged 2 LoRAs into transformer.safetensors")
-        expect(summary).to_contain_text("bob.safetensors × 0.7: LORAID 3")
-        expect(summary).to_contain_text("LORAIDs: 1, 3")
-        expect(summary).to_contain_text("which the Generate tab lists in its model choice")
-        dismiss_toasts(page)
-        page.screenshot(path=str(MERGE_SCREENSHOT), full_page=True)
+    page.locator("#merge-files").get_by_role("button", name="Clear").click()
+    pick_files(page, ["alice.safetensors", "bob.safetensors"])
+    table = page.locator("#merge-table")
+    expect(page.locator('#merge-table [data-testid="cell-0-4"]')).to_contain_text("blocks 0-1")
+    expect(page.locator('#merge-table [data-testid="cell-1-3"]')).to_contain_text("3")
+    expect(table).to_contain_text("loras/bob.safetensors")
+    expect(overlap).to_contain_text("No overlap")
+    edit_cell(page, "#merge-table", 1, 6, "0.7")
+    out = ws / "outputs" / "merged" / "demo-t2v+alice+bob.safetensors"
+    expect(page.locator("#merge-out textarea")).to_have_value(str(out))
+    page.locator("#merge-run").click()
+    expect(page.locator("#merge-status")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    summary = page.locator("#merge-summary")
+    expect(summary).to_contain_text("Merged 2 LoRAs into transformer.safetensors")
+    expect(summary).to_contain_text("bob.safetensors × 0.7: LORAID 3")
+    expect(summary).to_contain_text("LORAIDs: 1, 3")
+    expect(summary).to_contain_text("which the Generate tab lists in its model choice")
+    dismiss_toasts(page)
+    page.screenshot(path=str(MERGE_SCREENSHOT), full_page=True)
 
-        merged, original = load_file(out), load_file(base)
-        independent = ws / "independent.safetensors"
-        merge_into_dit(base, [loras / "alice.safetensors", loras / "bob.safetensors"], [1.0, 0.7], independent)
-        reference = load_file(independent)
-        assert merged.keys() == original.keys() == reference.keys()
-        for key in original:
-            assert torch.equal(merged[key], reference[key]), key
-            touched = key.startswith(("blocks.0.", "blocks.1.", "blocks.4.", "blocks.5.")) and \
-                key.split(".")[2] in ("self_attn", "cross_attn", "ffn") and key.endswith(".weight") and \
-                not key.split(".")[3].startswith("norm")
-            assert torch.equal(merged[key], original[key]) != touched, key
+    merged, original = load_file(out), load_file(base)
+    independent = ws / "independent.safetensors"
+    merge_into_dit(base, [loras / "alice.safetensors", loras / "bob.safetensors"], [1.0, 0.7], independent)
+    reference = load_file(independent)
+    assert merged.keys() == original.keys() == reference.keys()
+    for key in original:
+        assert torch.equal(merged[key], reference[key]), key
+        touched = key.startswith(("blocks.0.", "blocks.1.", "blocks.4.", "blocks.5.")) and \
+            key.split(".")[2] in ("self_attn", "cross_attn", "ffn") and key.endswith(".weight") and \
+            not key.split(".")[3].startswith("norm")
+        assert torch.equal(merged[key], original[key]) != touched, key
 
-        page.get_by_role("tab", name="EMA", exact=True).click()
-        page.locator("#ema-run input").click()
-        page.get_by_role("option", name="run: 3 files in loras/").click()
-        checkpoints = page.locator("#ema-checkpoints")
-        expected = power_weights_closed_form(steps, 0.2)
-        for row, (step, weight) in enumerate(zip(steps, expected)):
-            expect(checkpoints.locator(f'[data-testid="cell-{row}-2"]')).to_have_text(str(step))
-            expect(checkpoints.locator(f'[data-testid="cell-{row}-3"]')).to_have_text(f"{weight:.6f}".rstrip("0"))
-        ema_out = loras / "run-ema.safetensors"
-        expect(page.locator("#ema-out textarea")).to_have_value(str(ema_out))
-        page.locator("#ema-space").get_by_text("delta:", exact=False).click()
-        page.locator("#ema-run-button").click()
-        expect(page.locator("#ema-status")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
-        ema_summary = page.locator("#ema-summary")
-        expect(ema_summary).to_contain_text("Post-hoc EMA of 3 checkpoints: power EMA, σ_rel 0.2")
-        expect(ema_summary).to_contain_text("delta space")
-        expect(ema_summary).to_contain_text("Largest relative truncation error")
-        expect(ema_summary).to_contain_text("run-ema.safetensors is in loras/")
-        dismiss_toasts(page)
-        page.screenshot(path=str(EMA_SCREENSHOT), full_page=True)
-        with safe_open(str(ema_out), "pt") as handle:
-            record = json.loads(handle.metadata()["loraid_studio.ema"])
-        assert [c["step"] for c in record["checkpoints"]] == steps
-        assert all(math.isclose(c["weight"], w, abs_tol=1e-9) for c, w in zip(record["checkpoints"], expected))
-    finally:
-        context.close()
+    page.get_by_role("tab", name="EMA", exact=True).click()
+    page.locator("#ema-run input").click()
+    page.get_by_role("option", name="run: 3 files in loras/").click()
+    checkpoints = page.locator("#ema-checkpoints")
+    expected = power_weights_closed_form(steps, 0.2)
+    for row, (step, weight) in enumerate(zip(steps, expected)):
+        expect(checkpoints.locator(f'[data-testid="cell-{row}-2"]')).to_have_text(str(step))
+        expect(checkpoints.locator(f'[data-testid="cell-{row}-3"]')).to_have_text(f"{weight:.6f}".rstrip("0"))
+    ema_out = loras / "run-ema.safetensors"
+    expect(page.locator("#ema-out textarea")).to_have_value(str(ema_out))
+    page.locator("#ema-space").get_by_text("delta:", exact=False).click()
+    page.locator("#ema-run-button").click()
+    expect(page.locator("#ema-status")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    ema_summary = page.locator("#ema-summary")
+    expect(ema_summary).to_contain_text("Post-hoc EMA of 3 checkpoints: power EMA, σ_rel 0.2")
+    expect(ema_summary).to_contain_text("delta space")
+    expect(ema_summary).to_contain_text("Largest relative truncation error")
+    expect(ema_summary).to_contain_text("run-ema.safetensors is in loras/")
+    dismiss_toasts(page)
+    page.screenshot(path=str(EMA_SCREENSHOT), full_page=True)
+    with safe_open(str(ema_out), "pt") as handle:
+        record = json.loads(handle.metadata()["loraid_studio.ema"])
+    assert [c["step"] for c in record["checkpoints"]] == steps
+    assert all(math.isclose(c["weight"], w, abs_tol=1e-9) for c, w in zip(record["checkpoints"], expected))

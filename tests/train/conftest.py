@@ -11,17 +11,11 @@ DEMO_PRESET = REPO / "presets" / "demo.json"
 
 @pytest.fixture(scope="session")
 def demo_workspace(tmp_path_factory):
-    from backend.data import encoders
-    from backend.data.cache import cache_latents, cache_text
-    from backend.data.dataset_config import load_dataset_config
     from backend.models.demo import build_demo_workspace
+    from tests.demo_files import cache_concept_a
 
     ws = build_demo_workspace(tmp_path_factory.mktemp("train_ws"), seed=0)
-    config = load_dataset_config(ws.demo_dataset / "concept_a" / "dataset.toml")
-    cache_latents(config, encoders.load_vae(ws.vae), model_id=encoders.model_fingerprint(ws.vae), log=lambda *_: None)
-    tokenizer, text_encoder = encoders.load_text_encoder(ws.text_encoder, ws.tokenizer)
-    cache_text(config, tokenizer, text_encoder, model_id=encoders.model_fingerprint(ws.text_encoder, ws.tokenizer),
-               log=lambda *_: None)
+    cache_concept_a(ws)
     return ws
 
 

@@ -1,4 +1,8 @@
-"""Test helper: LoRA files on a LORAID of the demo T2V model without training, saved as training saves them."""
+"""Test helpers: files training or the Dataset tab would make on a demo workspace, made directly.
+
+`save_demo_lora`: a LoRA on a LORAID of the demo T2V model, saved as training saves it.
+`cache_concept_a`: concept A's VAE latents and text-encoder outputs, as the cache jobs write them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,3 +32,16 @@ def save_demo_lora(model, path: Path, loraid: int, blocks_per_loraid: int = 2, s
     metadata = build_metadata("lora", 4, 4.0, args, network.flags(), "demo-t2v", loraid=loraid,
                               allocation=allocation.to_metadata(), step=step)
     return save_lora(path, network.state_dict_for_save(), metadata)
+
+
+def cache_concept_a(ws) -> None:
+    """Concept A's latents and text outputs in its cache folders, skipping what is cached already."""
+    from backend.data import encoders
+    from backend.data.cache import cache_latents, cache_text
+    from backend.data.dataset_config import load_dataset_config
+
+    config = load_dataset_config(ws.demo_dataset / "concept_a" / "dataset.toml")
+    cache_latents(config, encoders.load_vae(ws.vae), model_id=encoders.model_fingerprint(ws.vae), log=lambda *_: None)
+    tokenizer, text_encoder = encoders.load_text_encoder(ws.text_encoder, ws.tokenizer)
+    cache_text(config, tokenizer, text_encoder, model_id=encoders.model_fingerprint(ws.text_encoder, ws.tokenizer),
+               log=lambda *_: None)
