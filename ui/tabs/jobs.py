@@ -89,9 +89,10 @@ class JobsPanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
 
-    def _outputs(self, view: SessionView, message: str | None, *, log_changed: bool) -> tuple:
+    def _outputs(self, view: SessionView, message: str | None, *, log_changed: bool,
+                 jobs: list[Job] | None = None) -> tuple:
         manager = self.ctx.jobs
-        jobs = manager.list()  # refreshes: records ended jobs and starts queued ones
+        jobs = manager.list() if jobs is None else jobs  # list() refreshes: records ended jobs, starts queued ones
         shown = [j for j in jobs if matches(j, view.kind, view.status)]
         if view.job_id is None and shown:  # nothing selected yet: follow the newest job
             view, log_changed = SessionView.of(shown[0].id, view), True
@@ -120,8 +121,9 @@ class JobsPanel:
 
     def tick(self, view: SessionView) -> tuple:
         """The outputs, then the timer: polled every second while a job is unfinished, else every IDLE_SECONDS."""
-        shown = self._outputs(view, None, log_changed=False)
-        seconds = POLL_SECONDS if any(not job.is_finished for job in self.ctx.jobs.list()) else IDLE_SECONDS
+        jobs = self.ctx.jobs.list()
+        shown = self._outputs(view, None, log_changed=False, jobs=jobs)
+        seconds = POLL_SECONDS if any(not job.is_finished for job in jobs) else IDLE_SECONDS
         pace = gr.skip() if view.poll_seconds == seconds else gr.Timer(seconds, active=True)
         shown[0].poll_seconds = seconds
         return (*shown, pace)
