@@ -9,8 +9,7 @@ from typing import Callable
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
-MUSUBI = SHARED / "fixtures" / "musubi"
+MUSUBI = Path(__file__).resolve().parents[1] / "fixtures" / "musubi"
 
 
 def make_tiny_wan(seed: int = 0, **overrides):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 SENTENCES = ["a red ball on a table", "a blue cube sliding", "loraidA, a red ball bouncing", "a green tree",
              "loraidB, a blue cube in cold light", "a photo of a cat"]
 

@@ -11,8 +11,7 @@ from backend.adapters.formats import save_lora
 from backend.adapters.metadata import build_metadata
 from backend.models.names import lora_key_prefix
 
-SHARED = (Path(__file__).resolve().parents[2] / ".." / "shared").resolve()
-MUSUBI = SHARED / "fixtures" / "musubi"
+MUSUBI = Path(__file__).resolve().parents[1] / "fixtures" / "musubi"
 
 TINY_CONFIG = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=32,
                    freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads")

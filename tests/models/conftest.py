@@ -13,14 +13,9 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """The `shared` folder beside the repository root (fixtures written by other tools)."""
-    return (REPO_ROOT / ".." / "shared").resolve()
-
-
-@pytest.fixture(scope="session")
-def musubi_dir(shared_dir) -> Path:
-    return shared_dir / "fixtures" / "musubi"
+def musubi_dir() -> Path:
+    """Golden files written by musubi-tuner (tests/fixtures/musubi/README.md says how they were made)."""
+    return REPO_ROOT / "tests" / "fixtures" / "musubi"
 
 
 @pytest.fixture(scope="session")
