@@ -1,0 +1,257 @@
+"""The whole trainer on the GPU machine, as a user runs it: random-weight real-size model files written to disk, a
+one-clip dataset cached by our own cache commands, then `accelerate launch -m backend.train` on it.
+
+    python bench/bench_trainer.py --model wan2.1-t2v-1.3b --steps 8
+    python bench/bench_trainer.py --model wan2.1-t2v-14b --steps 5 --memory_limit_gb 24
+    python bench/bench_trainer.py --model wan2.2-t2v-a14b --steps 4 --memory_limit_gb 24 --set expert=both
+    python bench/bench_trainer.py --model wan2.1-t2v-1.3b --set network_args=use_dora=True
+
+What is measured: the seconds between consecutive `step` events of the trainer's own events file (the trainer logs
+every step; the first `--warmup` steps, which hold torch.compile's compilation and allocator warm-up, are reported
+apart), the GPU memory the trainer process held at its peak (nvidia-smi, sampled every 0.2 s: the whole process,
+CUDA context included) and the trainer's own `torch.cuda.max_memory_allocated`. MFU: FLOPs counted analytically as
+in bench/bench_train.py (block linears 2x forward, attention 3x forward per LoRA step; gradient checkpointing's
+recomputation is not counted as useful work), divided by a bf16 matmul peak measured in the same run
+(8192x8192x8192 products, best of 10).
+
+Inputs: the clip is 81 frames of 832x480 moving noise, so the latents are 21x60x104 = 32,760 tokens;
+the text encoder is a 2-layer UMT5 of width 4096 (the DiT's text_dim) over 512 tokens; the VAE is the Wan2.1 VAE's
+architecture (z 16, stride 4x8x8) with random weights. Only the shapes matter for speed and memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_train import forward_flops  # noqa: E402
+
+from backend.models.registry import get_model_kind  # noqa: E402
+
+CAPTION = "a red ball rolls across a wooden table in warm evening light"
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU path is a smoke test of this script only
+
+
+def measured_bf16_peak_tflops() -> float:
+    if DEVICE == "cpu":
+        return float("nan")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * 8192 ** 3 / best / 1e12
+
+
+def write_dataset(work: Path, frames: int, width: int, height: int) -> Path:
+    """One clip of moving noise (MPEG-4 part 2 through PyAV, which any ffmpeg build has) and its caption."""
+    import av
+
+    videos = work / "data" / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    with av.open(str(videos / "clip_000.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=16)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, shift=4 * index, axis=1), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (videos / "clip_000.txt").write_text(CAPTION + "\n")
+    toml = work / "data" / "dataset.toml"
+    toml.write_text(
+        f"[general]\nresolution = [{width}, {height}]\ncaption_extension = \".txt\"\nbatch_size = 1\n"
+        "enable_bucket = true\nbucket_no_upscale = false\n\n"
+        f"[[datasets]]\nvideo_directory = \"{videos}\"\ncache_directory = \"{work / 'data' / 'cache'}\"\n"
+        f"target_frames = [{frames}]\nframe_extraction = \"head\"\nnum_repeats = 1\n")
+    return toml
+
+
+def write_encoders(work: Path, text_dim: int) -> tuple[Path, Path, Path]:
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from backend.models.demo_parts import EXTRA_SENTENCES, train_tokenizer
+
+    tokenizer_dir, encoder_dir, vae_dir = work / "tokenizer", work / "text_encoder", work / "vae"
+    if not tokenizer_dir.exists():
+        train_tokenizer([CAPTION, *EXTRA_SENTENCES]).save_pretrained(tokenizer_dir)
+    if not encoder_dir.exists():
+        config = UMT5Config(vocab_size=256, d_model=text_dim, d_kv=min(128, text_dim), d_ff=2 * text_dim, num_layers=2,
+                            num_heads=max(1, text_dim // 128), dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+                            decoder_start_token_id=0)
+        UMT5EncoderModel(config).eval().save_pretrained(encoder_dir)
+    if not vae_dir.exists():
+        AutoencoderKLWan().eval().save_pretrained(vae_dir)
+    return tokenizer_dir, encoder_dir, vae_dir
+
+
+def write_dit(work: Path, model: str, expert: str | None) -> Path:
+    from diffusers import WanTransformer3DModel
+
+    from backend.models.loading import save_transformer_original
+
+    path = work / f"dit-{model}{'-' + expert if expert else ''}.safetensors"
+    if path.exists():
+        return path
+    torch.manual_seed(0 if expert != "high" else 1)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(DEVICE):
+        dit = WanTransformer3DModel.from_config(get_model_kind(model).config(expert))
+    torch.set_default_dtype(torch.float32)
+    save_transformer_original(dit, path)
+    del dit
+    torch.cuda.empty_cache()
+    return path
+
+
+def run_cache(toml: Path, tokenizer: Path, encoder: Path, vae: Path) -> float:
+    start = time.perf_counter()
+    for what, extra in (("latents", ["--vae", str(vae), "--vae_tiling"]),
+                        ("text", ["--text_encoder", str(encoder), "--tokenizer", str(tokenizer)])):
+        subprocess.run([sys.executable, "-m", "backend", "cache", what, "--dataset_config", str(toml),
+                        "--device", DEVICE, *extra], cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+class GpuMemorySampler(threading.Thread):
+    """The largest GPU memory use nvidia-smi reports while it runs (MiB, the whole card)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_mib, self.running = 0, True
+
+    def run(self) -> None:
+        while self.running and DEVICE == "cuda":
+            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                 capture_output=True, text=True).stdout.split()
+            if out:
+                self.peak_mib = max(self.peak_mib, int(out[0]))
+            time.sleep(0.2)
+
+
+def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
+    job = work / f"job-{int(time.time())}"
+    job.mkdir()
+    flags = {"model_kind": args.model, "dataset_config": str(toml), "network_dim": str(args.rank),
+             "network_alpha": str(args.rank / 2), "mixed_precision": "bf16", "max_train_steps": str(args.steps),
+             "log_every_n_steps": "1", "output_dir": str(job / "out"), "output_name": "bench",
+             "learning_rate": "1e-4"}
+    if "low" in dits:
+        flags["dit"], flags["dit_high_noise"] = str(dits["low"]), str(dits["high"])
+    else:
+        flags["dit"] = str(dits["single"])
+    if args.memory_limit_gb:
+        flags["memory_limit_gb"] = str(args.memory_limit_gb)
+    extra: list[str] = []
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key == "network_args":
+            extra += ["--network_args", value]
+        else:
+            flags[key] = value
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "backend.train", "--config",
+               str(ROOT / "presets" / "lora.json")]
+    for key, value in flags.items():
+        command += [f"--{key}", value]
+    command += extra
+    print(" ".join(command), flush=True)
+    sampler = GpuMemorySampler()
+    sampler.start()
+    env = dict(os.environ, LORAID_JOB_DIR=str(job), PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env)
+    wall = time.perf_counter() - start
+    sampler.running = False
+    events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines() if line.strip()]
+    if result.returncode != 0:
+        errors = [e.get("message") for e in events if e["event"] == "error"]
+        raise SystemExit(f"trainer failed (exit {result.returncode}): {errors}")
+    steps = [e for e in events if e["event"] == "step"]
+    times = [e["t"] for e in steps]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    timed = gaps[args.warmup - 1:] if args.warmup >= 1 else gaps
+    start_event = next(e for e in events if e["event"] == "start")
+    return {"s_per_it": statistics.median(timed), "s_per_it_mean": statistics.fmean(timed), "timed_steps": len(timed),
+            "first_step_s": times[0] - start_event["t"] if times else None,
+            "peak_gpu_mib_nvidia_smi": sampler.peak_mib,
+            "max_memory_allocated_gib": round(max((e.get("vram") or 0) for e in steps) / 2**30, 2),
+            "losses": [round(e["loss"], 4) for e in steps], "wall_s": round(wall, 1),
+            "plan": [e.get("message") for e in events if e["event"] in ("memory_plan", "info")]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="wan2.1-t2v-1.3b")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="leading steps reported apart (compile, warm-up)")
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--memory_limit_gb", type=float, default=None, help="the trainer's memory cap (a setting)")
+    parser.add_argument("--set", action="append", default=[], help="extra training setting KEY=VALUE")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/loraid-bench"))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    kind = get_model_kind(args.model)
+    config = kind.config("low" if kind.has_experts else None)
+    peak = measured_bf16_peak_tflops()
+    toml = write_dataset(work, args.frames, args.width, args.height)
+    tokenizer, encoder, vae = write_encoders(work, int(config["text_dim"]))
+    t0 = time.perf_counter()
+    if kind.has_experts:
+        dits = {expert: write_dit(work, args.model, expert) for expert in ("high", "low")}
+    else:
+        dits = {"single": write_dit(work, args.model, None)}
+    build_s = time.perf_counter() - t0
+    cache_s = run_cache(toml, tokenizer, encoder, vae)
+    result = train(work, args, dits, toml)
+
+    lat_f, lat_h, lat_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    tokens = lat_f * (lat_h // 2) * (lat_w // 2)
+    linear, attention = forward_flops(config, tokens, 512)
+    useful = 2 * linear + 3 * attention
+    result.update({
+        "model": args.model, "settings": args.set, "memory_limit_gb": args.memory_limit_gb,
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "tokens": tokens,
+        "measured_bf16_peak_tflops": round(peak, 1), "useful_tflop_per_step": round(useful / 1e12, 1),
+        "mfu": round(useful / result["s_per_it"] / (peak * 1e12), 3), "dit_write_s": round(build_s, 1),
+        "cache_s": round(cache_s, 1),
+    })
+    print("BENCH " + json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
