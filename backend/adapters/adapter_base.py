@@ -95,7 +95,28 @@ class AdapterModule(nn.Module):
         """multiplier · (adapted output − base output), or None when module dropout skips this adapter."""
         if self.module_dropout and self.training_dropouts() and torch.rand(()) < self.module_dropout:
             return None
-        return self.output_delta(x.to(self.compute_dtype), base_out)
+        return self.output_delta(self.compute_input(x), base_out)
+
+    def compute_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Under autocast the input keeps its dtype: autocast runs the adapter's matmuls in its own dtype from the
+        fp32 master weights, so an fp32 copy of every activation would only cost memory and bandwidth. Without
+        autocast the input is cast to the weights' dtype (float32 unless the network was cast)."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(self.compute_dtype)
+
+    def weight_row_norm_sq(self) -> torch.Tensor:
+        """||W||²_row as float32 [out], cached while the frozen weight stays the same tensor (same storage,
+        version, dtype and device); recomputed after a merge, an fp8 / device move or a load."""
+        weight = self.target.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = self.__dict__.get("_weight_norm_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                square = row_chunks(weight, lambda rows: rows.float().pow(2).flatten(1).sum(1))
+            cached = (key, square)
+            self.__dict__["_weight_norm_cache"] = cached
+        return cached[1]
 
     # --- subclass API ------------------------------------------------------------------------------------------
     def output_delta(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
@@ -141,6 +162,29 @@ class AdapterModule(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def row_chunks(weight: torch.Tensor, function, rows: int = 1024) -> torch.Tensor:
+    """`function` applied to blocks of output rows and concatenated: an fp32 view of a large weight never exists
+    at full size at once."""
+    return torch.cat([function(weight[start:start + rows]) for start in range(0, weight.shape[0], rows)])
+
+
+def dora_ratio(magnitude: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """m / ||W + ΔW||_row as [out] (the norm is detached by the caller, as in the DoRA paper)."""
+    return magnitude.reshape(-1) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def dora_output(ratio: torch.Tensor, base_out: torch.Tensor, bias: torch.Tensor | None,
+                adapter_out: torch.Tensor) -> torch.Tensor:
+    """(ratio − 1) ∘ W x + ratio ∘ ΔW x in the activations' dtype (bf16 under autocast: no fp32 copy of any
+    [tokens, out] tensor). W x is the base output without its bias (PEFT's convention: the bias is not rescaled);
+    ratio − 1 is formed in float32 before the cast, so a ratio near 1 loses nothing to rounding."""
+    dtype = adapter_out.dtype
+    base_without_bias = base_out.to(dtype)
+    if bias is not None:
+        base_without_bias = base_without_bias - bias.detach().to(dtype)
+    return (ratio - 1.0).to(dtype) * base_without_bias + ratio.to(dtype) * adapter_out
+
+
 def row_dropout_mask(rows: int, p: float, like: torch.Tensor) -> torch.Tensor:
     """Keep each output row of ΔW with probability 1−p, kept rows rescaled by 1/(1−p) (unbiased in expectation)."""
     keep = (torch.rand(rows, device=like.device) >= p).to(like.dtype) / (1.0 - p)
@@ -163,10 +207,14 @@ def canonical_scale(parts: dict[str, torch.Tensor], rank: int | None) -> float:
 
 
 class WeightDeltaAdapter(AdapterModule):
-    """Adapters whose forward builds ΔW and runs the layer's op with it (LoHa, LoKr: their ΔW has no cheaper form).
+    """Adapters defined by a ΔW built from factors (LoHa, LoKr).
 
-    rank_dropout here drops whole output rows of ΔW, kept rows rescaled by 1/(1−p) (LyCORIS' convention; these
-    algorithms have no single rank axis to drop). DoRA, when on, normalises W + ΔW like `deltas.dora_delta`.
+    On a Linear, when the algorithm has a factored product cheaper than a second full [tokens, out, in] product
+    (`factored_cost` below `in·out`), the forward runs through the factors (`factored_forward`) and ΔW is never
+    built for the forward; otherwise (convolutions, shapes where it does not pay) ΔW is built and the layer's op
+    runs with it. rank_dropout drops whole output rows of ΔW, kept rows rescaled by 1/(1−p) (LyCORIS' convention;
+    these algorithms have no single rank axis to drop). DoRA, when on, normalises W + ΔW like `deltas.dora_delta`
+    (the norm, detached, from ΔW built without gradient: an [out, in] sum, not a product with the tokens).
     """
 
     def init_magnitude(self, use_dora: bool) -> None:
@@ -175,13 +223,53 @@ class WeightDeltaAdapter(AdapterModule):
             weight = self.target.weight.detach().float()
             self.magnitude = nn.Parameter(row_norm(weight).reshape(weight.shape[0], 1))
 
+    # --- the factored fast path (subclasses that have one override both) ----------------------------------------
+    def factored_cost(self) -> int | None:
+        """Multiply-adds per token of `factored_forward`, or None when there is no factored form."""
+        return None
+
+    def factored_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ ΔWᵀ (scale included, before dropout / DoRA / multiplier) without building ΔW."""
+        raise NotImplementedError
+
+    def uses_factored_forward(self) -> bool:
+        if self.is_conv:
+            return False
+        cost = self.factored_cost()
+        out_features, in_features = self.weight_shape
+        return cost is not None and cost < out_features * in_features
+
     def output_delta(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        delta = self.raw_delta()
+        mask = None  # [out], float32
         if self.rank_dropout and self.training_dropouts():
-            delta = delta * row_dropout_mask(delta.shape[0], self.rank_dropout, delta)
+            mask = row_dropout_mask(self.weight_shape[0], self.rank_dropout, self.magnitude_like()).reshape(-1)
+        if self.uses_factored_forward():
+            out = self.factored_forward(self.neuron_dropout(x))
+            if mask is not None:
+                out = out * mask.to(out.dtype)
+            if self.use_dora:
+                ratio = dora_ratio(self.magnitude, self.factored_dora_norm(mask))
+                out = dora_output(ratio, base_out, self.target.bias, out)
+            return self.multiplier * out
+        delta = self.raw_delta()
+        if mask is not None:
+            delta = delta * mask.to(delta.dtype).reshape(-1, *([1] * (delta.dim() - 1)))
         if self.use_dora:
             delta = dora_delta(self.base_weight(), delta, self.magnitude)
         return self.layer_op(self.neuron_dropout(x), self.multiplier * delta)
+
+    def magnitude_like(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    @torch.no_grad()
+    def factored_dora_norm(self, mask: torch.Tensor | None) -> torch.Tensor:
+        """||W + ΔW||_row (ΔW masked like the forward) in float32, row block by row block."""
+        delta = self.raw_delta().detach().float().flatten(1)
+        if mask is not None:
+            delta = delta * mask.float().reshape(-1, 1)
+        weight = self.target.weight.detach().flatten(1)
+        rows = torch.arange(weight.shape[0], device=weight.device)
+        return row_chunks(rows, lambda block: (weight[block].float() + delta[block]).norm(dim=1))
 
     def magnitude_tensors(self) -> dict[str, torch.Tensor]:
         return {"dora_scale": self.magnitude.detach().reshape(-1, 1)} if self.use_dora else {}

@@ -102,6 +102,12 @@ def lora_row_norm(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, sc
     The memory is O(out·r + r²) instead of O(out·in); rounding can make the sum a hair negative, hence the clamp.
     """
     cross = ((weight @ down.T) * up).sum(dim=1)
+    return lora_row_norm_from_parts(weight.pow(2).sum(dim=1), cross, down, up, scale)
+
+
+def lora_row_norm_from_parts(weight_square: torch.Tensor, cross: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                             scale: float) -> torch.Tensor:
+    """`lora_row_norm` from ||W||²_row (cacheable: W is frozen) and <W_i, (BA)_i> = rowsum((W Aᵀ) ∘ B)."""
     lora_square = ((up @ (down @ down.T)) * up).sum(dim=1)
-    square = weight.pow(2).sum(dim=1) + 2.0 * scale * cross + scale * scale * lora_square
+    square = weight_square + 2.0 * scale * cross + scale * scale * lora_square
     return square.clamp_min(0.0).sqrt()

@@ -4,7 +4,8 @@ Written here rather than wrapping `lycoris.modules.LohaModule`: that module repl
 (two networks on one layer would chain, not add), has no neuron dropout, keeps its own alpha convention in a
 buffer, and applies DoRA so that multiplier 0 is not the base layer. The ΔW formula is the public one, tested
 against `lycoris.functional` in tests/adapters. Init follows LyCORIS: w1a ~ N(0, 0.1), w1b, w2b ~ N(0, 1), w2a = 0,
-so ΔW starts at 0. LoRA+ treats the output-side factors `hada_w1_a`, `hada_w2_a` as its "B" side.
+so ΔW starts at 0. LoRA+ treats the output-side factors `hada_w1_a`, `hada_w2_a` as its "B" side. On a Linear with
+r² (in + out) < in·out the forward runs through the rank-r² factorization of ΔW (`factored_forward`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from backend.adapters.adapter_base import WeightDeltaAdapter, canonical_scale, copy_part, require_part
 from backend.adapters.deltas import loha_delta
@@ -41,6 +43,17 @@ class LoHaAdapter(WeightDeltaAdapter):
     def raw_delta(self) -> torch.Tensor:
         return loha_delta(self.hada_w1_a, self.hada_w1_b, self.hada_w2_a, self.hada_w2_b, self.scale,
                           self.weight_shape)
+
+    def factored_cost(self) -> int:
+        """ΔW = P Q with P [out, r²] the row-wise Kronecker product of w1a, w2a and Q [r², in] the column-wise one
+        of w1b, w2b (the Hadamard product of two rank-r products has rank ≤ r²): r²·(in + out) per token."""
+        out_features, in_features = self.weight_shape
+        return self.rank * self.rank * (in_features + out_features)
+
+    def factored_forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = (self.hada_w1_a[:, :, None] * self.hada_w2_a[:, None, :]).reshape(self.hada_w1_a.shape[0], -1)
+        columns = (self.hada_w1_b[:, None, :] * self.hada_w2_b[None, :, :]).reshape(-1, self.hada_w1_b.shape[1])
+        return F.linear(F.linear(x, columns), rows) * self.scale
 
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {name: getattr(self, name).detach() for name in FACTORS}

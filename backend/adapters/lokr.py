@@ -9,7 +9,8 @@ w2_a Kaiming-uniform, w2_b (or a full w2) zeros, so ΔW starts at 0. Files may a
 Written here rather than wrapping `lycoris.modules.LokrModule`: that module patches the layer's forward in place,
 and its `merge_to` mis-scales when alpha ≠ rank; the Kronecker formula is public and tested against
 `lycoris.functional`. LoRA+ treats the output-side factors `lokr_w1_a`, `lokr_w2_a` as its "B" side; full halves
-keep the base learning rate.
+keep the base learning rate. On a Linear the forward is w1 @ X @ w2ᵀ on the input viewed as [c, d]
+(`factored_forward`), never a product with the full [out, in] ΔW.
 """
 from __future__ import annotations
 
@@ -68,6 +69,21 @@ class LoKrAdapter(WeightDeltaAdapter):
 
     def raw_delta(self) -> torch.Tensor:
         return lokr_delta(self._half(1), self._half(2), self.scale, self.weight_shape)
+
+    def factored_cost(self) -> int | None:
+        """kron(w1, w2) x with x viewed as [c, d]: w1 @ X @ w2ᵀ costs b·c·(d + a) per token instead of a·b·c·d."""
+        w1, w2 = self._half(1), self._half(2)
+        if w1.dim() != 2 or w2.dim() != 2:
+            return None
+        (a, c), (b, d) = w1.shape, w2.shape
+        return b * c * (d + a)
+
+    def factored_forward(self, x: torch.Tensor) -> torch.Tensor:
+        w1, w2 = self._half(1), self._half(2)
+        (a, c), (b, d) = w1.shape, w2.shape
+        grid = x.reshape(*x.shape[:-1], c, d)
+        out = torch.matmul(w1, torch.matmul(grid, w2.T))  # [..., a, b]
+        return out.reshape(*x.shape[:-1], a * b) * self.scale
 
     def canonical_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {name: getattr(self, name).detach() for name in FACTORS if hasattr(self, name)}

@@ -7,7 +7,8 @@ adapter starts as the identity. On a convolution `down` is a conv with the layer
 DoRA on a Linear (PEFT-style bias: the bias is not rescaled by the magnitude):
     y = base(x) + multiplier · [(m/n − 1) ∘ (W x) + (m/n) ∘ s·B A x],   n = ||W + s·B A||_row (detached)
 At multiplier 1 this is m ∘ (W + sBA)/n applied to x; at other multipliers it is W + multiplier·(that − W), ComfyUI's
-strength, so multiplier 0 is the base layer exactly. n comes from `deltas.lora_row_norm`, never from B·A itself.
+strength, so multiplier 0 is the base layer exactly. n comes from `deltas.lora_row_norm_from_parts` with ||W||²_row
+cached (W is frozen), never from B·A itself.
 A DoRA convolution (only ever loaded from a file) builds its ΔW, which is the size of the kernel anyway.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backend.adapters.adapter_base import AdapterModule, canonical_scale, copy_part, require_part
-from backend.adapters.deltas import lora_delta, lora_row_norm, row_norm
+from backend.adapters.adapter_base import (AdapterModule, canonical_scale, copy_part, dora_output, dora_ratio,
+                                           require_part)
+from backend.adapters.deltas import lora_delta, lora_row_norm_from_parts, row_norm
 
 
 class LoRAAdapter(AdapterModule):
@@ -53,13 +55,20 @@ class LoRAAdapter(AdapterModule):
         lora_out = self._up(hidden) * scale
         if not self.use_dora:
             return self.multiplier * lora_out
-        with torch.no_grad():
-            norm = lora_row_norm(self.base_weight(), self.lora_down, self.lora_up.reshape(-1, self.rank), self.scale)
-        ratio = self.magnitude.reshape(-1) / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-        base_without_bias = base_out.to(lora_out.dtype)
-        if self.target.bias is not None:
-            base_without_bias = base_without_bias - self.target.bias.detach().to(lora_out.dtype)
-        return self.multiplier * ((ratio - 1.0) * base_without_bias + ratio * lora_out)
+        ratio = dora_ratio(self.magnitude, self.dora_norm())
+        return self.multiplier * dora_output(ratio, base_out, self.target.bias, lora_out)
+
+    @torch.no_grad()
+    def dora_norm(self) -> torch.Tensor:
+        """||W + s·B A||_row in float32, from the cached ||W||²_row and an [r, out] product W Aᵀ taken in the base
+        weight's own dtype (no float32 copy of W, no [out, in] product)."""
+        weight = self.target.weight.detach()
+        down = self.lora_down.detach().float()
+        up = self.lora_up.detach().float().reshape(-1, self.rank)
+        with torch.autocast(weight.device.type, enabled=False):
+            projected = F.linear(down.to(weight.dtype), weight).float()  # (W Aᵀ)ᵀ, [r, out]
+        cross = (projected.T * up).sum(dim=1)
+        return lora_row_norm_from_parts(self.weight_row_norm_sq(), cross, down, up, self.scale)
 
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer_op(x, self.lora_down)
