@@ -78,7 +78,7 @@ class _Stash:
         tensor, self.fetched, self.fetch_event = self.fetched, None, None
         tensor.requires_grad_(self.requires_grad)  # the recomputation saves what the forward saved
         earlier = self.offload.stash_at(self.position - 1)
-        if earlier is not None:
+        if earlier is not None and self.requires_grad:  # backward goes on below this block
             earlier.prefetch()
         return tensor
 

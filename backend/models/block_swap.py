@@ -216,7 +216,9 @@ class BlockSwap:
                     self._evict(other)
             if index in self.swapped:
                 self._install(index)
-            if following in self.swapped:
+            # backward goes below this block only when its input needs a gradient (a LORAID slice may start higher)
+            needed = not backward or (bool(args) and isinstance(args[0], torch.Tensor) and args[0].requires_grad)
+            if following in self.swapped and needed:
                 self._prefetch(following)
             if backward and not self._callback_queued:
                 self._callback_queued = True
