@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backend.adapters.deltas import dora_delta, row_norm
+from backend.adapters.deltas import column_norm, convert_dora_scale, dora_delta, is_input_axis_scale, row_norm
 from backend.errors import UserError
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -49,6 +49,7 @@ class AdapterModule(nn.Module):
         self.rank_dropout = float(rank_dropout or 0.0)
         self.module_dropout = float(module_dropout or 0.0)
         self.use_dora = False
+        self.dora_convention = "merged_norm"  # how `magnitude` is read (deltas.DORA_CONVENTIONS); training: merged
 
     # --- the adapted layer -------------------------------------------------------------------------------------
     @property
@@ -146,7 +147,45 @@ class AdapterModule(nn.Module):
             if self.merged:
                 raise RuntimeError(f"{self.wan_name}: DoRA ΔW of a merged adapter needs the pre-merge base weight.")
             base_weight = self.base_weight()
-        return dora_delta(base_weight.to(delta.dtype), delta, self.magnitude)
+        return dora_delta(base_weight.to(delta.dtype), delta, self.magnitude, self.dora_convention)
+
+    # --- DoRA conventions --------------------------------------------------------------------------------------
+    def prepare_dora_scale(self, scale: torch.Tensor) -> None:
+        """Shape `magnitude` for a file's `dora_scale`: an input-axis scale [1, in] (LyCORIS' default) switches this
+        adapter to the input_axis convention; an output-axis one keeps [out, 1]."""
+        if not self.use_dora or not is_input_axis_scale(scale):
+            return
+        weight = self.target.weight
+        if scale.numel() != weight.shape[1]:
+            raise UserError(f"The input-axis DoRA scale of `{self.wan_name}` has {scale.numel()} values for "
+                            f"{weight.shape[1]} input features; the file is for another model.")
+        self.dora_convention = "input_axis"
+        self.magnitude = nn.Parameter(column_norm(weight.detach().float()).to(self.magnitude.device))
+
+    @torch.no_grad()
+    def adopt_dora_convention(self, file_convention: str, keep: bool) -> None:
+        """After loading a file's scale: `keep` reads it in the file's convention from now on (inference applies a
+        ComfyUI-convention file exactly as ComfyUI does, on whatever base); otherwise it is turned into this
+        adapter's convention on the current base weight (resuming training, which learns m over ||W + ΔW||)."""
+        if not self.use_dora or self.dora_convention == "input_axis" or file_convention == self.dora_convention:
+            return
+        if keep:
+            self.dora_convention = file_convention
+            return
+        converted = convert_dora_scale(self.base_weight(), self.raw_delta(), self.magnitude.detach(),
+                                       file_convention, self.dora_convention)
+        self.magnitude.copy_(converted.reshape(self.magnitude.shape))
+
+    @torch.no_grad()
+    def dora_scale_as(self, convention: str) -> torch.Tensor:
+        """This adapter's `dora_scale` in an output-axis `convention`, on the weight it adapts (the base it was
+        trained on); an input-axis scale is returned as it is (ComfyUI and LyCORIS read those alike)."""
+        if self.dora_convention == "input_axis":
+            return self.magnitude.detach().clone()
+        if self.merged:
+            raise RuntimeError(f"{self.wan_name}: unmerge before saving, the DoRA scale needs the base weight.")
+        return convert_dora_scale(self.base_weight(), self.raw_delta().detach(), self.magnitude.detach(),
+                                  self.dora_convention, convention)
 
     @torch.no_grad()
     def merged_weight(self, multiplier: float | None = None, base_weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -233,8 +272,8 @@ class WeightDeltaAdapter(AdapterModule):
         raise NotImplementedError
 
     def uses_factored_forward(self) -> bool:
-        if self.is_conv:
-            return False
+        if self.is_conv or (self.use_dora and self.dora_convention != "merged_norm"):
+            return False  # a loaded file's other DoRA conventions take the ΔW path
         cost = self.factored_cost()
         out_features, in_features = self.weight_shape
         return cost is not None and cost < out_features * in_features
@@ -255,7 +294,7 @@ class WeightDeltaAdapter(AdapterModule):
         if mask is not None:
             delta = delta * mask.to(delta.dtype).reshape(-1, *([1] * (delta.dim() - 1)))
         if self.use_dora:
-            delta = dora_delta(self.base_weight(), delta, self.magnitude)
+            delta = dora_delta(self.base_weight(), delta, self.magnitude, self.dora_convention)
         return self.layer_op(self.neuron_dropout(x), self.multiplier * delta)
 
     def magnitude_like(self) -> torch.Tensor:
@@ -272,12 +311,17 @@ class WeightDeltaAdapter(AdapterModule):
         return row_chunks(rows, lambda block: (weight[block].float() + delta[block]).norm(dim=1))
 
     def magnitude_tensors(self) -> dict[str, torch.Tensor]:
-        return {"dora_scale": self.magnitude.detach().reshape(-1, 1)} if self.use_dora else {}
+        if not self.use_dora:
+            return {}
+        magnitude = self.magnitude.detach()
+        return {"dora_scale": magnitude if self.dora_convention == "input_axis" else magnitude.reshape(-1, 1)}
 
     @torch.no_grad()
     def load_magnitude(self, parts: dict[str, torch.Tensor], use_dora: bool) -> None:
         if self.use_dora and use_dora:
-            self.magnitude.copy_(require_part(parts, "dora_scale", self.wan_name).reshape(-1, 1))
+            scale = require_part(parts, "dora_scale", self.wan_name)
+            self.prepare_dora_scale(scale)
+            self.magnitude.copy_(scale.reshape(self.magnitude.shape))
 
 
 def copy_part(param: torch.Tensor, parts: dict[str, torch.Tensor], suffix: str, wan_name: str) -> None:

@@ -5,6 +5,7 @@ from typing import Mapping
 
 import torch
 
+from backend.adapters.deltas import is_input_axis_scale
 from backend.adapters.keys import split_canonical_key
 from backend.errors import UserError
 
@@ -81,6 +82,10 @@ def check_module(prefix: str, parts: Parts) -> None:
     if family == "lora" and parts["lora_up.weight"].shape[1] != parts["lora_down.weight"].shape[0]:
         raise UserError(f"The LoRA module `{prefix}` has lora_down rank {parts['lora_down.weight'].shape[0]} but "
                         f"lora_up rank {parts['lora_up.weight'].shape[1]}; the file is damaged.")
-    if "dora_scale" in parts and family == "lora" and parts["dora_scale"].numel() != parts["lora_up.weight"].shape[0]:
-        raise UserError(f"The DoRA magnitude of `{prefix}` has {parts['dora_scale'].numel()} values for "
-                        f"{parts['lora_up.weight'].shape[0]} output rows; the file is damaged.")
+    if "dora_scale" in parts and family == "lora":
+        scale, down = parts["dora_scale"], parts["lora_down.weight"]
+        axis, wanted = (("input columns", down.shape[1]) if is_input_axis_scale(scale)
+                        else ("output rows", parts["lora_up.weight"].shape[0]))
+        if scale.numel() != wanted:
+            raise UserError(f"The DoRA magnitude of `{prefix}` has {scale.numel()} values for {wanted} {axis}; "
+                            f"the file is damaged.")

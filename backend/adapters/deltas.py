@@ -8,8 +8,12 @@ musubi / ComfyUI layout: a base weight is [out, in] (Linear) or [out, in, *kerne
 - LoHa: ΔW = scale · (w1a @ w1b) ∘ (w2a @ w2b), the factors flattened to [out, r] / [r, in·k].
 - LoKr: ΔW = scale · kron(w1, w2); each half is a full matrix or a product `a @ b`. Following LyCORIS and ComfyUI,
   scale = alpha / r when either half is factorized (r = rows of its `b` factor) and 1 when both are full.
-- DoRA (ComfyUI's reading of `dora_scale` [out, 1]): W' = m ∘ (W + ΔW) / ||W + ΔW||_row, the norm taken over every
-  axis but the output one and detached (no gradient through it, as in the DoRA paper).
+- DoRA: W' = scale ∘ (W + ΔW) / norm, strength s giving W + s·(W' − W). Three conventions for `dora_scale`:
+  `merged_norm` (the DoRA paper, PEFT, LyCORIS' output axis, blissful-tuner, our training): the magnitude m over
+  ||W + ΔW||_row; `base_norm` (ComfyUI's reading of an [out, 1] `dora_scale`, and what this app writes): over
+  ||W||_row of the base weight, so a file holds m·||W||/||W + ΔW|| computed on the base it was trained on;
+  `input_axis` (LyCORIS' default, a [1, in] scale): over ||W + ΔW||_col, the norm of each input column.
+  Norms are detached (no gradient through them, as in the DoRA paper).
 """
 from __future__ import annotations
 
@@ -86,11 +90,51 @@ def row_norm(weight: torch.Tensor) -> torch.Tensor:
     return norm.reshape(weight.shape[0], *([1] * (weight.dim() - 1)))
 
 
-def dora_delta(base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """m ∘ (W + ΔW) / ||W + ΔW||_row − W: the full-strength DoRA update (strength s gives W + s·this, ComfyUI's rule)."""
+DORA_CONVENTIONS = ("merged_norm", "base_norm", "input_axis")
+
+
+def column_norm(weight: torch.Tensor) -> torch.Tensor:
+    """||W||_col: the L2 norm of each input column over every other axis, shaped [1, in, 1, ...]."""
+    moved = weight.transpose(0, 1)
+    norm = moved.reshape(moved.shape[0], -1).norm(dim=1)
+    return norm.reshape(1, weight.shape[1], *([1] * (weight.dim() - 2)))
+
+
+def is_input_axis_scale(scale: torch.Tensor) -> bool:
+    """A `dora_scale` of shape [1, in, ...] (LyCORIS' default) rather than [out, 1, ...] or [out]."""
+    return scale.dim() >= 2 and scale.shape[0] == 1 and scale.shape[1] > 1
+
+
+def dora_norm(base: torch.Tensor, adapted: torch.Tensor, convention: str) -> torch.Tensor:
+    """The norm the scale is divided by, detached and broadcastable to the weight."""
+    if convention == "input_axis":
+        norm = column_norm(adapted)
+    elif convention == "base_norm":
+        norm = row_norm(base)
+    elif convention == "merged_norm":
+        norm = row_norm(adapted)
+    else:
+        raise ValueError(f"unknown DoRA convention {convention!r}; one of {DORA_CONVENTIONS}")
+    return norm.detach().clamp_min(torch.finfo(adapted.dtype).tiny)
+
+
+def dora_delta(base: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
+               convention: str = "merged_norm") -> torch.Tensor:
+    """scale ∘ (W + ΔW) / norm − W: the full-strength DoRA update (strength s gives W + s·this, ComfyUI's rule)."""
     adapted = base + delta
-    norm = row_norm(adapted).detach().clamp_min(torch.finfo(adapted.dtype).tiny)
+    norm = dora_norm(base, adapted, convention)
     return magnitude.reshape(norm.shape).to(adapted.dtype) * adapted / norm - base
+
+
+def convert_dora_scale(base: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor, source: str,
+                       target: str) -> torch.Tensor:
+    """The `dora_scale` that gives the same W' on this base under `target` as `scale` does under `source`
+    (output-axis conventions only): scale · norm_target / norm_source, shaped [out, 1]."""
+    if source == target:
+        return scale.reshape(-1, 1)
+    adapted = base.float() + delta.float()
+    ratio = dora_norm(base.float(), adapted, target) / dora_norm(base.float(), adapted, source)
+    return (scale.float().reshape(-1, 1) * ratio.reshape(-1, 1)).to(scale.dtype)
 
 
 def lora_row_norm(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:

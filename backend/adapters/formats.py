@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from backend.adapters.anatomy import check_module, group_by_prefix, module_algo, module_alpha, module_rank
+from backend.adapters.deltas import is_input_axis_scale
 from backend.adapters.keys import block_of, module_name_from_prefix, module_sort_key
 from backend.adapters.layouts import canonicalize
 from backend.adapters.metadata import parse_metadata
@@ -33,7 +34,7 @@ class LoraFile:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     algo: str  # lora | locon | dora | loha | lokr (or "a+b" for a file mixing families)
-    flags: dict[str, bool]  # use_rslora, use_dora
+    flags: dict[str, Any]  # use_rslora, use_dora (bools); DoRA files: dora_convention, dora_base (its fingerprint)
     modules: list[str]  # original Wan names, blocks in order
     ranks: dict[str, int | None]  # Wan name -> r of alpha/r (None: full LoKr, scale 1)
     alphas: dict[str, float]  # Wan name -> canonical alpha (scale = alpha / r)
@@ -100,6 +101,24 @@ def _flags(canonical_flags: Mapping[str, bool], info: Mapping[str, Any], has_dor
     return flags, frozenset(explicit)
 
 
+def _dora_convention(info: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], notes: list[str]) -> dict:
+    """How the file's output-axis `dora_scale` tensors are read (deltas.DORA_CONVENTIONS) and the base they were
+    computed on, when the header records it."""
+    stated = info.get("dora_convention")
+    output_axis = any(key.endswith(".dora_scale") and not is_input_axis_scale(value) for key, value in tensors.items())
+    if stated in ("base_norm", "merged_norm"):
+        out = {"dora_convention": stated}
+        if isinstance(info.get("dora_base"), dict):
+            out["dora_base"] = info["dora_base"]
+        return out
+    if output_axis:
+        who = "this app before ComfyUI's convention was adopted" if info["ours"] else "the trainer"
+        notes.append(f"DoRA scales read as magnitudes over ||W + ΔW|| (as written by {who}); ComfyUI divides them by "
+                     f"||W|| instead and so applies this file differently. `python -m backend convert IN OUT --to "
+                     f"musubi --base DIT` rewrites them in ComfyUI's convention.")
+    return {"dora_convention": "merged_norm"}
+
+
 def lora_from_state_dict(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
                          path: str | Path | None = None, file_size: int | None = None) -> LoraFile:
     """Any supported layout (auto-detected) -> LoraFile in the canonical layout. Bad content is a UserError."""
@@ -119,6 +138,8 @@ def lora_from_state_dict(state_dict: Mapping[str, torch.Tensor], metadata: Mappi
     module_algos = {name: module_algo(by_name[name]) for name in modules}
     notes = list(canonical.notes)
     flags, explicit = _flags(canonical.stated_flags, info, "dora" in module_algos.values(), source, notes)
+    if "dora" in module_algos.values():
+        flags.update(_dora_convention(info, tensors, notes))
     return LoraFile(
         tensors=tensors, metadata=metadata, algo=_file_algo(module_algos, info["algo"] if info["ours"] else None),
         flags=flags, modules=modules, ranks={name: module_rank(by_name[name]) for name in modules},

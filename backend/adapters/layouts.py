@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from backend.adapters.anatomy import group_by_prefix, module_rank
+from backend.adapters.deltas import is_input_axis_scale
 from backend.adapters.keys import (LOHA_SUFFIXES, LOKR_SUFFIXES, is_wan_module, module_name_from_prefix,
                                    split_canonical_key, split_dotted_key)
 from backend.errors import UserError
@@ -58,8 +59,9 @@ def canonicalize(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, 
 
 
 def as_dora_scale(tensor: torch.Tensor) -> torch.Tensor:
-    """A per-output-row magnitude of any common shape ([out], [out, 1], [1, out]) as ComfyUI's [out, 1]."""
-    return tensor.reshape(-1, 1)
+    """A per-output-row magnitude ([out], [out, 1], [out, 1, 1...]) as ComfyUI's [out, 1]; an input-axis scale
+    [1, in, ...] (LyCORIS' default `wd_on_out=False`) keeps its shape, which is how every reader tells the axes apart."""
+    return tensor if is_input_axis_scale(tensor) else tensor.reshape(-1, 1)
 
 
 def lora_ranks(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:

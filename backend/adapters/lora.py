@@ -9,6 +9,7 @@ DoRA on a Linear (PEFT-style bias: the bias is not rescaled by the magnitude):
 At multiplier 1 this is m ∘ (W + sBA)/n applied to x; at other multipliers it is W + multiplier·(that − W), ComfyUI's
 strength, so multiplier 0 is the base layer exactly. n comes from `deltas.lora_row_norm_from_parts` with ||W||²_row
 cached (W is frozen), never from B·A itself.
+A file in ComfyUI's convention (`base_norm`) uses n = ||W||_row instead; an input-axis scale (LyCORIS) builds ΔW.
 A DoRA convolution (only ever loaded from a file) builds its ΔW, which is the size of the kernel anyway.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ class LoRAAdapter(AdapterModule):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def output_delta(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        if self.use_dora and self.is_conv:
+        if self.use_dora and (self.is_conv or self.dora_convention == "input_axis"):
             return self.multiplier * self.layer_op(self.neuron_dropout(x), self.delta_weight())
         hidden = self._down(self.neuron_dropout(x))
         scale = self.scale
@@ -61,7 +62,10 @@ class LoRAAdapter(AdapterModule):
     @torch.no_grad()
     def dora_norm(self) -> torch.Tensor:
         """||W + s·B A||_row in float32, from the cached ||W||²_row and an [r, out] product W Aᵀ taken in the base
-        weight's own dtype (no float32 copy of W, no [out, in] product)."""
+        weight's own dtype (no float32 copy of W, no [out, in] product). A file in ComfyUI's convention
+        (`base_norm`) divides by ||W||_row alone."""
+        if self.dora_convention == "base_norm":
+            return self.weight_row_norm_sq().sqrt()
         weight = self.target.weight.detach()
         down = self.lora_down.detach().float()
         up = self.lora_up.detach().float().reshape(-1, self.rank)
@@ -103,7 +107,8 @@ class LoRAAdapter(AdapterModule):
             "alpha": torch.tensor(self.scale * self.rank, dtype=torch.float32),
         }
         if self.use_dora:
-            tensors["dora_scale"] = self.magnitude.detach().reshape(-1, 1)
+            magnitude = self.magnitude.detach()
+            tensors["dora_scale"] = magnitude if self.dora_convention == "input_axis" else magnitude.reshape(-1, 1)
         return tensors
 
     @torch.no_grad()
@@ -112,7 +117,9 @@ class LoRAAdapter(AdapterModule):
         copy_part(self.lora_up, parts, "lora_up.weight", self.wan_name)
         self.scale = canonical_scale(parts, self.rank)
         if self.use_dora and use_dora:
-            self.magnitude.copy_(require_part(parts, "dora_scale", self.wan_name).reshape(-1, 1))
+            scale = require_part(parts, "dora_scale", self.wan_name)
+            self.prepare_dora_scale(scale)
+            self.magnitude.copy_(scale.reshape(self.magnitude.shape))
 
     @classmethod
     def from_canonical(cls, wan_name: str, target: nn.Module, parts: dict[str, torch.Tensor],

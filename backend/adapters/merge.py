@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from backend.adapters.adapter_base import AdapterModule, canonical_scale, require_part
-from backend.adapters.deltas import dora_delta, lokr_delta, lokr_half, loha_delta, lora_delta
+from backend.adapters.deltas import dora_delta, is_input_axis_scale, lokr_delta, lokr_half, loha_delta, lora_delta
 from backend.adapters.factory import parts_family
 from backend.adapters.lokr import FACTORS as LOKR_FACTORS
 from backend.adapters.lokr import check_lokr_halves, lokr_rank
@@ -80,7 +80,8 @@ def delta_for_module(algo_tensors: Mapping[str, torch.Tensor], base_weight: torc
     """multiplier · ΔW in float32 and the base weight's shape, from one module's canonical tensors.
 
     `alpha` is read as canonical (scale = alpha / r; rsLoRA files store alpha·√r), LoKr is scaled only when a half
-    is factorized, and a `dora_scale` applies DoRA with ComfyUI's strength rule (W + multiplier·(W_dora − W)).
+    is factorized, and a `dora_scale` applies DoRA with ComfyUI's strength rule (W + multiplier·(W_dora − W)), in the
+    convention `dora_convention_of` gives (flags `dora_convention`, or the scale's axis).
     flags `use_dora` true with no `dora_scale` on a Linear is a UserError (no silent all-ones magnitude); a
     convolution may lack it, as DoRA networks fall back to plain LoRA there.
     """
@@ -88,7 +89,8 @@ def delta_for_module(algo_tensors: Mapping[str, torch.Tensor], base_weight: torc
     base = base_weight.detach().float()
     delta = _raw_delta(parts, base.shape, module_name)
     if "dora_scale" in parts:
-        delta = dora_delta(base, delta, parts["dora_scale"].float())
+        scale = parts["dora_scale"].float()
+        delta = dora_delta(base, delta, scale, dora_convention_of(scale, flags))
     elif _truthy((flags or {}).get("use_dora")) and base.dim() == 2:
         raise UserError(f"The weights are marked use_dora but `{module_name}` has no dora_scale; the file is "
                         f"incomplete, so it cannot be merged as DoRA.")
@@ -132,6 +134,15 @@ def _check_numel(name: str, numel: int, shape: torch.Size) -> None:
     if numel != shape.numel():
         raise UserError(f"`{name}`: the adapter's ΔW has {numel} elements but the model weight is {tuple(shape)}; "
                         f"the adapter was trained for another model.")
+
+
+def dora_convention_of(scale: torch.Tensor, flags: Mapping[str, object] | None) -> str:
+    """How one module's `dora_scale` is read: input-axis by its shape, else the file's stated convention (a file
+    that states none is read as its trainer defines DoRA, over ||W + ΔW||)."""
+    if is_input_axis_scale(scale):
+        return "input_axis"
+    convention = (flags or {}).get("dora_convention")
+    return convention if convention in ("base_norm", "merged_norm") else "merged_norm"
 
 
 def _truthy(value: object) -> bool:

@@ -71,6 +71,10 @@ def build_metadata(algo: str, rank: int, alpha: float, network_args: Iterable[st
         OURS + "use_dora": "true" if flags.get("use_dora") else "false",
         OURS + "network_args": json.dumps(args),
     }
+    if flags.get("use_dora") and flags.get("dora_convention"):
+        md[OURS + "dora_convention"] = str(flags["dora_convention"])
+        if flags.get("dora_base"):
+            md[OURS + "dora_base"] = json.dumps(flags["dora_base"], sort_keys=True)
     if base_model:
         md["ss_base_model_version"] = base_model
     if step is not None:
@@ -155,4 +159,6 @@ def parse_metadata(md: Mapping[str, str] | None) -> dict[str, Any]:
         "epoch": _int(md.get(OURS + "epoch", md.get("ss_epoch"))),
         "learning_rate": _float(md.get("ss_learning_rate")),
         "seed": _int(md.get("ss_seed")),
+        "dora_convention": md.get(OURS + "dora_convention"),
+        "dora_base": _json(md.get(OURS + "dora_base")),
     }

@@ -12,6 +12,7 @@ only while both it and the model are in training mode.
 """
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import torch
@@ -20,12 +21,16 @@ import torch.nn as nn
 from backend.adapters import hooks
 from backend.adapters.adapter_base import AdapterModule
 from backend.adapters.build import build_adapters, log_modules
+from backend.adapters.dora_base import base_fingerprint, file_base_warning
 from backend.adapters.loading import (adapters_from_weights, flag_value, load_into, most_common_rank,
                                       require_dora_on_linears)
 from backend.adapters.merge import merge_adapter, unmerge_adapter
 from backend.adapters.network_args import NetworkArgs
 from backend.adapters.network_config import NetworkConfig
 from backend.models.names import lora_key_prefix
+
+log = logging.getLogger("backend.adapters")
+SAVED_DORA_CONVENTION = "base_norm"  # ComfyUI applies `dora_scale` [out, 1] this way, so files are written in it
 
 
 class AdapterNetwork(nn.Module):
@@ -51,6 +56,8 @@ class AdapterNetwork(nn.Module):
         adapters = adapters_from_weights(model, state, multiplier)
         if flag_value((flags or {}).get("use_dora")):
             require_dora_on_linears(adapters)
+        for adapter in adapters.values():  # a ComfyUI-convention file is applied exactly as ComfyUI applies it
+            adapter.adopt_dora_convention((flags or {}).get("dora_convention") or "merged_norm", keep=True)
         first = next(iter(adapters.values()))
         has_dora = any(adapter.use_dora for adapter in adapters.values())
         rank = most_common_rank(adapters)
@@ -142,18 +149,34 @@ class AdapterNetwork(nn.Module):
 
     # --- files -------------------------------------------------------------------------------------------------
     def flags(self) -> dict[str, object]:
-        """Header flags of this network's weights: algo, use_dora (some module has a magnitude), use_rslora."""
-        return {"algo": self.config.algo, "use_dora": any(a.use_dora for a in self.adapters.values()),
-                "use_rslora": self.config.use_rslora}
+        """Header flags of this network's weights: algo, use_dora (some module has a magnitude), use_rslora; with
+        DoRA also the convention of the saved `dora_scale` and the fingerprint of the base it was computed on."""
+        dora = {adapter.wan_name: adapter.target.weight for adapter in self.adapters.values()
+                if adapter.use_dora and adapter.dora_convention != "input_axis"}
+        flags: dict[str, object] = {"algo": self.config.algo, "use_dora": any(a.use_dora for a in self.adapters.values()),
+                                    "use_rslora": self.config.use_rslora}
+        if flags["use_dora"]:
+            flags["dora_convention"] = SAVED_DORA_CONVENTION
+            if dora and not self.merged:
+                flags["dora_base"] = base_fingerprint(dora)
+        return flags
 
     def state_dict_for_save(self) -> dict[str, torch.Tensor]:
-        """Canonical musubi / ComfyUI tensors: `lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.alpha`, ..."""
+        """Canonical musubi / ComfyUI tensors: `lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.alpha`, ...;
+        DoRA scales in ComfyUI's convention on the weights this network adapts (see `deltas`)."""
         state = {}
         for prefix, adapter in self.adapters.items():
             for suffix, tensor in adapter.canonical_tensors().items():
+                if suffix == "dora_scale":
+                    tensor = adapter.dora_scale_as(SAVED_DORA_CONVENTION)
                 state[f"{prefix}.{suffix}"] = tensor.detach().clone().contiguous()
         return state
 
     def load_weights(self, state: Mapping[str, torch.Tensor], flags: Mapping[str, object] | None = None) -> None:
         """Resume: copy canonical weights in, with the rsLoRA / DoRA flag rules (see loading.py)."""
         load_into(self.modules_by_name(), self.config.use_rslora, self.config.algo, state, flags)
+        for adapter in self.adapters.values():  # training learns m over ||W + ΔW||: convert on this base
+            adapter.adopt_dora_convention((flags or {}).get("dora_convention") or "merged_norm", keep=False)
+        warning = file_base_warning(self.model, flags or {}, "The initial weights")
+        if warning:
+            log.warning(warning)

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from backend.adapters.formats import LoraFile, load_lora
+from backend.adapters.deltas import is_input_axis_scale
 from backend.adapters.merge import merged_weight_for_module
 from backend.compose.provenance import MERGE_KEY, MERGED_LORAIDS_KEY, as_json, lora_record, loraids_of
 from backend.compose.memory import release_freed_memory
@@ -115,7 +116,10 @@ def _out_dtype(dtype: torch.dtype, wanted: torch.dtype | None) -> torch.dtype:
 
 def _rows_separable(parts: dict) -> bool:
     """LoRA / LoCon / DoRA and LoHa weights: output row i of the merged weight needs only row i of the base and
-    of the output-side factors (DoRA normalises per output row), so a Linear can be merged in row chunks."""
+    of the output-side factors (DoRA normalises per output row), so a Linear can be merged in row chunks. An
+    input-axis DoRA scale (LyCORIS) normalises columns over every row, so it is merged whole."""
+    if "dora_scale" in parts and is_input_axis_scale(parts["dora_scale"]):
+        return False
     return not any(key.startswith("lokr_") for key in parts)
 
 

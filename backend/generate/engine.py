@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from backend.errors import UserError
+from backend.adapters.dora_base import file_base_warning
 from backend.generate.loras import PickedLora, by_transformer, check_overlaps, hook_into, merge_into, pick_loras
 from backend.generate.memory import MemoryOptions, adapter_device, apply_memory_options, check_memory_options
 from backend.generate.pipeline import LoadedModel, ModelChoice, load_model
@@ -72,6 +73,10 @@ class GenerateSession:
         self.networks = []
         for role, loras in placed.items():
             transformer = self.model.transformers[role]
+            for lora in loras:
+                mismatch = file_base_warning(transformer, lora.file.flags, lora.label)
+                if mismatch:
+                    warn(f"warning: {mismatch}")
             if self.lora_request.hooked:
                 self.networks += hook_into(transformer, loras)
             else:

@@ -168,7 +168,7 @@ def test_blissful_rslora_dora_file_loads_with_its_scale_and_flags(tmp_path, lora
     raw, magnitudes = _blissful_file(path, lora_builder, rslora=True, dora=True, alpha=4.0)
     lf = load_lora(path)
     assert lf.source_format == "blissful" and lf.algo == "dora"
-    assert lf.flags == {"use_rslora": True, "use_dora": True}
+    assert lf.flags == {"use_rslora": True, "use_dora": True, "dora_convention": "merged_norm"}
     assert lf.explicit_flags == {"use_rslora", "use_dora"}
     for name in SHAPES:  # blissful's rsLoRA scale is alpha/√r; the canonical alpha/r must give the same number
         assert lf.scales[name] == pytest.approx(4.0 / math.sqrt(8), rel=1e-6)

@@ -112,14 +112,17 @@ def test_streaming_merge_equals_network_merge(tiny_wan, randomized, args):
     """The pure per-module merge (for the streaming DiT merger) writes exactly what the network merge writes."""
     network = AdapterNetwork.create(tiny_wan, NetworkConfig.from_network_args(2, 3.0, args))
     randomized(network)
-    state = network.state_dict_for_save()
+    state, flags = network.state_dict_for_save(), network.flags()
     base = {key: value.clone() for key, value in tiny_wan.state_dict().items()}
     network.merge_into_model(0.7)
     for name in network.modules_by_name():
         prefix = lora_key_prefix(name)
         parts = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
         weight_key = wan_to_diffusers(name) + ".weight"
-        streamed = merged_weight_for_module(parts, base[weight_key], 0.7, network.flags(), module_name=name)
-        assert torch.equal(streamed, tiny_wan.state_dict()[weight_key]), name
+        streamed = merged_weight_for_module(parts, base[weight_key], 0.7, flags, module_name=name)
+        if "use_dora=True" in args:  # the file holds ComfyUI's scale, the network m: equal to float rounding
+            torch.testing.assert_close(streamed, tiny_wan.state_dict()[weight_key], rtol=0, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(streamed, tiny_wan.state_dict()[weight_key]), name
     network.unmerge()
     assert all(torch.equal(base[key], value) for key, value in tiny_wan.state_dict().items())
