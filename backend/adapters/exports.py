@@ -24,6 +24,7 @@ from backend.adapters.metadata import OURS, FORMAT_VERSION
 from backend.errors import UserError
 from backend.fileio import save_safetensors_atomic
 from backend.models.names import wan_to_diffusers
+from backend.output_guard import check_output_file
 
 TARGETS = ("musubi", "comfy", "diffusers")
 # Header keys other tools read as alpha settings: they would re-apply a scale already folded into the weights.
@@ -114,6 +115,7 @@ def convert_lora(src: str | Path, dst: str | Path, to: str = "musubi", fold_alph
         raise UserError(f"The output {dst} is the input file; choose a different output name so the original stays.")
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; choose another output name or pass --overwrite.")
+    check_output_file(dst, workspace=None, inputs=[src], overwrite=overwrite, lora_output=True)
     lora_file = load_lora(src)
     if to == "musubi":
         tensors = to_musubi(lora_file)

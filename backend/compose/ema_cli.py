@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from backend.compose.ema import PRECISIONS, SPACES, post_hoc_ema
+from backend.compose.output_names import check_output
 from backend.jobs.protocol import JobContext
 
 
@@ -22,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="factors: average stored tensors (fast); delta: average ΔW = B·A exactly and "
                              "re-factorize to the input rank by SVD (LoRA / LoCon)")
     parser.add_argument("--precision", default="same", choices=PRECISIONS, help="saved weight dtype")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def run(args: argparse.Namespace) -> int:
+    inputs = [Path(p) for p in args.inputs]
+    check_output(Path(args.out), args.overwrite, [p for p in inputs if p.is_file()], lora_output=True)
     ctx = JobContext.from_env()
     ctx.emit("start", inputs=args.inputs)
     result = post_hoc_ema(args.inputs, args.out, sigma_rel=args.sigma_rel, beta=args.beta, beta2=args.beta2,

@@ -164,7 +164,7 @@ class EmaRequest:
         if self.space == "delta" and not found.delta_space_ok:
             raise UserError(f"The checkpoints are {found.algo}: the delta space re-factorizes into plain LoRA "
                             f"factors, so choose the factors space.")
-        check_output(self.out, self.overwrite, found.files)
+        check_output(self.out, self.overwrite, found.files, lora_output=True)
         return found
 
     def arguments(self) -> list[str]:

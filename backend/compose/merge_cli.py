@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from backend.compose.merge_dit import OUTPUT_DTYPES, MergeResult, merge_into_dit
+from backend.compose.output_names import check_output
 from backend.errors import UserError
 from backend.jobs.protocol import JobContext
 from backend.loraid.cli_args import add_multiplier_argument, resolve_multipliers
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="same", choices=list(OUTPUT_DTYPES),
                         help="output dtype of floating-point tensors (default: as in the base)")
     parser.add_argument("--allow_overlap", action="store_true", help="merge LoRAs that change the same weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
 def _summary(result: MergeResult, label: str) -> str:
@@ -58,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
                         "--out_high_noise.")
     if args.out_high_noise and Path(args.out_high_noise).resolve() == Path(args.out).resolve():
         raise UserError("--out and --out_high_noise are the same file; give each expert its own output.")
+    for dit, loras, out in ((args.dit, args.lora, args.out),
+                            (args.dit_high_noise, args.lora_high_noise or [], args.out_high_noise)):
+        if out:
+            check_output(Path(out), args.overwrite, [Path(dit), *map(Path, loras)])
     ctx = JobContext.from_env()
     ctx.emit("start", dit=args.dit, loras=args.lora)
     expert = "low" if args.dit_high_noise else None

@@ -118,6 +118,7 @@ class DitMerge:
             args += ["--dit_high_noise", str(bases["high"]), "--lora_high_noise", *self._files("high"),
                      "--multiplier_high_noise", *self._strengths("high"), "--out_high_noise", str(outputs["high"])]
         args += ["--dtype", self.dtype, "--device", self.device]
+        args += ["--overwrite"] if self.overwrite else []
         return args + (["--allow_overlap"] if self.allow_overlap else [])
 
     def _files(self, role: str) -> list[str]:
@@ -149,11 +150,12 @@ class LoraMerge:
         if self.precision not in LORA_PRECISIONS:
             raise UserError(f"Unknown precision `{self.precision}`; use one of {', '.join(LORA_PRECISIONS)}.")
         warnings = check_overlaps(self.picks, False, self.allow_overlap)
-        check_output(self.out, self.overwrite, [pick.path for pick in self.picks])
+        check_output(self.out, self.overwrite, [pick.path for pick in self.picks], lora_output=True)
         return warnings
 
     def arguments(self) -> list[str]:
         args = ["merge-loras", "--lora", *(str(p.path) for p in self.picks), "--multiplier",
                 *(repr(p.multiplier) for p in self.picks), "--out", str(self.out), "--precision", self.precision]
         args += ["--rank", str(self.rank)] if self.rank is not None else []
+        args += ["--overwrite"] if self.overwrite else []
         return args + (["--allow_overlap"] if self.allow_overlap else [])

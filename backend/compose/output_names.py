@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from backend.errors import UserError
+from backend.output_guard import check_output_file
 from backend.models.registry import EXPERT_STEMS
 
 PAIR_VARIANTS = tuple(f"-{stem}" for stem in EXPERT_STEMS.values())
@@ -65,13 +65,7 @@ def high_noise_partner(low_noise: Path) -> Path | None:
     return partner if partner.is_file() else None
 
 
-def check_output(out: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
-    """A .safetensors file name that is no input, and no existing file unless overwriting was asked."""
-    if out.suffix != ".safetensors":
-        raise UserError(f"The output {out.name} must end in .safetensors; composed files are saved as safetensors.")
-    if out.is_dir():
-        raise UserError(f"The output {out} is a folder; type a file name ending in .safetensors.")
-    if any(out.resolve() == Path(path).resolve() for path in inputs):
-        raise UserError(f"The output {out.name} is one of the inputs; write the result to a new file.")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; type another output name or tick “Overwrite”.")
+def check_output(out: Path, overwrite: bool, inputs: Sequence[Path], lora_output: bool = False) -> None:
+    """A .safetensors file name that is a name, no input, no model where a LoRA goes, and no existing file unless
+    overwriting was asked (backend/output_guard.py; the same check on the command line and in the app)."""
+    check_output_file(Path(out), workspace=None, inputs=inputs, overwrite=overwrite, lora_output=lora_output)

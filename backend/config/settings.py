@@ -37,7 +37,7 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
 class Settings(BaseModel):
     """Base for every job type's settings. Subclasses declare fields with `setting(...)`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     SCHEMA_VERSION: ClassVar[int] = 1
 
     # ---- introspection for forms -------------------------------------------------------------

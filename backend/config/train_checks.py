@@ -20,12 +20,13 @@ from backend.data.cached_dataset import CachedDataset
 from backend.data.dataset_config import load_dataset_config
 from backend.errors import UserError
 from backend.loraid.allocation import Allocation, compact_ranges
-from backend.loraid.registry import LoraidRegistry
+from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.checkpoint import read_checkpoint_shapes
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.models.registry import check_model_kind, get_model_kind
 from backend.train.loop import NOT_YET
 from backend.train.memory import check_memory_settings
+from backend.train.outputs import output_problems, running_allocations
 from backend.train.networks import ExpertPlan, loraid_allocation, network_args_for
 from backend.train.paths import resolve_path
 from backend.train.sample_prompts import load_sample_prompts
@@ -65,6 +66,8 @@ def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: boo
             check.errors[name] = (f"{label(name)} = {getattr(settings, name)!r} is not supported by this trainer yet; "
                                   f"set it back to {default!r}.")
     _check_samples(settings, workspace, check)
+    for name, message in output_problems(settings, workspace).items():
+        check.errors.setdefault(name, message)
     return check
 
 
@@ -169,6 +172,10 @@ def _check_paths(s: TrainSettings, workspace: Workspace, check: FormCheck) -> No
     output = _path(s.output_dir, workspace)
     if output is not None and output.exists() and not output.is_dir():
         check.errors["output_dir"] = f"{label('output_dir')}: {output} is a file; type a folder for the LoRA files."
+    for name, what in (("vae", "folder"), ("text_encoder", "folder")):
+        path = _path(getattr(s, name), workspace)
+        if path is not None and path.is_file() and name not in check.errors:
+            check.errors[name] = f"{label(name)}: {path} is a file; type the {what} that holds it."
 
 
 def _check_samples(s: TrainSettings, workspace: Workspace, check: FormCheck) -> None:
@@ -232,13 +239,19 @@ def _check_network(s: TrainSettings, workspace: Workspace, check: FormCheck) -> 
     if check.allocation.warning:
         check.notes["loraid"] = check.allocation.warning
     if not s.resume:
-        taken = taken_by(check.allocation, workspace)
+        taken = taken_by(check.allocation, workspace, _path(s.output_dir, workspace))
         if taken:
             check.errors["loraid"] = taken
 
 
-def taken_by(allocation: Allocation, workspace: Workspace) -> str | None:
-    """A sentence naming the workspace's LoRA files (that still exist) owning part of this slice; None if free."""
+def taken_by(allocation: Allocation, workspace: Workspace, output_dir: Path | None = None) -> str | None:
+    """A sentence naming the workspace's LoRA files (that still exist) or running runs owning part of this slice;
+    None if free."""
+    running = [name for name, other in running_allocations([workspace.loras, output_dir or workspace.loras])
+               if collides(allocation, other)]
+    if running:
+        return (f"LORAID {allocation.loraid} is being trained right now by the run writing {running[0]}; pick a free "
+                "ID, or wait for that run to end.")
     try:
         registry = LoraidRegistry.for_workspace(workspace)
         owners = [e for e in registry.owners(allocation) if registry.resolve(e).is_file()]

@@ -8,6 +8,7 @@ from pathlib import Path
 from backend.data.dataset_config import DatasetConfig, load_dataset_config, parse_dataset_toml
 from backend.errors import UserError
 from backend.fileio import atomic_write_text
+from backend.output_guard import typed_path
 
 
 def resolve_toml_path(text: str | None, base: Path) -> Path:
@@ -16,8 +17,7 @@ def resolve_toml_path(text: str | None, base: Path) -> Path:
     if not typed:
         raise UserError("No TOML file is given; type where the dataset TOML should be written, e.g. "
                         "datasets/demo/dataset.toml.")
-    path = Path(typed).expanduser()
-    path = (path if path.is_absolute() else base / path).resolve()
+    path = typed_path(typed, base, "The TOML path")
     if path.suffix.lower() != ".toml":
         raise UserError(f"{path.name} does not end in .toml; name the dataset config e.g. dataset.toml.")
     if path.is_dir():
@@ -42,8 +42,19 @@ def write_dataset_toml(path: Path, text: str) -> DatasetConfig:
     if not (text or "").strip():
         raise UserError("The TOML editor is empty; generate the TOML from the form first.")
     config = parse_dataset_toml(text, source_name=path.name, base_dir=path.parent, check_paths=True)
+    if path.exists() and not _is_dataset_toml(path):
+        raise UserError(f"{path} already exists and is not a dataset config; choose another file name so it is kept.")
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return config
+
+
+def _is_dataset_toml(path: Path) -> bool:
+    try:
+        parse_dataset_toml(path.read_text(encoding="utf-8"), source_name=path.name, base_dir=path.parent,
+                           check_paths=False)
+    except (UserError, OSError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def ready_for_cache(path: Path, editor_text: str | None) -> DatasetConfig:

@@ -14,6 +14,7 @@ run then saves a checkpoint (and state), emits end{status: stopped} and returns.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -21,12 +22,14 @@ import torch
 from backend.data.cached_dataset import CachedDataset, DataPosition
 from backend.errors import UserError
 from backend.jobs.protocol import JobContext
-from backend.loraid.registry import LoraidRegistry
+from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.registry import get_model_kind
 from backend.train.memory import apply_memory_settings
 from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_allocation, network_args_for
+from backend.train.debris import clean_debris
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
+from backend.train.outputs import Reservation, check_outputs, running_allocations
 from backend.train.progress import Progress
 from backend.train.sampling import TrainingSamples
 from backend.train.saving import Saver, checkpoint_stem, restore
@@ -69,7 +72,28 @@ def _refuse_unfinished(s) -> None:
 
 
 def train(settings, workspace: Workspace | None = None, ctx: JobContext | None = None, log=print) -> str:
-    """Run one training job; returns "succeeded" or "stopped"."""
+    """Run one training job; returns "succeeded" or "stopped". The main process first checks the outputs
+    (backend/train/outputs.py), puts right what interrupted saves left, and holds the output name while it runs."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(settings, workspace, ctx, log)
+    check_outputs(settings, workspace)
+    s = resolve_settings(settings, workspace)
+    kind = get_model_kind(s.model_kind)
+    allocation = loraid_allocation(s, kind, ExpertPlan.from_settings(s, kind))
+    folder = output_folder(s, workspace)
+    if allocation is not None and not s.resume:
+        busy = [name for name, other in running_allocations([folder] + ([workspace.loras] if workspace else []))
+                if name != s.output_name and collides(allocation, other)]
+        if busy:
+            raise UserError(f"LORAID {allocation.loraid} is being trained right now by the run writing {busy[0]}; "
+                            "pick a free ID, or wait for that run to end.")
+    for line in clean_debris(folder):
+        log(f"note: {line}")
+    with Reservation(folder, s.output_name, allocation):
+        return _train(settings, workspace, ctx, log)
+
+
+def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None = None, log=print) -> str:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     ctx = ctx or JobContext.from_env()

@@ -63,7 +63,7 @@ class TrainSettings(Settings):
     optimizer_type: Literal[tuple(OPTIMIZERS)] = setting("adamw", label="Optimizer", group="Optimizer",
                                                          choices=OPTIMIZERS,
                                                          help="adamw8bit needs bitsandbytes; prodigy needs prodigyopt.")
-    learning_rate: float = setting(1e-4, label="Learning rate", group="Optimizer", gt=0.0,
+    learning_rate: float = setting(1e-4, label="Learning rate", group="Optimizer", gt=0.0, le=10.0,
                                    help="Base learning rate (LoRA+ multiplies it for the up/B side).")
     weight_decay: float = setting(0.01, label="Weight decay", group="Optimizer", ge=0.0, help="AdamW weight decay.")
     max_grad_norm: float = setting(1.0, label="Max grad norm", group="Optimizer", ge=0.0,
@@ -82,7 +82,8 @@ class TrainSettings(Settings):
     max_train_steps: int = setting(1000, label="Max steps", group="Training", ge=1, help="Optimizer steps to train.")
     max_train_epochs: int | None = setting(None, label="Max epochs", group="Training", ge=1,
                                            help="If set, overrides max steps.")
-    seed: int = setting(42, label="Seed", group="Training", help="Seed for init, data order and noise.")
+    seed: int = setting(42, label="Seed", group="Training", ge=0, le=2**63 - 1,
+                        help="Seed for init, data order and noise.")
     timestep_sampling: Literal[tuple(TIMESTEP_SAMPLING)] = setting(
         "shift", label="Timestep sampling", group="Training", choices=TIMESTEP_SAMPLING,
         help="How t is drawn: uniform, sigmoid(normal), shift (discrete_flow_shift), logsnr.")
@@ -99,6 +100,10 @@ class TrainSettings(Settings):
     weighting_scheme: Literal["none", "logit_normal"] = setting(
         "none", label="Loss weighting", group="Training", choices=["none", "logit_normal"],
         help="Per-sample loss weight as a function of t.")
+    nonfinite_loss: Literal["stop", "skip"] = setting(
+        "stop", label="Non-finite loss", group="Training", choices=["stop", "skip"],
+        help="A NaN/inf loss stops the run with an error (stop), or its step is skipped and counted (skip; checks "
+             "every step, which costs a GPU sync per step).")
     # -- memory and speed
     mixed_precision: Literal["no", "bf16", "fp16"] = setting(
         "no", label="Mixed precision", group="Memory", choices=["no", "bf16", "fp16"],
@@ -133,6 +138,9 @@ class TrainSettings(Settings):
         "fp32", label="Save precision", group="Saving", choices=["fp32", "bf16", "fp16"], help="dtype of saved factors.")
     save_state: bool = setting(False, label="Save training state", group="Saving",
                                help="Also save optimizer/scheduler/RNG/data position with each checkpoint.")
+    overwrite_output: bool = setting(False, label="Overwrite existing output", group="Saving",
+                                     help="Replace an earlier run's LoRA files of the same name. Off: such a name is "
+                                          "refused (pick e.g. name-2).")
     resume: str = setting("", label="Resume from state", group="Saving",
                           help="A *-state folder written with save_state.")
     # -- sampling

@@ -66,5 +66,6 @@ def test_keep_last_n_and_resume_refuses_a_state_of_other_settings(demo_workspace
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # the final file has its state too
         "demo-concept-a-state", "demo-concept-a-step000002-state", "demo-concept-a-step000002.safetensors", "demo-concept-a.safetensors"]
     with pytest.raises(UserError, match="network_dim"):
-        train(settings.with_overrides({"resume": str(tmp_path / "demo-concept-a-step000002-state"), "network_dim": 4}),
+        train(settings.with_overrides({"resume": str(tmp_path / "demo-concept-a-step000002-state"), "network_dim": 4,
+                                     "overwrite_output": True}),
               demo_workspace, JobContext(), log=lambda *_: None)
