@@ -18,10 +18,11 @@ from backend.data.media import MediaError
 from backend.data.thumbnails import thumbnail
 from backend.errors import UserError
 from backend.jobs import Job
+from backend.jobs.progress import read_progress
 from ui import dataset_views as views
 from ui.context import AppContext
 from ui.log_view import LogView
-from ui.widgets import report_error
+from ui.widgets import progress_bar, report_error
 
 FORM_FIELDS = list(DatasetForm.model_fields)
 FORM_OUTPUTS = [f"form.{name}" for name in FORM_FIELDS]
@@ -29,7 +30,7 @@ OUTPUTS = {  # every output a handler may set, by name
     "scan", "summary", "problems", "gallery", "items", "item", "preview", "item_info", "caption", "caption_message",
     "scope", "plan", "changes", "bulk_message", "buckets", "dropped", "buckets_message", "frames_video", "frames",
     "frames_strip", "frames_message", "toml_path", "toml", "toml_message", "cache_view", "cache_status", "cache_log",
-    "timer", *FORM_OUTPUTS}
+    "cache_progress", "timer", *FORM_OUTPUTS}
 ALL_FOLDERS = "all folders"
 GALLERY_LIMIT = 120
 PREVIEW_SIDE = 256
@@ -55,6 +56,11 @@ def gallery_items(scan: FolderScan) -> list[tuple]:
 def cache_argv(what: str, workspace: Path, toml_path: Path, device: str) -> list[str]:
     return [sys.executable, "-m", "backend", "cache", what, "--workspace", str(workspace),
             "--dataset_config", str(toml_path), "--device", device]
+
+
+def cache_bar(job: Job) -> str:
+    """The cache job's moving count (items done of all, ETA) as a bar, from the progress events it writes."""
+    return progress_bar(read_progress(job.events_path), job.status, "cache-progress")
 
 
 def _require_scan(scan: FolderScan | None) -> FolderScan:
@@ -252,12 +258,13 @@ class DatasetPanel:
         except UserError as exc:
             return {"cache_status": f"⚠ {report_error(exc)}"}
         return {"cache_view": LogView(job.id), "cache_status": self._status_line(job, what), "cache_log": "",
-                "timer": gr.Timer(active=True)}
+                "cache_progress": cache_bar(job), "timer": gr.Timer(active=True)}
 
     def _status_line(self, job: Job, what: str | None = None) -> str:
         what = what or job.settings.get("what", "")
         if not job.is_finished:
-            return f"Cache {what} job {job.id}: {job.status}…"
+            count = read_progress(job.events_path).line()
+            return f"Cache {what} job {job.id}: {job.status}…" + (f" {count} items" if count else "")
         if job.status != "succeeded":
             return f"Cache {what} job {job.id} ended ({job.status}); its log below says why."
         try:
@@ -267,8 +274,11 @@ class DatasetPanel:
         return f"Cache {what} job {job.id} succeeded: {views.cache_message(counts)}"
 
     def poll_cache(self, view: LogView | None) -> dict:
-        if view is None or view.job_id is None:
-            return {"timer": gr.Timer(active=False)}
+        if view is None:  # a page just opened: follow a cache job that is still running, as a reload would expect
+            running = next((job for job in self.ctx.jobs.list() if job.kind == "cache" and not job.is_finished), None)
+            view = LogView(running.id if running else None)
+        if view.job_id is None:
+            return {"cache_view": view, "timer": gr.Timer(active=False)}
         try:
             self.ctx.jobs.refresh()  # starts it if it was queued
             job = self.ctx.jobs.get(view.job_id)
@@ -276,7 +286,7 @@ class DatasetPanel:
             return {"cache_status": str(exc), "timer": gr.Timer(active=False)}
         chunk, view.offset = self.ctx.jobs.read_log(job.id, view.offset)
         view.append(chunk)
-        out = {"cache_view": view, "cache_status": self._status_line(job),
+        out = {"cache_view": view, "cache_status": self._status_line(job), "cache_progress": cache_bar(job),
                "cache_log": "\n".join(view.text.splitlines()[-LOG_LINES:])}
         if job.is_finished:
             out["timer"] = gr.Timer(active=False)

@@ -227,6 +227,16 @@ class TrainPanel:
         return processes
 
     def start(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """Start the form's training; while another training is unfinished, ask first (Queue it / leave it)."""
+        busy = self.run.unfinished_training()
+        if busy is not None:
+            return {"run:message": f"Training job {busy.id} is {busy.status}. Press **Queue after it** to run these "
+                                   f"settings when it ends, or change nothing.",
+                    "run:queue": gr.update(visible=True)}
+        return self.queue(widgets)
+
+    def queue(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """Start the form's training (queued behind a running one when the job slots are full)."""
         check = self.read(widgets, deep=True)
         if not check.ok:
             return {**self.validation(widgets, check), "run:message": report_error(UserError(
@@ -234,8 +244,8 @@ class TrainPanel:
         try:
             job = self.run.submit(check.settings, self._processes(widgets))
         except UserError as exc:
-            return {"run:message": report_error(exc)}
-        return {**self.run.tick(RunSession.following(job.id)),
+            return {"run:message": report_error(exc), "run:queue": gr.update(visible=False)}
+        return {**self.run.tick(RunSession.following(job.id)), "run:queue": gr.update(visible=False),
                 "run:message": f"Started training job {job.id} ({job.status})."}
 
     def stop(self, widgets: dict[str, Any]) -> dict[str, Any]:
@@ -256,4 +266,23 @@ class TrainPanel:
                 "run:message": f"Resumed from {Path(job.settings['resume']).name} as job {job.id}."}
 
     def tick(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        return self.run.tick(widgets.get("run:session") or RunSession())
+        """The followed run's view; when a page adopts an unfinished training (a reload, a second tab), the form
+        shows that job's settings: the running job owns the form."""
+        session = widgets.get("run:session") or RunSession()
+        adopting = session.job_id is None and not session.adopted
+        updates = self.run.tick(session)
+        followed = updates["run:session"].job_id
+        if adopting and followed is not None:
+            job = self.ctx.jobs.get(followed)
+            if not job.is_finished:
+                updates.update(self.show_job(job))
+        return updates
+
+    def show_job(self, job) -> dict[str, Any]:
+        """The job's settings in the form (the preset message says so); {} when they no longer fit the form."""
+        try:
+            settings = TrainSettings.from_mapping(job.settings, f"job {job.id}'s settings")
+            filled = self.fill(settings, {})
+        except UserError:
+            return {}
+        return {**filled, "preset:message": f"The form shows the settings of training job {job.id} ({job.status})."}

@@ -38,7 +38,7 @@ class RunSession:
     events_offset: int = 0
     progress: RunProgress = field(default_factory=RunProgress)
     log: LogView = field(default_factory=LogView)
-    shown_points: int = -1
+    shown_points: tuple = ()  # (points, step) as last drawn
     shown_samples: int = -1
     adopted: bool = False  # looked for the newest training job once already
     shown: dict = field(default_factory=dict)  # the text outputs as last sent to the page
@@ -61,12 +61,33 @@ def train_title(settings: TrainSettings) -> str:
     return f"Train {settings.output_name}{loraid}{resumed}"
 
 
+LOSS_SERIES = ("loss", "avg_loss")
+# The browser's chart fixes its axis types and its series colours from the first value it is given and keeps them
+# when only the data changes: so every frame has numeric columns (an empty object column reads as categorical), and
+# the first one names both series with rows that draw nothing (NaN is left out of lines and scales).
+LOSS_TYPES = {"step": "int64", "value": "float64", "series": "string"}
+LR_TYPES = {"step": "int64", "lr": "float64"}
+
+
 def loss_frame(progress: RunProgress) -> pd.DataFrame:
-    return pd.DataFrame(progress.loss_rows(), columns=["step", "value", "series"])
+    return pd.DataFrame(progress.loss_rows(), columns=list(LOSS_TYPES)).astype(LOSS_TYPES)
 
 
 def lr_frame(progress: RunProgress) -> pd.DataFrame:
-    return pd.DataFrame(progress.lr_rows(), columns=["step", "lr"])
+    return pd.DataFrame(progress.lr_rows(), columns=list(LR_TYPES)).astype(LR_TYPES)
+
+
+def first_loss_frame() -> pd.DataFrame:
+    """The loss chart's value when the page is built: no points, both series named (see LOSS_TYPES)."""
+    rows = [{"step": 0, "value": float("nan"), "series": series} for series in LOSS_SERIES]
+    return pd.DataFrame(rows, columns=list(LOSS_TYPES)).astype(LOSS_TYPES)
+
+
+def chart_label(name: str, progress: RunProgress) -> str:
+    """`Loss (step 12 of 60)`: the trainer's step, not the number of logged points."""
+    if progress.total is None and not progress.points:
+        return f"{name} (no steps yet)"
+    return f"{name} (step {progress.step} of {progress.total or '?'})"
 
 
 def progress_html(progress: RunProgress, status: str) -> str:
@@ -99,6 +120,9 @@ class RunPanel:
     def _newest_training_job(self) -> Job | None:
         return next((job for job in self.ctx.jobs.list() if job.kind == TRAIN_KIND), None)
 
+    def unfinished_training(self) -> Job | None:
+        return next((job for job in self.ctx.jobs.list() if job.kind == TRAIN_KIND and not job.is_finished), None)
+
     def tick(self, session: RunSession) -> dict:
         if session.job_id is None and not session.adopted:
             newest = self._newest_training_job()
@@ -124,10 +148,10 @@ class RunPanel:
         updates: dict = {key: gr.skip() if session.shown.get(key) == text else text for key, text in texts.items()}
         session.shown.update(texts)  # unchanged outputs are skipped: re-rendering them every second costs CPU
         updates.update(self._poll_every(session, IDLE_SECONDS if job.is_finished else FOLLOW_SECONDS))
-        if len(progress.points) != session.shown_points:
-            session.shown_points = len(progress.points)
-            updates["run:loss"] = gr.update(value=loss_frame(progress), label=f"Loss ({len(progress.points)} steps)")
-            updates["run:lr"] = gr.update(value=lr_frame(progress), label=f"Learning rate ({len(progress.points)} steps)")
+        if (len(progress.points), progress.step) != session.shown_points:
+            session.shown_points = (len(progress.points), progress.step)
+            updates["run:loss"] = gr.update(value=loss_frame(progress), label=chart_label("Loss", progress))
+            updates["run:lr"] = gr.update(value=lr_frame(progress), label=chart_label("Learning rate", progress))
         if len(progress.samples) != session.shown_samples:
             session.shown_samples = len(progress.samples)
             updates["run:samples"] = _sample_gallery(progress)

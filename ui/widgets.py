@@ -50,3 +50,14 @@ def format_duration(start: float | str | datetime | None, end: float | str | dat
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_bar(progress, status: str, elem_class: str = "job-progress") -> str:
+    """A JobProgress as a bar with its count and ETA; data-step / data-total / data-status are what browser tests
+    wait on (a moving count, not a clock)."""
+    import html
+
+    total = progress.total or 0
+    return (f'<div class="{elem_class}" data-step="{progress.step}" data-total="{total}" '
+            f'data-status="{html.escape(status)}"><progress value="{progress.step}" max="{max(total, 1)}" '
+            f'style="width:100%"></progress> <span>{html.escape(progress.line(status != "running"))}</span></div>')

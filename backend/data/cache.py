@@ -48,10 +48,22 @@ class _Progress:
 
     def __init__(self, ctx, summary: CacheSummary, log) -> None:
         self.ctx, self.summary, self.log, self.done = ctx, summary, log, 0
+        self.logged_percent = -1
+
+    def begin(self) -> None:
+        """The count starts at 0 of the planned total, before the first (slow) item."""
+        self.log(f"cache {self.summary.kind}: {self.summary.total} item(s) to cache or check")
+        self.ctx.emit("progress", step=0, total=self.summary.total)
 
     def advance(self, count: int = 1) -> None:
+        if count <= 0:
+            return
         self.done += count
         self.ctx.emit("progress", step=self.done, total=self.summary.total)
+        percent = 100 * self.done // max(1, self.summary.total)
+        if percent != self.logged_percent:  # at most one log line per percent
+            self.logged_percent = percent
+            self.log(f"cache {self.summary.kind}: {self.done}/{self.summary.total} ({percent}%)")
 
     def warn(self, path: Path, reason: str) -> None:
         self.summary.failed.append((path, reason))
@@ -123,6 +135,7 @@ def cache_latents(config: DatasetConfig, vae, *, model_id: str, batch_size: int 
         left_out[dataset.index] = {path.stem for path, _ in skipped}
         plans.append((dataset, tasks))
     summary.total = sum(len(tasks) for _, tasks in plans)
+    progress.begin()
     pending: dict[tuple, list[tuple[LatentTask, torch.Tensor]]] = defaultdict(list)
 
     def flush(key: tuple) -> None:
@@ -187,6 +200,7 @@ def cache_text(config: DatasetConfig, tokenizer, text_encoder, *, model_id: str,
     tasks = [task for dataset in config.resolved()
              for task in plan_text(dataset, model_id, max_sequence_length, list_dataset(dataset, probe=False))]
     summary.total = len(tasks)
+    progress.begin()
     todo = [t for t in tasks if not (skip_existing and is_current(t.path, t.fingerprint))]
     summary.skipped = len(tasks) - len(todo)
     progress.advance(summary.skipped)

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     ctx.emit("start", kind=f"cache {args.what}", dataset_config=str(args.dataset_config))
     if args.what == "latents":
         folder = _model_folder(args.vae, "vae", args)
+        print(f"loading the VAE from {folder} on {device}…")
         vae = encoders.load_vae(folder, device, dtype)
         if args.vae_tiling:
             vae.enable_tiling()
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         encoder_folder = _model_folder(args.text_encoder, "text_encoder", args)
         tokenizer_folder = _model_folder(args.tokenizer, "tokenizer", args)
+        print(f"loading the text encoder from {encoder_folder} on {device}…")
         tokenizer, text_encoder = encoders.load_text_encoder(encoder_folder, tokenizer_folder, device, dtype)
         summary = cache_text(config, tokenizer, text_encoder,
                              model_id=f"{encoders.model_fingerprint(encoder_folder, tokenizer_folder)}:{dtype}",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from backend.jobs.progress import format_seconds
+
 MAX_POINTS = 5000  # a long run's chart keeps its newest points only
 
 
@@ -99,13 +101,6 @@ class RunProgress:
         if self.points and self.points[-1]["loss"] is not None:
             parts.append(f"loss {self.points[-1]['loss']:.4f}")
         return " · ".join(parts)
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _int(value, default):

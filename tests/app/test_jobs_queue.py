@@ -3,6 +3,7 @@ and events, and "open as preset" for a training job."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from backend.jobs import JobManager
 from backend.train.settings import TrainSettings
 from backend.workspace import Workspace
 from ui.context import AppContext
-from ui.tabs.jobs import JobsPanel, SessionView, selfcheck_argv
+from ui.tabs.jobs import TABLE_HEADERS, JobsPanel, SessionView, selfcheck_argv
 
 OUT = ["view", "table", "status", "result", "folder", "command", "log", "message"]
 QUICK = [sys.executable, "-c", "print('quick job')"]
@@ -52,12 +53,12 @@ def test_filters_queue_order_cancel_and_details(workspace):
     try:
         queued = shown(panel.filter(SessionView(), "quick", "queued"))
         view = queued["view"]
-        assert [(row[0], row[6]) for row in queued["table"]] == [(second.id, "2"), (first.id, "1")]
+        assert [(row[0], row[TABLE_HEADERS.index("queue")]) for row in queued["table"]] == [(second.id, "2"), (first.id, "1")]
         assert view.job_id == second.id  # the newest shown job is selected
 
         moved = shown(panel.move_up(view))
         assert moved["message"] == f"Job {second.id} is now number 1 of 2 in the queue."
-        assert [(row[0], row[6]) for row in moved["table"]] == [(second.id, "1"), (first.id, "2")]
+        assert [(row[0], row[TABLE_HEADERS.index("queue")]) for row in moved["table"]] == [(second.id, "1"), (first.id, "2")]
         with pytest.warns(UserWarning, match="only queued jobs can be moved"):
             refused = shown(panel.move_down(SessionView.of(blocker.id)))
         assert refused["message"].startswith(f"Job {blocker.id} is running")
@@ -105,3 +106,28 @@ def test_open_a_training_job_as_a_preset(workspace):
     with pytest.warns(UserWarning, match="already exists"):
         shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))
     assert sorted(p.name for p in workspace.presets.iterdir()) == ["dora slice 2.json", f"job-{train_job.id}.json"]
+
+
+def test_a_running_job_shows_its_moving_count_in_the_table(workspace):
+    manager = JobManager(workspace.jobs)
+    panel = JobsPanel(AppContext(workspace, manager))
+    job = manager.submit(selfcheck_argv(400, 0.05), kind="selfcheck", title="counting",
+                         settings={"steps": 400, "interval": 0.05})
+    column = TABLE_HEADERS.index("progress")
+    try:
+        def count() -> int:
+            cell = shown(panel.tick(SessionView())[:-1])["table"][0][column]
+            match = re.match(r"(\d+)/400 \(\d+%\)", cell)
+            return int(match.group(1)) if match else 0
+
+        first = wait_for(count)
+        assert wait_for(lambda: count() > first)  # it moves
+    finally:
+        manager.stop(job.id, grace_s=2.0)
+
+    def ended() -> bool:
+        manager.refresh()
+        return manager.get(job.id).is_finished
+
+    wait_for(ended)
+    assert shown(panel.tick(SessionView())[:-1])["table"][0][column] == ""  # finished: no count left behind

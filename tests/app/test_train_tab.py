@@ -303,6 +303,14 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     run_files = list((cached_workspace.root / "runs").glob("*-concept-a.toml"))
     assert len(run_files) == 1 and parse(["--config", str(run_files[0])])[0] == panel.read(form).settings
 
+    asked = panel.start({**form, "output_name": "second-run"})  # a second Start while it runs asks first
+    assert "Queue after it" in asked["run:message"] and asked["run:queue"]["visible"] is True
+    assert [job.id for job in manager.list()] == [session.job_id]
+    reloaded = panel.tick({"run:session": RunSession()})  # a reloaded page: the running job owns the form
+    assert set(reloaded) <= set(OUTPUTS["tick"]) and reloaded["run:session"].job_id == session.job_id
+    assert (reloaded["output_name"], reloaded["max_train_steps"], reloaded["loraid"]["value"]) == ("concept-a", steps, 1)
+    assert session.job_id in reloaded["preset:message"]
+
     session, _ = tick_until(panel, session, lambda s, u: s.progress.step >= 2)
     assert "saves a checkpoint and its training state" in panel.stop({"run:session": session})["run:message"]
     session, updates = tick_until(panel, session, lambda s, u: s.progress.status == "stopped")
@@ -314,7 +322,7 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     assert 2 <= stopped_at < steps and session.progress.latest_state.endswith(f"concept-a-step{stopped_at:06d}-state")
     reattached = panel.tick({"run:session": RunSession()})  # a new page follows the newest training job
     assert reattached["run:session"].job_id == session.job_id
-    assert reattached["run:loss"]["label"] == f"Loss ({stopped_at} steps)"
+    assert reattached["run:loss"]["label"] == f"Loss (step {stopped_at} of {steps})"
     assert reattached["run:loss"]["value"]["step"].tolist()[-2:] == [stopped_at, stopped_at]  # loss and average
 
     resumed = panel.resume({"run:session": session, "run:processes": 1})

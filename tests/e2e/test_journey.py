@@ -148,21 +148,21 @@ def train_concept_a(page: Page, manager: JobManager, ws: Path) -> None:
     page.wait_for_function("el => Number(el.dataset.step) >= 2", arg=progress.element_handle(timeout=JOB_MS),
                            timeout=JOB_MS)
     chart = page.locator("#train-loss-chart")
-    expect(chart).to_contain_text(re.compile(r"Loss \([1-9]\d* steps\)"))
+    expect(chart).to_contain_text(re.compile(rf"Loss \(step [1-9]\d* of {STEPS_A}\)"))
     page.locator("#train-stop").click()
     expect(page.locator("#train-run-message")).to_contain_text("saves a checkpoint and its training state")
     expect(progress).to_have_attribute("data-status", "stopped", timeout=JOB_MS)
     wait_for_status(manager, first, "stopped")
     stopped_at = int(progress.get_attribute("data-step"))
     assert 2 <= stopped_at < STEPS_A
-    expect(chart).to_contain_text(f"Loss ({stopped_at} steps)")
+    expect(chart).to_contain_text(f"Loss (step {stopped_at} of {STEPS_A})")
 
     page.locator("#train-resume-run").click()
     second = started_job(page, f"Resumed from concept-a-step{stopped_at:06d}-state as")
     assert second != first
     expect(progress).to_have_attribute("data-status", "succeeded", timeout=JOB_MS)
     expect(progress).to_have_attribute("data-step", str(STEPS_A))
-    expect(chart).to_contain_text(f"Loss ({STEPS_A} steps)")
+    expect(chart).to_contain_text(f"Loss (step {STEPS_A} of {STEPS_A})")
     expect(chart.locator('[aria-roledescription="point"]')).to_have_count(2 * STEPS_A)  # loss and its average
     expect(page.locator("#train-log textarea")).to_have_value(re.compile(r"saved .*concept-a\.safetensors"))
     with safe_open(str(ws / "loras" / "concept-a.safetensors"), "pt") as handle:

@@ -184,11 +184,12 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                                   elem_id="dataset-cache-latents")
         cache_text = gr.Button("Cache text", variant="primary", scale=0, min_width=160, elem_id="dataset-cache-text")
         cache_status = gr.Markdown("", elem_id="dataset-cache-status")
+    cache_progress = gr.HTML("", elem_id="dataset-cache-progress")
     cache_log = gr.Textbox("", label="Cache job log (last lines; the Jobs tab has all of it)", lines=8,
                            max_lines=8, interactive=False, autoscroll=True, elem_id="dataset-cache-log")
 
     scan_state, plan_state, cache_view = gr.State(None), gr.State(None), gr.State(None)
-    timer = gr.Timer(POLL_SECONDS, active=False)
+    timer = gr.Timer(POLL_SECONDS)  # its first tick adopts a cache job still running (a reloaded page)
     form_inputs = [form[f"form.{name}"] for name in FORM_FIELDS]
     listing = dict(scan=scan_state, summary=summary, problems=problems, items=items, item=item)
     bucket_outputs = dict(buckets=buckets, dropped=dropped, buckets_message=buckets_message)
@@ -221,7 +222,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
        dict(toml=toml, toml_message=toml_message))
     on(load.click, panel.load_toml, [toml_path], dict(toml=toml, toml_message=toml_message))
     on(write.click, panel.write_toml, [toml_path, toml], dict(toml_message=toml_message))
-    cache_outputs = dict(cache_view=cache_view, cache_status=cache_status, cache_log=cache_log, timer=timer)
+    cache_outputs = dict(cache_view=cache_view, cache_status=cache_status, cache_log=cache_log,
+                         cache_progress=cache_progress, timer=timer)
     on(cache_latents.click, functools.partial(panel.start_cache, "latents"), [toml_path, toml, device],
        cache_outputs)
     on(cache_text.click, functools.partial(panel.start_cache, "text"), [toml_path, toml, device], cache_outputs)

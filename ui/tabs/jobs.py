@@ -21,12 +21,13 @@ import gradio as gr
 from backend.config.presets import PresetStore
 from backend.errors import UserError
 from backend.jobs import STATUSES, Job
+from backend.jobs.progress import read_progress
 from backend.train.settings import TrainSettings
 from ui.context import AppContext
 from ui.log_view import LogView
 from ui.widgets import format_duration, format_moment, report_error
 
-TABLE_HEADERS = ["id", "kind", "title", "status", "created", "duration", "queue"]
+TABLE_HEADERS = ["id", "kind", "title", "status", "progress", "created", "duration", "queue"]
 ALL = "all"
 SHOWN_EVENTS = 200
 TRAIN_KIND = "train"
@@ -44,8 +45,13 @@ def selfcheck_argv(steps: int, interval_s: float) -> list[str]:
 def table_rows(jobs: list[Job], queue: list[str] | None = None) -> list[list[str]]:
     """One row per job; `queue` (ids in start order) numbers the queued ones."""
     place = {job_id: str(index + 1) for index, job_id in enumerate(queue or [])}
-    return [[job.id, job.kind, job.title, job.status, format_moment(job.created),
+    return [[job.id, job.kind, job.title, job.status, progress_cell(job), format_moment(job.created),
              format_duration(job.started, job.ended), place.get(job.id, "")] for job in jobs]
+
+
+def progress_cell(job: Job) -> str:
+    """`12/48 (25%) · ETA 0:36` for a running job, from the tail of its events; nothing for the others."""
+    return read_progress(job.events_path).line() if job.status in ("running", "stopping") else ""
 
 
 def matches(job: Job, kind: str, status: str) -> bool:

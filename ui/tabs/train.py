@@ -31,7 +31,8 @@ from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
 from ui.train_panel import TrainPanel, preset_choices
-from ui.train_run import FOLLOW_SECONDS, RUN_OUTPUTS, RunSession, loss_frame, lr_frame
+from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, RunSession, chart_label, first_loss_frame,
+                          lr_frame)
 
 INITIAL_PRESET = "shipped:lora"
 _GROUP = dict(concurrency_id="train-tab", concurrency_limit=1, show_progress="hidden",
@@ -134,6 +135,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                                    elem_id="train-start")
         c["run:stop"] = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="train-stop")
         c["run:resume"] = gr.Button("Resume", scale=0, min_width=100, elem_id="train-resume-run")
+        c["run:queue"] = gr.Button("Queue after it", visible=False, scale=0, min_width=140, elem_id="train-queue")
         c["run:message"] = gr.Markdown("", elem_id="train-run-message")
     with gr.Accordion("Command", open=False):
         c["command:ours"] = gr.Code("", language="shell", label="This app", elem_id="train-command")
@@ -170,10 +172,12 @@ def _monitor_widgets(c: dict) -> None:
     c["run:progress"] = gr.HTML("", elem_id="train-progress")
     c["run:stats"] = gr.Markdown("", elem_id="train-stats")
     with gr.Row():
-        c["run:loss"] = gr.LinePlot(loss_frame(empty), x="step", y="value", color="series", label="Loss (0 steps)",
-                                    y_title="loss", height=260, elem_id="train-loss-chart")
-        c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label="Learning rate (0 steps)", height=260,
-                                  y_lim=[0, None], elem_id="train-lr-chart")
+        c["run:loss"] = gr.LinePlot(first_loss_frame(), x="step", y="value", color="series",
+                                    colors_in_legend=list(LOSS_SERIES), color_title="", x_axis_format="d",
+                                    label=chart_label("Loss", empty), y_title="loss", height=260,
+                                    elem_id="train-loss-chart")
+        c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label=chart_label("Learning rate", empty),
+                                  x_axis_format="d", height=260, y_lim=[0, None], elem_id="train-lr-chart")
     c["run:samples"] = gr.Gallery([], label="Samples", columns=4, height=220, elem_id="train-samples")
     c["run:log"] = gr.Textbox("", label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
                               buttons=["copy"], elem_id="train-log")
@@ -182,14 +186,15 @@ def _monitor_widgets(c: dict) -> None:
 WIDGETS = [*(n for n in FIELDS if n not in OWN_WIDGETS), "loraid", *(net_key(key) for key in BUILDER_KEYS)]
 CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid", "loraid:allocation"]
 PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
-RUN = [*RUN_OUTPUTS, "run:message"]
+RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
 OUTPUTS = {  # handler -> the names it may update
     "validate": CHECKS, "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
     "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
     "delete_preset": PRESETS, "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
     "refresh_datasets": ["dataset_config"],
     "show_command": ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"],
-    "start": [*CHECKS, *RUN], "stop": RUN, "resume": RUN, "tick": RUN,
+    "start": [*CHECKS, *RUN], "queue": [*CHECKS, *RUN], "stop": RUN, "resume": RUN,
+    "tick": [*RUN, *WIDGETS, *CHECKS, "preset:message"],
 }
 TRIGGERS = {"apply_recipe": ("net:recipe", "input"), "apply_paste": ("net:paste-apply", "click"),
             "load_preset": ("preset:load", "click"), "save_preset": ("preset:save", "click"),
@@ -197,7 +202,7 @@ TRIGGERS = {"apply_recipe": ("net:recipe", "input"), "apply_paste": ("net:paste-
             "export_preset": ("preset:export", "click"), "import_preset": ("preset:file", "upload"),
             "refresh_presets": ("preset", "focus"), "refresh_datasets": ("dataset_config", "focus"),
             "show_command": ("command:show", "click"),
-            "start": ("run:start", "click"), "stop": ("run:stop", "click"), "resume": ("run:resume", "click")}
+            "start": ("run:start", "click"), "queue": ("run:queue", "click"), "stop": ("run:stop", "click"), "resume": ("run:resume", "click")}
 
 
 def _wire(wiring: Wiring, c: dict, panel: TrainPanel) -> None:

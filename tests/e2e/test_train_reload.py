@@ -1,0 +1,87 @@
+"""Reload the page while a training runs: the loss chart draws its lines at once (number axes, one point per logged
+step), the form shows the running job's settings, and a second Start asks before queuing another training."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from backend.workspace import Workspace
+from tests.demo_files import cache_concept_a
+
+STEPS = 400  # far more than the test waits for: it stops the run itself
+JOB_MS = 180_000  # a job on a busy machine; every check still has to come true
+
+
+def pick(page: Page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def fill(page: Page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input:not([type=range])")
+    box.fill(value)
+    box.press("Tab")
+
+
+def open_train(page: Page) -> None:
+    page.get_by_role("tab", name="Train", exact=True).click()
+
+
+def wait_for_step(page: Page, at_least: int) -> None:
+    bar = page.locator("#train-progress .train-progress")
+    page.wait_for_function("([el, n]) => Number(el.dataset.step) >= n", arg=[bar.element_handle(timeout=JOB_MS),
+                                                                             at_least], timeout=JOB_MS)
+
+
+def line_vertices(page: Page) -> list[int]:
+    """The vertices of each line the loss chart's SVG draws (one per logged step of each series)."""
+    paths = page.locator('#train-loss-chart path[aria-roledescription="line mark"]')
+    return [len(re.findall(r"[ML]", d or "")) for d in paths.evaluate_all("ps => ps.map(p => p.getAttribute('d'))")]
+
+
+def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_copy: Path, start_app, open_page):
+    cache_concept_a(Workspace(demo_workspace_copy))
+    server = start_app(demo_workspace_copy)
+    page = open_page(server, timeout_ms=30_000)
+    open_train(page)
+    pick(page, "train-dataset_config", "datasets/demo/concept_a/dataset.toml")
+    page.locator("#train-output_name input").fill("reloaded-run")
+    page.locator("#train-group-Training").get_by_role("button", name="Training").click()
+    page.locator("#train-group-Logging").get_by_role("button", name="Logging").click()
+    fill(page, "train-max_train_steps", str(STEPS))
+    fill(page, "train-log_every_n_steps", "1")
+    expect(page.locator("#train-validation")).not_to_contain_text("⚠")
+    page.locator("#train-start").click()
+    expect(page.locator("#train-run-message")).to_contain_text("Started training job", timeout=JOB_MS)
+    wait_for_step(page, 2)
+
+    page.reload()  # a fresh page: its chart is built from the page's first value, then fed the run's points
+    page.get_by_role("tab", name="Jobs", exact=True).wait_for()
+    open_train(page)
+    expect(page.locator("#train-output_name input")).to_have_value("reloaded-run")
+    expect(page.locator("#train-max_train_steps input:not([type=range])")).to_have_value(str(STEPS))
+    expect(page.locator("#train-preset-message")).to_contain_text("the settings of training job")
+    wait_for_step(page, 3)
+    chart = page.locator("#train-loss-chart")
+    expect(chart.locator('path[aria-roledescription="line mark"]')).to_have_count(2)  # loss and its average
+    page.wait_for_function("() => document.querySelectorAll("
+                           "'#train-loss-chart path[aria-roledescription=\"line mark\"]')[0]"
+                           "?.getAttribute('d')?.includes('L')")  # a real line, at least two points
+
+    page.locator("#train-start").click()  # a second training while this one runs: asked first, nothing queued
+    expect(page.locator("#train-run-message")).to_contain_text("Queue after it")
+    expect(page.locator("#train-queue")).to_be_visible()
+
+    page.locator("#train-stop").click()
+    bar = page.locator("#train-progress .train-progress")
+    expect(bar).to_have_attribute("data-status", "stopped", timeout=JOB_MS)
+    stopped_at = int(bar.get_attribute("data-step"))
+    expect(chart).to_contain_text(f"Loss (step {stopped_at} of {STEPS})")
+    page.wait_for_function(f"() => document.querySelectorAll('#train-loss-chart [aria-roledescription=\"point\"]')"
+                           f".length === {2 * stopped_at}")
+    assert line_vertices(page) == [stopped_at, stopped_at]
+    axis = chart.locator('[aria-roledescription="axis"]').first
+    assert not re.search(r"\d\.\d{5,}", chart.inner_text()), "the y axis lists raw loss values (categorical)"
+    assert axis.count() == 1
