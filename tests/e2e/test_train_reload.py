@@ -47,9 +47,9 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     page = open_page(server, timeout_ms=30_000)
     open_train(page)
     pick(page, "train-dataset_config", "datasets/demo/concept_a/dataset.toml")
+    for group in ("Training", "Saving", "Logging"):
+        page.locator(f"#train-group-{group}").get_by_role("button", name=group).click()
     page.locator("#train-output_name input").fill("reloaded-run")
-    page.locator("#train-group-Training").get_by_role("button", name="Training").click()
-    page.locator("#train-group-Logging").get_by_role("button", name="Logging").click()
     fill(page, "train-max_train_steps", str(STEPS))
     fill(page, "train-log_every_n_steps", "1")
     expect(page.locator("#train-validation")).not_to_contain_text("⚠")
@@ -60,6 +60,8 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     page.reload()  # a fresh page: its chart is built from the page's first value, then fed the run's points
     page.get_by_role("tab", name="Jobs", exact=True).wait_for()
     open_train(page)
+    for group in ("Training", "Saving"):
+        page.locator(f"#train-group-{group}").get_by_role("button", name=group).click()
     expect(page.locator("#train-output_name input")).to_have_value("reloaded-run")
     expect(page.locator("#train-max_train_steps input:not([type=range])")).to_have_value(str(STEPS))
     expect(page.locator("#train-preset-message")).to_contain_text("the settings of training job")
@@ -82,6 +84,4 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     page.wait_for_function(f"() => document.querySelectorAll('#train-loss-chart [aria-roledescription=\"point\"]')"
                            f".length === {2 * stopped_at}")
     assert line_vertices(page) == [stopped_at, stopped_at]
-    axis = chart.locator('[aria-roledescription="axis"]').first
     assert not re.search(r"\d\.\d{5,}", chart.inner_text()), "the y axis lists raw loss values (categorical)"
-    assert axis.count() == 1
