@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from backend.adapters.deltas import column_norm, convert_dora_scale, dora_delta, is_input_axis_scale, row_norm
 from backend.errors import UserError
+from backend.models.fp8_scaled import effective_weight, row_scale
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_OPS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -65,8 +66,9 @@ class AdapterModule(nn.Module):
         return self.target.weight.shape
 
     def base_weight(self) -> torch.Tensor:
-        """The layer's current weight in the adapter's compute dtype (float32 unless the network was cast)."""
-        return self.target.weight.detach().to(self.compute_dtype)
+        """The layer's current weight in the adapter's compute dtype (float32 unless the network was cast);
+        dequantised when the layer stores scaled fp8."""
+        return effective_weight(self.target).detach().to(self.compute_dtype)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -115,6 +117,9 @@ class AdapterModule(nn.Module):
         if cached is None or cached[0] != key:
             with torch.no_grad():
                 square = row_chunks(weight, lambda rows: rows.float().pow(2).flatten(1).sum(1))
+                scale = row_scale(self.target)
+                if scale is not None:  # scaled fp8: ||scale·q||² = scale²·||q||²
+                    square = square * scale.reshape(-1).pow(2)
             cached = (key, square)
             self.__dict__["_weight_norm_cache"] = cached
         return cached[1]
@@ -259,7 +264,7 @@ class WeightDeltaAdapter(AdapterModule):
     def init_magnitude(self, use_dora: bool) -> None:
         self.use_dora = bool(use_dora)
         if self.use_dora:
-            weight = self.target.weight.detach().float()
+            weight = effective_weight(self.target).detach().float()
             self.magnitude = nn.Parameter(row_norm(weight).reshape(weight.shape[0], 1))
 
     # --- the factored fast path (subclasses that have one override both) ----------------------------------------
@@ -306,7 +311,7 @@ class WeightDeltaAdapter(AdapterModule):
         delta = self.raw_delta().detach().float().flatten(1)
         if mask is not None:
             delta = delta * mask.float().reshape(-1, 1)
-        weight = self.target.weight.detach().flatten(1)
+        weight = effective_weight(self.target).detach().flatten(1)
         rows = torch.arange(weight.shape[0], device=weight.device)
         return row_chunks(rows, lambda block: (weight[block].float() + delta[block]).norm(dim=1))
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from backend.adapters.adapter_base import (AdapterModule, canonical_scale, copy_part, dora_output, dora_ratio,
                                            require_part)
 from backend.adapters.deltas import lora_delta, lora_row_norm_from_parts, row_norm
+from backend.models.fp8_scaled import effective_weight, row_scale
 
 
 class LoRAAdapter(AdapterModule):
@@ -42,7 +43,7 @@ class LoRAAdapter(AdapterModule):
         nn.init.kaiming_uniform_(self.lora_down, a=math.sqrt(5))
         self.use_dora = bool(use_dora)
         if self.use_dora:
-            self.magnitude = nn.Parameter(row_norm(weight.detach().float()).reshape(out_features, 1))
+            self.magnitude = nn.Parameter(row_norm(effective_weight(target).detach().float()).reshape(out_features, 1))
 
     # --- forward -----------------------------------------------------------------------------------------------
     def output_delta(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
@@ -66,11 +67,15 @@ class LoRAAdapter(AdapterModule):
         (`base_norm`) divides by ||W||_row alone."""
         if self.dora_convention == "base_norm":
             return self.weight_row_norm_sq().sqrt()
-        weight = self.target.weight.detach()
+        weight, scale = self.target.weight.detach(), row_scale(self.target)
+        if scale is not None:  # scaled fp8: W = scale ∘ q row by row, so W Aᵀ = scale ∘ (q Aᵀ)
+            weight = weight.to(torch.bfloat16)
         down = self.lora_down.detach().float()
         up = self.lora_up.detach().float().reshape(-1, self.rank)
         with torch.autocast(weight.device.type, enabled=False):
             projected = F.linear(down.to(weight.dtype), weight).float()  # (W Aᵀ)ᵀ, [r, out]
+        if scale is not None:
+            projected = projected * scale.reshape(1, -1)
         cross = (projected.T * up).sum(dim=1)
         return lora_row_norm_from_parts(self.weight_row_norm_sq(), cross, down, up, self.scale)
 

@@ -233,7 +233,8 @@ def _check_network(s: TrainSettings, workspace: Workspace, check: FormCheck) -> 
     try:
         check_memory_settings(s, config.use_dora)
     except UserError as exc:
-        check.errors["fp8_base" if s.fp8_base and config.use_dora else "attn_mode"] = str(exc)
+        field = "fp8_base" if s.fp8_base and (config.use_dora or s.fp8_scaled) else "attn_mode"
+        check.errors[field] = str(exc)
     if check.allocation is None:
         return
     if check.allocation.warning:

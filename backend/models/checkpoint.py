@@ -115,8 +115,9 @@ def drop_quantization_aux(named: dict) -> dict:
             if not k.endswith((FP8_SCALE_SUFFIX,) + FP8_AUX_SUFFIXES) and strip_checkpoint_prefix(k) != FP8_MARKER}
 
 
-def load_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All model tensors of the checkpoint, prefix stripped and scaled-fp8 weights dequantized to float32."""
+def load_checkpoint_tensors(path: str | Path, dequantize: bool = True) -> dict[str, torch.Tensor]:
+    """All model tensors of the checkpoint, prefix stripped and scaled-fp8 weights dequantized to float32
+    (`dequantize=False`: exactly as stored, scales and marker included)."""
     from safetensors.torch import load_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -124,7 +125,7 @@ def load_checkpoint_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         loaded = _torch_load(file) if file.suffix in TORCH_SUFFIXES else load_file(str(file))
         tensors.update({strip_checkpoint_prefix(k): v for k, v in loaded.items()})
     check_quantization_supported(tensors, Path(path))
-    if is_scaled_fp8(tensors):
+    if dequantize and is_scaled_fp8(tensors):
         tensors = _dequantize_scaled_fp8(tensors, Path(path))
     return tensors
 
@@ -136,12 +137,21 @@ def _dequantize_scaled_fp8(tensors: dict[str, torch.Tensor], source: Path) -> di
         if weight_name not in tensors:
             raise UserError(f"{source} has `{scale_name}` without `{weight_name}`, so it is damaged; "
                             f"re-download the file.")
-        weight, scale = tensors[weight_name].to(torch.float32), tensors[scale_name].to(torch.float32)
-        if scale.numel() != 1 and scale.shape != (weight.shape[0],) + (1,) * (weight.dim() - 1):
-            raise UserError(f"{source} scales `{weight_name}` with shape {tuple(scale.shape)}, which is not a "
-                            f"per-tensor or per-row scale; use the bf16 / fp16 release of this model instead.")
-        out[weight_name] = weight * (scale.reshape(()) if scale.numel() == 1 else scale)
+        weight = tensors[weight_name].to(torch.float32)
+        out[weight_name] = weight * checked_scale(weight_name, weight, tensors[scale_name], source)
     return out
+
+
+def checked_scale(weight_name: str, weight: torch.Tensor, scale: torch.Tensor, source: Path) -> torch.Tensor:
+    """A ComfyUI `scale_weight` as float32 that broadcasts over the weight: 0-dim (per tensor) or [out, 1, ...]."""
+    scale = scale.to(torch.float32)
+    if scale.numel() == 1:
+        return scale.reshape(())
+    if scale.numel() == weight.shape[0] and scale.shape in {(weight.shape[0],),
+                                                            (weight.shape[0],) + (1,) * (weight.dim() - 1)}:
+        return scale.reshape((weight.shape[0],) + (1,) * (weight.dim() - 1))
+    raise UserError(f"{source} scales `{weight_name}` with shape {tuple(scale.shape)}, which is not a per-tensor or "
+                    f"per-row scale; use the bf16 / fp16 release of this model instead.")
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:

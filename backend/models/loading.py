@@ -19,14 +19,17 @@ import torch
 from backend.errors import UserError
 from backend.fileio import save_safetensors_atomic
 from backend.models.checkpoint import (
+    FP8_SCALE_SUFFIX,
     check_quantization_supported,
+    checked_scale,
     drop_quantization_aux,
     is_scaled_fp8,
     load_checkpoint_tensors,
     read_checkpoint_shapes,
     weight_files,
 )
-from backend.models.names import block_index, diffusers_to_wan
+from backend.models.fp8_scaled import FP8, SCALE_NAME, block_linears, convert_linear, quantize_weight, store_scaled_fp8
+from backend.models.names import block_index, diffusers_to_wan, wan_to_diffusers
 from backend.models.registry import (
     MODEL_KINDS,
     check_model_kind,
@@ -123,13 +126,22 @@ def _quiet_cast_warning():
         logger.setLevel(level)
 
 
+STORAGES = (None, "fp8_scaled")
+
+
 def load_transformer(path: str | Path, config_dir_or_kind: str | Path | None = None,
-                     dtype: torch.dtype = torch.float32, expert: str | None = None):
+                     dtype: torch.dtype = torch.float32, expert: str | None = None, storage: str | None = None,
+                     work_device: torch.device | str | None = None):
     """A `WanTransformer3DModel` (eval mode) from a checkpoint on disk, every tensor cast to `dtype`.
 
     `config_dir_or_kind` is a MODEL_KINDS name or a folder with a diffusers config.json; `expert` picks the
     config of an A14B-style kind (both experts share one shape). Never touches the network.
+    `storage="fp8_scaled"` keeps the block Linears in scaled fp8 (backend/models/fp8_scaled.py): a ComfyUI scaled
+    fp8 file fills it directly (its fp8 weights and scales are kept, no bf16 copy is made); any other file is loaded
+    in `dtype` and quantised layer by layer (on `work_device` when given).
     """
+    if storage not in STORAGES:
+        raise ValueError(f"unknown weight storage {storage!r}")
     from diffusers import WanTransformer3DModel
 
     path = Path(path).expanduser()
@@ -138,15 +150,61 @@ def load_transformer(path: str | Path, config_dir_or_kind: str | Path | None = N
     check_quantization_supported(shapes, path)
     config_dir, label = resolve_config_dir(path, config_dir_or_kind, expert)
     _check_fits(shapes, config_dir, label, str(path))
-    plain_single_file = len(files) == 1 and files[0].suffix == ".safetensors" and not is_scaled_fp8(shapes)
-    source = str(files[0]) if plain_single_file else load_checkpoint_tensors(path)
-    with _quiet_cast_warning():
-        model = WanTransformer3DModel.from_single_file(source, config=str(config_dir), local_files_only=True,
-                                                       torch_dtype=dtype)
+    if storage == "fp8_scaled" and is_scaled_fp8(shapes):
+        model = _load_scaled_fp8_direct(load_checkpoint_tensors(path, dequantize=False), config_dir, dtype, path)
+    else:
+        plain_single_file = len(files) == 1 and files[0].suffix == ".safetensors" and not is_scaled_fp8(shapes)
+        source = str(files[0]) if plain_single_file else load_checkpoint_tensors(path)
+        with _quiet_cast_warning():
+            model = WanTransformer3DModel.from_single_file(source, config=str(config_dir), local_files_only=True,
+                                                           torch_dtype=dtype)
+        if storage == "fp8_scaled":
+            store_scaled_fp8(model, work_device)
     unloaded = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if unloaded:
         raise RuntimeError(f"{path}: diffusers left {len(unloaded)} tensors unloaded, e.g. {unloaded[0]}")
     return model
+
+
+def _keeps_fp32(name: str, model, dtype: torch.dtype) -> bool:
+    """diffusers keeps some modules (norms, time embedder, modulation tables) in float32 at half precision."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    return dtype in (torch.float16, torch.bfloat16) and any(part in name.split(".") for part in keep)
+
+
+def _load_scaled_fp8_direct(raw: dict[str, torch.Tensor], config_dir: Path, dtype: torch.dtype, source: Path):
+    """A model whose block Linears hold the file's own fp8 weights and scales; every other tensor in `dtype`."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    kept = {**drop_quantization_aux(raw), **{k: v for k, v in raw.items() if k.endswith(FP8_SCALE_SUFFIX)}}
+    rename = (lambda k: k) if uses_diffusers_names(kept) else wan_to_diffusers
+    named = {rename(k): v for k, v in kept.items()}
+    config = json.loads((Path(config_dir) / "config.json").read_text(encoding="utf-8"))
+    with init_empty_weights():
+        model = WanTransformer3DModel.from_config(config)
+    converted = set()
+    for name, layer in block_linears(model).items():
+        weight = named.pop(f"{name}.weight")
+        scale = named.pop(f"{name}.{SCALE_NAME}", None)
+        if weight.dtype == FP8:
+            scale = checked_scale(f"{name}.weight", weight, torch.ones(()) if scale is None else scale, source)
+            q, scale = weight, scale.expand(weight.shape[0], 1).clone() if scale.dim() == 0 else scale
+        else:  # a layer the file left in full precision
+            q, scale = quantize_weight(weight)
+        convert_linear(layer, q, scale)
+        converted |= {f"{name}.weight", f"{name}.{SCALE_NAME}"}
+    state = {}
+    for key in model.state_dict():
+        if key in converted:
+            continue
+        tensor = named.pop(key)
+        scale_key = key.rsplit(".", 1)[0] + f".{SCALE_NAME}"
+        if tensor.dtype == FP8 and scale_key in named:  # a quantised layer outside the blocks
+            tensor = tensor.to(torch.float32) * checked_scale(key, tensor, named.pop(scale_key), source)
+        state[key] = tensor.to(torch.float32 if _keeps_fp32(key, model, dtype) else dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    return model.eval()
 
 
 def block_count(path: str | Path) -> int:

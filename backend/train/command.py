@@ -119,6 +119,8 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
     argv += ["--dataset_config", s.dataset_config or "<dataset.toml>"]
     argv += [MUSUBI_ATTENTION[s.attn_mode], "--mixed_precision", s.mixed_precision]
     argv += [f"--{name}" for name in FLAG_OPTIONS if getattr(s, name)]
+    if s.fp8_scaled:  # musubi-tuner's scaled fp8 is `--fp8_base --fp8_scaled`
+        argv += ["--fp8_scaled"] if s.fp8_base else ["--fp8_base", "--fp8_scaled"]
     if s.blocks_to_swap:
         argv += ["--blocks_to_swap", str(s.blocks_to_swap)]
     argv += ["--optimizer_type", MUSUBI_OPTIMIZERS[s.optimizer_type], "--optimizer_args",

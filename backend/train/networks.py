@@ -71,7 +71,9 @@ def build_networks(settings, kind: ModelKind, plan: ExpertPlan, dit_paths: dict[
     check_memory_settings(settings, config.use_dora)
     models, networks = {}, {}
     for label, expert in zip(plan.labels, plan.experts):
-        model = load_transformer(dit_paths[label], kind.name, dtype=dtype, expert=expert)
+        model = load_transformer(dit_paths[label], kind.name, dtype=dtype, expert=expert,
+                                 storage="fp8_scaled" if settings.fp8_scaled else None,
+                                 work_device="cuda" if torch.cuda.is_available() else None)
         model.requires_grad_(False)
         if settings.gradient_checkpointing:
             model.enable_gradient_checkpointing()

@@ -112,6 +112,10 @@ class TrainSettings(Settings):
                                            help="Recompute block activations in backward: less memory, ~30% slower.")
     fp8_base: bool = setting(False, label="fp8 base", group="Memory",
                              help="Store the frozen base weights in fp8 (adapters stay fp32).")
+    fp8_scaled: bool = setting(False, label="fp8 scaled base", group="Memory",
+                               help="Store the frozen block Linear weights in fp8 with one fp32 scale per output row "
+                                    "(half of bf16, closer to it than plain fp8; DoRA works). ComfyUI scaled-fp8 "
+                                    "checkpoints load straight into it.")
     blocks_to_swap: int = setting(0, label="Blocks to swap", group="Memory", ge=0,
                                   help="Offload this many blocks to CPU (diffusers group offloading).")
     attn_mode: Literal["sdpa", "flash", "sage"] = setting(

@@ -34,3 +34,38 @@ def test_fp8_base_with_dora_is_refused(demo_workspace, demo_settings):
         build_networks(settings, kind, ExpertPlan.from_settings(settings, kind),
                        {"single": demo_workspace.demo_t2v / "transformer.safetensors"}, torch.float32,
                        network_args_for(settings, None))
+
+
+def test_fp8_scaled_with_dora_trains_and_matches_the_full_precision_loss(demo_workspace, demo_settings):
+    from backend.models.fp8_scaled import ScaledFp8Linear
+
+    kind = get_model_kind("demo-t2v")
+    file = {"single": demo_workspace.demo_t2v / "transformer.safetensors"}
+    losses, grads = {}, {}
+    for scaled in (False, True):
+        settings = demo_settings.with_overrides({"fp8_scaled": scaled, "network_type": "dora"})
+        torch.manual_seed(0)
+        models, networks = build_networks(settings, kind, ExpertPlan.from_settings(settings, kind), file,
+                                          torch.float32, network_args_for(settings, None))
+        model, network = models["single"], networks["single"]
+        apply_memory_settings(model, settings)
+        assert isinstance(model.blocks[0].attn1.to_q, ScaledFp8Linear) == scaled
+        assert all(p.dtype == torch.float32 for p in network.trainable_params())
+        generator = torch.Generator().manual_seed(1)
+        torch.nn.init.normal_(next(iter(network.adapters.values())).lora_up, generator=generator)
+        out = model(hidden_states=torch.randn(1, 16, 1, 8, 8, generator=generator), timestep=torch.tensor([500.0]),
+                    encoder_hidden_states=torch.randn(1, 16, 32, generator=generator), return_dict=False)[0]
+        loss = out.square().mean()
+        loss.backward()
+        losses[scaled] = loss.item()
+        grads[scaled] = torch.cat([p.grad.flatten() for p in network.trainable_params() if p.grad is not None])
+    assert losses[True] == pytest.approx(losses[False], rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0) > 0.99
+
+
+def test_fp8_base_and_fp8_scaled_together_are_refused(demo_workspace, demo_settings):
+    settings = demo_settings.with_overrides({"fp8_base": True, "fp8_scaled": True})
+    kind = get_model_kind("demo-t2v")
+    with pytest.raises(UserError, match="turn one of them off"):
+        build_networks(settings, kind, ExpertPlan.from_settings(settings, kind),
+                       {"single": demo_workspace.demo_t2v / "transformer.safetensors"}, torch.float32, [])
