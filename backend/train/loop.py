@@ -24,7 +24,7 @@ from backend.errors import UserError
 from backend.jobs.protocol import JobContext
 from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.registry import get_model_kind
-from backend.train.memory import apply_memory_settings
+from backend.train.memory import apply_memory_settings, plan_memory
 from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_allocation, network_args_for
 from backend.train.debris import clean_debris
 from backend.train.optim import build_optimizer, build_scheduler
@@ -134,6 +134,8 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
         raise UserError("samples need both a sample_prompts file and sample_every_n_steps or sample_every_n_epochs; "
                         "set the missing one or clear both.")
 
+    s = plan_memory(s, kind, len(plan.experts), dataset, accelerator.device, say)
+    _refuse_unfinished(s)
     torch.manual_seed(s.seed)  # adapter initialisation
     dits = {label: dit_path(s, kind, expert, workspace) for label, expert in zip(plan.labels, plan.experts)}
     models, networks = build_networks(s, kind, plan, dits, DTYPES[s.mixed_precision], network_args)

@@ -14,6 +14,16 @@ import importlib.util
 import torch
 
 from backend.errors import UserError
+from backend.train.memory_plan import (
+    TrainRun,
+    allocator_fraction,
+    budget_bytes,
+    describe_choice,
+    gib,
+    plan_training,
+    shape_from_config,
+    tokens_for,
+)
 
 ATTENTION_PACKAGES = {"flash": ("flash_attn", "flash-attn"), "sage": ("sageattention", "sageattention")}
 COMPUTE_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,3 +52,53 @@ def apply_memory_settings(model, settings) -> None:
         model.set_attention_backend(settings.attn_mode)
     if settings.compile:
         model.compile_repeated_blocks()
+
+
+PLANNED = ("gradient_checkpointing", "fp8_base", "fp8_scaled", "offload_activations", "blocks_to_swap")
+
+
+def largest_bucket_tokens(dataset, spatial: int = 16) -> int:
+    """Transformer tokens of the largest batch: latent frames × H/spatial × W/spatial × batch size, over buckets."""
+    batch = {d.index: d.batch_size for d in dataset.datasets}
+    return max((tokens_for(frames, height, width, spatial) * batch[index]
+                for (index, width, height, frames) in dataset.buckets()), default=0)
+
+
+def limit_memory(settings, device) -> None:
+    """Make memory_limit_gb real: cap PyTorch's allocator on this GPU (the CUDA context is the rest of the card)."""
+    if settings.memory_limit_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(settings.memory_limit_gb, total), device)
+
+
+def plan_memory(settings, kind, experts: int, dataset, device, log=print):
+    """The settings with memory=auto's choices in PLANNED (logged, one line per decision); unchanged for manual or
+    on a CPU. Refuses with one sentence when nothing fits."""
+    limit_memory(settings, device)
+    if settings.memory == "manual":
+        log("memory=manual: using gradient_checkpointing / fp8 / offload_activations / blocks_to_swap as set")
+        return settings
+    if device.type != "cuda":
+        log("memory=auto: training on the CPU, nothing to plan")
+        return settings
+    free, _ = torch.cuda.mem_get_info(device)
+    spatial = 32 if kind.task == "ti2v" else 16  # Wan2.2 VAE: 16x spatial, then the 2x2 patch
+    tokens = largest_bucket_tokens(dataset, spatial)
+    shape = shape_from_config(kind.name, kind.config(kind.experts[0] if kind.has_experts else None))
+    run = TrainRun(shape, tokens, resident_experts=experts, rank=settings.network_dim,
+                   optimizer=settings.optimizer_type, network_copies=experts)
+    budget = budget_bytes(free, settings.memory_limit_gb)
+    plan = plan_training(run, budget)
+    for reason in plan.reasons:
+        log(f"memory=auto: {reason}")
+    if not plan.fits:
+        raise UserError(f"{kind.label} with {tokens:,} tokens per batch needs about {gib(plan.estimate)} of GPU "
+                        f"memory even with every saver on ({describe_choice(plan.choice)}), and {gib(budget)} is "
+                        f"available; use smaller buckets (fewer frames or pixels), a lower rank or a larger GPU.")
+    chosen = {name: getattr(plan.choice, name) for name in PLANNED}
+    mine = {name: getattr(settings, name) for name in PLANNED if getattr(settings, name) != chosen[name]}
+    log(f"memory=auto: {describe_choice(plan.choice)}; estimate {gib(plan.estimate)} of {gib(budget)} "
+        f"({plan.summary()}) for {tokens:,} tokens")
+    if mine:
+        log(f"memory=auto replaces {', '.join(f'{k}={v}' for k, v in mine.items())}; set memory=manual to keep them")
+    return settings.with_overrides(chosen)

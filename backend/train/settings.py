@@ -105,6 +105,15 @@ class TrainSettings(Settings):
         help="A NaN/inf loss stops the run with an error (stop), or its step is skipped and counted (skip; checks "
              "every step, which costs a GPU sync per step).")
     # -- memory and speed
+    memory: Literal["auto", "manual"] = setting(
+        "auto", label="Memory plan", group="Memory", choices=["auto", "manual"],
+        help="auto: pick gradient checkpointing, scaled fp8, activation offload and blocks to swap from the GPU's "
+             "free memory (or the limit below), the model and the largest bucket, and log why; manual: use the "
+             "settings below as they are.")
+    memory_limit_gb: float | None = setting(
+        None, label="GPU memory limit (GB)", group="Memory", gt=0,
+        help="Plan for, and stay under, this much GPU memory (the whole card, e.g. 24 for a 4090). Empty: the "
+             "GPU's free memory.")
     mixed_precision: Literal["no", "bf16", "fp16"] = setting(
         "no", label="Mixed precision", group="Memory", choices=["no", "bf16", "fp16"],
         help="bf16 on GPUs that support it; 'no' on CPU.")
@@ -118,6 +127,9 @@ class TrainSettings(Settings):
                                     "checkpoints load straight into it.")
     blocks_to_swap: int = setting(0, label="Blocks to swap", group="Memory", ge=0,
                                   help="Offload this many blocks to CPU (diffusers group offloading).")
+    offload_activations: bool = setting(False, label="Offload activations", group="Memory",
+                                        help="With gradient checkpointing: keep the saved block inputs in CPU memory "
+                                             "until backward needs them.")
     attn_mode: Literal["sdpa", "flash", "sage"] = setting(
         "sdpa", label="Attention", group="Memory", choices=["sdpa", "flash", "sage"],
         help="Attention backend; flash/sage need their packages.")

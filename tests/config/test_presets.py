@@ -12,7 +12,7 @@ from backend.errors import UserError
 from backend.train.settings import TrainSettings
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "preset_v1.json"
-SHIPPED = ["14b-24gb", "a14b-both-experts", "demo", "dora", "locon", "loha", "lokr", "lora", "loraid-slice",
+SHIPPED = ["14b-24gb", "a14b-24gb", "a14b-both-experts", "demo", "dora", "locon", "loha", "lokr", "lora", "loraid-slice",
            "lowvram-1.3b", "rslora-loraplus"]
 
 
