@@ -135,7 +135,6 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                         "set the missing one or clear both.")
 
     s = plan_memory(s, kind, len(plan.experts), dataset, accelerator.device, say)
-    _refuse_unfinished(s)
     torch.manual_seed(s.seed)  # adapter initialisation
     dits = {label: dit_path(s, kind, expert, workspace) for label, expert in zip(plan.labels, plan.experts)}
     models, networks = build_networks(s, kind, plan, dits, DTYPES[s.mixed_precision], network_args)

@@ -128,8 +128,8 @@ class TrainSettings(Settings):
     blocks_to_swap: int = setting(0, label="Blocks to swap", group="Memory", ge=0,
                                   help="Offload this many blocks to CPU (diffusers group offloading).")
     offload_activations: bool = setting(False, label="Offload activations", group="Memory",
-                                        help="With gradient checkpointing: keep the saved block inputs in CPU memory "
-                                             "until backward needs them.")
+                                        help="Keep the block inputs gradient checkpointing saves in CPU memory until "
+                                             "backward (needs gradient checkpointing).")
     attn_mode: Literal["sdpa", "flash", "sage"] = setting(
         "sdpa", label="Attention", group="Memory", choices=["sdpa", "flash", "sage"],
         help="Attention backend; flash/sage need their packages.")
