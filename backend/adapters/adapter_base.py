@@ -165,7 +165,8 @@ class AdapterModule(nn.Module):
             raise UserError(f"The input-axis DoRA scale of `{self.wan_name}` has {scale.numel()} values for "
                             f"{weight.shape[1]} input features; the file is for another model.")
         self.dora_convention = "input_axis"
-        self.magnitude = nn.Parameter(column_norm(weight.detach().float()).to(self.magnitude.device))
+        self.magnitude = nn.Parameter(column_norm(effective_weight(self.target).detach().float())
+                                      .to(self.magnitude.device))
 
     @torch.no_grad()
     def adopt_dora_convention(self, file_convention: str, keep: bool) -> None:
@@ -196,6 +197,9 @@ class AdapterModule(nn.Module):
     def merged_weight(self, multiplier: float | None = None, base_weight: torch.Tensor | None = None) -> torch.Tensor:
         """W + multiplier·ΔW in the base weight's dtype; multiplier 0 returns W itself, bit for bit."""
         multiplier = self.multiplier if multiplier is None else float(multiplier)
+        if base_weight is None and row_scale(self.target) is not None:
+            raise UserError(f"`{self.wan_name}` stores its weight in scaled fp8, which a LoRA cannot be merged into; "
+                            f"merge before storing the model in fp8_scaled, or apply the LoRA hooked.")
         base = self.target.weight.detach() if base_weight is None else base_weight
         if multiplier == 0.0:
             return base.clone()

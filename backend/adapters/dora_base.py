@@ -15,14 +15,19 @@ from typing import Mapping
 import torch
 
 from backend.adapters.deltas import row_norm
+from backend.models.fp8_scaled import effective_weight
 
 RELATIVE_TOLERANCE = 1e-3  # bf16 / fp16 copies of the same base differ by ~1e-5 here; a finetune by far more
 
 
-def base_fingerprint(base_weights: Mapping[str, torch.Tensor]) -> dict:
-    """{"row_norm_sums": {Wan name: Σ_rows ||W_row||}, "sha256": short hash of them} for the DoRA modules' bases."""
-    sums = {name: float(f"{float(row_norm(weight.detach().float()).sum()):.7g}")
-            for name, weight in sorted(base_weights.items())}
+def base_fingerprint(base_weights: Mapping[str, torch.Tensor | torch.nn.Module]) -> dict:
+    """{"row_norm_sums": {Wan name: Σ_rows ||W_row||}, "sha256": short hash of them} for the DoRA modules' bases.
+    A value may be the layer itself: its weight as it computes (dequantised one layer at a time for scaled fp8)."""
+    def weight_of(value) -> torch.Tensor:
+        return effective_weight(value) if isinstance(value, torch.nn.Module) else value
+
+    sums = {name: float(f"{float(row_norm(weight_of(value).detach().float()).sum()):.7g}")
+            for name, value in sorted(base_weights.items())}
     digest = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
     return {"sha256": digest, "row_norm_sums": sums}
 

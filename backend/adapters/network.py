@@ -151,7 +151,7 @@ class AdapterNetwork(nn.Module):
     def flags(self) -> dict[str, object]:
         """Header flags of this network's weights: algo, use_dora (some module has a magnitude), use_rslora; with
         DoRA also the convention of the saved `dora_scale` and the fingerprint of the base it was computed on."""
-        dora = {adapter.wan_name: adapter.target.weight for adapter in self.adapters.values()
+        dora = {adapter.wan_name: adapter.target for adapter in self.adapters.values()
                 if adapter.use_dora and adapter.dora_convention != "input_axis"}
         flags: dict[str, object] = {"algo": self.config.algo, "use_dora": any(a.use_dora for a in self.adapters.values()),
                                     "use_rslora": self.config.use_rslora}

@@ -99,7 +99,7 @@ def test_dora_on_scaled_fp8_equals_dora_on_the_dequantised_weights(algo):
     store_scaled_fp8(model)
     plain = _dequantised_copy(model)
     args = ["use_dora=True"] + ([f"algo={algo}"] if algo != "lora" else [])
-    outputs, magnitudes = [], []
+    outputs, magnitudes, fingerprints = [], [], []
     for m in (model, plain):
         torch.manual_seed(0)
         network = AdapterNetwork.create(m, NetworkConfig.from_network_args(4, 4.0, args), "n")
@@ -109,11 +109,13 @@ def test_dora_on_scaled_fp8_equals_dora_on_the_dequantised_weights(algo):
         network.inject()
         adapter = network.adapters["lora_unet_blocks_0_self_attn_q"]
         magnitudes.append(adapter.magnitude.detach().clone())
+        fingerprints.append(network.flags()["dora_base"])
         x = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
         text = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
         outputs.append(m(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text,
                          return_dict=False)[0])
     assert torch.allclose(magnitudes[0], magnitudes[1], rtol=1e-6)
+    assert fingerprints[0] == fingerprints[1]  # the saved file names the same base either way
     # the detached norm takes W Aᵀ in bf16 (as on a bf16 base); everything else is the same float32 math
     assert (outputs[0] - outputs[1]).abs().max() < 1e-3
 
