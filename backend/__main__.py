@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("backend.models.demo_cli", "create the demo workspace (tiny Wan models + sample dataset)"),
     "selfcheck": ("backend.jobs.selfcheck", "a short job that prints progress and honours stop requests"),
     "inspect": ("backend.adapters.inspect_cli", "show what a LoRA file holds (algorithm, ranks, blocks, LORAID)"),
-    "convert": ("backend.adapters.convert_cli", "convert a LoRA file to the musubi, ComfyUI or diffusers layout"),
+    "convert": ("backend.adapters.convert_cli", "convert a LoRA file to the musubi, ComfyUI or diffusers layout, or to a plain LoRA"),
     "cache": ("backend.data.cache_cli", "cache VAE latents or UMT5 text outputs of a dataset TOML for training"),
     "blockmap": ("backend.loraid.blockmap_cli", "LORAID allocation table, capacities, patterns and interference report"),
     "merge": ("backend.compose.merge_cli", "fold LoRAs into a DiT checkpoint (streaming, exact, overlap-guarded)"),

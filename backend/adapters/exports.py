@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -103,23 +104,75 @@ def export_metadata(lora_file: LoraFile, layout: str, alpha_folded: bool) -> dic
     return md
 
 
-def convert_lora(src: str | Path, dst: str | Path, to: str = "musubi", fold_alpha: bool = False,
-                 precision: str | None = None, overwrite: bool = False) -> Path:
-    """Read any supported LoRA file and write it in the `to` layout; precision None keeps the weights' dtypes."""
-    if to not in TARGETS:
-        raise UserError(f"Unknown target layout `{to}`; use one of {', '.join(TARGETS)}.")
+def _check_paths(src: Path, dst: Path, precision: str | None, overwrite: bool) -> None:
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"Unknown save precision `{precision}`; use one of {', '.join(PRECISIONS)}.")
-    src, dst = Path(src), Path(dst)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise UserError(f"The output {dst} is the input file; choose a different output name so the original stays.")
     if dst.exists() and not overwrite:
         raise UserError(f"{dst} already exists; choose another output name or pass --overwrite.")
     check_output_file(dst, workspace=None, inputs=[src], overwrite=overwrite, lora_output=True)
+
+
+def in_comfy_convention(lora_file: LoraFile, base: str | Path) -> LoraFile:
+    """A DoRA file whose output-axis scales are magnitudes over ||W + ΔW|| rewritten in ComfyUI's convention on the
+    base DiT it was trained on (m·||W||/||W + ΔW||), with that base's fingerprint; other files come back unchanged."""
+    from backend.adapters.deltas import convert_dora_scale, is_input_axis_scale
+    from backend.adapters.dora_base import base_fingerprint
+    from backend.adapters.merge import delta_for_module
+    from backend.adapters.plain_lora import base_weights_from
+    from backend.models.names import lora_key_prefix
+
+    if lora_file.flags.get("dora_convention") != "merged_norm":
+        return lora_file
+    names = [name for name in lora_file.modules
+             if "dora_scale" in (parts := lora_file.parts(name)) and not is_input_axis_scale(parts["dora_scale"])]
+    weights = base_weights_from(base, names)
+    tensors = dict(lora_file.tensors)
+    for name in names:
+        parts = lora_file.parts(name)
+        raw = delta_for_module({k: v for k, v in parts.items() if k != "dora_scale"}, weights[name], 1.0,
+                               module_name=name)
+        tensors[f"{lora_key_prefix(name)}.dora_scale"] = convert_dora_scale(
+            weights[name], raw, parts["dora_scale"], "merged_norm", "base_norm")
+    metadata = dict(lora_file.metadata)
+    metadata[OURS + "dora_convention"] = "base_norm"
+    metadata[OURS + "dora_base"] = json.dumps(base_fingerprint(weights), sort_keys=True)
+    flags = dict(lora_file.flags, dora_convention="base_norm", dora_base=base_fingerprint(weights))
+    return replace(lora_file, tensors=tensors, metadata=metadata, flags=flags)
+
+
+def convert_lora(src: str | Path, dst: str | Path, to: str = "musubi", fold_alpha: bool = False,
+                 precision: str | None = None, overwrite: bool = False, base: str | Path | None = None) -> Path:
+    """Read any supported LoRA file and write it in the `to` layout; precision None keeps the weights' dtypes.
+    `base` (the DiT a DoRA file was trained on) rewrites trainer-convention DoRA scales in ComfyUI's convention."""
+    if to not in TARGETS:
+        raise UserError(f"Unknown target layout `{to}`; use one of {', '.join(TARGETS + ('lora',))}.")
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst, precision, overwrite)
     lora_file = load_lora(src)
+    if base is not None:
+        lora_file = in_comfy_convention(lora_file, base)
     if to == "musubi":
         tensors = to_musubi(lora_file)
     else:
         tensors = to_comfy(lora_file, fold_alpha) if to == "comfy" else to_diffusers(lora_file)
     folded = to == "diffusers" or (to == "comfy" and fold_alpha)
     return save_safetensors_atomic(cast_for_save(tensors, precision), dst, export_metadata(lora_file, to, folded))
+
+
+def convert_to_plain_lora(src: str | Path, dst: str | Path, rank: int, base: str | Path | None = None,
+                          precision: str | None = None, overwrite: bool = False):
+    """`plain_lora.to_plain_lora` from file to file (musubi layout); returns (path, PlainLoraResult)."""
+    from backend.adapters.plain_lora import base_weights_from, needs_base, to_plain_lora
+
+    src, dst = Path(src), Path(dst)
+    _check_paths(src, dst, precision, overwrite)
+    lora_file = load_lora(src)
+    if needs_base(lora_file) and base is None:
+        raise UserError(f"{src.name} is DoRA, whose ΔW depends on the base weights; pass the DiT it was trained on "
+                        f"with --base.")
+    weights = base_weights_from(base, lora_file.modules) if base is not None else None
+    result = to_plain_lora(lora_file, rank, weights)
+    path = save_safetensors_atomic(cast_for_save(result.tensors, precision), dst, result.metadata)
+    return path, result

@@ -37,6 +37,17 @@ def _min_max(values: list[float]) -> dict[str, float | None]:
     return {"min": min(values) if values else None, "max": max(values) if values else None}
 
 
+def musubi_advice(lora_file: LoraFile) -> str | None:
+    """What to do when musubi-tuner cannot use the file as it is (it has no DoRA and reads no LyCORIS tensors)."""
+    kinds = sorted({{"dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}[algo] for algo in lora_file.module_algos.values()
+                    if algo in ("dora", "loha", "lokr")})
+    if not kinds:
+        return None
+    base = " --base DIT" if "DoRA" in kinds else ""
+    return (f"musubi-tuner cannot apply {'/'.join(kinds)}; `python -m backend convert FILE OUT.safetensors --to lora "
+            f"--rank R{base}` writes a plain LoRA it loads and reports the approximation error.")
+
+
 def describe(lora_file: LoraFile) -> dict[str, Any]:
     """Everything `inspect` shows, as JSON-ready values."""
     ranks = [r for r in lora_file.ranks.values() if r]
@@ -51,7 +62,7 @@ def describe(lora_file: LoraFile) -> dict[str, Any]:
         "source_format": lora_file.source_format,
         "algo": lora_file.algo,
         "algos_per_module": sorted(set(lora_file.module_algos.values())),
-        "flags": dict(lora_file.flags),
+        "flags": {key: value for key, value in lora_file.flags.items() if isinstance(value, bool)},
         "modules": len(lora_file.modules),
         "blocks": lora_file.blocks,
         "blocks_compact": compact_ranges(lora_file.blocks),
@@ -68,6 +79,9 @@ def describe(lora_file: LoraFile) -> dict[str, Any]:
         "metadata_keys": len(md),
         "notes": list(lora_file.notes),
         "hint": suspicious_rslora_hint(lora_file),
+        "dora_convention": lora_file.flags.get("dora_convention"),
+        "dora_base": (lora_file.flags.get("dora_base") or {}).get("sha256"),
+        "musubi": musubi_advice(lora_file),
     }
 
 
@@ -106,8 +120,13 @@ def format_text(info: dict[str, Any]) -> str:
     lines.append(f"metadata     {info['metadata_keys']} keys")
     lines += [f"  {key:<22} {value[:120]}" for key, value in info["metadata"].items()]
     lines += [f"note         {note}" for note in info["notes"]]
+    if info["dora_convention"]:
+        base = f", base {info['dora_base']}" if info["dora_base"] else ""
+        lines.append(f"DoRA scales  {info['dora_convention']}{base}")
     if info["hint"]:
         lines.append(f"hint         {info['hint']}")
+    if info["musubi"]:
+        lines.append(f"musubi       {info['musubi']}")
     return "\n".join(lines)
 
 

@@ -135,9 +135,14 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
         notes.append(f"LORAID {s.loraid} is given as include/exclude patterns (stock musubi-tuner); the seed's fork "
                      f"also accepts --LORAID {s.loraid}.")
     if s.network_type == "dora":
-        notes.append("use_dora=True is read by blissful-tuner's networks.lora_wan; stock musubi-tuner has no DoRA.")
+        notes.append("use_dora=True is read by blissful-tuner's networks.lora_wan; stock musubi-tuner has no DoRA "
+                     "and drops dora_scale: for musubi, turn the trained file into a plain LoRA with `python -m "
+                     "backend convert FILE OUT.safetensors --to lora --rank R --base DIT`.")
     if s.network_type in ("locon", "loha", "lokr"):
         notes.append(f"{s.network_type} goes through LyCORIS (`pip install lycoris-lora`).")
+    if s.network_type in ("loha", "lokr"):
+        notes.append(f"musubi-tuner's own loaders read no {s.network_type} tensors: `python -m backend convert FILE "
+                     f"OUT.safetensors --to lora --rank R` writes a plain LoRA they load.")
     argv += ["--max_train_steps", str(s.max_train_steps)]
     argv += [arg for name in OPTIONAL_SAME_NAME if getattr(s, name) is not None
              for arg in (f"--{name}", str(getattr(s, name)))]

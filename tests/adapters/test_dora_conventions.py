@@ -181,3 +181,23 @@ def test_a_trainer_convention_file_is_read_over_the_adapted_norm(tiny_wan, lora_
     expected = tensors[f"{prefix}.dora_scale"] * adapted / adapted.norm(dim=1, keepdim=True)
     AdapterNetwork.from_weights(tiny_wan, lora.tensors, lora.flags).merge_into_model(1.0)
     torch.testing.assert_close(_weights_of(tiny_wan, shapes)["blocks.0.ffn.0"], expected, rtol=0, atol=1e-6)
+
+
+def test_convert_with_base_rewrites_trainer_scales_in_comfyui_convention(tiny_wan, lora_builder, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from backend.__main__ import main
+
+    shapes = {"blocks.0.ffn.0": (32, 64), "blocks.1.self_attn.k": (32, 32)}
+    path, out, dit = tmp_path / "old.safetensors", tmp_path / "comfy.safetensors", tmp_path / "dit.safetensors"
+    _magnitude_file(path, lora_builder, shapes, lambda fan_in, fan_out: (fan_out, 1),
+                    metadata={OURS + "version": "1", OURS + "use_dora": "true"})
+    save_file({key: value.contiguous() for key, value in tiny_wan.state_dict().items()}, str(dit))
+    old = load_lora(path)
+    AdapterNetwork.from_weights(tiny_wan, old.tensors, old.flags).merge_into_model(1.0)
+    trained = _weights_of(tiny_wan, shapes)
+    base = {name: load_file(str(dit))[wan_to_diffusers(name) + ".weight"] for name in shapes}
+    assert main(["convert", str(path), str(out), "--to", "musubi", "--base", str(dit)]) == 0
+    assert load_lora(out).flags["dora_convention"] == "base_norm"
+    comfy = _file_weights(out, base, 1.0)
+    assert max(float((comfy[n] - trained[n]).abs().max()) for n in shapes) < 2e-6

@@ -69,6 +69,7 @@ def test_musubi_command_carries_every_option_it_has(tmp_path):
     assert found["--min_timestep"] == ["100"] and found["--logging_dir"] == [str(tmp_path / "logs")]
     assert "--gradient_checkpointing" in found and "--save_state" in found and "--fp8_base" not in found
     assert any("LORAID 3" in note for note in command.notes) and any("DoRA" in note for note in command.notes)
+    assert any("convert FILE OUT.safetensors --to lora --rank R --base DIT" in note for note in command.notes)
 
 
 def test_musubi_a14b_single_expert_keeps_its_timestep_range(tmp_path):
