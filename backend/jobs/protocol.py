@@ -14,6 +14,11 @@ code 0. The runner reports such a job as "stopped". A job that does not exit wit
 default) gets SIGTERM and then SIGKILL on its whole process group (POSIX) or `taskkill /T /F` (Windows); it is
 reported as "stopped" too. A job that exits with a non-zero code is "failed", its log tail in the error.
 
+A job whose steps are long says how long it needs: `ctx.report_needs(step_s=..., save_s=...)` writes
+`<job dir>/needs.json` (and a `timing` event); the runner then waits `grace_needed(...)` = the larger of the grace
+period and 1.5 × (one step + one save) + 10 s, so a Stop during a 40 s step still ends with a saved checkpoint. The
+`end` event of a stopped job says `saved_step` (the step it saved, or null when it saved nothing).
+
 Event vocabulary (extra fields are allowed; the UI reads these names):
 
     start       {total?: int, ...settings worth showing}     the job began its real work
@@ -24,7 +29,8 @@ Event vocabulary (extra fields are allowed; the UI reads these names):
     sample      {path: str, step?: int, prompt?: str}        a sample image/video was written
     warning     {message: str}                               something the user should know, work goes on
     error       {message: str}                               the job is failing (one sentence)
-    end         {status: "succeeded" | "stopped" | "failed", ...}   the job's last word
+    timing      {step_s: float, save_s: float}               how long one step / one save takes (see needs.json)
+    end         {status: "succeeded" | "stopped" | "failed", saved_step?: int | None, ...}   the job's last word
 
 Usage inside a job:
 
@@ -54,7 +60,9 @@ JOB_DIR_ENV = "LORAID_JOB_DIR"
 LOG_FILE = "log.txt"
 EVENTS_FILE = "events.jsonl"
 STOP_FLAG_FILE = "stop_requested"
+NEEDS_FILE = "needs.json"
 DEFAULT_GRACE_S = 10.0
+NEEDS_FACTOR, NEEDS_MARGIN_S = 1.5, 10.0
 
 
 def _jsonable(value: Any) -> Any:
@@ -109,6 +117,12 @@ class JobContext:
         self._events.write(line + "\n")
         self._events.flush()
 
+    def report_needs(self, step_s: float, save_s: float) -> None:
+        """Tell the runner how long finishing a step and saving takes, so a Stop waits for it."""
+        if self.job_dir is not None:
+            atomic_write_json(self.job_dir / NEEDS_FILE, {"step_s": float(step_s), "save_s": float(save_s)})
+        self.emit("timing", step_s=round(float(step_s), 3), save_s=round(float(save_s), 3))
+
     def stop_requested(self) -> bool:
         """True once the user asked this job to stop (the flag file exists)."""
         return self.stop_path is not None and self.stop_path.exists()
@@ -131,6 +145,36 @@ def write_stop_request(job_dir: Path, grace_s: float, requested_at: float | None
     """Create (or update) the stop flag: the job should stop now; it is killed `grace_s` after `requested_at`."""
     record = {"requested_at": time.time() if requested_at is None else requested_at, "grace_s": float(grace_s)}
     atomic_write_json(Path(job_dir) / STOP_FLAG_FILE, record)
+
+
+def grace_needed(job_dir: Path, grace_s: float) -> float:
+    """The grace period the job gets: the one asked for, or longer when the job reported long steps or saves."""
+    try:
+        needs = json.loads((Path(job_dir) / NEEDS_FILE).read_text(encoding="utf-8"))
+        needed = NEEDS_FACTOR * (float(needs["step_s"]) + float(needs["save_s"])) + NEEDS_MARGIN_S
+    except (OSError, ValueError, KeyError, TypeError):
+        return grace_s
+    return max(grace_s, needed) if math.isfinite(needed) else grace_s
+
+
+def stop_outcome(events_path: Path) -> str | None:
+    """"stopped, saved at step N" / "stopped, nothing saved" from a stopped job's `end` event; None when it sent
+    none (it was killed)."""
+    try:
+        with open(events_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "end" and "saved_step" in record:
+            saved = record["saved_step"]
+            return f"stopped, saved at step {saved}" if saved is not None else "stopped, nothing saved"
+    return None
 
 
 def read_stop_request(path: Path, first_seen: float) -> tuple[float, float]:

@@ -49,6 +49,7 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)   # overrides on top of the app's environment
     cwd: str = ""
     pid_create_time: float | None = None
+    outcome: str | None = None          # a stopped run's last word: "stopped, saved at step N" / "nothing saved"
 
     @property
     def is_finished(self) -> bool:

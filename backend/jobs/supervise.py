@@ -19,7 +19,8 @@ from pathlib import Path
 from backend.jobs.logtext import log_tail
 from backend.jobs.processes import IS_WINDOWS, ProcessRef, kill_group_leftovers, kill_tree, own_group_kwargs, \
     terminate_tree
-from backend.jobs.protocol import DEFAULT_GRACE_S, JOB_DIR_ENV, read_stop_request, write_stop_request
+from backend.jobs.protocol import DEFAULT_GRACE_S, JOB_DIR_ENV, grace_needed, read_stop_request, stop_outcome, \
+    write_stop_request
 from backend.jobs.record import load_job, save_job
 
 POLL_S = 0.1
@@ -87,6 +88,7 @@ class Supervisor:
                 continue
             now = time.time()
             requested_at, grace_s = read_stop_request(stop_path, first_seen or now)
+            grace_s = grace_needed(self.job_dir, grace_s)
             if first_seen is None:
                 first_seen = now
                 self.note(f"stop requested; the command has {grace_s:g} s to exit before it is killed")
@@ -105,7 +107,9 @@ class Supervisor:
         if stop_requested and (returncode == 0 or signalled):
             how = "killed after the grace period" if signalled else "exited cleanly"
             self.note(f"stopped ({how}; exit code {returncode})")
-            self.finish("stopped", returncode, None)
+            outcome = stop_outcome(self.job.events_path) if not signalled else None
+            self.finish("stopped", returncode, None,
+                        outcome or ("stopped, nothing saved (killed after the grace period)" if signalled else None))
         elif returncode == 0:
             self.note("succeeded (exit code 0)")
             self.finish("succeeded", 0, None)
@@ -115,9 +119,10 @@ class Supervisor:
             tail = log_tail(self.job.log_path)
             self.finish("failed", returncode, f"The command {reason}. Last lines of its log:\n{tail}")
 
-    def finish(self, status: str, returncode: int | None, error: str | None) -> None:
+    def finish(self, status: str, returncode: int | None, error: str | None, outcome: str | None = None) -> None:
         job = load_job(self.job_dir)
         job.status, job.returncode, job.error, job.ended = status, returncode, error, time.time()
+        job.outcome = outcome
         save_job(job)
         self.log.close()
 

@@ -8,13 +8,16 @@ alternate between the high- and low-noise expert, each with t inside its own ran
 
 accelerate is a thin wrap: it places the adapters (DDP across processes), scales the loss for accumulation and
 syncs gradients. Each process reads its own batches (every num_processes-th), so the effective batch is
-batch_size × gradient_accumulation_steps × num_processes. The stop flag is checked at every step boundary: the
-run then saves a checkpoint (and state), emits end{status: stopped} and returns.
+batch_size × gradient_accumulation_steps × num_processes. The stop flag is checked at every step boundary and
+between micro-batches (a partial step is dropped): the run then saves a checkpoint of its last finished step (and
+state), emits end{status: stopped, saved_step} and returns; the job runner waits as long as the run said a step and
+a save take (backend/train/guards.py). Non-finite losses never reach a saved file (FiniteLoss).
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +30,7 @@ from backend.models.registry import get_model_kind
 from backend.train.memory import apply_memory_settings, plan_memory
 from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_allocation, network_args_for
 from backend.train.debris import clean_debris
+from backend.train.guards import FiniteLoss, StopTiming
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
 from backend.train.outputs import Reservation, check_outputs, running_allocations
@@ -177,8 +181,10 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
              loraid=s.loraid, output_dir=str(saver.folder), output_name=s.output_name)
 
     def checkpoint(stem: str, final: bool = False) -> None:
-        """LoRA file(s) + state, from the main process, with everyone waiting for it."""
+        """LoRA file(s) + state, from the main process, with everyone waiting for it (never a non-finite one)."""
+        finite.check(step)
         accelerator.wait_for_everyone()
+        started = time.perf_counter()
         if main:
             for path in saver.save_loras(stem, step, epoch):
                 ctx.emit("checkpoint", path=str(path), step=step, epoch=epoch, final=final)
@@ -189,6 +195,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                                           generators={"noise": generator})
                 ctx.emit("checkpoint", path=str(folder), step=step, kind="state")
         accelerator.wait_for_everyone()
+        timing.save_done(time.perf_counter() - started)
 
     def sample() -> None:
         accelerator.wait_for_everyone()
@@ -198,16 +205,21 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
 
     # ---- loop -------------------------------------------------------------------------------------------------
     batches = dataset.iterate(position)
+    timing, finite = StopTiming(ctx), FiniteLoss(s.nonfinite_loss, accelerator, s.learning_rate)
     progress = Progress(ctx, total_steps, step, say, s.logging_dir if main else "")
     denoiser.train()
-    status = "succeeded"
+    status, first_step, skip_step = "succeeded", step, False
     while step < total_steps:
         if _stop_requested(stop_flag, accelerator):
             status = "stopped"
             break
+        started = time.perf_counter()
         sampler = samplers[step % len(samplers)]
-        losses = []
-        for _ in range(s.gradient_accumulation_steps):
+        losses, skip_step = [], False
+        for micro in range(s.gradient_accumulation_steps):
+            if micro and _stop_requested(stop_flag, accelerator):  # between micro-batches: drop the partial step
+                status = "stopped"
+                break
             mine = None
             for index in range(world):  # every process walks the same order and takes its own share
                 current, batch = next(batches)
@@ -216,15 +228,29 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                     mine = batch
             with accelerator.accumulate(denoiser):
                 loss = flow_matching_loss(denoiser, mine, sampler, generator, s, accelerator.device)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and s.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(denoiser.parameters(), s.max_grad_norm)
-                optimizer.step()
+                skip_step = not finite.observe(loss) or skip_step
+                if not skip_step:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and s.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(denoiser.parameters(), s.max_grad_norm)
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses.append(accelerator.reduce(loss.detach(), "mean").item())
+            if not skip_step:
+                losses.append(accelerator.reduce(loss.detach(), "mean").item())
+        if status == "stopped":
+            optimizer.zero_grad(set_to_none=True)
+            break
+        if skip_step:
+            finite.skipped += 1
+            ctx.emit("warning", message=f"step {step + 1} skipped: non-finite loss ({finite.skipped} skipped so far)")
+            say(f"warning: step {step + 1} skipped: non-finite loss ({finite.skipped} skipped so far)")
         scheduler.step()
         step += 1
-        progress.step(step, sum(losses) / len(losses), scheduler.get_last_lr()[0], epoch, s.log_every_n_steps)
+        progress.step(step, sum(losses) / len(losses) if losses else float("nan"), scheduler.get_last_lr()[0], epoch,
+                      s.log_every_n_steps)
+        timing.step_done(time.perf_counter() - started)
+        if step % s.log_every_n_steps == 0:
+            finite.check(step)
         if position.epoch > epoch:
             epoch = position.epoch
             ctx.emit("epoch", epoch=epoch, step=step)
@@ -244,12 +270,17 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
 
     # ---- final save -------------------------------------------------------------------------------------------
     progress.close()
-    if status == "stopped":
+    saved = step
+    if status == "stopped" and step == first_step:
+        say("stop requested before a step was finished: nothing new to save")
+        saved = None
+    elif status == "stopped":
         say(f"stop requested: saving at step {step}")
         checkpoint(checkpoint_stem(s.output_name, step=step))
     else:
         checkpoint(checkpoint_stem(s.output_name), final=True)
-    ctx.emit("end", status=status, step=step, epoch=epoch, total=total_steps)
+    ctx.emit("end", status=status, step=step, epoch=epoch, total=total_steps, saved_step=saved,
+             skipped_steps=finite.skipped)
     accelerator.end_training()
     ctx.close()
     return status
@@ -257,6 +288,8 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
 
 def _stop_requested(stop_flag: JobContext, accelerator) -> bool:
     """The stop flag, agreed on by all processes (any one seeing it stops them all at the same step)."""
+    if accelerator.num_processes == 1:
+        return stop_flag.stop_requested()
     seen = torch.tensor([1.0 if stop_flag.stop_requested() else 0.0], device=accelerator.device)
     if accelerator.num_processes > 1:
         seen = accelerator.reduce(seen, "sum")

@@ -62,6 +62,8 @@ def job_result(job: Job) -> str:
     if not job.is_finished:
         return ""
     parts = [f"exit code {job.returncode}" if job.returncode is not None else "no exit code"]
+    if job.outcome:
+        parts.insert(0, job.outcome)
     if job.error:
         parts.append(job.error)
     return " — ".join(parts)
