@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-loras": ("backend.compose.merge_loras_cli", "merge LoRA files into one LoRA (exact concat or SVD resize)"),
     "ema": ("backend.compose.ema_cli", "post-hoc EMA of a run's LoRA checkpoints (power EMA by real steps)"),
     "share": ("backend.compose.share_cli", "blend LoRAs only inside the modules they share (LORAID-safe)"),
+    "moe": ("backend.moe.cli", "LoRA-MoE: merge stage 1 into the DiT files, train experts + router, export one expert"),
     "generate": ("backend.generate.cli", "generate videos / images on Wan models with LoRAs and LORAIDs"),
 }
 

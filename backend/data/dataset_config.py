@@ -25,7 +25,7 @@ DEFAULT_CAPTION_EXTENSION = ".txt"
 INHERITED_KEYS = ("resolution", "caption_extension", "batch_size", "num_repeats", "enable_bucket",
                   "bucket_no_upscale", "skip_corrupted_cache")
 SOURCE_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
-DATASET_ONLY_KEYS = ("cache_directory", "control_directory")
+DATASET_ONLY_KEYS = ("cache_directory", "control_directory", "mask_directory", "expert_label")
 VIDEO_KEYS = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps")
 DATASET_KEYS = SOURCE_KEYS + DATASET_ONLY_KEYS + INHERITED_KEYS + VIDEO_KEYS
 
@@ -63,6 +63,8 @@ class DatasetSection:
     video_jsonl_file: str | None = None
     cache_directory: str | None = None
     control_directory: str | None = None
+    mask_directory: str | None = None  # LoRA-MoE: per-item ROI masks (<stem>.png, white = region of interest)
+    expert_label: str | None = None  # LoRA-MoE: the expert every item of this dataset belongs to (router hint)
     resolution: tuple[int, int] | None = None
     caption_extension: str | None = None
     batch_size: int | None = None
@@ -104,6 +106,8 @@ class ResolvedDataset:
     frame_sample: int
     max_frames: int
     source_fps: float | None
+    mask_directory: Path | None = None
+    expert_label: str | None = None
 
     @property
     def label(self) -> str:
@@ -377,7 +381,9 @@ def _resolve(config: DatasetConfig, index: int, section: DatasetSection) -> Reso
         skip_corrupted_cache=_pick(section, g, "skip_corrupted_cache", False),
         target_frames=tuple(sorted(set(section.target_frames or [1]))), frame_extraction=frame_extraction,
         frame_stride=section.frame_stride or 1, frame_sample=frame_sample, max_frames=section.max_frames or 129,
-        source_fps=section.source_fps)
+        source_fps=section.source_fps,
+        mask_directory=_absolute(config, section.mask_directory) if section.mask_directory else None,
+        expert_label=section.expert_label)
 
 
 def _check_unique_cache_directories(config: DatasetConfig, resolved: list[ResolvedDataset]) -> None:

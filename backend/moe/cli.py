@@ -1,0 +1,157 @@
+"""`python -m backend moe <action>`: the LoRA-MoE workflow from the command line.
+
+    moe merge  --workspace W --lora stage1.safetensors [--multiplier 1.0]        # into both demo A14B experts
+    moe merge  --lora S1 --dit LOW --dit_high_noise HIGH --out_dir MERGED        # your own pair
+    moe train  --config moe.toml [--workspace W] [--name value ...]               # stage 2 (seed flags accepted)
+    moe export --moe FILE --expert NAME --out expert.safetensors                  # one expert as a plain LoRA
+    moe stage1-args --blocks "last 8" --ffn_blocks "last 3" --rank_q 8 --rank_kvo 4 --rank_ffn 4 --num_blocks 40
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from backend.errors import UserError
+from backend.jobs.protocol import JobContext
+
+ACTIONS = ("merge", "train", "export", "stage1-args")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS, help="merge: fold stage 1 into the DiT files; train: stage 2; "
+                                                         "export: one expert as a LoRA; stage1-args: network_args")
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help="the action's options (`moe ACTION --help`)")
+
+
+def _merge(argv: list[str]) -> int:
+    from backend.moe.merge_stage1 import Stage1Merge, merge_stage1
+    from backend.workspace import Workspace
+
+    parser = argparse.ArgumentParser(prog="python -m backend moe merge",
+                                     description="Fold a stage-1 LoRA into both experts of an A14B pair (or one DiT).")
+    parser.add_argument("--lora", required=True, help="the stage-1 LoRA")
+    parser.add_argument("--lora_high_noise", default=None, help="a separate stage-1 LoRA for the high-noise expert")
+    parser.add_argument("--multiplier", type=float, default=1.0, help="strength of the stage-1 LoRA (default 1.0)")
+    parser.add_argument("--workspace", default=None, help="workspace: default DiTs are its demo A14B pair")
+    parser.add_argument("--dit", default=None, help="low-noise expert (A14B) or the single DiT")
+    parser.add_argument("--dit_high_noise", default=None, help="high-noise expert")
+    parser.add_argument("--out_dir", default=None, help="folder of the merged files (default: W/models/<lora>-merged)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="same", choices=["same", "fp32", "bf16", "fp16"])
+    args = parser.parse_args(argv)
+    workspace = Workspace(args.workspace) if args.workspace else None
+    dit, high, config_json = args.dit, args.dit_high_noise, None
+    if dit is None and high is None:
+        if workspace is None:
+            raise UserError("no DiT given; pass --dit LOW --dit_high_noise HIGH, or --workspace W for its demo pair.")
+        from backend.models.demo import expert_file
+
+        dit, high = expert_file(workspace, "low"), expert_file(workspace, "high")
+        config_json = workspace.demo_a14b / "config.json"
+    out_dir = args.out_dir
+    if out_dir is None:
+        if workspace is None:
+            raise UserError("no output folder; pass --out_dir DIR (or --workspace W).")
+        out_dir = workspace.models / f"{Path(args.lora).stem}-merged"
+    request = Stage1Merge(Path(args.lora), Path(out_dir), Path(dit) if dit else None, Path(high) if high else None,
+                          Path(args.lora_high_noise) if args.lora_high_noise else None, args.multiplier,
+                          args.device, args.dtype)
+    with JobContext.from_env() as ctx:
+        ctx.emit("start", total=100, lora=args.lora)
+        parts = len(request.plan())
+        done_parts: list[str] = []
+
+        def progress(label: str, done: int, total: int) -> None:
+            if done == total:
+                done_parts.append(label)
+            if done == total or done % max(1, total // 20) == 0:
+                share = (len(done_parts) - (done == total) + done / total) / parts
+                ctx.emit("progress", step=int(100 * share), total=100, part=label)
+
+        results = merge_stage1(request, progress, config_json)
+        for result in results:
+            for warning in result.warnings:
+                print(f"warning: {warning}")
+            print(f"wrote {result.out} ({result.adapted_weights} weights adapted, {result.seconds:.1f} s)")
+            ctx.emit("checkpoint", path=str(result.out))
+        ctx.emit("end", status="succeeded", outputs=[str(r.out) for r in results], out_dir=str(request.out_dir))
+    return 0
+
+
+def parse_train(argv: list[str]):
+    from backend.moe.seed_flags import translate_train
+    from backend.moe.settings import MoeTrainSettings
+    from backend.workspace import Workspace
+
+    parser = argparse.ArgumentParser(prog="python -m backend moe train", description="LoRA-MoE stage 2.",
+                                     epilog="Any setting as --name value (backend/moe/settings.py); the LoRA-MoE "
+                                            "fork's flags (--num_experts, --routing_mode, --rank_q ...) are mapped.")
+    parser.add_argument("--config", default=None, help="run TOML or preset JSON (MoeTrainSettings)")
+    parser.add_argument("--workspace", default=None, help="workspace folder")
+    args, rest = parser.parse_known_args(argv)
+    settings = MoeTrainSettings.load_file(args.config) if args.config else MoeTrainSettings()
+    overrides = MoeTrainSettings.parse_cli_overrides(translate_train(rest))
+    if "network_args" in overrides:  # add to the config's network_args; a key given again replaces it
+        given = {entry.split("=", 1)[0] for entry in overrides["network_args"]}
+        kept = [entry for entry in settings.network_args if entry.split("=", 1)[0] not in given]
+        overrides["network_args"] = kept + overrides["network_args"]
+    if overrides:
+        settings = settings.with_overrides(overrides)
+    workspace = Workspace(args.workspace) if args.workspace else None
+    return settings, workspace
+
+
+def _train(argv: list[str]) -> int:
+    from backend.moe.train import train_moe
+
+    settings, workspace = parse_train(argv)
+    train_moe(settings, workspace)
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    from backend.moe.files import export_expert, load_moe
+
+    parser = argparse.ArgumentParser(prog="python -m backend moe export",
+                                     description="Write one expert as an ordinary LoRA (musubi / ComfyUI layout).")
+    parser.add_argument("--moe", required=True, help="the LoRA-MoE file")
+    parser.add_argument("--expert", required=True, help="the expert's name")
+    parser.add_argument("--out", required=True, help="output .safetensors (A14B pairs: one file per expert, "
+                                                     "suffixed _high / _low)")
+    args = parser.parse_args(argv)
+    for path in export_expert(load_moe(args.moe), args.expert, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _stage1_args(argv: list[str]) -> int:
+    from backend.moe.stage1 import parse_blocks, stage1_network_args
+
+    parser = argparse.ArgumentParser(prog="python -m backend moe stage1-args",
+                                     description="network_args for stage 1 (per-projection ranks, chosen blocks).")
+    parser.add_argument("--num_blocks", type=int, required=True, help="blocks of the model (40 for Wan 14B)")
+    parser.add_argument("--blocks", default="", help='attention blocks: "32-39", "last 8", "0,1,5-7"')
+    parser.add_argument("--ffn_blocks", default="", help="blocks whose first FFN linear is trained")
+    parser.add_argument("--attention", default="both", choices=["self", "cross", "both"])
+    for key in ("rank_q", "rank_kvo", "rank_ffn"):
+        parser.add_argument(f"--{key}", type=int, default=None)
+    args = parser.parse_args(argv)
+    entries = stage1_network_args(parse_blocks(args.blocks, args.num_blocks),
+                                  parse_blocks(args.ffn_blocks, args.num_blocks), rank_q=args.rank_q,
+                                  rank_kvo=args.rank_kvo, rank_ffn=args.rank_ffn, attention=args.attention)
+    print(" ".join(f'"{entry}"' for entry in entries))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    action = {"merge": _merge, "train": _train, "export": _export, "stage1-args": _stage1_args}[args.action]
+    try:
+        return action(list(args.rest))
+    except UserError as exc:
+        if args.action in ("train", "merge"):
+            with JobContext.from_env() as ctx:
+                ctx.emit("error", message=str(exc))
+                ctx.emit("end", status="failed", message=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
