@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"python -m backend {name}", description=summary)
     module.add_arguments(parser)
+    try:
+        if hasattr(module, "translate_argv"):  # flags of other tools mapped to ours (or refused with a sentence)
+            rest = module.translate_argv(rest)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)

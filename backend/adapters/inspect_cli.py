@@ -136,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from backend.moe import files as moe_files
+
+    if moe_files.is_moe_file(args.file):  # experts + router + gate: described by backend/moe
+        info = moe_files.describe(moe_files.load_moe(args.file))
+        print(json.dumps(info, indent=2) if args.json else moe_files.format_text(info))
+        return 0
     info = describe(load_lora(args.file))
     print(json.dumps(info, indent=2) if args.json else format_text(info))
     return 0

@@ -65,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="keep LoRAs as live adapters instead of merging them into the weights (slower steps, "
                            "multipliers changeable without reloading)")
 
+    moe = parser.add_argument_group("LoRA-MoE")
+    moe.add_argument("--moe", default=None, metavar="FILE", help="a LoRA-MoE file (experts + router + timestep gate)")
+    moe.add_argument("--hint", default=None, metavar="NAME", help="route every sample to this expert (else the "
+                                                                 "router chooses)")
+    moe.add_argument("--expert_strength", nargs="+", default=None, metavar="NAME=VALUE",
+                     help="scale experts, e.g. red=0.8 (`*=X` for all)")
+    moe.add_argument("--router_ema", type=float, default=None,
+                     help="smooth the router's gates over denoising steps (β in [0, 1); default: the file's)")
+
     memory = parser.add_argument_group("memory")
     memory.add_argument("--cpu_offload", action="store_true",
                         help="keep idle models (text encoder, transformer, VAE) on the CPU and move each to the GPU "
@@ -145,7 +154,8 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     memory = MemoryOptions(args.cpu_offload, args.fp8, args.vae_tiling)
     out_dir = _out_dir(args)
     session = GenerateSession(_choice(args), lora_request, memory, image_to_video=args.image is not None,
-                              warn=lambda message: (print(message), ctx.emit("warning", message=message)))
+                              warn=lambda message: (print(message), ctx.emit("warning", message=message)),
+                              moe=_moe_request(args))
     total = sum(settings.steps for settings in batch)
     ctx.emit("start", total=total, prompts=len(batch))
     done, results = 0, []
@@ -159,10 +169,30 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
         record = session.record(settings)
         written = write_result(output_stem(out_dir, settings.seed), session.decode(latents), record,
                                save_frames=args.save_frames, latents=latents if args.save_latents else None)
-        ctx.emit("sample", path=written.get("video") or written.get("image"), prompt=settings.prompt)
+        ctx.emit("sample", path=written.get("video") or written.get("image"), prompt=settings.prompt,
+                 **({"routing": record["moe"]["routing"]} if "moe" in record else {}))
         print(f"wrote {written.get('video') or written.get('image')} (seed {settings.seed})")
         results.append(written)
     return results
+
+
+def _moe_request(args: argparse.Namespace):
+    if not args.moe:
+        if args.hint or args.expert_strength:
+            raise UserError("--hint and --expert_strength choose experts of a LoRA-MoE file; add --moe FILE.")
+        return None
+    from backend.moe.inference import MoeRequest, parse_strengths
+
+    if args.router_ema is not None and not 0.0 <= args.router_ema < 1.0:
+        raise UserError(f"--router_ema {args.router_ema}: give a β from 0 (no smoothing) up to, not including, 1.")
+    return MoeRequest(args.moe, args.hint, parse_strengths(args.expert_strength), args.router_ema)
+
+
+def translate_argv(argv: list[str]) -> list[str]:
+    """The LoRA-MoE fork's inference flags (--lora_moe_weights, --instrument_hint, --alpha_expert) mapped to ours."""
+    from backend.moe.seed_flags import translate_generate
+
+    return translate_generate(argv)
 
 
 def run(args: argparse.Namespace) -> int:

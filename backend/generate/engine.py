@@ -58,7 +58,7 @@ def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
 
 class GenerateSession:
     def __init__(self, choice: ModelChoice, loras: LoraRequest | None = None, memory: MemoryOptions | None = None,
-                 image_to_video: bool = False, warn: Callable[[str], None] = print) -> None:
+                 image_to_video: bool = False, warn: Callable[[str], None] = print, moe=None) -> None:
         self.choice = choice
         self.lora_request = loras or LoraRequest()
         self.memory = memory or MemoryOptions()
@@ -81,6 +81,7 @@ class GenerateSession:
                 self.networks += hook_into(transformer, loras)
             else:
                 merge_into(transformer, loras)
+        self.moe = _attach_moe(self.model.transformers, moe, warn) if moe is not None else None
         apply_memory_options(self.model.pipeline, self.model.transformers, self.memory)
         for network in self.networks:
             network.to(adapter_device())
@@ -97,6 +98,8 @@ class GenerateSession:
             raise UserError("--guidance_scale_2 sets the low-noise expert's guidance, and this model has a single "
                             "transformer; leave it out.")
         pipe.scheduler = make_scheduler(settings.sampler, settings.flow_shift)
+        if self.moe is not None:
+            self.moe.reset()
         stopped = []
 
         def callback(pipeline, index, timestep, tensors):
@@ -137,6 +140,17 @@ class GenerateSession:
             "lora_mode": "hooked" if self.lora_request.hooked else "merged",
             "allow_overlap": self.lora_request.allow_overlap,
             "memory": self.memory.to_dict(),
+            **({"moe": self.moe.record()} if self.moe is not None else {}),
             "diffusers_version": diffusers.__version__,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+
+def _attach_moe(transformers: dict, request, warn: Callable[[str], None]):
+    """A LoRA-MoE file on the transformers (backend/moe/inference.py), its warnings passed on."""
+    from backend.moe.inference import attach_moe
+
+    attached = attach_moe(transformers, request)
+    for warning in attached.warnings:
+        warn(f"warning: {warning}")
+    return attached

@@ -4,6 +4,7 @@
     moe merge  --lora S1 --dit LOW --dit_high_noise HIGH --out_dir MERGED        # your own pair
     moe train  --config moe.toml [--workspace W] [--name value ...]               # stage 2 (seed flags accepted)
     moe export --moe FILE --expert NAME --out expert.safetensors                  # one expert as a plain LoRA
+    moe demo   --workspace W --out_dir D                                         # the whole demo + its measures
     moe stage1-args --blocks "last 8" --ffn_blocks "last 3" --rank_q 8 --rank_kvo 4 --rank_ffn 4 --num_blocks 40
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from backend.errors import UserError
 from backend.jobs.protocol import JobContext
 
-ACTIONS = ("merge", "train", "export", "stage1-args")
+ACTIONS = ("merge", "train", "export", "stage1-args", "demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +118,8 @@ def _export(argv: list[str]) -> int:
                                      description="Write one expert as an ordinary LoRA (musubi / ComfyUI layout).")
     parser.add_argument("--moe", required=True, help="the LoRA-MoE file")
     parser.add_argument("--expert", required=True, help="the expert's name")
-    parser.add_argument("--out", required=True, help="output .safetensors (A14B pairs: one file per expert, "
-                                                     "suffixed _high / _low)")
+    parser.add_argument("--out", required=True, help="output .safetensors (A14B pairs: one file per noise "
+                                                     "expert, suffixed -high_noise / -low_noise)")
     args = parser.parse_args(argv)
     for path in export_expert(load_moe(args.moe), args.expert, args.out):
         print(f"wrote {path}")
@@ -144,8 +145,24 @@ def _stage1_args(argv: list[str]) -> int:
     return 0
 
 
+def _demo(argv: list[str]) -> int:
+    from backend.moe.demo import run_demo
+    from backend.workspace import Workspace
+
+    parser = argparse.ArgumentParser(prog="python -m backend moe demo",
+                                     description="Stage 1 -> merge -> stage 2 on the demo workspace, then measure.")
+    parser.add_argument("--workspace", required=True, help="a demo workspace with the demo dataset cached")
+    parser.add_argument("--out_dir", required=True, help="folder for the LoRA, the merged pair and the MoE file")
+    parser.add_argument("--stage1_steps", type=int, default=10)
+    parser.add_argument("--stage2_steps", type=int, default=40)
+    args = parser.parse_args(argv)
+    run_demo(Workspace(args.workspace), Path(args.out_dir), args.stage1_steps, args.stage2_steps)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    action = {"merge": _merge, "train": _train, "export": _export, "stage1-args": _stage1_args}[args.action]
+    action = {"merge": _merge, "train": _train, "export": _export, "stage1-args": _stage1_args,
+              "demo": _demo}[args.action]
     try:
         return action(list(args.rest))
     except UserError as exc:

@@ -25,7 +25,7 @@ class RoutingState:
     gates: torch.Tensor | None = None
     tau: torch.Tensor | None = None
     strengths: torch.Tensor | None = None
-    history: list = field(default_factory=list)  # (logits, probs, gates) of the calls since the last `take()`
+    history: list = field(default_factory=list)  # (logits, probs, gates, text key) of the calls since the last `take()`
 
     def take(self) -> list:
         taken, self.history = self.history, []

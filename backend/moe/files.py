@@ -23,6 +23,7 @@ from backend.adapters.metadata import build_metadata
 from backend.compose.provenance import MERGE_KEY
 from backend.errors import UserError
 from backend.fileio import save_safetensors_atomic
+from backend.models.registry import EXPERT_STEMS
 from backend.moe.network import MoeNetwork, MoeSpec
 
 HEADER_KEY = "loraid_studio.lora_moe"
@@ -147,7 +148,7 @@ def load_into(network: MoeNetwork, moe: MoeFile) -> None:
 
 def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] | None = None) -> list[Path]:
     """Write one expert as an ordinary LoRA (musubi / ComfyUI `lora_unet_*`), one file per transformer label:
-    `out` itself for a single transformer, else `<out stem>_<label>.safetensors`. The expert is written at gate 1
+    `out` itself for a single transformer, else `<out stem>-high_noise.safetensors` / `-low_noise`. The expert is written at gate 1
     and τ 1 (the router and the timestep gate do not exist outside the MoE)."""
     index = moe.spec.expert_index(expert)
     labels = labels or moe.labels
@@ -157,20 +158,29 @@ def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] 
         part = moe.part(label)
         if not part:
             raise UserError(f"the file has no `{label}` experts; pick one of {', '.join(moe.labels)}.")
-        tensors = {}
-        for prefix in moe.expert_modules(label):
-            tensors[f"{prefix}.lora_down.weight"] = part[f"{prefix}.lora_down.weight"][index].clone()
-            tensors[f"{prefix}.lora_up.weight"] = part[f"{prefix}.lora_up.weight"][index].clone()
-            tensors[f"{prefix}.alpha"] = part[f"{prefix}.alpha"].clone()
-        extra = {"loraid_studio.lora_moe_expert": {"expert": expert, "index": index, "label": label,
+        tensors = export_tensors(moe, expert, label)
+        extra = {"loraid_studio.expert": "" if label == "single" else label,
+                 "loraid_studio.lora_moe_expert": {"expert": expert, "index": index, "label": label,
                                                    "source": moe.path.name if moe.path else None,
                                                    "stage1": moe.header.get("stage1", {}).get(label)}}
         metadata = build_metadata("lora", moe.spec.rank, moe.spec.alpha, list(moe.spec.network_args), None,
                                   moe.header.get("model_kind"), step=moe.header.get("step"), extra=extra,
                                   title=f"{expert} ({label})")
-        path = out if len(labels) == 1 else out.with_name(f"{out.stem}_{label}{out.suffix or '.safetensors'}")
+        path = out if len(labels) == 1 else out.with_name(f"{out.stem}-{EXPERT_STEMS[label]}{out.suffix or '.safetensors'}")
         written.append(save_lora(path, tensors, metadata))
     return written
+
+
+def export_tensors(moe: MoeFile, expert: str, label: str) -> dict[str, torch.Tensor]:
+    """One expert of one transformer in the canonical LoRA layout (`lora_unet_*.lora_down.weight`, ...)."""
+    index = moe.spec.expert_index(expert)
+    part = moe.part(label)
+    tensors = {}
+    for prefix in moe.expert_modules(label):
+        tensors[f"{prefix}.lora_down.weight"] = part[f"{prefix}.lora_down.weight"][index].clone()
+        tensors[f"{prefix}.lora_up.weight"] = part[f"{prefix}.lora_up.weight"][index].clone()
+        tensors[f"{prefix}.alpha"] = part[f"{prefix}.alpha"].clone()
+    return tensors
 
 
 def describe(moe: MoeFile) -> dict:

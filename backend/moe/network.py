@@ -166,7 +166,7 @@ class MoeNetwork(nn.Module):
         self.state.gates = gates
         self.state.tau = self.gate(t.to(device))
         if self.record_history:
-            self.state.history.append((logits, probs, gates))
+            self.state.history.append((logits, probs, gates, round(float(text.detach().float().sum()), 3)))
         return gates
 
     # --- training ----------------------------------------------------------------------------------------------

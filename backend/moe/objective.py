@@ -87,13 +87,13 @@ def moe_losses(denoiser: MoeDenoiser, batch: dict, t: torch.Tensor, noise: torch
     for network in denoiser.networks.values():
         calls = network.state.take()
         network.record_history = False
-        for logits, probs, _ in calls:
+        for logits, probs, _, _ in calls:
             if learned:
                 terms["load_balance"] = terms["load_balance"] + load_balancing_loss(probs) / len(calls)
                 terms["z_loss"] = terms["z_loss"] + router_z_loss(logits) / len(calls)
                 terms["entropy"] = terms["entropy"] + routing_entropy(probs) / len(calls)
         if calls and network.hint is not None:
-            logits, probs, _ = calls[-1]
+            logits, probs, _, _ = calls[-1]
             part_hint = network.hint.to(probs.device)
             if settings.routing_mode == "learned+hint":
                 terms["hint_kl"] = terms["hint_kl"] + hint_kl(probs, part_hint)
