@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from backend.errors import UserError
+from backend.errors import UserError, os_error_sentence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("backend.models.demo_cli", "create the demo workspace (tiny Wan models + sample dataset)"),
@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        sentence = os_error_sentence(exc)
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
         return 2
 
 

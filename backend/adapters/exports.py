@@ -24,6 +24,7 @@ from backend.adapters.keys import block_of
 from backend.adapters.metadata import OURS, FORMAT_VERSION
 from backend.errors import UserError
 from backend.fileio import save_safetensors_atomic
+from backend.finite import refuse_nonfinite_output
 from backend.models.names import wan_to_diffusers
 from backend.output_guard import check_output_file
 
@@ -158,7 +159,9 @@ def convert_lora(src: str | Path, dst: str | Path, to: str = "musubi", fold_alph
     else:
         tensors = to_comfy(lora_file, fold_alpha) if to == "comfy" else to_diffusers(lora_file)
     folded = to == "diffusers" or (to == "comfy" and fold_alpha)
-    return save_safetensors_atomic(cast_for_save(tensors, precision), dst, export_metadata(lora_file, to, folded))
+    cast = cast_for_save(tensors, precision)
+    refuse_nonfinite_output(cast, dst)
+    return save_safetensors_atomic(cast, dst, export_metadata(lora_file, to, folded))
 
 
 def convert_to_plain_lora(src: str | Path, dst: str | Path, rank: int, base: str | Path | None = None,

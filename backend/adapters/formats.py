@@ -22,6 +22,7 @@ from backend.adapters.layouts import canonicalize
 from backend.adapters.metadata import parse_metadata
 from backend.errors import UserError
 from backend.fileio import save_safetensors_atomic
+from backend.finite import nonfinite_keys, refuse_nonfinite, refuse_nonfinite_output
 from backend.models.names import lora_key_prefix
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,6 +45,7 @@ class LoraFile:
     notes: list[str] = field(default_factory=list)  # what reading changed, in words
     path: Path | None = None
     file_size: int | None = None
+    nonfinite: list[str] = field(default_factory=list)  # keys holding NaN / inf (read with allow_nonfinite)
 
     @property
     def scales(self) -> dict[str, float]:
@@ -162,9 +164,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def load_lora(path: str | Path) -> LoraFile:
+def load_lora(path: str | Path, allow_nonfinite: bool = False) -> LoraFile:
     """Read a LoRA / LoCon / DoRA / LoHa / LoKr file written by this app, musubi-tuner, blissful-tuner, ComfyUI tools
-    or diffusers / PEFT, into the canonical layout."""
+    or diffusers / PEFT, into the canonical layout. A file holding NaN / inf is refused unless `allow_nonfinite`
+    (inspecting reports it in `nonfinite`)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"The LoRA file {path} does not exist; check the path.")
@@ -174,7 +177,12 @@ def load_lora(path: str | Path) -> LoraFile:
     if size == 0:
         raise UserError(f"{path.name} is empty (0 bytes); it was not saved completely.")
     tensors, metadata = _read_safetensors(path)
-    return lora_from_state_dict(tensors, metadata, path=path, file_size=size)
+    bad = nonfinite_keys(tensors)
+    if not allow_nonfinite:
+        refuse_nonfinite(bad, path, "LoRA file")
+    lora = lora_from_state_dict(tensors, metadata, path=path, file_size=size)
+    lora.nonfinite = bad
+    return lora
 
 
 def cast_for_save(tensors: Mapping[str, torch.Tensor], precision: str | None) -> dict[str, torch.Tensor]:
@@ -204,7 +212,9 @@ def save_lora(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: M
     for key, value in metadata.items():
         if not isinstance(value, str):
             raise TypeError(f"metadata value for {key!r} must be a string, got {type(value).__name__}")
-    return save_safetensors_atomic(cast_for_save(tensors, precision), path, metadata)
+    cast = cast_for_save(tensors, precision)
+    refuse_nonfinite_output(cast, path)
+    return save_safetensors_atomic(cast, path, metadata)
 
 
 def _rslora_factor(alpha: float, rank: int) -> float | None:

@@ -77,7 +77,10 @@ def describe(lora_file: LoraFile) -> dict[str, Any]:
         "network_args": lora_file.info["network_args"],
         "metadata": {key: md[key] for key in SUMMARY_KEYS if key in md},
         "metadata_keys": len(md),
-        "notes": list(lora_file.notes),
+        "notes": list(lora_file.notes) + ([f"{len(lora_file.nonfinite)} tensors hold NaN or infinite values (first: "
+                                            f"{lora_file.nonfinite[0]}); merge, convert and generate refuse this file"]
+                                           if lora_file.nonfinite else []),
+        "nonfinite_tensors": list(lora_file.nonfinite),
         "hint": suspicious_rslora_hint(lora_file),
         "dora_convention": lora_file.flags.get("dora_convention"),
         "dora_base": (lora_file.flags.get("dora_base") or {}).get("sha256"),
@@ -142,6 +145,6 @@ def run(args: argparse.Namespace) -> int:
         info = moe_files.describe(moe_files.load_moe(args.file))
         print(json.dumps(info, indent=2) if args.json else moe_files.format_text(info))
         return 0
-    info = describe(load_lora(args.file))
+    info = describe(load_lora(args.file, allow_nonfinite=True))
     print(json.dumps(info, indent=2) if args.json else format_text(info))
     return 0

@@ -25,6 +25,7 @@ from backend.compose.provenance import MERGE_KEY, MERGED_LORAIDS_KEY, as_json, l
 from backend.compose.memory import release_freed_memory
 from backend.compose.stream import TensorEntry, TensorReader, write_streaming
 from backend.errors import UserError
+from backend.finite import check_tensor
 from backend.loraid.overlap import guard_files, overlap_message
 from backend.models.checkpoint import (TORCH_SUFFIXES, check_quantization_supported, is_scaled_fp8, weight_files)
 from backend.models.names import diffusers_to_wan, lora_key_prefix
@@ -162,7 +163,7 @@ def merge_into_dit(dit: str | Path, lora_paths: Sequence[str | Path], multiplier
     source = {entry.name: entry for entry in checkpoint.entries}
 
     def produce(entry: TensorEntry) -> torch.Tensor:
-        tensor = checkpoint.readers[entry.name].read(source[entry.name])
+        tensor = check_tensor(entry.name, checkpoint.readers[entry.name].read(source[entry.name]), dit)
         steps = plan.get(entry.name)
         if not steps:
             return tensor.to(entry.dtype)
@@ -177,6 +178,9 @@ def merge_into_dit(dit: str | Path, lora_paths: Sequence[str | Path], multiplier
             merged[rows] = _merge_rows(tensor[rows], sliced, compute).to(entry.dtype).cpu()
         return merged
 
+    def checked(entry: TensorEntry) -> torch.Tensor:
+        return check_tensor(entry.name, produce(entry), out, "merged model")
+
     def on_tensor(done: int, total: int) -> None:
         release_freed_memory()
         if progress is not None:
@@ -187,5 +191,5 @@ def merge_into_dit(dit: str | Path, lora_paths: Sequence[str | Path], multiplier
     metadata[MERGE_KEY] = as_json({"base": dit.name, "loras": records, "dtype": dtype, "expert": expert,
                                    "allow_overlap": bool(conflicts)})
     metadata[MERGED_LORAIDS_KEY] = as_json(loraids_of(records))
-    write_streaming(out, out_entries, produce, metadata, on_tensor)
+    write_streaming(out, out_entries, checked, metadata, on_tensor)
     return MergeResult(out, len(out_entries), len(plan), time.perf_counter() - started, records, warnings)

@@ -69,7 +69,7 @@ def lora_files(root: Path, loras_folder: Path, names: Iterable[str] | None, type
 
 @lru_cache(maxsize=256)
 def _summary(path: str, mtime_ns: int, size: int) -> dict:
-    return describe(load_lora(path))
+    return describe(load_lora(path, allow_nonfinite=True))
 
 
 def summary_of(path: Path) -> dict:

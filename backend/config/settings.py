@@ -7,7 +7,6 @@ arguments (`--name value`), so a UI form, a preset and the CLI can never drift a
 from __future__ import annotations
 
 import difflib
-import json
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,6 +66,11 @@ class Settings(BaseModel):
             close = difflib.get_close_matches(key, cls.model_fields, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else "; remove it."
             raise UserError(f"{source}: unknown setting `{key}`{hint}")
+        for key, value in values.items():
+            annotation = str(cls.model_fields[key].annotation)
+            if isinstance(value, bool) and "bool" not in annotation and ("int" in annotation or "float" in annotation):
+                raise UserError(f"{source}: setting `{key}` = {str(value).lower()} is true/false, not a number; give "
+                                "a number.")
         try:
             return cls(**values)
         except ValidationError as exc:
@@ -120,15 +124,15 @@ class Settings(BaseModel):
     def load_file(cls, path: str | Path):
         """A run TOML or a preset JSON, by extension."""
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file {path} is a folder; pass the path of a run TOML or preset JSON inside it.")
         if not path.is_file():
             raise UserError(f"config file {path} does not exist; pass the path of a run TOML or preset JSON.")
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or re-export it.") from None
-            return cls.from_preset(data, path.name)
+            from backend.config.presets import parse_preset  # the same strict reading as the app's preset loader
+
+            return parse_preset(text, cls, path.name)
         return cls.from_toml_text(text, path.name)
 
     # ---- command line ------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """What one generation asks for, checked before any model is loaded: every rule is one sentence to the user."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from backend.errors import UserError
 
 SAMPLERS = ("unipc", "euler")
+MAX_SEED = 2 ** 63 - 1
+MAX_FRAMES = 1001
+MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,18 @@ def validate(settings: GenerateSettings) -> GenerateSettings:
 def validate_values(settings: GenerateSettings) -> GenerateSettings:
     """Every rule of `validate` but the prompt's (a form checks these while its prompt is still being written)."""
     s = settings
+    for name in ("guidance_scale", "guidance_scale_2", "flow_shift"):
+        value = getattr(s, name)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name} {value} is not a finite number; give a number such as 5.0.")
+    if s.seed is not None and not 0 <= s.seed <= MAX_SEED:
+        raise UserError(f"--seed {s.seed} is outside 0..{MAX_SEED}; give a smaller whole number.")
+    if s.frames > MAX_FRAMES:
+        raise UserError(f"--frames {s.frames} is more than this app generates ({MAX_FRAMES}); use 81 or fewer for "
+                        "Wan's usual clip length.")
+    for name, value in (("width", s.width), ("height", s.height)):
+        if value > MAX_SIDE:
+            raise UserError(f"--{name} {value} is larger than {MAX_SIDE}; use Wan's 832x480 or 1280x720.")
     if s.frames < 1 or (s.frames - 1) % 4:
         lower = max(1, s.frames - (s.frames - 1) % 4)
         raise UserError(f"--frames {s.frames} is not 4n+1 (1, 5, 9, ..., 81); use {lower} or {lower + 4}.")

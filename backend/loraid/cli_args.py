@@ -6,6 +6,7 @@ occurrence kept. Multipliers: one value applies to every LoRA; otherwise there m
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Iterable, Sequence
 
@@ -61,6 +62,8 @@ def resolve_loraids(args: argparse.Namespace | Sequence | None) -> list[int]:
 def resolve_multipliers(count: int, multipliers: Iterable[float] | None) -> list[float]:
     """None or [] -> 1.0 for all; one value -> that value for all; `count` values -> as given; else a UserError."""
     values = [float(value) for value in flatten_appended(multipliers)]
+    if any(not math.isfinite(value) for value in values):
+        raise UserError("A multiplier is NaN or infinite; give finite strengths such as 1.0 or 0.7.")
     if not values:
         return [1.0] * count
     if len(values) == 1:

@@ -43,7 +43,7 @@ def coverage_of_file(path: str | Path) -> set[str]:
     if modules is None:
         from backend.adapters.formats import load_lora
 
-        modules = set(load_lora(path).modules)
+        modules = set(load_lora(path, allow_nonfinite=True).modules)
     return modules
 
 
@@ -81,5 +81,5 @@ def allocation_of_file(path: str | Path) -> Allocation | None:
     if modules is None:
         from backend.adapters.formats import load_lora
 
-        modules = set(load_lora(path).modules)
+        modules = set(load_lora(path, allow_nonfinite=True).modules)
     return allocation_from_header(metadata, modules)

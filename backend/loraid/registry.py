@@ -134,7 +134,7 @@ class LoraidRegistry:
             if modules is None:
                 from backend.adapters.formats import load_lora
 
-                modules = set(load_lora(file).modules)
+                modules = set(load_lora(file, allow_nonfinite=True).modules)
             allocation = allocation_from_header(metadata, modules)
         except UserError:
             return None

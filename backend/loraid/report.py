@@ -34,7 +34,7 @@ def _load(paths: Sequence[str | Path]) -> list[tuple[str, Any, str | None]]:
     names = [p.name for p in paths]
     loaded = []
     for path in paths:
-        lora_file = load_lora(path)
+        lora_file = load_lora(path, allow_nonfinite=True)
         allocation = lora_file.info["allocation"] or {}
         label = path.name if names.count(path.name) == 1 else str(path)
         loaded.append((label, lora_file, allocation.get("expert")))
@@ -118,7 +118,7 @@ def interference_report(paths: Sequence[str | Path], model: str | Path | None = 
     loaded = _load(paths)
     multipliers = list(multipliers) if multipliers else [1.0] * len(loaded)
     files = [{"file": label, "loraid": f.info["loraid"], "expert": expert, "modules": len(f.modules),
-              "blocks": compact_ranges(f.blocks)} for label, f, expert in loaded]
+              "blocks": compact_ranges(f.blocks), "nonfinite_tensors": list(f.nonfinite)} for label, f, expert in loaded]
     pairs = [(i, j) for i, j in combinations(range(len(loaded)), 2)
              if _same_transformer(loaded[i][2], loaded[j][2])]
     coverages = {label: set(f.modules) for label, f, _ in loaded}
@@ -185,6 +185,9 @@ def format_report(report: dict[str, Any]) -> str:
         loraid = f["loraid"] if f["loraid"] is not None else "-"
         expert = f" expert {f['expert']}" if f["expert"] else ""
         lines.append(f"  {f['file']}: LORAID {loraid}{expert}, {f['modules']} modules in blocks {f['blocks'] or '-'}")
+        if f.get("nonfinite_tensors"):
+            lines.append(f"    warning: {len(f['nonfinite_tensors'])} tensors hold NaN or infinite values (first: "
+                         f"{f['nonfinite_tensors'][0]}); its numbers below are not meaningful")
     lines += ["", "Weight space"]
     for pair in report["weight_space"]:
         if not pair["shared_modules"]:

@@ -5,6 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
+from backend.errors import UserError
+from backend.output_guard import check_folder
 from backend.workspace import Workspace
 
 
@@ -17,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.seed < 2 ** 31:
+        raise UserError(f"--seed {args.seed} is outside 0..{2 ** 31 - 1}; give a whole number such as 0.")
+    check_folder(Path(args.workspace).expanduser(), None, outside_confirmed=True)
     workspace = Workspace(args.workspace)
     if workspace.exists() and not args.force:
         print(f"Workspace {workspace.root} already exists; nothing to do (pass --force to rebuild the demo parts).")

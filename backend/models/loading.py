@@ -18,6 +18,7 @@ import torch
 
 from backend.errors import UserError
 from backend.fileio import save_safetensors_atomic
+from backend.finite import nonfinite_keys, refuse_nonfinite
 from backend.models.checkpoint import (
     FP8_SCALE_SUFFIX,
     check_quantization_supported,
@@ -163,6 +164,7 @@ def load_transformer(path: str | Path, config_dir_or_kind: str | Path | None = N
     unloaded = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
     if unloaded:
         raise RuntimeError(f"{path}: diffusers left {len(unloaded)} tensors unloaded, e.g. {unloaded[0]}")
+    refuse_nonfinite(nonfinite_keys(model.state_dict()), path, "checkpoint")
     return model
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.errors import UserError
+from backend.errors import UserError, os_error_sentence
 
 
 def parse(argv: list[str]):
@@ -28,6 +28,8 @@ def parse(argv: list[str]):
     if overrides:
         settings = settings.with_overrides(overrides)
     workspace = Workspace(args.workspace) if args.workspace else None
+    if workspace is not None and workspace.root.exists() and not workspace.root.is_dir():
+        raise UserError(f"the workspace {workspace.root} is a file, not a folder; pass the workspace folder.")
     if workspace is not None and not workspace.root.is_dir():
         raise UserError(f"the workspace {workspace.root} does not exist; create it with "
                         f"`python -m backend demo --workspace {args.workspace}` or pass an existing folder.")
@@ -40,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings, workspace = parse(list(sys.argv[1:] if argv is None else argv))
-        train(settings, workspace)
+        try:
+            train(settings, workspace)
+        except OSError as exc:
+            sentence = os_error_sentence(exc)
+            if sentence is None:
+                raise
+            raise UserError(sentence) from None
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         with JobContext.from_env() as ctx:

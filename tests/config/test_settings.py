@@ -25,7 +25,7 @@ def test_preset_round_trip_and_unknown_key(tmp_path):
     bad = s.to_preset()
     bad["settings"]["netwrok_dim"] = 4
     path.write_text(json.dumps(bad))
-    with pytest.raises(UserError, match="unknown setting `netwrok_dim`; did you mean `network_dim`"):
+    with pytest.raises(UserError, match=r"unknown setting\(s\) `netwrok_dim` \(did you mean `network_dim`\?\)"):
         TrainSettings.load_file(path)
 
 
