@@ -4,7 +4,9 @@
   workspace.json            marker + schema version
   models/demo-t2v/          tiny Wan2.1-T2V transformer (original Wan key names) + diffusers config.json
   models/demo-a14b/         tiny Wan2.2-A14B-style pair: high_noise.safetensors, low_noise.safetensors, config.json
+  models/demo-ti2v/         tiny Wan2.2-TI2V-5B-shaped transformer (48 latent channels) + diffusers config.json
   models/vae/               tiny AutoencoderKLWan (diffusers folder)
+  models/vae-wan2.2/        tiny Wan2.2 VAE (AutoencoderKLWan with 48 latent channels, 16x spatial compression)
   models/text_encoder/      tiny UMT5EncoderModel (transformers folder)
   models/tokenizer/         tokenizer trained locally (PreTrainedTokenizerFast folder)
   datasets/demo/            sample dataset (images/, videos/, captions) + dataset.toml
@@ -46,8 +48,16 @@ class Workspace:
         return self.models / "demo-a14b"
 
     @property
+    def demo_ti2v(self) -> Path:
+        return self.models / "demo-ti2v"
+
+    @property
     def vae(self) -> Path:
         return self.models / "vae"
+
+    @property
+    def vae_wan22(self) -> Path:
+        return self.models / "vae-wan2.2"
 
     @property
     def text_encoder(self) -> Path:

@@ -22,7 +22,7 @@ from backend.errors import UserError
 from backend.loraid.allocation import Allocation, compact_ranges
 from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.checkpoint import read_checkpoint_shapes
-from backend.models.demo import TRANSFORMER_FILE, expert_file
+from backend.models.demo import demo_transformer_file
 from backend.models.registry import check_model_kind, get_model_kind
 from backend.train.loop import NOT_YET
 from backend.train.memory import check_memory_settings
@@ -31,6 +31,7 @@ from backend.train.networks import ExpertPlan, loraid_allocation, network_args_f
 from backend.train.paths import resolve_path
 from backend.train.sample_prompts import load_sample_prompts
 from backend.train.settings import TrainSettings
+from backend.train.ti2v import check_latents_fit, check_ti2v_mode
 from backend.train.timesteps import timestep_range
 from backend.workspace import Workspace
 
@@ -133,7 +134,7 @@ def _check_model(s: TrainSettings, workspace: Workspace, check: FormCheck) -> No
         if given is None:
             if kind.name.startswith("demo-"):
                 expert = None if None in plan.experts else ("high" if name == "dit_high_noise" else "low")
-                demo = workspace.demo_t2v / TRANSFORMER_FILE if expert is None else expert_file(workspace, expert)
+                demo = demo_transformer_file(workspace, kind.name, expert)
                 if not demo.exists():
                     check.errors[name] = (f"The workspace has no demo model at {demo}; run `python -m backend demo "
                                           f"--workspace {workspace.root}` or type a checkpoint path.")
@@ -149,6 +150,10 @@ def _check_model(s: TrainSettings, workspace: Workspace, check: FormCheck) -> No
             check_model_kind(read_checkpoint_shapes(given), kind.name, given.name)
         except UserError as exc:
             check.errors[name] = str(exc)
+    try:
+        check_ti2v_mode(s, kind)
+    except UserError as exc:
+        check.errors["ti2v_mode"] = str(exc)[0].upper() + str(exc)[1:]
     if kind.has_experts and s.expert != "both":
         try:
             timestep_range(s.min_timestep, s.max_timestep, s.expert, plan.boundary)
@@ -205,7 +210,9 @@ def _check_dataset(s: TrainSettings, workspace: Workspace, check: FormCheck, dee
         return
     try:
         if deep:
-            CachedDataset.from_file(path, seed=s.seed)
+            dataset = CachedDataset.from_file(path, seed=s.seed)
+            check_latents_fit(dataset, get_model_kind(s.model_kind), s,
+                              f"python -m backend cache latents --dataset_config {path}")
         else:
             load_dataset_config(path)
     except UserError as exc:

@@ -121,15 +121,21 @@ def _refuse_control(config: DatasetConfig) -> None:
 
 def cache_latents(config: DatasetConfig, vae, *, model_id: str, batch_size: int = 1, skip_existing: bool = True,
                   i2v: bool = False, ctx=None, log=print) -> CacheSummary:
+    """Encode every (item, frame window) of the config with `vae`; the frame sizes are buckets in multiples of
+    `encoders.bucket_step(vae)` (16 px for the Wan2.1 VAE, 32 px for the Wan2.2 VAE of TI2V-5B)."""
     ctx = _job_context(ctx)
     summary = CacheSummary("latents")
     progress = _Progress(ctx, summary, log)
     plans: list[tuple[ResolvedDataset, list[LatentTask]]] = []
     left_out: dict[int, set[str]] = {}  # dataset index -> keys of items that could not be cached
     _refuse_control(config)
+    if i2v and encoders.is_wan22_vae(vae):
+        raise UserError("--i2v caches the Wan2.1-style image conditioning, which TI2V-5B does not use (its "
+                        "image-to-video training keeps the first cached latent frame clean); cache without --i2v.")
+    step = encoders.bucket_step(vae)
     for dataset in config.resolved():
         remove_manifest(dataset.cache_directory)
-        tasks, skipped = plan_latents(dataset, model_id, i2v, list_dataset(dataset, probe=True))
+        tasks, skipped = plan_latents(dataset, model_id, i2v, list_dataset(dataset, probe=True), step)
         for path, reason in skipped:
             progress.warn(path, reason)
         left_out[dataset.index] = {path.stem for path, _ in skipped}
@@ -176,7 +182,8 @@ def cache_latents(config: DatasetConfig, vae, *, model_id: str, batch_size: int 
         for dataset, tasks in plans:
             entries = [_manifest_entry(t) for t in tasks if t.item.key not in left_out[dataset.index]]
             write_manifest(dataset.cache_directory, latent_settings(dataset), entries,
-                           {"model": model_id, "i2v": i2v, "left_out": sorted(left_out[dataset.index])})
+                           {"model": model_id, "i2v": i2v, "latent_channels": int(vae.config.z_dim),
+                            "bucket_step": step, "left_out": sorted(left_out[dataset.index])})
     log(summary.line())
     return summary
 

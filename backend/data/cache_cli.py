@@ -1,9 +1,12 @@
 """`python -m backend cache latents|text --dataset_config FILE ...`: fill a dataset's caches before training.
 
     python -m backend cache latents --dataset_config D.toml --vae models/vae [--i2v]
+    python -m backend cache latents --dataset_config D.toml --vae Wan2.2_VAE_FOLDER --model_kind wan2.2-ti2v-5b
     python -m backend cache text --dataset_config D.toml --text_encoder models/text_encoder --tokenizer models/tokenizer
 
-With `--workspace DIR`, the model folders default to that workspace's demo VAE / text encoder / tokenizer.
+With `--workspace DIR`, the model folders default to that workspace's demo VAE / text encoder / tokenizer (the
+demo Wan2.2 VAE when `--model_kind` is a TI2V kind). `--model_kind` also checks that the VAE makes the latents that
+model takes (48 channels for TI2V-5B, 16 for the others) before anything is encoded.
 Run as a job it reports progress events and honours Stop; running it again continues where it stopped.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import torch
 
 from backend.errors import UserError
+from backend.models.registry import get_model_kind
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset_config", required=True, help="musubi-tuner dataset TOML")
     parser.add_argument("--workspace", default=None, help="workspace whose demo models are the defaults")
     parser.add_argument("--vae", default=None, help="AutoencoderKLWan folder (latents)")
+    parser.add_argument("--model_kind", default=None,
+                        help="latents: the model they are for (e.g. wan2.2-ti2v-5b); checks the VAE fits it")
     parser.add_argument("--text_encoder", default=None, help="UMT5EncoderModel folder (text)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (text)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
@@ -67,9 +73,14 @@ def run(args: argparse.Namespace) -> int:
     ctx = JobContext.from_env()
     ctx.emit("start", kind=f"cache {args.what}", dataset_config=str(args.dataset_config))
     if args.what == "latents":
-        folder = _model_folder(args.vae, "vae", args)
+        kind = get_model_kind(args.model_kind) if args.model_kind else None
+        folder = _model_folder(args.vae, "vae_wan22" if kind is not None and kind.uses_wan22_vae else "vae", args)
         print(f"loading the VAE from {folder} on {device}…")
         vae = encoders.load_vae(folder, device, dtype)
+        if kind is not None and int(vae.config.z_dim) != kind.latent_channels:
+            raise UserError(f"the VAE in {folder} makes {vae.config.z_dim}-channel latents, but {kind.label} takes "
+                            f"{kind.latent_channels}; pass the {'Wan2.2' if kind.uses_wan22_vae else 'Wan2.1'} VAE "
+                            f"folder with --vae.")
         if args.vae_tiling:
             vae.enable_tiling()
         model_id = f"{encoders.model_fingerprint(folder)}:{dtype}:{'tiled' if args.vae_tiling else 'whole'}"

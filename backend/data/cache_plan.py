@@ -54,18 +54,24 @@ def list_dataset(dataset: ResolvedDataset, probe: bool) -> ScanReport:
     return report
 
 
-def plan_latents(dataset: ResolvedDataset, model_id: str, i2v: bool,
-                 report: ScanReport | None = None) -> tuple[list[LatentTask], list[tuple[Path, str]]]:
-    """(tasks, skipped items with the reason)."""
+def plan_latents(dataset: ResolvedDataset, model_id: str, i2v: bool, report: ScanReport | None = None,
+                 step: int = RESOLUTION_STEP) -> tuple[list[LatentTask], list[tuple[Path, str]]]:
+    """(tasks, skipped items with the reason). `step`: the multiple bucket sizes must be (16 for the Wan2.1 VAE,
+    32 for the Wan2.2 VAE's 16x compression)."""
     report = report or list_dataset(dataset, probe=True)
     skipped = list(report.unreadable)
     tasks = []
     for item in report.items:
         bucket = select_bucket((item.width, item.height), dataset.resolution, dataset.enable_bucket,
-                               dataset.bucket_no_upscale)
-        if min(bucket) < RESOLUTION_STEP:
-            skipped.append((item.path, f"{item.width}x{item.height} is smaller than {RESOLUTION_STEP} px and "
+                               dataset.bucket_no_upscale, step)
+        if min(bucket) < step:
+            skipped.append((item.path, f"{item.width}x{item.height} is smaller than {step} px and "
                                        "bucket_no_upscale keeps it from being enlarged"))
+            continue
+        if bucket[0] % step or bucket[1] % step:
+            skipped.append((item.path, f"its bucket {bucket[0]}x{bucket[1]} is not a multiple of {step} px, which "
+                                       f"this VAE needs; set the dataset resolution to multiples of {step} or turn "
+                                       "enable_bucket on"))
             continue
         windows = windows_for(dataset, item.frame_count or 1)
         if not windows:

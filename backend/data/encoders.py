@@ -1,7 +1,9 @@
 """The VAE and UMT5 computations whose outputs are cached, written to match diffusers' Wan pipelines exactly.
 
 - latents: the VAE posterior's mode, normalised as the pipelines do: (z - latents_mean) / latents_std
-  (`WanImageToVideoPipeline.prepare_latents`; `WanPipeline` decodes with the inverse).
+  (`WanImageToVideoPipeline.prepare_latents`; `WanPipeline` decodes with the inverse). The Wan2.1 VAE gives 16
+  channels at 8x spatial compression; the Wan2.2 VAE (TI2V-5B: z_dim 48, is_residual, patch_size 2) 48 channels
+  at 16x. Frame sizes must be multiples of `bucket_step(vae)` so the transformer's 2x2 patches tile the latents.
 - I2V conditioning: the first frame followed by black frames, encoded and normalised, behind the 4-channel
   first-frame mask (`WanImageToVideoPipeline.prepare_latents`, the non-`expand_timesteps` branch).
 - text: `WanPipeline._get_t5_prompt_embeds`: cleaned prompt, tokenized to `max_sequence_length` with padding,
@@ -78,9 +80,23 @@ def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, inverse_std
 
 
+def spatial_factor(vae) -> int:
+    """Pixels per latent along height and width: 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE)."""
+    return int(getattr(vae.config, "scale_factor_spatial", None) or 8)
+
+
+def bucket_step(vae) -> int:
+    """The multiple every frame size must be: the VAE's spatial factor times the transformer's 2x2 patch."""
+    return 2 * spatial_factor(vae)
+
+
+def is_wan22_vae(vae) -> bool:
+    return int(vae.config.z_dim) == 48
+
+
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """[B, 3, F, H, W] in [-1, 1] -> normalised latents [B, z, (F-1)/4+1, H/8, W/8]."""
+    """[B, 3, F, H, W] in [-1, 1] -> normalised latents [B, z, (F-1)/4+1, H/s, W/s] (s = `spatial_factor`)."""
     pixels = pixels.to(vae.device, vae.dtype)
     latents = vae.encode(pixels).latent_dist.mode()
     mean, inverse_std = _latent_stats(vae, latents)

@@ -20,7 +20,7 @@ from backend.errors import UserError
 from backend.adapters.dora_base import file_base_warning
 from backend.generate.loras import PickedLora, by_transformer, check_overlaps, hook_into, merge_into, pick_loras
 from backend.generate.memory import MemoryOptions, adapter_device, apply_memory_options, check_memory_options
-from backend.generate.pipeline import LoadedModel, ModelChoice, load_model
+from backend.generate.pipeline import LoadedModel, ModelChoice, check_size, load_model
 from backend.generate.settings import GenerateSettings, make_scheduler, validate
 
 StepCallback = Callable[[int, int], bool]  # (steps done, total) -> True to stop
@@ -91,8 +91,10 @@ class GenerateSession:
         return self.model.pipeline
 
     def denoise(self, settings: GenerateSettings, on_step: StepCallback | None = None) -> torch.Tensor:
-        """The final latents [1, C, F', H/8, W/8] of one prompt; raises Stopped when on_step returns True."""
+        """The final latents [1, C, F', H/s, W/s] of one prompt (s: the VAE's spatial factor, 8 or 16 for TI2V);
+        raises Stopped when on_step returns True."""
         validate(settings)
+        check_size(settings, self.model.task)
         pipe = self.pipeline
         if settings.guidance_scale_2 is not None and self.model.boundary_ratio is None:
             raise UserError("--guidance_scale_2 sets the low-noise expert's guidance, and this model has a single "

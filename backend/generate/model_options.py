@@ -65,7 +65,9 @@ def model_options(ws: Workspace) -> list[ModelOption]:
     demos = [ModelOption(f"Demo T2V ({get_model_kind('demo-t2v').label})", "demo-t2v") if ws.demo_t2v.is_dir()
              else None,
              ModelOption(f"Demo A14B pair ({get_model_kind('demo-a14b').label})", "demo-a14b")
-             if ws.demo_a14b.is_dir() else None]
+             if ws.demo_a14b.is_dir() else None,
+             ModelOption(f"Demo TI2V ({get_model_kind('demo-ti2v').label})", "demo-ti2v")
+             if ws.demo_ti2v.is_dir() else None]
     return [option for option in demos if option] + merged_options(ws)
 
 
@@ -135,7 +137,7 @@ def read_model(ws: Workspace, value: str | None, model_kind: str | None = None) 
     if not text:
         raise UserError("No model is chosen; pick a demo model or a merged model, or type a checkpoint path.")
     if text in DEMO_MODELS:
-        folder = ws.demo_t2v if text == "demo-t2v" else ws.demo_a14b
+        folder = {"demo-t2v": ws.demo_t2v, "demo-a14b": ws.demo_a14b, "demo-ti2v": ws.demo_ti2v}[text]
         if not folder.is_dir():
             raise UserError(f"The workspace has no {text} model ({folder} is missing); recreate it with "
                             f"`python -m backend demo --workspace {ws.root}` or pick another model.")

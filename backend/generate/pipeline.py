@@ -1,6 +1,8 @@
 """Assemble a diffusers Wan pipeline for a generation: the demo models of a workspace or a user's own files, offline.
 
-T2V / T2I use `WanPipeline`; a start image needs an I2V model and uses `WanImageToVideoPipeline`. A Wan2.2 A14B
+T2V / T2I use `WanPipeline`; a start image needs an I2V model and uses `WanImageToVideoPipeline`. Wan2.2 TI2V-5B
+does both with one transformer: both pipelines run it with `expand_timesteps=True` (a timestep per token; from a start
+image the first latent frame is the clean image latent at timestep 0) and with its Wan2.2 VAE. A Wan2.2 A14B
 pair becomes `transformer` (high-noise expert) + `transformer_2` (low-noise) with the kind's `boundary_ratio`, so
 diffusers switches experts at the boundary timestep and applies `guidance_scale_2` to the low-noise one.
 """
@@ -13,7 +15,8 @@ from backend.errors import UserError
 from backend.models.registry import EXPERTS, MODEL_KINDS, get_model_kind
 from backend.workspace import Workspace
 
-DEMO_MODELS = ("demo-t2v", "demo-a14b")
+DEMO_MODELS = ("demo-t2v", "demo-a14b", "demo-ti2v")
+TI2V_LATENT_CHANNELS = 48  # the Wan2.2 VAE's z_dim
 
 
 @dataclass(frozen=True)
@@ -61,19 +64,23 @@ def _folder(path: str | Path | None, what: str, flag: str) -> Path:
 
 def companion_folders(choice: ModelChoice) -> tuple[Path, Path, Path]:
     """(VAE, text encoder, tokenizer) folders: the ones given, else the workspace's."""
+    from backend.models.demo import demo_vae_folder
+
     ws = Workspace(choice.workspace) if choice.workspace is not None else None
+    kind = choice.model or choice.model_kind
+    demo_vae = demo_vae_folder(ws, kind if kind in MODEL_KINDS else None) if ws is not None else None
 
     def pick(given, default, what, flag):
         return _folder(given if given is not None else default, what, flag)
 
-    return (pick(choice.vae, ws and ws.vae, "VAE", "--vae"),
+    return (pick(choice.vae, demo_vae, "VAE", "--vae"),
             pick(choice.text_encoder, ws and ws.text_encoder, "text encoder", "--text_encoder"),
             pick(choice.tokenizer, ws and ws.tokenizer, "tokenizer", "--tokenizer"))
 
 
 def _transformers(choice: ModelChoice) -> tuple[dict, str, str, float | None]:
     """(transformers by role, task, label, boundary ratio)."""
-    from backend.models.demo import TRANSFORMER_FILE, expert_file
+    from backend.models.demo import demo_transformer_file, expert_file
     from backend.models.loading import load_transformer
 
     if choice.model is not None:
@@ -88,7 +95,11 @@ def _transformers(choice: ModelChoice) -> tuple[dict, str, str, float | None]:
                             f"--workspace {ws.root}` or pass --workspace.")
         kind = get_model_kind(choice.model)
         if not kind.has_experts:
-            return {"main": load_transformer(ws.demo_t2v / TRANSFORMER_FILE)}, kind.task, kind.label, None
+            path = demo_transformer_file(ws, kind.name)
+            if not path.exists():
+                raise UserError(f"The workspace has no {kind.name} model ({path} is missing); rebuild the demo parts "
+                                f"with `python -m backend demo --workspace {ws.root} --force`.")
+            return {"main": load_transformer(path)}, kind.task, kind.label, None
         pair = {expert: load_transformer(expert_file(ws, expert)) for expert in EXPERTS}
         return pair, kind.task, kind.label, choice.boundary_ratio or kind.timestep_boundary
     if not choice.dit:
@@ -118,7 +129,29 @@ def _transformers(choice: ModelChoice) -> tuple[dict, str, str, float | None]:
 
 def _task_of(model) -> str:
     in_channels, out_channels = model.config.in_channels, model.config.out_channels or model.config.in_channels
-    return "i2v" if in_channels > out_channels else "t2v"
+    if in_channels > out_channels:
+        return "i2v"
+    return "ti2v" if out_channels == TI2V_LATENT_CHANNELS else "t2v"
+
+
+def accepts_image(task: str) -> bool:
+    return task in ("i2v", "ti2v")
+
+
+def size_multiple(task: str) -> int:
+    """Width and height must be multiples of this: the VAE's spatial factor (16 for TI2V's Wan2.2 VAE, else 8)
+    times the transformer's 2x2 patch."""
+    return 32 if task == "ti2v" else 16
+
+
+def check_size(settings, task: str) -> None:
+    """TI2V-5B's Wan2.2 VAE compresses 16x and its transformer takes 2x2 patches: sizes are multiples of 32."""
+    multiple = size_multiple(task)
+    for name, value in (("width", settings.width), ("height", settings.height)):
+        if value % multiple:
+            nearest = max(multiple, round(value / multiple) * multiple)
+            raise UserError(f"--{name} {value} is not a multiple of {multiple}, which this model needs (its VAE "
+                            f"compresses {multiple // 2}x and it takes 2x2 patches); use {nearest}.")
 
 
 def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedModel:
@@ -130,18 +163,26 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedMod
 
     vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice)
     transformers, task, label, boundary = _transformers(choice)
-    if image and task != "i2v":
+    if image and not accepts_image(task):
         raise UserError(f"{label} is a text-to-video model, so it cannot start from --image; pick an I2V model "
                         f"or leave --image out.")
     if not image and task == "i2v":
         raise UserError(f"{label} is an image-to-video model; pass the start image with --image PATH.")
     first = transformers.get("main", transformers.get("high"))
+    vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
+    latent_channels = first.config.out_channels or first.config.in_channels
+    if vae.config.z_dim != latent_channels:
+        wanted = "the Wan2.2 VAE" if latent_channels == TI2V_LATENT_CHANNELS else "the Wan2.1 VAE"
+        raise UserError(f"The VAE in {vae_dir} makes {vae.config.z_dim}-channel latents, but {label} denoises "
+                        f"{latent_channels}; pass {wanted} folder with --vae.")
     with _quiet_progress_bars():
         text_encoder = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True).eval()
     parts = dict(
         tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True), text_encoder=text_encoder,
-        vae=AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval(),
-        scheduler=scheduler, transformer=first, transformer_2=transformers.get("low"), boundary_ratio=boundary)
+        vae=vae, scheduler=scheduler, transformer=first, transformer_2=transformers.get("low"),
+        boundary_ratio=boundary)
+    if task == "ti2v":
+        parts["expand_timesteps"] = True  # a timestep per token; from an image, frame 0's tokens get 0
     if image:
         from diffusers import WanImageToVideoPipeline
 

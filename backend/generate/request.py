@@ -17,6 +17,7 @@ from backend.errors import UserError
 from backend.generate.lora_catalog import check_overlaps, summarize
 from backend.generate.memory import MemoryOptions, check_memory_options
 from backend.generate.model_options import ModelPick, pick_from_record
+from backend.generate.pipeline import accepts_image, check_size
 from backend.generate.settings import GenerateSettings, validate
 
 
@@ -61,7 +62,8 @@ class GenerateRequest:
             raise UserError("The low-noise guidance scale is for a Wan2.2 A14B expert pair; leave it empty for a "
                             "single-transformer model.")
         task = self.model.task
-        if settings.image is not None and task != "i2v":
+        check_size(settings, task)
+        if settings.image is not None and not accepts_image(task):
             raise UserError("This is a text-to-video model, so it cannot start from an image; remove the start "
                             "image or pick an image-to-video model.")
         if settings.image is None and task == "i2v":

@@ -22,8 +22,8 @@ from backend.workspace import WORKSPACE_SCHEMA_VERSION, Workspace
 
 TRANSFORMER_FILE = "transformer.safetensors"
 # What the demo owns inside a workspace (relative paths); a rebuild replaces exactly these.
-DEMO_PARTS = ("models/demo-t2v", "models/demo-a14b", "models/vae", "models/text_encoder", "models/tokenizer",
-              "datasets/demo")
+DEMO_PARTS = ("models/demo-t2v", "models/demo-a14b", "models/demo-ti2v", "models/vae", "models/vae-wan2.2",
+              "models/text_encoder", "models/tokenizer", "datasets/demo")
 CHECK_FRAMES, CHECK_SIZE, CHECK_STEPS = 5, 32, 2
 
 
@@ -46,6 +46,20 @@ def expert_file(workspace: Workspace, expert: str) -> Path:
     return workspace.demo_a14b / f"{EXPERT_STEMS[expert]}.safetensors"
 
 
+def demo_transformer_file(workspace: Workspace, kind_name: str, expert: str | None = None) -> Path:
+    """The workspace file of a demo kind's transformer (an expert's for demo-a14b)."""
+    if kind_name == "demo-ti2v":
+        return workspace.demo_ti2v / TRANSFORMER_FILE
+    return workspace.demo_t2v / TRANSFORMER_FILE if expert is None else expert_file(workspace, expert)
+
+
+def demo_vae_folder(workspace: Workspace, kind_name: str | None) -> Path:
+    """The demo VAE a kind's latents come from: the Wan2.2 VAE for TI2V kinds, the Wan2.1 one otherwise."""
+    if kind_name is not None and get_model_kind(kind_name).uses_wan22_vae:
+        return workspace.vae_wan22
+    return workspace.vae
+
+
 def _save_transformer(model, folder: Path, name: str, kind_name: str, seed: int, expert: str | None = None) -> None:
     from backend.models.loading import save_transformer_original
 
@@ -62,11 +76,14 @@ def _build_models(ws: Workspace, seed: int) -> None:
     for part, expert in enumerate(EXPERTS, start=11):
         model = demo_parts.build_transformer("demo-a14b", seed, part, expert)
         _save_transformer(model, ws.demo_a14b, expert_file(ws, expert).name, "demo-a14b", seed, expert)
+    _save_transformer(demo_parts.build_transformer("demo-ti2v", seed, part=13), ws.demo_ti2v, TRANSFORMER_FILE,
+                      "demo-ti2v", seed)
     tokenizer = demo_parts.train_tokenizer(caption_sentences() + list(demo_parts.EXTRA_SENTENCES))
     tokenizer.save_pretrained(str(ws.tokenizer))
     with _quiet_progress_bars():
         demo_parts.build_text_encoder(len(tokenizer), seed).save_pretrained(str(ws.text_encoder))
     demo_parts.build_vae(seed).save_pretrained(str(ws.vae))
+    demo_parts.build_vae_wan22(seed).save_pretrained(str(ws.vae_wan22))
 
 
 def _marker(ws: Workspace, seed: int) -> dict:
@@ -81,7 +98,9 @@ def _marker(ws: Workspace, seed: int) -> dict:
             "models": {
                 "demo-t2v": rel(ws.demo_t2v / TRANSFORMER_FILE),
                 "demo-a14b": {expert: rel(expert_file(ws, expert)) for expert in EXPERTS},
-                "vae": rel(ws.vae), "text_encoder": rel(ws.text_encoder), "tokenizer": rel(ws.tokenizer),
+                "demo-ti2v": rel(ws.demo_ti2v / TRANSFORMER_FILE),
+                "vae": rel(ws.vae), "vae_wan2.2": rel(ws.vae_wan22), "text_encoder": rel(ws.text_encoder),
+                "tokenizer": rel(ws.tokenizer),
             },
             "datasets": {
                 "demo": rel(ws.demo_dataset / "dataset.toml"),
@@ -126,6 +145,7 @@ def build_demo_workspace(root: str | Path, seed: int = 0, force: bool = False) -
         _build_models(staged, seed)
         write_sample_dataset(staged.demo_dataset, seed)
         run_pipeline_check(staged)
+        run_ti2v_pipeline_check(staged)
         _move_into_place(staging, ws.root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -184,3 +204,51 @@ def run_pipeline_check(workspace: Workspace, expert: str | None = None, seed: in
         raise RuntimeError(f"demo pipeline check gave frames of shape {frames.shape} (expected {expected}), "
                            f"finite: {bool(np.isfinite(frames).all())}")
     return frames
+
+
+def load_demo_ti2v_pipeline(workspace: Workspace, image: bool = False):
+    """The demo TI2V model in diffusers' Wan2.2 TI2V pipelines (`expand_timesteps=True`: a timestep per token):
+    `WanPipeline` for text-to-video, `WanImageToVideoPipeline` (first latent frame clean, timestep 0) with `image`."""
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from backend.models.loading import load_transformer
+
+    folder = demo_transformer_file(workspace, "demo-ti2v")
+    if not folder.exists():
+        raise UserError(f"The workspace has no demo TI2V model ({folder} is missing); rebuild the demo parts with "
+                        f"`python -m backend demo --workspace {workspace.root} --force`.")
+    with _quiet_progress_bars():
+        text_encoder = UMT5EncoderModel.from_pretrained(str(workspace.text_encoder), local_files_only=True).eval()
+    cls = WanImageToVideoPipeline if image else WanPipeline
+    pipeline = cls(tokenizer=AutoTokenizer.from_pretrained(str(workspace.tokenizer), local_files_only=True),
+                   text_encoder=text_encoder,
+                   vae=AutoencoderKLWan.from_pretrained(str(workspace.vae_wan22), local_files_only=True).eval(),
+                   scheduler=demo_parts.demo_scheduler(), transformer=load_transformer(folder),
+                   expand_timesteps=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def run_ti2v_pipeline_check(workspace: Workspace, seed: int = 0):
+    """Two denoising steps of the demo TI2V model, text-to-video then from a start image (a mid-grey square);
+    returns both videos (numpy, [1, F, H, W, 3] in [0, 1])."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    expected = (1, CHECK_FRAMES, CHECK_SIZE, CHECK_SIZE, 3)
+    results = []
+    for image in (None, Image.new("RGB", (CHECK_SIZE, CHECK_SIZE), (128, 128, 128))):
+        pipeline = load_demo_ti2v_pipeline(workspace, image=image is not None)
+        kwargs = {} if image is None else {"image": image}
+        output = pipeline(prompt="loraidA, a red ball bouncing on a warm background", negative_prompt="",
+                          num_frames=CHECK_FRAMES, height=CHECK_SIZE, width=CHECK_SIZE,
+                          num_inference_steps=CHECK_STEPS, guidance_scale=1.0,
+                          generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+        frames = np.asarray(output.frames)
+        if frames.shape != expected or not np.isfinite(frames).all():
+            raise RuntimeError(f"demo TI2V pipeline check gave frames of shape {frames.shape} (expected {expected}), "
+                               f"finite: {bool(np.isfinite(frames).all())}")
+        results.append(frames)
+    return results

@@ -1,5 +1,7 @@
 """The tiny, seeded parts of the demo workspace: a locally trained tokenizer, a 2-layer UMT5 text encoder,
-a small AutoencoderKLWan and Wan transformers built from the shipped `demo-*` configs.
+a small AutoencoderKLWan (Wan2.1 layout, 16 latent channels), a small Wan2.2 VAE (the shipped `vae-wan2.2` config
+with narrow layers: 48 latent channels, patchified input, 16x spatial compression) and Wan transformers built from
+the shipped `demo-*` configs.
 
 Each builder draws its random weights inside `torch.random.fork_rng()`, so the caller's RNG is untouched and the
 same seed always gives the same tensors.
@@ -10,12 +12,13 @@ import contextlib
 
 import torch
 
-from backend.models.registry import get_model_kind
+from backend.models.registry import WAN22_VAE_CONFIG_DIR, get_model_kind
 
 TOKENIZER_VOCAB_SIZE = 256
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in UMT5's own tokenizer
 TEXT_ENCODER_LAYERS = 2
 VAE_BASE_DIM = 4  # 1 or 2 also run, but RMS-normalising 1-2 channels keeps little more than the sign
+WAN22_VAE_BASE_DIM = 8  # its residual down-blocks regroup channels, which needs a width divisible this way
 # Besides the dataset captions, a few general sentences so sample prompts tokenize into words, not letters.
 EXTRA_SENTENCES = (
     "a video of a ball and a cube", "a photo of a red ball", "a photo of a blue cube",
@@ -75,6 +78,16 @@ def build_vae(seed: int):
     with _seeded(seed, 2):
         return AutoencoderKLWan(base_dim=VAE_BASE_DIM, z_dim=in_channels, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                                 attn_scales=[], temperal_downsample=[False, True, True]).eval()
+
+
+def build_vae_wan22(seed: int):
+    """The shipped Wan2.2 VAE config (z_dim 48, is_residual, patch_size 2, 16x spatial) with narrow layers."""
+    from diffusers import AutoencoderKLWan
+
+    config = dict(AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR)))
+    config.update(base_dim=WAN22_VAE_BASE_DIM, decoder_base_dim=WAN22_VAE_BASE_DIM, num_res_blocks=1)
+    with _seeded(seed, 3):
+        return AutoencoderKLWan.from_config(config).eval()
 
 
 def build_transformer(kind_name: str, seed: int, part: int, expert: str | None = None):

@@ -15,6 +15,8 @@ from backend.errors import UserError
 from backend.models.names import BLOCK_LINEARS, I2V_EXTRA_LINEARS, block_index, diffusers_to_wan
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# The Wan2.2 VAE's diffusers config (architecture and latent statistics as published with TI2V-5B).
+WAN22_VAE_CONFIG_DIR = CONFIGS_DIR / "vae-wan2.2"
 
 EXPERTS = ("high", "low")
 # Expert name -> the file/folder stem used for it (`high_noise.safetensors`, `configs/<kind>/high_noise/`).
@@ -82,6 +84,17 @@ class ModelKind:
     def signature(self) -> Signature:
         return signature_from_config(self.config())
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the VAE latents this kind denoises: 48 (Wan2.2 VAE) for TI2V, 16 otherwise."""
+        config = self.config()
+        return int(config.get("out_channels") or config["in_channels"])
+
+    @property
+    def uses_wan22_vae(self) -> bool:
+        """TI2V-5B and its demo: the Wan2.2 VAE (48 latent channels, 16x spatial compression)."""
+        return self.task == "ti2v"
+
 
 MODEL_KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
     ModelKind("wan2.1-t2v-1.3b", "Wan2.1 T2V 1.3B", "t2v", (), None),
@@ -92,6 +105,7 @@ MODEL_KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (
     ModelKind("wan2.2-ti2v-5b", "Wan2.2 TI2V-5B", "ti2v", (), None),
     ModelKind("demo-t2v", "tiny demo T2V", "t2v", (), None),
     ModelKind("demo-a14b", "tiny demo A14B-style pair", "t2v", EXPERTS, 0.875),
+    ModelKind("demo-ti2v", "tiny demo TI2V (Wan2.2 5B-shaped)", "ti2v", (), None),
 )}
 
 

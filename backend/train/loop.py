@@ -6,6 +6,9 @@ alternate between the high- and low-noise expert, each with t inside its own ran
     x0 = cached latents, ε ~ N(0, I) (seeded generator), t ~ sampler within the expert's timestep range
     x_t = (1 − t)·x0 + t·ε,   v = model(x_t, t·1000, text),   loss = mean_w ‖v − (ε − x0)‖²
 
+Wan2.2 TI2V-5B with ti2v_mode=i2v: latent frame 0 stays clean (timestep 0 on its tokens) and the loss covers
+the noised frames only (backend/train/ti2v.py).
+
 accelerate is a thin wrap: it places the adapters (DDP across processes), scales the loss for accumulation and
 syncs gradients. Each process reads its own batches (every num_processes-th), so the effective batch is
 batch_size × gradient_accumulation_steps × num_processes. The stop flag is checked at every step boundary and
@@ -37,6 +40,7 @@ from backend.train.outputs import Reservation, check_outputs, running_allocation
 from backend.train.progress import Progress
 from backend.train.sampling import TrainingSamples
 from backend.train.saving import Saver, checkpoint_stem, restore
+from backend.train.ti2v import check_latents_fit, check_ti2v_mode, first_frame_clean, keep_first_frame
 from backend.train.timesteps import TimestepSampler, add_noise, flow_target, loss_weights, timestep_range
 from backend.workspace import Workspace
 
@@ -60,10 +64,14 @@ def flow_matching_loss(denoiser, batch: dict, sampler: TimestepSampler, generato
     noise = torch.randn(x0.shape, generator=generator).to(device)
     t = sampler.sample(x0.shape[0], generator).to(device)
     x_t = add_noise(x0, noise, t)
+    timestep, noised = t, slice(None)
+    if first_frame_clean(s):  # TI2V-5B image-to-video: latent frame 0 clean at timestep 0, loss on the others
+        x_t, timestep = keep_first_frame(x_t, x0, t)
+        noised = slice(1, None)
     if "image_latents" in batch:  # I2V conditioning: mask + first-frame latents along the channels
         x_t = torch.cat([x_t, batch["image_latents"].to(device, torch.float32)], dim=1)
-    prediction = denoiser(x_t, t, text).float()
-    per_sample = ((prediction - flow_target(x0, noise)) ** 2).flatten(1).mean(1)
+    prediction = denoiser(x_t, timestep, text).float()
+    per_sample = ((prediction - flow_target(x0, noise))[:, :, noised] ** 2).flatten(1).mean(1)
     weights = loss_weights(t, s.weighting_scheme, s.logit_mean, s.logit_std)
     return (per_sample * weights).mean()
 
@@ -108,6 +116,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
 
     # ---- build ------------------------------------------------------------------------------------------------
     kind = get_model_kind(s.model_kind)
+    check_ti2v_mode(s, kind)
     plan = ExpertPlan.from_settings(s, kind)
     allocation = loraid_allocation(s, kind, plan)
     network_args = network_args_for(s, allocation)
@@ -123,6 +132,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     world, rank = accelerator.num_processes, accelerator.process_index
 
     dataset = CachedDataset.from_file(s.dataset_config, seed=s.seed)
+    check_latents_fit(dataset, kind, s, f"python -m backend cache latents --dataset_config {s.dataset_config}")
     for warning in dataset.warnings:
         ctx.emit("warning", message=warning)
         say(f"warning: {warning}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backend.errors import UserError
-from backend.models.demo import TRANSFORMER_FILE, expert_file
+from backend.models.demo import demo_transformer_file
 from backend.models.registry import EXPERT_STEMS, ModelKind
 from backend.workspace import Workspace
 
@@ -48,7 +48,7 @@ def dit_path(settings, kind: ModelKind, expert: str | None, workspace: Workspace
         if workspace is None:
             raise UserError(f"model_kind={kind.name} with an empty dit uses the workspace's demo model; "
                             "pass --workspace DIR (or --dit FILE).")
-        return workspace.demo_t2v / TRANSFORMER_FILE if expert is None else expert_file(workspace, expert)
+        return demo_transformer_file(workspace, kind.name, expert)
     flag = "--dit_high_noise" if expert == "high" else "--dit"
     what = f"the {EXPERT_STEMS[expert]} expert" if expert else "the DiT"
     raise UserError(f"no checkpoint given for {what} of {kind.label}; pass {flag} FILE.")

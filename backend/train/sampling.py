@@ -4,7 +4,8 @@ files as `<output_name>-step000010-00.mp4` (or `.png` for one frame), each annou
 
 The pipeline is built once, on first use, around the run's own transformers: nothing is loaded twice. A Wan2.2
 A14B run that trains one expert samples with that expert over the whole trajectory (the log says so); `both`
-switches experts at the run's boundary, as generation does.
+switches experts at the run's boundary, as generation does. TI2V-5B samples are text-to-video (a timestep per token,
+`expand_timesteps`, its Wan2.2 VAE), whichever ti2v_mode trains.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from backend.generate.engine import decode_latents
 from backend.generate.outputs import write_mp4, write_png
 from backend.generate.pipeline import ModelChoice, companion_folders
 from backend.generate.settings import make_scheduler
+from backend.models.registry import get_model_kind
 from backend.train.sample_prompts import SamplePrompt, load_sample_prompts
 
 SAMPLE_FPS = 16
@@ -84,7 +86,7 @@ class TrainingSamples:
 
         s = self.settings
         choice = ModelChoice(workspace=self.workspace.root if self.workspace is not None else None,
-                             vae=s.vae or None, text_encoder=s.text_encoder or None)
+                             model_kind=s.model_kind, vae=s.vae or None, text_encoder=s.text_encoder or None)
         vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice)
         device = next(iter(self.transformers.values())).device
         if "high" in self.transformers and "low" in self.transformers:
@@ -98,7 +100,7 @@ class TrainingSamples:
             text_encoder=UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True).eval().to(device),
             vae=AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval().to(device),
             scheduler=make_scheduler("unipc", s.discrete_flow_shift), transformer=first, transformer_2=second,
-            boundary_ratio=boundary)
+            boundary_ratio=boundary, expand_timesteps=get_model_kind(s.model_kind).task == "ti2v")
         self._pipeline.set_progress_bar_config(disable=True)
         return self._pipeline
 

@@ -10,7 +10,7 @@ from pydantic import model_validator
 from backend.config.settings import Settings, setting
 
 MODEL_KINDS = ["demo-t2v", "demo-a14b", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b",
-               "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"]
+               "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b", "demo-ti2v"]
 ALGOS = ["lora", "dora", "locon", "loha", "lokr"]
 OPTIMIZERS = ["adamw", "adamw8bit", "adafactor", "prodigy"]
 SCHEDULERS = ["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
@@ -38,7 +38,12 @@ class TrainSettings(Settings):
     timestep_boundary: float | None = setting(
         None, label="Expert boundary", group="Model", ge=0.0, le=1.0,
         help="A14B: timesteps above this fraction go to the high-noise expert. Empty: 0.875 (T2V) / 0.900 (I2V).")
-    vae: str = setting("", label="VAE", group="Model", help="AutoencoderKLWan folder. Empty: the workspace's demo VAE.")
+    ti2v_mode: Literal["t2v", "i2v"] = setting(
+        "t2v", label="TI2V task", group="Model", choices=["t2v", "i2v"],
+        help="Wan2.2 TI2V-5B: t2v trains text-to-video; i2v trains image-to-video (the first latent frame stays "
+             "clean with timestep 0 on its tokens, the loss covers the other frames; needs clips of 5+ frames).")
+    vae: str = setting("", label="VAE", group="Model",
+                       help="AutoencoderKLWan folder (the Wan2.2 VAE for TI2V-5B). Empty: the workspace's demo VAE.")
     text_encoder: str = setting("", label="Text encoder", group="Model",
                                 help="UMT5 encoder folder. Empty: the workspace's demo encoder.")
     # -- data
