@@ -22,7 +22,7 @@ def bucket_resolutions(resolution: tuple[int, int], step: int = RESOLUTION_STEP)
     """All bucket sizes (w, h) for this target resolution, sorted."""
     area = resolution[0] * resolution[1]
     sqrt_size = int(math.sqrt(area))
-    min_size = _round_down(sqrt_size // 2, step)
+    min_size = max(step, _round_down(sqrt_size // 2, step))
     sizes: set[tuple[int, int]] = set()
     for width in range(min_size, sqrt_size + step, step):
         height = _round_down(area // width, step)

@@ -20,7 +20,7 @@ from backend.errors import UserError
 from backend.adapters.dora_base import file_base_warning
 from backend.generate.loras import PickedLora, by_transformer, check_overlaps, hook_into, merge_into, pick_loras
 from backend.generate.memory import MemoryOptions, adapter_device, apply_memory_options, check_memory_options
-from backend.generate.pipeline import LoadedModel, ModelChoice, check_size, load_model
+from backend.generate.pipeline import LoadedModel, ModelChoice, check_size, load_model, ti2v_pipeline
 from backend.generate.settings import GenerateSettings, make_scheduler, validate
 
 StepCallback = Callable[[int, int], bool]  # (steps done, total) -> True to stop
@@ -71,6 +71,7 @@ class GenerateSession:
             warn(f"warning: overlapping LoRAs allowed: {warning}")
         self.model: LoadedModel = load_model(choice, make_scheduler("unipc", 3.0), image=image_to_video)
         self.networks = []
+        self._other_pipeline = None
         for role, loras in placed.items():
             transformer = self.model.transformers[role]
             for lora in loras:
@@ -95,7 +96,7 @@ class GenerateSession:
         raises Stopped when on_step returns True."""
         validate(settings)
         check_size(settings, self.model.task)
-        pipe = self.pipeline
+        pipe = self._pipeline_for(settings)
         if settings.guidance_scale_2 is not None and self.model.boundary_ratio is None:
             raise UserError("--guidance_scale_2 sets the low-noise expert's guidance, and this model has a single "
                             "transformer; leave it out.")
@@ -126,6 +127,20 @@ class GenerateSession:
         if stopped:
             raise Stopped(f"stopped after step {stopped[0]} of {settings.steps}")
         return latents
+
+    def _pipeline_for(self, settings: GenerateSettings):
+        """The session's pipeline, or for TI2V-5B (one transformer for both tasks) the other one on the same
+        components when a prompt does (not) bring a start image."""
+        from diffusers import WanImageToVideoPipeline
+
+        is_image = isinstance(self.pipeline, WanImageToVideoPipeline)
+        if self.model.task != "ti2v" or is_image == (settings.image is not None):
+            if is_image and settings.image is None:
+                raise UserError("This is an image-to-video model; add a start image (--image).")
+            return self.pipeline
+        if self._other_pipeline is None:
+            self._other_pipeline = ti2v_pipeline(self.pipeline, image=not is_image)
+        return self._other_pipeline
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         return decode_latents(self.pipeline.vae, latents)

@@ -194,6 +194,18 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedMod
     return LoadedModel(pipeline, transformers, task, label, boundary)
 
 
+def ti2v_pipeline(pipeline, image: bool):
+    """The same TI2V model in the other diffusers pipeline (image- or text-to-video), sharing every component."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    parts = {name: getattr(pipeline, name) for name in ("tokenizer", "text_encoder", "vae", "scheduler",
+                                                         "transformer", "transformer_2")}
+    cls = WanImageToVideoPipeline if image else WanPipeline
+    other = cls(**parts, boundary_ratio=pipeline.config.boundary_ratio, expand_timesteps=True)
+    other.set_progress_bar_config(disable=True)
+    return other
+
+
 def _image_encoder_parts(choice: ModelChoice, transformer) -> dict:
     """Wan2.1 I2V reads CLIP image features (image_dim set); Wan2.2 I2V has none."""
     if not transformer.config.image_dim:

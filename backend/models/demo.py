@@ -237,10 +237,13 @@ def run_ti2v_pipeline_check(workspace: Workspace, seed: int = 0):
     import torch
     from PIL import Image
 
+    from backend.generate.pipeline import ti2v_pipeline
+
     expected = (1, CHECK_FRAMES, CHECK_SIZE, CHECK_SIZE, 3)
     results = []
+    text_pipeline = load_demo_ti2v_pipeline(workspace)
     for image in (None, Image.new("RGB", (CHECK_SIZE, CHECK_SIZE), (128, 128, 128))):
-        pipeline = load_demo_ti2v_pipeline(workspace, image=image is not None)
+        pipeline = text_pipeline if image is None else ti2v_pipeline(text_pipeline, image=True)
         kwargs = {} if image is None else {"image": image}
         output = pipeline(prompt="loraidA, a red ball bouncing on a warm background", negative_prompt="",
                           num_frames=CHECK_FRAMES, height=CHECK_SIZE, width=CHECK_SIZE,

@@ -82,21 +82,22 @@ def test_model_options_and_picks(demo_ws, tmp_path):
     shutil.copy(expert_file(ws, "low"), merged / "x-low_noise.safetensors")
     shutil.copy(ws.demo_t2v / TRANSFORMER_FILE, merged / "x-low_noise-2.safetensors")
     values = [option.value for option in model_options(ws)]
-    assert values == ["demo-t2v", "demo-a14b",
+    assert values == ["demo-t2v", "demo-a14b", "demo-ti2v",
                       "outputs/merged/x-high_noise.safetensors | outputs/merged/x-low_noise.safetensors",
                       "outputs/merged/x-low_noise-2.safetensors"]
-    pair = read_model(ws, values[2])
+    assert read_model(ws, "demo-ti2v").task == "ti2v"
+    pair = read_model(ws, values[3])
     assert (pair.model_kind, pair.roles, pair.task) == ("demo-a14b", ["high", "low"], "t2v")
-    single = read_model(ws, values[3])
+    single = read_model(ws, values[4])
     assert (single.model_kind, single.roles, single.arguments()) == (
         None, ["main"], ["--dit", str((merged / "x-low_noise-2.safetensors").resolve())])
     assert read_model(ws, "demo-a14b").arguments() == ["--model", "demo-a14b"]
     with pytest.raises(UserError, match="but Wan2.1 T2V 14B was expected"):
-        read_model(ws, values[3], "wan2.1-t2v-14b")
+        read_model(ws, values[4], "wan2.1-t2v-14b")
     with pytest.raises(UserError, match="Unknown model type `wan2.1-t2v-14`"):
-        read_model(ws, values[3], "wan2.1-t2v-14")
+        read_model(ws, values[4], "wan2.1-t2v-14")
     with pytest.raises(UserError, match="The model names 3 files; give one checkpoint, or two for an A14B pair"):
-        read_model(ws, " | ".join([values[3]] * 3))
+        read_model(ws, " | ".join([values[4]] * 3))
 
 
 def _parsed(arguments: list[str]) -> argparse.Namespace:

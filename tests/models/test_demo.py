@@ -192,3 +192,31 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
     with pytest.raises(UserError, match="has no workspace.json"):
         build_demo_workspace(tmp_path)
     assert precious.read_bytes() == b"mine"
+
+
+def test_ti2v_demo_is_5b_shaped_with_a_wan22_vae(demo_workspace):
+    from diffusers import AutoencoderKLWan
+
+    from backend.models.demo import run_ti2v_pipeline_check
+    from backend.models.registry import WAN22_VAE_CONFIG_DIR, detect_model_kind, signature_from_shapes
+
+    shapes = read_checkpoint_shapes(demo_workspace.demo_ti2v / "transformer.safetensors")
+    found, real = signature_from_shapes(shapes), MODEL_KINDS["wan2.2-ti2v-5b"].signature
+    assert detect_model_kind(shapes) == "demo-ti2v"
+    assert (found.in_channels, found.out_channels) == (real.in_channels, real.out_channels) == (48, 48)
+    assert found.text_dim == MODEL_KINDS["demo-t2v"].signature.text_dim  # fed by the demo text encoder
+    assert (real.dim, real.num_blocks, real.ffn_dim) == (3072, 30, 14336)
+
+    demo_vae = AutoencoderKLWan.load_config(str(demo_workspace.vae_wan22))
+    shipped = AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR))
+    for key in ("z_dim", "is_residual", "patch_size", "in_channels", "out_channels", "scale_factor_spatial",
+                "scale_factor_temporal", "temperal_downsample", "latents_mean", "latents_std"):
+        assert demo_vae[key] == shipped[key], key
+    assert (shipped["z_dim"], shipped["scale_factor_spatial"], shipped["base_dim"]) == (48, 16, 160)
+    assert len(shipped["latents_mean"]) == len(shipped["latents_std"]) == 48
+
+    text, image = run_ti2v_pipeline_check(demo_workspace)
+    assert text.shape == image.shape == (1, 5, 32, 32, 3)
+    assert not np.array_equal(text, image)
+    marker = json.loads(demo_workspace.marker.read_text())["demo"]["models"]
+    assert (demo_workspace.root / marker["demo-ti2v"]).is_file() and (demo_workspace.root / marker["vae_wan2.2"]).is_dir()
