@@ -30,7 +30,8 @@ from tests.demo_files import cache_concept_a
 WIDGET_NAMES = [n for n in FIELDS if n not in OWN_WIDGETS] + ["loraid"] + [net_key(k) for k in BUILDER_KEYS]
 EVERY_FIELD_CHANGED = TrainSettings(
     model_kind="wan2.2-t2v-a14b", dit="/m/low.safetensors", dit_high_noise="/m/high.safetensors", expert="both",
-    timestep_boundary=0.9, vae="/m/vae", text_encoder="/m/t5", dataset_config="datasets/x/dataset.toml",
+    timestep_boundary=0.9, ti2v_mode="i2v", vae="/m/vae", text_encoder="/m/t5",
+    dataset_config="datasets/x/dataset.toml",
     network_type="dora", network_dim=12, network_alpha=6.5,
     network_args=["use_rslora=True", "loraplus_lr_ratio=4.0", "module_dropout=0.05", "exclude_mod=False",
                   "verbose=True", "rank_q=4", "rank_kvo=6", "rank_ffn=8"],
