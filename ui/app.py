@@ -25,6 +25,14 @@ CSS = """
 #system-status p { margin: 0; font-family: ui-monospace, monospace; font-size: 0.9em; text-align: right; }
 .loraid-muted p { opacity: 0.75; }
 #job-log textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
+.gradio-container { overflow: clip !important; }  /* clips like "hidden" but lets the run column stick */
+#train-run-column { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
+                    overflow-y: auto; }
+#train-run-column > *, #train-run-column .column > * { flex-shrink: 0; }  /* scroll, never squeeze the charts */
+#train-loss-chart, #train-lr-chart { height: auto !important; }  /* the label above the plot, not over it */
+#train-loss-chart .vega-embed { height: 230px !important; }
+#train-lr-chart .vega-embed { height: 170px !important; }
+#train-log textarea { font-family: ui-monospace, monospace; font-size: 0.8em; }
 """
 # Gradio 6 takes theme and css at launch(), not in Blocks(); app.py passes these.
 LAUNCH_STYLE = {"theme": gr.themes.Soft(), "css": CSS}

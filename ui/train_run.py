@@ -90,6 +90,7 @@ def chart_label(name: str, progress: RunProgress) -> str:
     return f"{name} (step {progress.step} of {progress.total or '?'})"
 
 
+
 def progress_html(progress: RunProgress, status: str) -> str:
     total = progress.total or 0
     return (f'<div class="train-progress" data-step="{progress.step}" data-total="{total}" '

@@ -10,6 +10,7 @@ from playwright.sync_api import Page, expect
 from backend.workspace import Workspace
 from tests.demo_files import cache_concept_a
 
+SHOTS = Path(__file__).resolve().parents[2] / "docs"
 STEPS = 400  # far more than the test waits for: it stops the run itself
 JOB_MS = 180_000  # a job on a busy machine; every check still has to come true
 
@@ -84,4 +85,6 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     page.wait_for_function(f"() => document.querySelectorAll('#train-loss-chart [aria-roledescription=\"point\"]')"
                            f".length === {2 * stopped_at}")
     assert line_vertices(page) == [stopped_at, stopped_at]
+    page.locator("#train-group-Network").get_by_role("button", name="Network").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "train-run.png"))  # the run stays beside the form being edited
     assert not re.search(r"\d\.\d{5,}", chart.inner_text()), "the y axis lists raw loss values (categorical)"

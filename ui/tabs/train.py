@@ -94,15 +94,26 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     c: dict[str, Any] = {}
     gr.Markdown(DESCRIPTION)
 
-    with gr.Accordion("Presets", open=True):
-        with gr.Row():
-            c["preset"] = gr.Dropdown(preset_choices(panel.store), value=INITIAL_PRESET, label="Preset", scale=3,
-                                      elem_id="train-preset")
-            c["preset:load"] = gr.Button("Load", variant="primary", scale=0, min_width=90, elem_id="train-preset-load")
-            c["preset:export"] = gr.Button("Export", scale=0, min_width=90, elem_id="train-preset-export")
-            c["preset:rename"] = gr.Button("Rename", scale=0, min_width=90, elem_id="train-preset-rename")
-            c["preset:delete"] = gr.Button("Delete", variant="stop", scale=0, min_width=90,
-                                           elem_id="train-preset-delete")
+    _preset_widgets(c, panel)
+    with gr.Row(equal_height=False, elem_id="train-layout"):
+        with gr.Column(scale=3, min_width=480, elem_id="train-form-column"):
+            _form_widgets(c, ctx, settings, net_values, check, shown)
+        with gr.Column(scale=2, min_width=380, elem_id="train-run-column"):  # stays in view (CSS: sticky)
+            _run_controls(c)
+            _monitor_widgets(c)
+    wiring = Wiring(c)
+    _wire(wiring, c, panel)
+
+
+def _preset_widgets(c: dict, panel: TrainPanel) -> None:
+    """One line (preset, Load, message); saving, renaming, deleting, importing and exporting are one click away."""
+    with gr.Row(equal_height=True, elem_id="train-presets"):
+        c["preset"] = gr.Dropdown(preset_choices(panel.store), value=INITIAL_PRESET, label="Preset", scale=2,
+                                  min_width=220, elem_id="train-preset")
+        c["preset:load"] = gr.Button("Load", variant="primary", scale=0, min_width=90, elem_id="train-preset-load")
+        c["preset:message"] = gr.Markdown("", elem_id="train-preset-message")
+    with gr.Accordion("Manage presets: save, rename, delete, import, export", open=False,
+                      elem_id="train-preset-manage"):
         with gr.Row():
             c["preset:name"] = gr.Textbox("", label="Name (to save, rename or import as)", scale=3,
                                           elem_id="train-preset-name")
@@ -110,12 +121,18 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                                               elem_id="train-preset-replace")
             c["preset:save"] = gr.Button("Save form as preset", scale=0, min_width=170, elem_id="train-preset-save")
         with gr.Row():
+            c["preset:rename"] = gr.Button("Rename", scale=0, min_width=90, elem_id="train-preset-rename")
+            c["preset:delete"] = gr.Button("Delete", variant="stop", scale=0, min_width=90,
+                                           elem_id="train-preset-delete")
+            c["preset:export"] = gr.Button("Export", scale=0, min_width=90, elem_id="train-preset-export")
+        with gr.Row():
             c["preset:file"] = gr.File(label="Import a preset file", file_types=[".json"], type="filepath",
                                        scale=1, elem_id="train-preset-import")
             c["preset:exported"] = gr.File(label="Exported preset", interactive=False, scale=1,
                                            elem_id="train-preset-export-file")
-        c["preset:message"] = gr.Markdown("", elem_id="train-preset-message")
 
+
+def _form_widgets(c: dict, ctx: AppContext, settings: TrainSettings, net_values: dict, check, shown: dict) -> None:
     form = Form()
     for group in GROUP_ORDER:
         names = [n for n, info in FIELDS.items() if info["group"] == group and n not in OWN_WIDGETS]
@@ -126,26 +143,25 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     c.update(form.components)
     c.update({error_key(name): slot for name, slot in form.errors.items()})
     c["summary"] = gr.Markdown(shown["summary"], elem_id="train-validation")
-
     with gr.Row(equal_height=True):
         c["run:processes"] = gr.Number(1, precision=0, label="Processes (one per GPU)", scale=1, min_width=150,
                                        elem_id="train-processes")
         c["command:show"] = gr.Button("Show command", scale=0, min_width=140, elem_id="train-show-command")
-        c["run:start"] = gr.Button("Start training", variant="primary", scale=0, min_width=150,
-                                   elem_id="train-start")
-        c["run:stop"] = gr.Button("Stop", variant="stop", scale=0, min_width=90, elem_id="train-stop")
-        c["run:resume"] = gr.Button("Resume", scale=0, min_width=100, elem_id="train-resume-run")
-        c["run:queue"] = gr.Button("Queue after it", visible=False, scale=0, min_width=140, elem_id="train-queue")
-        c["run:message"] = gr.Markdown("", elem_id="train-run-message")
     with gr.Accordion("Command", open=False):
         c["command:ours"] = gr.Code("", language="shell", label="This app", elem_id="train-command")
         c["command:toml"] = gr.Code("", language=None, label="run.toml", elem_id="train-toml")
         c["command:musubi"] = gr.Code("", language="shell", label="musubi-tuner equivalent", elem_id="train-musubi")
         c["command:notes"] = gr.Markdown("", elem_id="train-command-notes")
 
-    _monitor_widgets(c)
-    wiring = Wiring(c)
-    _wire(wiring, c, panel)
+
+def _run_controls(c: dict) -> None:
+    with gr.Row(equal_height=True):
+        c["run:start"] = gr.Button("Start training", variant="primary", scale=1, min_width=130,
+                                   elem_id="train-start")
+        c["run:stop"] = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="train-stop")
+        c["run:resume"] = gr.Button("Resume", scale=0, min_width=90, elem_id="train-resume-run")
+        c["run:queue"] = gr.Button("Queue after it", visible=False, scale=0, min_width=130, elem_id="train-queue")
+    c["run:message"] = gr.Markdown("", elem_id="train-run-message")
 
 
 def _network_widgets(c: dict, form: Form, shown: dict, settings: TrainSettings, net_values: dict, check) -> None:
@@ -164,6 +180,9 @@ def _network_widgets(c: dict, form: Form, shown: dict, settings: TrainSettings, 
     form.add_error_slot("network_args", check.errors.get("network_args", ""))
 
 
+LOSS_COLOURS = dict(zip(LOSS_SERIES, ("#4c78a8", "#f58518")))  # fixed: the legend names them
+
+
 def _monitor_widgets(c: dict) -> None:
     empty = RunProgress()
     c["run:session"] = gr.State(RunSession())
@@ -171,15 +190,16 @@ def _monitor_widgets(c: dict) -> None:
     c["run:job"] = gr.Markdown("", elem_id="train-job")
     c["run:progress"] = gr.HTML("", elem_id="train-progress")
     c["run:stats"] = gr.Markdown("", elem_id="train-stats")
-    with gr.Row():
+    with gr.Column():
         c["run:loss"] = gr.LinePlot(first_loss_frame(), x="step", y="value", color="series",
-                                    colors_in_legend=list(LOSS_SERIES), color_title="", x_axis_format="d",
+                                    color_map=LOSS_COLOURS, x_axis_format="d",
                                     label=chart_label("Loss", empty), y_title="loss", height=260,
                                     elem_id="train-loss-chart")
         c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label=chart_label("Learning rate", empty),
-                                  x_axis_format="d", height=260, y_lim=[0, None], elem_id="train-lr-chart")
-    c["run:samples"] = gr.Gallery([], label="Samples", columns=4, height=220, elem_id="train-samples")
-    c["run:log"] = gr.Textbox("", label="Log", lines=12, max_lines=12, autoscroll=True, interactive=False,
+                                  x_axis_format="d", height=200, y_lim=[0, None], elem_id="train-lr-chart")
+    c["run:samples"] = gr.Gallery([], label="Samples (step: prompt)", columns=3, height=200, object_fit="contain",
+                                  elem_id="train-samples")
+    c["run:log"] = gr.Textbox("", label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False,
                               buttons=["copy"], elem_id="train-log")
 
 
