@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ ARCHITECTURE = "wan"
 FORMAT = "loraid-cache-1"
 MANIFEST_NAME = "cache_manifest.json"
 FINGERPRINT_KEY = "loraid_fingerprint"
+LATENT_TENSOR = re.compile(r"^latents_\d+x\d+x\d+_\w+$")
+IMAGE_LATENT_TENSOR = re.compile(r"^latents_image_\d+x\d+x\d+_\w+$")
 
 
 def fingerprint(values: dict) -> str:
@@ -85,10 +88,17 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_latent_file(path: Path) -> dict[str, torch.Tensor]:
-    """{"latents": [C,F,H,W], "image_latents"?: [4+C,F,H,W]}."""
+    """{"latents": [C,F,H,W], "image_latents"?: [4+C,F,H,W]}; other tensors musubi-tuner may store (`clip_*`,
+    `latents_control_*`, `f_indices_*`) are not read."""
     out = {}
     for name, tensor in _load(path).items():
-        out["image_latents" if name.startswith("latents_image_") else "latents"] = tensor
+        if LATENT_TENSOR.match(name):
+            out["latents"] = tensor
+        elif IMAGE_LATENT_TENSOR.match(name):
+            out["image_latents"] = tensor
+    if "latents" not in out:
+        raise UserError(f"cache file {path} holds no latents_<F>x<H>x<W>_<dtype> tensor; delete it and run the "
+                        "cache command again.")
     return out
 
 

@@ -14,11 +14,14 @@ from typing import Iterator
 
 import torch
 
-from backend.data.cache_files import (FINGERPRINT_KEY, load_latent_file, load_text_file, read_manifest,
-                                      read_metadata, text_file_name)
+from backend.data.cache_files import (FINGERPRINT_KEY, MANIFEST_NAME, load_latent_file, load_text_file,
+                                      read_manifest, read_metadata, text_file_name)
 from backend.data.cache_plan import latent_settings, list_dataset, text_fingerprint
 from backend.data.dataset_config import DatasetConfig, ResolvedDataset, load_dataset_config
 from backend.data.encoders import pad_text_embeds
+from backend.data.musubi_cache import ADOPTED_FROM, adopt, musubi_latent_files, record
+
+MUSUBI_TEXT_LENGTH = 512  # musubi-tuner's Wan text caches: UMT5 outputs of at most 512 tokens
 from backend.errors import UserError
 
 
@@ -47,6 +50,15 @@ class DataPosition:
         return cls(int(data.get("epoch", 0)), int(data.get("index", 0))) if data else cls()
 
 
+def _text_mismatch(key: str, caption: str, meta: dict) -> str:
+    """Why a text cache of ours no longer fits its item, in words (caption, text model or length)."""
+    if meta.get("caption") is not None and meta["caption"] != caption:
+        return f"the caption of {key} changed after text caching"
+    if meta.get("caption") is None:
+        return f"the text cache of {key} records no caption to check it against"
+    return f"the text cache of {key} was made by another version of the cache command"
+
+
 def _rerun(what: str, config: DatasetConfig) -> str:
     return f"run `python -m backend cache {what} --dataset_config {config.source_name}`"
 
@@ -57,6 +69,7 @@ class CachedDataset:
         self.datasets = config.resolved()
         self.items: list[CachedItem] = []
         self.warnings: list[str] = []
+        self.notes: list[str] = []  # what loading did (e.g. adopted musubi-tuner's cache), one line each
         self.text_model_id: str | None = None
         lengths: set[int] = set()
         for dataset in self.datasets:
@@ -74,19 +87,20 @@ class CachedDataset:
 
     # ---- checking the caches -------------------------------------------------------------------------------------
     def _collect(self, dataset: ResolvedDataset, lengths: set[int]) -> list[CachedItem]:
+        listing = {item.key: item for item in list_dataset(dataset, probe=False).items}
         manifest = read_manifest(dataset.cache_directory)
         if manifest is None:
-            raise UserError(f"{dataset.label}: no complete latent cache in {dataset.cache_directory}; "
-                            f"{_rerun('latents', self.config)}.")
-        if manifest["settings"] != latent_settings(dataset):
+            manifest = self._adopt_musubi(dataset, listing)
+        adopted = manifest.get("adopted") == ADOPTED_FROM
+        if not adopted and manifest["settings"] != latent_settings(dataset):
             changed = [k for k, v in latent_settings(dataset).items() if manifest["settings"].get(k) != v]
             raise UserError(f"{dataset.label}: {', '.join(changed)} changed since the latents were cached; "
                             f"{_rerun('latents', self.config)}.")
-        listing = {item.key: item for item in list_dataset(dataset, probe=False).items}
         cached_keys = {entry.key for entry in manifest["entries"]} | set(manifest.get("left_out", []))
         uncached = sorted(set(listing) - cached_keys)
         if uncached:
-            raise UserError(f"{dataset.label}: {len(uncached)} item(s) were added after caching "
+            made = "musubi-tuner's cache was adopted" if adopted else "caching"
+            raise UserError(f"{dataset.label}: {len(uncached)} item(s) were added after {made} "
                             f"(first: {uncached[0]}); {_rerun('latents', self.config)}.")
         items = []
         for entry in manifest["entries"]:
@@ -99,15 +113,52 @@ class CachedDataset:
             if not (self._usable(dataset, latent_file, "latents") and self._usable(dataset, text_file, "text")):
                 continue
             text_meta = read_metadata(text_file)
-            length = int(text_meta.get("max_sequence_length", "512"))
-            expected = text_fingerprint(item.caption or "", text_meta.get("model", ""), length)
-            if text_meta.get(FINGERPRINT_KEY) != expected:
-                raise UserError(f"{dataset.label}: the caption of {entry.key} changed after text caching; "
+            length = int(text_meta.get("max_sequence_length", str(MUSUBI_TEXT_LENGTH)))
+            if FINGERPRINT_KEY not in text_meta:
+                self._check_musubi_text(dataset, item, text_file, manifest)
+            elif text_meta[FINGERPRINT_KEY] != text_fingerprint(item.caption or "", text_meta.get("model", ""), length):
+                raise UserError(f"{dataset.label}: {_text_mismatch(entry.key, item.caption or '', text_meta)}; "
                                 f"{_rerun('text', self.config)}.")
             lengths.add(length)
             items.append(CachedItem(dataset.index, entry.key, item.caption, entry.bucket, entry.frames, latent_file,
                                     text_file))
         return items
+
+    def _adopt_musubi(self, dataset: ResolvedDataset, listing: dict) -> dict:
+        """No manifest: adopt musubi-tuner's files when the directory holds them (see musubi_cache), else say why
+        there is nothing to train on."""
+        directory = dataset.cache_directory
+        if not musubi_latent_files(directory):
+            ours = sorted(directory.glob("*_wan.safetensors")) if directory.is_dir() else []
+            why = (f"its latents run did not complete ({len(ours)} file(s) but no {MANIFEST_NAME})" if ours
+                   else "it holds no latent files" if directory.is_dir() else "the folder does not exist")
+            raise UserError(f"{dataset.label}: no complete latent cache in {directory} ({why}); "
+                            f"{_rerun('latents', self.config)}.")
+        try:
+            adoption = adopt(dataset, listing)
+        except ValueError as exc:
+            raise UserError(f"{dataset.label}: {exc}; re-cache one of them with musubi-tuner or "
+                            f"{_rerun('latents', self.config)}.") from None
+        if not adoption.entries:
+            first, why = next(iter(adoption.left_out.items()), ("-", "no item matched"))
+            raise UserError(f"{dataset.label}: musubi-tuner's cache in {directory} covers no item of the dataset "
+                            f"({first}: {why}); {_rerun('latents', self.config)}.")
+        record(dataset, latent_settings(dataset), adoption)
+        self.notes.append(adoption.line(dataset.label, len(listing)))
+        return read_manifest(directory)
+
+    def _check_musubi_text(self, dataset: ResolvedDataset, item, text_file: Path, manifest: dict) -> None:
+        """musubi-tuner's text caches record no caption: a caption edited after them is caught by its file time."""
+        stamp = (manifest.get("text_stamps") or {}).get(item.key)
+        if stamp is not None and list(stamp) != [text_file.stat().st_size, text_file.stat().st_mtime_ns]:
+            raise UserError(f"{dataset.label}: {text_file.name} was rewritten after musubi-tuner's cache was adopted; "
+                            f"delete {MANIFEST_NAME} in {dataset.cache_directory} to adopt it again.")
+        caption_path = getattr(item, "caption_path", None)
+        if caption_path is not None and caption_path.is_file() and \
+                caption_path.stat().st_mtime_ns > text_file.stat().st_mtime_ns:
+            self.warnings.append(f"{caption_path.name} is newer than its musubi-tuner text cache {text_file.name} "
+                                 f"(which records no caption, so the edit cannot be checked); if the caption changed, "
+                                 f"{_rerun('text', self.config)}.")
 
     def _usable(self, dataset: ResolvedDataset, path: Path, what: str) -> bool:
         """True when the file exists and reads; a missing/broken file is an error, or a warning with

@@ -133,6 +133,8 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
 
     dataset = CachedDataset.from_file(s.dataset_config, seed=s.seed)
     check_latents_fit(dataset, kind, s, f"python -m backend cache latents --dataset_config {s.dataset_config}")
+    for note in dataset.notes:
+        say(note)
     for warning in dataset.warnings:
         ctx.emit("warning", message=warning)
         say(f"warning: {warning}")
