@@ -24,8 +24,7 @@ from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.checkpoint import read_checkpoint_shapes
 from backend.models.demo import demo_transformer_file
 from backend.models.registry import check_model_kind, get_model_kind
-from backend.train.loop import NOT_YET
-from backend.train.memory import check_memory_settings
+from backend.train.memory import check_memory_settings, check_offload_settings
 from backend.train.outputs import output_problems, running_allocations
 from backend.train.networks import ExpertPlan, loraid_allocation, network_args_for
 from backend.train.paths import resolve_path
@@ -62,10 +61,7 @@ def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: boo
     _check_paths(settings, workspace, check)
     _check_dataset(settings, workspace, check, deep)
     _check_network(settings, workspace, check)
-    for name, default in NOT_YET.items():
-        if getattr(settings, name) != default:
-            check.errors[name] = (f"{label(name)} = {getattr(settings, name)!r} is not supported by this trainer yet; "
-                                  f"set it back to {default!r}.")
+    _check_offload(settings, check)
     _check_samples(settings, workspace, check)
     for name, message in output_problems(settings, workspace).items():
         check.errors.setdefault(name, message)
@@ -250,6 +246,14 @@ def _check_network(s: TrainSettings, workspace: Workspace, check: FormCheck) -> 
         taken = taken_by(check.allocation, workspace, _path(s.output_dir, workspace))
         if taken:
             check.errors["loraid"] = taken
+
+
+def _check_offload(s: TrainSettings, check: FormCheck) -> None:
+    kind = get_model_kind(s.model_kind)
+    try:
+        check_offload_settings(s, kind.num_blocks, kind.label)
+    except UserError as exc:
+        check.errors["offload_activations" if str(exc).startswith("offload_activations") else "blocks_to_swap"] = str(exc)
 
 
 def taken_by(allocation: Allocation, workspace: Workspace, output_dir: Path | None = None) -> str | None:

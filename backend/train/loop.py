@@ -45,7 +45,6 @@ from backend.train.timesteps import TimestepSampler, add_noise, flow_target, los
 from backend.workspace import Workspace
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-NOT_YET = {"blocks_to_swap": 0}
 
 
 def timestep_sampler(s, plan: ExpertPlan, expert: str | None) -> TimestepSampler:
@@ -76,13 +75,6 @@ def flow_matching_loss(denoiser, batch: dict, sampler: TimestepSampler, generato
     return (per_sample * weights).mean()
 
 
-def _refuse_unfinished(s) -> None:
-    for name, default in NOT_YET.items():
-        if getattr(s, name) != default:
-            raise UserError(f"{name}={getattr(s, name)!r} is not supported by this trainer yet; "
-                            f"leave it at {default!r}.")
-
-
 def train(settings, workspace: Workspace | None = None, ctx: JobContext | None = None, log=print) -> str:
     """Run one training job; returns "succeeded" or "stopped". The main process first checks the outputs
     (backend/train/outputs.py), puts right what interrupted saves left, and holds the output name while it runs."""
@@ -110,7 +102,6 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
 
     ctx = ctx or JobContext.from_env()
     s = resolve_settings(settings, workspace)
-    _refuse_unfinished(s)
     if not s.dataset_config:
         raise UserError("no dataset_config given; pass --dataset_config FILE (a cached dataset TOML).")
 
@@ -155,8 +146,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     dits = {label: dit_path(s, kind, expert, workspace) for label, expert in zip(plan.labels, plan.experts)}
     models, networks = build_networks(s, kind, plan, dits, DTYPES[s.mixed_precision], network_args)
     for model in models.values():
-        model.to(accelerator.device)
-        apply_memory_settings(model, s)
+        apply_memory_settings(model, s, accelerator.device)
     denoiser = Denoiser(models, networks, plan)
     groups = [group for network in networks.values() for group in network.optimizer_param_groups(s.learning_rate)]
     optimizer = build_optimizer(s.optimizer_type, groups, s.learning_rate, s.weight_decay)

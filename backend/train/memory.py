@@ -5,7 +5,9 @@ forward; the adapters are not submodules of the model, so they stay fp32. fp8_sc
 a per-row fp32 scale (backend/models/fp8_scaled.py), applied while the model is loaded (build_networks), before it
 goes to the GPU. attn_mode: diffusers' attention
 dispatcher (sdpa = PyTorch's own; flash / sage need their packages). compile: `torch.compile` of the repeated
-transformer blocks. blocks_to_swap is not offered yet and is refused with a sentence by the loop.
+transformer blocks. blocks_to_swap: the first N blocks' base weights live in CPU memory and are copied to the GPU
+ahead of use (backend/models/block_swap.py); offload_activations: the block inputs gradient checkpointing keeps wait
+in CPU memory until backward (backend/models/activation_offload.py). Both need gradient checkpointing.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import importlib.util
 import torch
 
 from backend.errors import UserError
+from backend.models.activation_offload import offload_activations
+from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
 from backend.train.memory_plan import (
     TrainRun,
     allocator_fraction,
@@ -43,11 +47,26 @@ def check_memory_settings(settings, use_dora: bool) -> None:
                         "use fp8_scaled instead, or turn one of them off.")
 
 
-def apply_memory_settings(model, settings) -> None:
-    """Call after the network is injected."""
+def check_offload_settings(settings, num_blocks: int, label: str) -> None:
+    """blocks_to_swap within the model's block count; swap and activation offload only with checkpointing."""
+    check_blocks_to_swap(settings.blocks_to_swap, num_blocks, label)
+    if settings.blocks_to_swap and not settings.gradient_checkpointing:
+        raise UserError(f"blocks_to_swap={settings.blocks_to_swap} needs gradient_checkpointing (without it backward "
+                        f"keeps every swapped block's weights on the GPU); turn gradient_checkpointing on.")
+    if settings.offload_activations and not settings.gradient_checkpointing:
+        raise UserError("offload_activations moves the block inputs that gradient checkpointing keeps, and "
+                        "checkpointing is off; turn gradient_checkpointing on or offload_activations off.")
+
+
+def apply_memory_settings(model, settings, device) -> None:
+    """Call after the network is injected: fp8 storage, block swap, then the move to `device`, and the rest."""
     if settings.fp8_base:
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                        compute_dtype=COMPUTE_DTYPES[settings.mixed_precision])
+    enable_block_swap(model, settings.blocks_to_swap, device)
+    model.to(device)  # the swapped blocks stay in CPU memory
+    if settings.offload_activations:
+        offload_activations(model, device)
     if settings.attn_mode != "sdpa":
         model.set_attention_backend(settings.attn_mode)
     if settings.compile:

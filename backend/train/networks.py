@@ -18,7 +18,7 @@ from backend.loraid.allocation import Allocation, allocate
 from backend.loraid.patterns import network_args_entries
 from backend.models.loading import load_transformer
 from backend.models.registry import ModelKind
-from backend.train.memory import check_memory_settings
+from backend.train.memory import check_memory_settings, check_offload_settings
 
 SINGLE = "single"  # label of the network of a single-transformer model
 
@@ -69,6 +69,7 @@ def build_networks(settings, kind: ModelKind, plan: ExpertPlan, dit_paths: dict[
     """Load and freeze each transformer, inject a fresh (or initial-weights) network; label -> model / network."""
     config = NetworkConfig.from_network_args(settings.network_dim, settings.network_alpha, network_args)
     check_memory_settings(settings, config.use_dora)
+    check_offload_settings(settings, kind.num_blocks, kind.label)
     models, networks = {}, {}
     for label, expert in zip(plan.labels, plan.experts):
         model = load_transformer(dit_paths[label], kind.name, dtype=dtype, expert=expert,

@@ -131,7 +131,8 @@ class TrainSettings(Settings):
                                     "(half of bf16, closer to it than plain fp8; DoRA works). ComfyUI scaled-fp8 "
                                     "checkpoints load straight into it.")
     blocks_to_swap: int = setting(0, label="Blocks to swap", group="Memory", ge=0,
-                                  help="Offload this many blocks to CPU (diffusers group offloading).")
+                                  help="Keep this many transformer blocks' base weights in CPU memory and copy each "
+                                       "to the GPU just before it runs (needs gradient checkpointing).")
     offload_activations: bool = setting(False, label="Offload activations", group="Memory",
                                         help="Keep the block inputs gradient checkpointing saves in CPU memory until "
                                              "backward (needs gradient checkpointing).")
