@@ -82,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     memory.add_argument("--fp8", action="store_true",
                         help="store transformer weights in fp8 (half of bf16), upcast per layer; costs a small "
                              "loss of precision and some speed; applied after LoRAs are merged or hooked")
+    memory.add_argument("--blocks_to_swap", type=int, default=0, metavar="N",
+                        help="keep N transformer blocks in CPU memory and copy each to the GPU just before it runs "
+                             "(the next one while the current one computes); saves their weights' GPU memory, "
+                             "costs transfer time per step")
     memory.add_argument("--vae_tiling", action="store_true",
                         help="decode the video in tiles; saves VAE memory at large sizes, costs decode time and "
                              "may show faint seams")
@@ -151,7 +155,7 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     lora_request = LoraRequest(files=[str(f) for f in flatten_appended(args.lora)], loraids=resolve_loraids(args),
                                multipliers=flatten_appended(args.multiplier) or None,
                                allow_overlap=args.allow_overlap, hooked=args.hooked)
-    memory = MemoryOptions(args.cpu_offload, args.fp8, args.vae_tiling)
+    memory = MemoryOptions(args.cpu_offload, args.fp8, args.vae_tiling, args.blocks_to_swap)
     out_dir = _out_dir(args)
     session = GenerateSession(_choice(args), lora_request, memory, image_to_video=args.image is not None,
                               warn=lambda message: (print(message), ctx.emit("warning", message=message)),

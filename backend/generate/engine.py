@@ -83,7 +83,7 @@ class GenerateSession:
             else:
                 merge_into(transformer, loras)
         self.moe = _attach_moe(self.model.transformers, moe, warn) if moe is not None else None
-        apply_memory_options(self.model.pipeline, self.model.transformers, self.memory)
+        apply_memory_options(self.model.pipeline, self.model.transformers, self.memory, self.model.label)
         for network in self.networks:
             network.to(adapter_device())
 

@@ -108,6 +108,8 @@ class GenerateRequest:
                  "--cpu_offload": self.memory.cpu_offload, "--fp8": self.memory.fp8,
                  "--vae_tiling": self.memory.vae_tiling, "--save_latents": self.save_latents,
                  "--save_frames": self.save_frames}
+        if self.memory.blocks_to_swap:
+            args.append(f"--blocks_to_swap={self.memory.blocks_to_swap}")
         return args + [flag for flag, on in flags.items() if on]
 
     def job_settings(self) -> dict:
@@ -129,8 +131,7 @@ class GenerateRequest:
             model = record.get("model") or {}
             loras = tuple(LoraPick(Path(item["path"]), float(item.get("multiplier", 1.0)))
                           for item in record.get("loras") or [])
-            memory = MemoryOptions(**{k: bool(v) for k, v in (record.get("memory") or {}).items()
-                                      if k in {f.name for f in fields(MemoryOptions)}})
+            memory = MemoryOptions.from_dict(record.get("memory") or {})
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UserError("This result's settings record is incomplete or damaged, so it cannot be reused; pick "
                             "another result.") from None

@@ -58,8 +58,10 @@ def check_offload_settings(settings, num_blocks: int, label: str) -> None:
                         "checkpointing is off; turn gradient_checkpointing on or offload_activations off.")
 
 
-def apply_memory_settings(model, settings, device) -> None:
-    """Call after the network is injected: fp8 storage, block swap, then the move to `device`, and the rest."""
+def apply_memory_settings(model, settings, device=None) -> None:
+    """Call after the network is injected: fp8 storage, block swap, then the move to `device` (default: where the
+    model is), and the rest."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     if settings.fp8_base:
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                        compute_dtype=COMPUTE_DTYPES[settings.mixed_precision])
