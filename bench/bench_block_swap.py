@@ -13,7 +13,8 @@ backend/models/block_swap.py (the first N blocks swapped, the next block copied 
 one computes); `--impl diffusers` is diffusers' `enable_group_offload` (block level, one block per group,
 use_stream=True), which offloads every block and the rest of the model, so it takes N = the block count.
 `--offload_activations` keeps the checkpointed block inputs in pinned CPU memory (backend/models/activation_offload.py),
-`--fp8` stores the base weights in float8_e4m3fn (diffusers layerwise casting). `--memory_cap_gb` calls
+`--fp8` stores the base weights in float8_e4m3fn (diffusers layerwise casting), `--compile` compiles the blocks
+(compile_repeated_blocks, after the swap's hooks are on). `--memory_cap_gb` calls
 torch.cuda.set_per_process_memory_fraction so that the run behaves as on a smaller card.
 
 Prints one JSON line: median s/it over `--steps` timed steps after `--warmup`, peak allocated and reserved GPU memory
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--impl", choices=["ours", "diffusers"], default="ours")
     parser.add_argument("--offload_activations", action="store_true")
     parser.add_argument("--fp8", action="store_true", help="fp8 storage of the base weights (layerwise casting)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks (compile_repeated_blocks)")
     parser.add_argument("--memory_cap_gb", type=float, default=None)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -108,6 +110,8 @@ def main() -> None:
         model.to(device)  # the swapped blocks stay in CPU memory
     if args.offload_activations:
         offload_activations(model, device)
+    if args.compile:
+        model.compile_repeated_blocks()
     network.to(device)
     model.train()
     network.train()
@@ -134,7 +138,8 @@ def main() -> None:
 
     result = {"model": args.model, "layers": config["num_layers"], "impl": args.impl,
               "blocks_to_swap": args.blocks_to_swap, "offload_activations": args.offload_activations,
-              "fp8": args.fp8, "memory_cap_gb": args.memory_cap_gb, "tokens": tokens, "rank": args.rank,
+              "fp8": args.fp8, "compile": args.compile, "memory_cap_gb": args.memory_cap_gb, "tokens": tokens,
+              "rank": args.rank,
               "device": torch.cuda.get_device_name(device) if cuda else "cpu", "build_s": round(build_s, 1)}
     losses, times = [], []
     try:

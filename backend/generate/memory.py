@@ -39,7 +39,8 @@ def check_memory_options(options: MemoryOptions) -> None:
             raise UserError("--cpu_offload moves idle models between the GPU and the CPU, and this machine has no "
                             "CUDA GPU; leave the option out (everything already runs on the CPU).")
     if options.blocks_to_swap < 0:
-        raise UserError(f"--blocks_to_swap {options.blocks_to_swap} is negative; use 0 (no swap) or a number of blocks.")
+        raise UserError(f"--blocks_to_swap {options.blocks_to_swap} is negative; use 0 (no swap) or a number of "
+                        f"blocks.")
 
 
 def store_in_fp8(transformer: torch.nn.Module) -> None:

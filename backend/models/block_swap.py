@@ -86,7 +86,7 @@ class BlockSwap:
         for index in sorted(self.swapped):
             self._offload_block(index)
             self._guard_moves(self.blocks[index])
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.blocks[:blocks_to_swap + 1]):  # the swapped ones and the one after them
             self._handles.append(block.register_forward_pre_hook(self._pre_hook(index)))
             if index in self.swapped:
                 self._handles.append(block.register_forward_hook(self._post_hook(index), always_call=True))
@@ -132,16 +132,13 @@ class BlockSwap:
         swap = self
 
         def _apply(module, fn, recurse=True):
-            index = swap.blocks.index(module)
-            swap._evict(index)
+            def new_dtype(tensor):  # what the move does to a dtype, seen on an empty tensor (no copy)
+                return fn(torch.empty(0, dtype=tensor.dtype)).dtype
 
-            def on_host(tensor):
-                probe = fn(torch.empty(0, dtype=tensor.dtype))  # what the move does to a dtype, without copying
-                if probe.dtype != tensor.dtype:
-                    tensor = tensor.to(probe.dtype)
-                return swap._host(tensor)
-
-            return nn.Module._apply(module, on_host, recurse)
+            if all(new_dtype(tensor) == tensor.dtype for *_, tensor in swap._slots(module)):
+                return module  # a device move (e.g. model CPU offload at every forward): nothing to do
+            swap._evict(swap.blocks.index(module))
+            return nn.Module._apply(module, lambda tensor: swap._host(tensor.to(new_dtype(tensor))), recurse)
 
         block._apply = types.MethodType(_apply, block)
 
