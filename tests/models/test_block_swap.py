@@ -142,6 +142,28 @@ def test_fp8_storage_is_swapped_as_stored():
     assert swap.loads == 8
 
 
+@pytest.mark.parametrize("adapter", ["lora", "dora"])
+def test_scaled_fp8_layers_are_swapped_with_their_scales(adapter):
+    """Scaled fp8 Linears hold an fp8 weight and an fp32 `scale_weight` buffer: both travel, the result is unchanged."""
+    from backend.models.fp8_scaled import SCALE_NAME, store_scaled_fp8
+
+    def run(blocks_to_swap):
+        model, network = demo_model(ADAPTERS[adapter])
+        store_scaled_fp8(model)
+        swap = enable_block_swap(model, blocks_to_swap, "cpu")
+        seen = []
+        layer = model.blocks[0].attn1.to_q
+        layer.register_forward_pre_hook(lambda module, args: seen.append(
+            (module.weight.dtype, getattr(module, SCALE_NAME).data_ptr())))
+        return loss_and_grads(model, network), swap, seen, getattr(layer, SCALE_NAME)
+
+    (loss, grads), _, _, _ = run(0)
+    (swapped_loss, swapped_grads), swap, seen, scale_at_rest = run(BLOCKS)
+    assert torch.equal(loss, swapped_loss) and all(torch.equal(a, b) for a, b in zip(grads, swapped_grads))
+    assert seen and all(dtype == torch.float8_e4m3fn and ptr != scale_at_rest.data_ptr() for dtype, ptr in seen)
+    assert swap.loads == 2 * BLOCKS
+
+
 def test_generation_forward_is_unchanged_and_disable_restores_plain_modules():
     model, _ = demo_model(["use_dora=True"])
     model.eval()
