@@ -9,6 +9,7 @@ share link, requires `--auth` so that nobody else on the network can drive the a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import socket
@@ -36,6 +37,7 @@ class LaunchOptions:
     auth: tuple[str, str] | None
     share: bool
     max_concurrent_jobs: int
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def local_url(self) -> str:
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", metavar="USER:PASSWORD", default=None,
                         help="require this user name and password (needed with --share or a non-loopback --host)")
     parser.add_argument("--share", action="store_true", help="make a public Gradio share link (requires --auth)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests addressed to NAME (a host name the app is reached by); repeat "
+                             "for several")
     parser.add_argument("--max-concurrent-jobs", type=int, default=1, metavar="N",
                         help="how many jobs may run at the same time (default 1)")
     return parser
@@ -106,6 +111,7 @@ def parse_launch_options(argv: list[str] | None = None, *, platform: str = sys.p
         auth=auth,
         share=args.share,
         max_concurrent_jobs=args.max_concurrent_jobs,
+        allowed_hosts=tuple(args.allowed_host),
     )
 
 
@@ -150,6 +156,35 @@ def wait_until_answering(url: str, timeout_s: float = 120.0) -> None:
                       f"(NO_PROXY should include 127.0.0.1) and try again.")
 
 
+@contextlib.contextmanager
+def guarded_app(options: LaunchOptions):
+    """While Gradio builds its server app, put backend/system/http_guard.py around it (outermost, before the
+    server takes its first request): Host and Origin checks always, and with --auth nothing but a login form for
+    anonymous requests."""
+    from gradio.routes import App
+
+    from backend.system.http_guard import HttpGuard, allowed_hosts
+
+    original = App.__dict__["create_app"]  # the staticmethod itself, put back as it was
+
+    def create_app(*args, **kwargs):
+        app = original.__func__(*args, **kwargs)
+
+        def logged_in(cookies: dict[str, str]) -> bool:
+            tokens = [cookies.get(f"access-token{kind}-{app.cookie_id}") for kind in ("", "-unsecure")]
+            return any(token and token in app.tokens for token in tokens)
+
+        app.add_middleware(HttpGuard, port=options.port, hosts=allowed_hosts(options.host, options.allowed_hosts),
+                           any_host=options.share, logged_in=logged_in if options.auth else None)
+        return app
+
+    App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        App.create_app = original
+
+
 def serve(options: LaunchOptions) -> None:
     from backend.jobs import JobManager
     from backend.workspace import Workspace
@@ -159,17 +194,18 @@ def serve(options: LaunchOptions) -> None:
     workspace.ensure_folders()
     manager = JobManager(workspace.jobs, max_concurrent=options.max_concurrent_jobs)
     blocks = build_app(workspace, manager)
-    _, _, share_url = blocks.launch(
-        server_name=options.host,
-        server_port=options.port,
-        auth=options.auth,
-        share=options.share,
-        inbrowser=options.open_browser,
-        prevent_thread_lock=True,
-        quiet=True,
-        _frontend=False,  # Gradio's own reachability check gives up after 3 s; the full page can take longer
-        **LAUNCH_STYLE,
-    )
+    with guarded_app(options):
+        _, _, share_url = blocks.launch(
+            server_name=options.host,
+            server_port=options.port,
+            auth=options.auth,
+            share=options.share,
+            inbrowser=options.open_browser,
+            prevent_thread_lock=True,
+            quiet=True,
+            _frontend=False,  # Gradio's own reachability check gives up after 3 s; the full page can take longer
+            **LAUNCH_STYLE,
+        )
     wait_until_answering(options.local_url)
     print(f"LORAID Studio is running at {options.local_url}  (workspace: {workspace.root})", flush=True)
     if not is_loopback_host(options.host):
