@@ -86,6 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep N transformer blocks in CPU memory and copy each to the GPU just before it runs "
                              "(the next one while the current one computes); saves their weights' GPU memory, "
                              "costs transfer time per step")
+    memory.add_argument("--fp8_scaled", action="store_true",
+                        help="store the transformer's block weights in fp8 with one scale per output row (half of "
+                             "bf16, closer to it than --fp8); a ComfyUI scaled-fp8 file loads straight into it")
+    memory.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+                        help="the transformer's weights and compute (text encoder: bf16 on a GPU; VAE: fp32)")
+    memory.add_argument("--memory", choices=["auto", "manual"], default="auto",
+                        help="auto: on a GPU, turn on CPU offload, --fp8_scaled and block swap as the model and the "
+                             "largest video need (each choice is printed); manual: only the options given")
+    memory.add_argument("--memory_limit_gb", type=float, default=None, metavar="GB",
+                        help="plan for, and stay under, this much GPU memory (the whole card, e.g. 24)")
     memory.add_argument("--vae_tiling", action="store_true",
                         help="decode the video in tiles; saves VAE memory at large sizes, costs decode time and "
                              "may show faint seams")
@@ -155,11 +165,15 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     lora_request = LoraRequest(files=[str(f) for f in flatten_appended(args.lora)], loraids=resolve_loraids(args),
                                multipliers=flatten_appended(args.multiplier) or None,
                                allow_overlap=args.allow_overlap, hooked=args.hooked)
-    memory = MemoryOptions(args.cpu_offload, args.fp8, args.vae_tiling, args.blocks_to_swap)
+    memory = MemoryOptions(cpu_offload=args.cpu_offload, fp8=args.fp8, vae_tiling=args.vae_tiling,
+                           fp8_scaled=args.fp8_scaled, dtype=args.dtype, memory=args.memory,
+                           memory_limit_gb=args.memory_limit_gb, blocks_to_swap=args.blocks_to_swap)
     out_dir = _out_dir(args)
+    largest = max(batch, key=lambda s: s.frames * s.height * s.width)
     session = GenerateSession(_choice(args), lora_request, memory, image_to_video=args.image is not None,
                               warn=lambda message: (print(message), ctx.emit("warning", message=message)),
-                              moe=_moe_request(args))
+                              moe=_moe_request(args),
+                              plan_size=(largest.frames, largest.height, largest.width))
     total = sum(settings.steps for settings in batch)
     ctx.emit("start", total=total, prompts=len(batch))
     done, results = 0, []

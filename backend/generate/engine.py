@@ -19,8 +19,12 @@ import torch
 from backend.errors import UserError
 from backend.adapters.dora_base import file_base_warning
 from backend.generate.loras import PickedLora, by_transformer, check_overlaps, hook_into, merge_into, pick_loras
-from backend.generate.memory import MemoryOptions, adapter_device, apply_memory_options, check_memory_options
-from backend.generate.pipeline import LoadedModel, ModelChoice, check_size, load_model, ti2v_pipeline
+from backend.generate.memory import (DTYPES, WAN_SIZE, MemoryOptions, adapter_device, apply_memory_options,
+                                     check_memory_options, folder_bytes, plan_memory)
+from backend.generate.offload import offload_all
+from backend.generate.pipeline import (LoadedModel, ModelChoice, WeightsChoice, check_size, companion_folders,
+                                       load_model, ti2v_pipeline, transformer_config)
+from backend.models.fp8_scaled import store_scaled_fp8
 from backend.generate.settings import GenerateSettings, make_scheduler, validate
 
 StepCallback = Callable[[int, int], bool]  # (steps done, total) -> True to stop
@@ -39,11 +43,20 @@ class Stopped(Exception):
     """The user asked to stop during denoising."""
 
 
-def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
-    """Wan latents -> frames [F, H, W, 3] in [0, 1] (the same un-normalisation and decode as the Wan pipelines)."""
-    from diffusers.video_processor import VideoProcessor
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: its CPU-offload hook's GPU when it has one (its weights may wait on the CPU until
+    the call), else where its weights are."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    return torch.device(device) if device is not None else next(module.parameters()).device
 
-    latents = latents.to(next(vae.parameters()).device, vae.dtype)
+
+def decode_video(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Wan latents -> the VAE's video tensor [B, 3, F, H, W] in [-1, 1] (the Wan pipelines' un-normalisation).
+
+    The latents go where the VAE will compute, not where its weights are now: under CPU offload the weights wait on
+    the CPU and move to the GPU inside `vae.decode`, so latents sent to the weights' device would reach a CUDA
+    convolution as CPU tensors (`aten::slow_conv3d_forward ... 'CUDA' backend`)."""
+    latents = latents.to(execution_device(vae), vae.dtype)
     z_dim = vae.config.z_dim
     if latents.dim() != 5 or latents.shape[1] != z_dim:
         raise UserError(f"The latents have shape {tuple(latents.shape)}, but this VAE decodes "
@@ -51,25 +64,45 @@ def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents)
     with torch.no_grad():
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-    frames = VideoProcessor(vae_scale_factor=8).postprocess_video(video, output_type="np")
+        return vae.decode(latents / inv_std + mean, return_dict=False)[0]
+
+
+def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
+    """Wan latents -> frames [F, H, W, 3] in [0, 1] (the same un-normalisation and decode as the Wan pipelines)."""
+    from diffusers.video_processor import VideoProcessor
+
+    video = decode_video(vae, latents)
+    frames = VideoProcessor(vae_scale_factor=8).postprocess_video(video.float().cpu(), output_type="np")
     return np.asarray(frames)[0]
 
 
 class GenerateSession:
     def __init__(self, choice: ModelChoice, loras: LoraRequest | None = None, memory: MemoryOptions | None = None,
-                 image_to_video: bool = False, warn: Callable[[str], None] = print, moe=None) -> None:
+                 image_to_video: bool = False, warn: Callable[[str], None] = print, moe=None,
+                 plan_size: tuple[int, int, int] = WAN_SIZE, log: Callable[[str], None] = print) -> None:
+        """`plan_size` (frames, height, width): the largest video this session will make, for memory=auto."""
         self.choice = choice
         self.lora_request = loras or LoraRequest()
         self.memory = memory or MemoryOptions()
         check_memory_options(self.memory)
+        vae_dir, encoder_dir, _ = companion_folders(choice)
+        self.memory = plan_memory(self.memory, transformer_config(choice), len(choice.roles), plan_size,
+                                  folder_bytes(encoder_dir, 2), folder_bytes(vae_dir, 4), log)
         model_kind = choice.model or (choice.model_kind if isinstance(choice.model_kind, str) else None)
         self.loras: list[PickedLora] = pick_loras(self.lora_request.files, self.lora_request.loraids,
                                                   self.lora_request.multipliers, choice.workspace, model_kind)
         placed = by_transformer(self.loras, choice.roles)
         for warning in check_overlaps(placed, self.lora_request.allow_overlap):
             warn(f"warning: overlapping LoRAs allowed: {warning}")
-        self.model: LoadedModel = load_model(choice, make_scheduler("unipc", 3.0), image=image_to_video)
+        gpu = torch.cuda.is_available()
+        merged = bool(self.loras) and not self.lora_request.hooked
+        # scaled fp8 loads straight into its storage unless LoRAs are merged first (into full-precision weights)
+        weights = WeightsChoice(dtype=DTYPES[self.memory.dtype],
+                                storage="fp8_scaled" if self.memory.fp8_scaled and not merged else None,
+                                work_device="cuda" if gpu else None,
+                                text_encoder_dtype=torch.bfloat16 if gpu else torch.float32)
+        self.model: LoadedModel = load_model(choice, make_scheduler("unipc", 3.0), image=image_to_video,
+                                             weights=weights)
         self.networks = []
         self._other_pipeline = None
         for role, loras in placed.items():
@@ -83,6 +116,9 @@ class GenerateSession:
             else:
                 merge_into(transformer, loras)
         self.moe = _attach_moe(self.model.transformers, moe, warn) if moe is not None else None
+        if self.memory.fp8_scaled and merged:
+            for transformer in self.model.transformers.values():
+                store_scaled_fp8(transformer, weights.work_device)
         apply_memory_options(self.model.pipeline, self.model.transformers, self.memory, self.model.label)
         for network in self.networks:
             network.to(adapter_device())
@@ -122,6 +158,7 @@ class GenerateSession:
 
             with Image.open(settings.image) as image:
                 kwargs["image"] = image.convert("RGB")
+        offload_all(pipe)  # a previous prompt's VAE / expert leave the GPU before encoding
         with torch.no_grad():
             latents = pipe(**kwargs).frames
         if stopped:
@@ -143,7 +180,9 @@ class GenerateSession:
         return self._other_pipeline
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        return decode_latents(self.pipeline.vae, latents)
+        frames = decode_latents(self.pipeline.vae, latents)
+        offload_all(self.pipeline)
+        return frames
 
     def record(self, settings: GenerateSettings) -> dict:
         """Everything needed to reproduce one result: the sidecar JSON (also stored in the mp4 / png / latents)."""

@@ -11,25 +11,52 @@ from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
 FP8_STORAGE = torch.float8_e4m3fn
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+WAN_SIZE = (81, 480, 832)  # what a session plans for when the caller names no size: Wan's usual clip
+
+
 @dataclass(frozen=True)
 class MemoryOptions:
     cpu_offload: bool = False
     fp8: bool = False
     vae_tiling: bool = False
     blocks_to_swap: int = 0  # per transformer: this many blocks wait in CPU memory (backend/models/block_swap.py)
+    fp8_scaled: bool = False  # block Linears in fp8 + per-row scales (backend/models/fp8_scaled.py)
+    dtype: str = "bf16"  # the transformer's weights and compute: bf16 | fp32
+    memory: str = "auto"  # auto: the memory plan picks offload / fp8_scaled / block swap on a GPU; manual: as set
+    memory_limit_gb: float | None = None  # plan for, and stay under, this much of the GPU (the whole card)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "MemoryOptions":
-        """The options a record names (unknown keys ignored, each value as its field's type)."""
-        kinds = {f.name: type(f.default) for f in fields(cls)}
-        return cls(**{name: kinds[name](value) for name, value in values.items() if name in kinds})
+        """The options a result's record names (unknown keys ignored; a record from before a field has its default)."""
+        known = {f.name: f.default for f in fields(cls)}
+        out = {}
+        for name, value in values.items():
+            if name not in known:
+                continue
+            default = known[name]
+            if value is None or default is None:
+                out[name] = None if value is None else float(value)
+            else:
+                out[name] = type(default)(value)
+        return cls(**out)
 
 
 def check_memory_options(options: MemoryOptions) -> None:
     """Refuse what cannot work here before anything is loaded."""
+    if options.dtype not in DTYPES:
+        raise UserError(f"--dtype {options.dtype} is not offered; choose one of: {', '.join(DTYPES)}.")
+    if options.memory not in ("auto", "manual"):
+        raise UserError(f"--memory {options.memory} is not offered; choose auto or manual.")
+    if options.fp8 and options.fp8_scaled:
+        raise UserError("--fp8 and --fp8_scaled are two ways of storing the transformer in fp8; pass one of them "
+                        "(--fp8_scaled is the more precise).")
+    if options.memory_limit_gb is not None and options.memory_limit_gb <= 0:
+        raise UserError(f"--memory_limit_gb {options.memory_limit_gb} is not a size; give the GPU memory to stay "
+                        f"under in GB, e.g. 24.")
     if options.cpu_offload:
         try:
             import accelerate  # noqa: F401  (enable_model_cpu_offload needs it)
@@ -65,7 +92,9 @@ def apply_memory_options(pipeline, transformers: dict, options: MemoryOptions, l
     if options.vae_tiling:
         pipeline.vae.enable_tiling()
     if options.cpu_offload:
-        pipeline.enable_model_cpu_offload()
+        from backend.generate.offload import offload_idle_parts
+
+        offload_idle_parts(pipeline, torch.device("cuda"))
     elif torch.cuda.is_available():
         pipeline.to("cuda")
 
@@ -73,3 +102,60 @@ def apply_memory_options(pipeline, transformers: dict, options: MemoryOptions, l
 def adapter_device() -> torch.device:
     """Where hooked adapters live: on the GPU whenever there is one (with CPU offload, each transformer runs there)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def folder_bytes(folder, dtype_bytes: int) -> int:
+    """The weights of a transformers / diffusers folder at `dtype_bytes` per value, from the safetensors headers."""
+    from pathlib import Path
+
+    from backend.models.checkpoint import read_safetensors_header
+
+    values = 0
+    for file in Path(folder).glob("*.safetensors"):
+        header, _ = read_safetensors_header(file)
+        for entry in header.values():
+            count = 1
+            for size in entry["shape"]:
+                count *= int(size)
+            values += count
+    return values * dtype_bytes
+
+
+def plan_memory(options: MemoryOptions, config: dict, experts: int, size: tuple[int, int, int],
+                text_encoder_bytes: int, vae_bytes: int, log=print) -> MemoryOptions:
+    """memory=auto on a GPU: the options with the plan's storage, CPU offload and block swap, one log line per
+    decision; the user's own options otherwise. memory_limit_gb caps PyTorch's allocator either way."""
+    from dataclasses import replace
+
+    from backend.train.memory_plan import (GenerateRun, allocator_fraction, budget_bytes, describe_choice, gib,
+                                           plan_generation, shape_from_config, tokens_for)
+
+    if not torch.cuda.is_available():
+        if options.memory == "auto":
+            log("memory=auto: generating on the CPU, nothing to plan")
+        return options
+    device = torch.device("cuda")
+    if options.memory_limit_gb:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(options.memory_limit_gb, total), device)
+    if options.memory == "manual":
+        return options
+    frames, height, width = size
+    spatial = 32 if config.get("in_channels") == 48 else 16  # Wan2.2 TI2V-5B's VAE is 16x spatial
+    shape = shape_from_config("transformer", config)
+    run = GenerateRun(shape, tokens_for(frames, height, width, spatial), height, width, experts,
+                      text_encoder_bytes, vae_bytes)
+    budget = budget_bytes(torch.cuda.mem_get_info(device)[0], options.memory_limit_gb)
+    plan = plan_generation(run, budget)
+    for reason in plan.reasons:
+        log(f"memory=auto: {reason}")
+    if not plan.fits:
+        raise UserError(f"This model at {frames}x{height}x{width} needs about {gib(plan.estimate)} of GPU memory even "
+                        f"with {describe_choice(plan.choice)}, and {gib(budget)} is available; generate fewer frames "
+                        f"or a smaller size, or use a larger GPU.")
+    log(f"memory=auto: {describe_choice(plan.choice)}; estimate {gib(plan.estimate)} of {gib(budget)}")
+    chosen = {"cpu_offload": plan.choice.cpu_offload or options.cpu_offload,
+              "fp8_scaled": plan.choice.storage == "fp8_scaled" or options.fp8_scaled,
+              "fp8": options.fp8 and plan.choice.storage != "fp8_scaled"}
+    chosen["blocks_to_swap"] = max(plan.choice.blocks_to_swap, options.blocks_to_swap)
+    return replace(options, **chosen)

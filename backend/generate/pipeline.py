@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from backend.errors import UserError
 from backend.models.registry import EXPERTS, MODEL_KINDS, get_model_kind
 from backend.workspace import Workspace
@@ -78,10 +80,25 @@ def companion_folders(choice: ModelChoice) -> tuple[Path, Path, Path]:
             pick(choice.tokenizer, ws and ws.tokenizer, "tokenizer", "--tokenizer"))
 
 
-def _transformers(choice: ModelChoice) -> tuple[dict, str, str, float | None]:
+@dataclass(frozen=True)
+class WeightsChoice:
+    """How the transformer(s) are held: `dtype` (bf16 by default; the fp32 of old doubles the memory for nothing a
+    sampler can see) and `storage` ("fp8_scaled": block Linears in fp8 + per-row scales, loaded straight from a
+    ComfyUI scaled-fp8 file; quantised on `work_device` otherwise). Text encoder and VAE keep their usual dtypes."""
+    dtype: torch.dtype = torch.bfloat16
+    storage: str | None = None
+    work_device: str | None = None
+    text_encoder_dtype: torch.dtype = torch.float32
+
+
+def _transformers(choice: ModelChoice, weights: WeightsChoice = WeightsChoice()) -> tuple[dict, str, str, float | None]:
     """(transformers by role, task, label, boundary ratio)."""
+    from functools import partial
+
     from backend.models.demo import demo_transformer_file, expert_file
-    from backend.models.loading import load_transformer
+    from backend.models.loading import load_transformer as load_any
+
+    load_transformer = partial(_load_as, load_any, weights)
 
     if choice.model is not None:
         if choice.dit:
@@ -127,6 +144,29 @@ def _transformers(choice: ModelChoice) -> tuple[dict, str, str, float | None]:
     return {"main": model}, kind.task if kind else _task_of(model), label, None
 
 
+def _load_as(load, weights: WeightsChoice, path, source=None, expert=None):
+    return load(path, source, dtype=weights.dtype, expert=expert, storage=weights.storage,
+                work_device=weights.work_device)
+
+
+def transformer_config(choice: ModelChoice) -> dict:
+    """The diffusers config of the transformer(s) `choice` loads (an expert pair shares one shape), read from
+    headers and config files only: what the memory plan needs before any weight is loaded."""
+    import json
+
+    from backend.models.loading import resolve_config_dir
+
+    if choice.model is not None:
+        kind = get_model_kind(choice.model)
+        return kind.config(EXPERTS[0] if kind.has_experts else None)
+    if not choice.dit:
+        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b or your transformer with --dit FILE.")
+    kind = get_model_kind(choice.model_kind) if choice.model_kind in MODEL_KINDS else None
+    expert = EXPERTS[0] if kind is not None and kind.has_experts else None
+    folder, _ = resolve_config_dir(choice.dit[0], choice.model_kind, expert)
+    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+
+
 def _task_of(model) -> str:
     in_channels, out_channels = model.config.in_channels, model.config.out_channels or model.config.in_channels
     if in_channels > out_channels:
@@ -154,7 +194,8 @@ def check_size(settings, task: str) -> None:
                             f"compresses {multiple // 2}x and it takes 2x2 patches); use {nearest}.")
 
 
-def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedModel:
+def load_model(choice: ModelChoice, scheduler, image: bool = False, weights: WeightsChoice = WeightsChoice()
+               ) -> LoadedModel:
     """The pipeline for `choice`, with `scheduler`; `image` True builds the image-to-video pipeline."""
     from diffusers import AutoencoderKLWan, WanPipeline
     from transformers import AutoTokenizer, UMT5EncoderModel
@@ -162,7 +203,7 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedMod
     from backend.models.demo import _quiet_progress_bars
 
     vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice)
-    transformers, task, label, boundary = _transformers(choice)
+    transformers, task, label, boundary = _transformers(choice, weights)
     if image and not accepts_image(task):
         raise UserError(f"{label} is a text-to-video model, so it cannot start from --image; pick an I2V model "
                         f"or leave --image out.")
@@ -176,7 +217,8 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False) -> LoadedMod
         raise UserError(f"The VAE in {vae_dir} makes {vae.config.z_dim}-channel latents, but {label} denoises "
                         f"{latent_channels}; pass {wanted} folder with --vae.")
     with _quiet_progress_bars():
-        text_encoder = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True).eval()
+        text_encoder = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True,
+                                                        torch_dtype=weights.text_encoder_dtype).eval()
     parts = dict(
         tokenizer=AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True), text_encoder=text_encoder,
         vae=vae, scheduler=scheduler, transformer=first, transformer_2=transformers.get("low"),

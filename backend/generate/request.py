@@ -104,8 +104,15 @@ class GenerateRequest:
         if self.loras:
             args += ["--lora", *(str(Path(pick.path).resolve()) for pick in self.loras),
                      "--multiplier", *(repr(float(pick.multiplier)) for pick in self.loras)]
+        if self.memory.dtype != MemoryOptions.dtype:
+            args.append(f"--dtype={self.memory.dtype}")
+        if self.memory.memory != MemoryOptions.memory:
+            args.append(f"--memory={self.memory.memory}")
+        if self.memory.memory_limit_gb is not None:
+            args.append(f"--memory_limit_gb={self.memory.memory_limit_gb:g}")
         flags = {"--allow_overlap": self.allow_overlap and bool(self.loras), "--hooked": self.hooked,
                  "--cpu_offload": self.memory.cpu_offload, "--fp8": self.memory.fp8,
+                 "--fp8_scaled": self.memory.fp8_scaled,
                  "--vae_tiling": self.memory.vae_tiling, "--save_latents": self.save_latents,
                  "--save_frames": self.save_frames}
         if self.memory.blocks_to_swap:

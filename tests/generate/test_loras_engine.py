@@ -6,12 +6,15 @@ import torch
 
 from backend.generate.engine import GenerateSession, LoraRequest
 from backend.generate.loras import file_sha256, pick_loras
+from backend.generate.memory import MemoryOptions
 from backend.generate.pipeline import ModelChoice
 
 
 def _session(ws, files=(), multipliers=None, hooked=False):
+    """float32 weights: these tests check the LoRA arithmetic itself (bf16, the default, is tested elsewhere)."""
     return GenerateSession(ModelChoice(workspace=ws.root, model="demo-t2v"),
-                           LoraRequest(files=[str(f) for f in files], multipliers=multipliers, hooked=hooked))
+                           LoraRequest(files=[str(f) for f in files], multipliers=multipliers, hooked=hooked),
+                           MemoryOptions(dtype="fp32"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""CPU offload of whatever a generation is not using: the text encoder, each transformer and the VAE wait in CPU
+memory and move to the GPU only while they run.
+
+The parts form one chain in the order they run (text encoder → transformer → transformer_2 → VAE): when a part
+starts, the part before it goes back to the CPU, so an A14B pair swaps its experts at the boundary timestep and the
+VAE finds the GPU free for the decode. A transformer with block swap keeps its swapped blocks in CPU memory through
+these moves. `offload_all` parks everything again between prompts. The hooks are accelerate's (`cpu_offload_with_hook`),
+which also route the VAE's `decode` (diffusers' `apply_forward_hook`); the devices of the inputs follow
+`engine.execution_device`.
+"""
+from __future__ import annotations
+
+import torch
+
+CHAIN = ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae")
+_HOOKS = "_loraid_offload_hooks"
+
+
+def offload_idle_parts(pipeline, device: torch.device | str) -> list:
+    """Attach the chain of offload hooks to the pipeline's parts (computing on `device`); returns the hooks."""
+    from accelerate import cpu_offload_with_hook
+
+    previous, hooks = None, []
+    for name in CHAIN:
+        module = getattr(pipeline, name, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        _, previous = cpu_offload_with_hook(module, torch.device(device), prev_module_hook=previous)
+        hooks.append(previous)
+    setattr(pipeline, _HOOKS, hooks)
+    return hooks
+
+
+def offload_all(pipeline) -> None:
+    """Every hooked part back to the CPU (after a prompt's decode, before the next prompt's encoding)."""
+    for hook in getattr(pipeline, _HOOKS, ()):
+        hook.offload()
+
+
+def is_offloaded(pipeline) -> bool:
+    return bool(getattr(pipeline, _HOOKS, None))
