@@ -41,6 +41,7 @@ EVERY_FIELD_CHANGED = TrainSettings(
     max_train_steps=123, max_train_epochs=7, seed=7, timestep_sampling="sigmoid", discrete_flow_shift=5.0,
     sigmoid_scale=1.5, logit_mean=0.2, logit_std=0.8, min_timestep=10, max_timestep=990,
     weighting_scheme="logit_normal", mixed_precision="bf16", gradient_checkpointing=True, fp8_base=True,
+    memory="manual", memory_limit_gb=20.5, fp8_scaled=True,
     blocks_to_swap=2, offload_activations=True, attn_mode="flash", compile=True, output_dir="out",
     output_name="round-trip",
     save_every_n_steps=50, save_every_n_epochs=2, save_last_n_steps=3, save_last_n_epochs=4, save_precision="bf16",
