@@ -5,6 +5,8 @@ one-clip dataset cached by our own cache commands, then `accelerate launch -m ba
     python bench/bench_trainer.py --model wan2.1-t2v-14b --steps 5 --memory_limit_gb 24
     python bench/bench_trainer.py --model wan2.2-t2v-a14b --steps 4 --memory_limit_gb 24 --set expert=both
     python bench/bench_trainer.py --model wan2.1-t2v-1.3b --set network_args=use_dora=True
+    python bench/bench_trainer.py --model wan2.2-ti2v-5b --steps 8 [--set ti2v_mode=i2v]
+    python bench/bench_trainer.py --model wan2.2-ti2v-5b --steps 6 --frames 121 --width 1280 --height 704
 
 What is measured: the seconds between consecutive `step` events of the trainer's own events file (the trainer logs
 every step; the first `--warmup` steps, which hold torch.compile's compilation and allocator warm-up, are reported
@@ -16,7 +18,9 @@ recomputation is not counted as useful work), divided by a bf16 matmul peak meas
 
 Inputs: the clip is 81 frames of 832x480 moving noise, so the latents are 21x60x104 = 32,760 tokens;
 the text encoder is a 2-layer UMT5 of width 4096 (the DiT's text_dim) over 512 tokens; the VAE is the Wan2.1 VAE's
-architecture (z 16, stride 4x8x8) with random weights. Only the shapes matter for speed and memory.
+architecture (z 16, stride 4x8x8) with random weights, or for TI2V-5B the Wan2.2 VAE's (the shipped
+backend/models/configs/vae-wan2.2: z 48, stride 4x16x16, so the same clip is 21x30x52 latents = 8,190 tokens).
+Only the shapes matter for speed and memory.
 """
 from __future__ import annotations
 
@@ -92,13 +96,15 @@ def write_dataset(work: Path, frames: int, width: int, height: int) -> Path:
     return toml
 
 
-def write_encoders(work: Path, text_dim: int) -> tuple[Path, Path, Path]:
+def write_encoders(work: Path, text_dim: int, wan22_vae: bool = False) -> tuple[Path, Path, Path]:
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
 
     from backend.models.demo_parts import EXTRA_SENTENCES, train_tokenizer
+    from backend.models.registry import WAN22_VAE_CONFIG_DIR
 
-    tokenizer_dir, encoder_dir, vae_dir = work / "tokenizer", work / "text_encoder", work / "vae"
+    tokenizer_dir, encoder_dir = work / "tokenizer", work / f"text_encoder-{text_dim}"
+    vae_dir = work / ("vae-wan2.2" if wan22_vae else "vae")
     if not tokenizer_dir.exists():
         train_tokenizer([CAPTION, *EXTRA_SENTENCES]).save_pretrained(tokenizer_dir)
     if not encoder_dir.exists():
@@ -107,7 +113,8 @@ def write_encoders(work: Path, text_dim: int) -> tuple[Path, Path, Path]:
                             decoder_start_token_id=0)
         UMT5EncoderModel(config).eval().save_pretrained(encoder_dir)
     if not vae_dir.exists():
-        AutoencoderKLWan().eval().save_pretrained(vae_dir)
+        config = AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR)) if wan22_vae else {}
+        AutoencoderKLWan.from_config(config).eval().save_pretrained(vae_dir)
     return tokenizer_dir, encoder_dir, vae_dir
 
 
@@ -130,9 +137,9 @@ def write_dit(work: Path, model: str, expert: str | None) -> Path:
     return path
 
 
-def run_cache(toml: Path, tokenizer: Path, encoder: Path, vae: Path) -> float:
+def run_cache(toml: Path, tokenizer: Path, encoder: Path, vae: Path, model: str) -> float:
     start = time.perf_counter()
-    for what, extra in (("latents", ["--vae", str(vae), "--vae_tiling"]),
+    for what, extra in (("latents", ["--vae", str(vae), "--vae_tiling", "--model_kind", model]),
                         ("text", ["--text_encoder", str(encoder), "--tokenizer", str(tokenizer)])):
         subprocess.run([sys.executable, "-m", "backend", "cache", what, "--dataset_config", str(toml),
                         "--device", DEVICE, *extra], cwd=ROOT, check=True)
@@ -227,17 +234,18 @@ def main() -> None:
     config = kind.config("low" if kind.has_experts else None)
     peak = measured_bf16_peak_tflops()
     toml = write_dataset(work, args.frames, args.width, args.height)
-    tokenizer, encoder, vae = write_encoders(work, int(config["text_dim"]))
+    tokenizer, encoder, vae = write_encoders(work, int(config["text_dim"]), kind.uses_wan22_vae)
     t0 = time.perf_counter()
     if kind.has_experts:
         dits = {expert: write_dit(work, args.model, expert) for expert in ("high", "low")}
     else:
         dits = {"single": write_dit(work, args.model, None)}
     build_s = time.perf_counter() - t0
-    cache_s = run_cache(toml, tokenizer, encoder, vae)
+    cache_s = run_cache(toml, tokenizer, encoder, vae, args.model)
     result = train(work, args, dits, toml)
 
-    lat_f, lat_h, lat_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    spatial = 16 if kind.uses_wan22_vae else 8
+    lat_f, lat_h, lat_w = (args.frames - 1) // 4 + 1, args.height // spatial, args.width // spatial
     tokens = lat_f * (lat_h // 2) * (lat_w // 2)
     linear, attention = forward_flops(config, tokens, 512)
     useful = 2 * linear + 3 * attention
