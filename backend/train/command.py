@@ -29,7 +29,7 @@ from backend.workspace import Workspace
 RUNS_FOLDER = "runs"  # <workspace>/runs/<stamp>-<output_name>.toml: the exact settings of every started run
 MUSUBI_TASKS = {"wan2.1-t2v-1.3b": "t2v-1.3B", "wan2.1-t2v-14b": "t2v-14B", "wan2.1-i2v-14b": "i2v-14B",
                 "wan2.2-t2v-a14b": "t2v-A14B", "wan2.2-i2v-a14b": "i2v-A14B", "wan2.2-ti2v-5b": "ti2v-5B",
-                "demo-t2v": "t2v-1.3B", "demo-a14b": "t2v-A14B"}
+                "demo-t2v": "t2v-1.3B", "demo-a14b": "t2v-A14B", "demo-ti2v": "ti2v-5B"}
 MUSUBI_OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "adafactor": "adafactor",
                      "prodigy": "prodigyopt.Prodigy"}
 MUSUBI_ATTENTION = {"sdpa": "--sdpa", "flash": "--flash_attn", "sage": "--sage_attn"}
@@ -115,6 +115,9 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
     if kind.name.startswith("demo-"):
         notes.append(f"The {kind.label} is this app's tiny test model; musubi-tuner cannot load it. Point --dit at "
                      f"a real {MUSUBI_TASKS[kind.name]} checkpoint.")
+    if kind.task == "ti2v":
+        notes.append("musubi-tuner does not train Wan2.2 TI2V-5B (its 48-channel Wan2.2 VAE latents and per-token "
+                     f"timesteps); ti2v_mode={s.ti2v_mode} has no musubi-tuner flag.")
     argv += _model_args(s, kind, notes)
     argv += ["--dataset_config", s.dataset_config or "<dataset.toml>"]
     argv += [MUSUBI_ATTENTION[s.attn_mode], "--mixed_precision", s.mixed_precision]

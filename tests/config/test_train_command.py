@@ -109,3 +109,15 @@ def test_run_progress_folds_events():
                                   "loss 0.5000")
     progress.apply([{"event": "end", "status": "stopped", "step": 4}])
     assert progress.status == "stopped" and "ETA" not in progress.summary()
+
+
+def test_musubi_command_of_a_ti2v_run_says_musubi_cannot_train_it(tmp_path):
+    from backend.train.command import musubi_command
+    from backend.train.settings import TrainSettings
+
+    for kind in ("wan2.2-ti2v-5b", "demo-ti2v"):
+        settings = TrainSettings(model_kind=kind, dit="/m/ti2v5b.safetensors", ti2v_mode="i2v")
+        command = musubi_command(settings, None)
+        assert command.argv[command.argv.index("--task") + 1] == "ti2v-5B"
+        assert any("musubi-tuner does not train Wan2.2 TI2V-5B" in note and "ti2v_mode=i2v" in note
+                   for note in command.notes)
