@@ -148,8 +148,9 @@ def _check_model(s: TrainSettings, workspace: Workspace, check: FormCheck) -> No
             check.errors[name] = str(exc)
     try:
         check_ti2v_mode(s, kind)
-    except UserError as exc:
-        check.errors["ti2v_mode"] = str(exc)[0].upper() + str(exc)[1:]
+    except UserError:
+        check.errors["ti2v_mode"] = (f"{label('ti2v_mode')} i2v is for Wan2.2 TI2V-5B and the demo TI2V model; "
+                                     f"pick t2v for {kind.label}.")
     if kind.has_experts and s.expert != "both":
         try:
             timestep_range(s.min_timestep, s.max_timestep, s.expert, plan.boundary)

@@ -84,8 +84,10 @@ def check_latents_fit(dataset, kind: ModelKind, s, rerun: str) -> None:
             continue
         channels, _, height, width = shape
         if channels != expected:
+            where = "--workspace DIR" if kind.name.startswith("demo-") else "--vae FOLDER"
             raise UserError(f"the cached latents of {item.key} have {channels} channels, but {kind.label} takes "
-                            f"{expected}; cache the dataset again with {vae}: `{rerun} --vae FOLDER`.")
+                            f"{expected}; cache the dataset again with {vae}: "
+                            f"`{rerun} --model_kind {kind.name} {where}`.")
         if height % PATCH[1] or width % PATCH[2]:
             raise UserError(f"the cached latents of {item.key} are {height}x{width}, which 2x2 patches cannot cover; "
                             f"cache the dataset again with `{rerun}`, which picks fitting bucket sizes.")

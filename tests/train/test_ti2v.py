@@ -173,6 +173,22 @@ def test_mismatched_caches_and_settings_are_refused(demo_workspace, demo_setting
         train(demo_settings.with_overrides({"ti2v_mode": "i2v", "output_dir": str(tmp_path)}), demo_workspace,
               log=lambda *_: None)
     # concept A's own caches (conftest) come from the Wan2.1 demo VAE: 16 channels
-    with pytest.raises(UserError, match="have 16 channels, but tiny demo TI2V .* takes 48; cache the dataset again"):
+    with pytest.raises(UserError, match="have 16 channels, but tiny demo TI2V .* takes 48; cache the dataset again .*"
+                                        "--model_kind demo-ti2v --workspace DIR`"):
         train(demo_settings.with_overrides(base), demo_workspace, log=lambda *_: None)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_train_form_names_ti2v_problems_field_by_field(demo_workspace, ti2v_data):
+    from backend.config.train_checks import check_train_settings
+
+    check = check_train_settings({"model_kind": "demo-t2v", "ti2v_mode": "i2v",
+                                  "dataset_config": str(ti2v_data["videos"])}, demo_workspace)
+    assert check.errors["ti2v_mode"] == ("TI2V task (ti2v_mode) i2v is for Wan2.2 TI2V-5B and the demo TI2V model; "
+                                         "pick t2v for tiny demo T2V.")
+    deep = check_train_settings({"model_kind": "demo-ti2v", "ti2v_mode": "i2v",
+                                 "dataset_config": str(ti2v_data["mixed"])}, demo_workspace, deep=True)
+    assert "ti2v_mode" not in deep.errors
+    assert "trains on the frames after the first" in deep.errors["dataset_config"]
+    assert check_train_settings({"model_kind": "demo-ti2v", "ti2v_mode": "i2v",
+                                 "dataset_config": str(ti2v_data["videos"])}, demo_workspace, deep=True).ok
