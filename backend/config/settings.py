@@ -28,7 +28,9 @@ def setting(default: Any, *, label: str, help: str, group: str, choices: list | 
 def describe_validation_error(exc: ValidationError, source: str) -> str:
     """Turn pydantic's report into one sentence naming the field and the bad value."""
     first = exc.errors()[0]
-    name = ".".join(str(part) for part in first["loc"]) or "value"
+    if not first["loc"]:  # a rule across settings (min_timestep < max_timestep): its own sentence says it all
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}; fix those values and try again."
+    name = ".".join(str(part) for part in first["loc"])
     value = first.get("input")
     return f"{source}: setting `{name}` = {value!r} is invalid ({first['msg'].rstrip('.')}); fix that value and try again."
 

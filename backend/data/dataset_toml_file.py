@@ -41,9 +41,9 @@ def write_dataset_toml(path: Path, text: str) -> DatasetConfig:
     atomically. On any error nothing is written."""
     if not (text or "").strip():
         raise UserError("The TOML editor is empty; generate the TOML from the form first.")
-    config = parse_dataset_toml(text, source_name=path.name, base_dir=path.parent, check_paths=True)
     if path.exists() and not _is_dataset_toml(path):
         raise UserError(f"{path} already exists and is not a dataset config; choose another file name so it is kept.")
+    config = parse_dataset_toml(text, source_name=path.name, base_dir=path.parent, check_paths=True)
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return config
 

@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 from backend.errors import UserError
+from backend.output_guard import check_folder
 from backend.generate.engine import GenerateSession, LoraRequest, Stopped, decode_latents
 from backend.generate.memory import MemoryOptions
 from backend.generate.outputs import output_stem, read_latents, write_result
@@ -118,7 +119,9 @@ def _base_settings(args: argparse.Namespace) -> GenerateSettings:
 
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out_dir:
-        return Path(args.out_dir).expanduser()
+        folder = Path(args.out_dir).expanduser()
+        check_folder(folder, None, outside_confirmed=True)
+        return folder
     if args.workspace:
         from backend.workspace import Workspace
 

@@ -19,6 +19,8 @@ from backend.models.checkpoint import read_safetensors_header
 def read_lora_header(path: str | Path) -> tuple[list[str], dict[str, str]]:
     """(tensor keys, header metadata) without reading any weight."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a LoRA file; pass the .safetensors file inside it.")
     if not path.is_file():
         raise UserError(f"The LoRA file {path} does not exist; check the path.")
     header, metadata = read_safetensors_header(path)
