@@ -46,6 +46,7 @@ class GenerateForm:
     cpu_offload: bool = False
     fp8: bool = False
     vae_tiling: bool = False
+    blocks_to_swap: float | None = 0
     save_latents: bool = False
     save_frames: bool = False
     lora_files: tuple[str, ...] = ()
@@ -101,7 +102,8 @@ class GenerateForm:
         return GenerateRequest(
             read_model(ws, self.model, self.model_kind), self.settings(), random_seed=bool(self.random_seed),
             loras=self.lora_picks(ws), hooked=self.lora_mode == "hooked", allow_overlap=bool(self.allow_overlap),
-            memory=MemoryOptions(bool(self.cpu_offload), bool(self.fp8), bool(self.vae_tiling)),
+            memory=MemoryOptions(bool(self.cpu_offload), bool(self.fp8), bool(self.vae_tiling),
+                                 _whole(self.blocks_to_swap or 0, "Blocks to swap")),
             companions=companions, save_latents=bool(self.save_latents), save_frames=bool(self.save_frames))
 
     # --- from a past result -----------------------------------------------------------------------------------
@@ -119,6 +121,7 @@ class GenerateForm:
             flow_shift=s.flow_shift, seed=s.seed, random_seed=False, sampler=s.sampler,
             lora_mode="hooked" if request.hooked else "merged", allow_overlap=request.allow_overlap,
             cpu_offload=request.memory.cpu_offload, fp8=request.memory.fp8, vae_tiling=request.memory.vae_tiling,
+            blocks_to_swap=request.memory.blocks_to_swap,
             save_latents=request.save_latents, save_frames=request.save_frames, lora_files=files, slot_files=files,
             multipliers=multipliers + (1.0,) * (MAX_LORAS - len(multipliers)))
 

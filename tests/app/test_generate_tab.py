@@ -234,7 +234,7 @@ def test_gallery_lists_results_and_reuse_fills_the_form_from_the_sidecar(ctx):
               "loras": [{"path": str(ws.loras / "alice.safetensors"), "multiplier": 1.0, "loraid": 1},
                         {"path": str(ws.loras / "bob.safetensors"), "multiplier": 0.7, "loraid": 3}],
               "lora_mode": "hooked", "allow_overlap": False,
-              "memory": {"cpu_offload": False, "fp8": True, "vae_tiling": True}}
+              "memory": {"cpu_offload": False, "fp8": True, "vae_tiling": True, "blocks_to_swap": 3}}
     written = write_result(output_stem(ws.outputs, 1234), np.random.default_rng(0).random((5, 32, 48, 3)), record)
 
     shown = panel.tick(FollowedGeneration())
@@ -255,13 +255,14 @@ def test_gallery_lists_results_and_reuse_fills_the_form_from_the_sidecar(ctx):
         "loraidA, a cat on a sofa", "blurry", 1234, False)
     assert (again.width, again.height, again.frames, again.steps, again.guidance_scale, again.flow_shift,
             again.sampler) == (48, 32, 5, 3, 4.5, 5.0, "euler")
-    assert (again.model, again.lora_mode, again.fp8, again.vae_tiling, again.cpu_offload) == (
-        "demo-t2v", "hooked", True, True, False)
+    assert (again.model, again.lora_mode, again.fp8, again.vae_tiling, again.cpu_offload, again.blocks_to_swap) == (
+        "demo-t2v", "hooked", True, True, False, 3)
     assert again.lora_files == again.slot_files == ("alice.safetensors", "bob.safetensors")
     assert again.multipliers[:3] == (1.0, 0.7, 1.0)
     resubmitted = run(panel, again)  # the refilled form is a valid request as it stands
     assert resubmitted[STATUS].startswith("Job ")
     (job,) = ctx.jobs.list()
     assert "--hooked" in job.argv and "--fp8" in job.argv and "--seed=1234" in job.argv
+    assert "--blocks_to_swap=3" in job.argv
     ctx.jobs.stop(job.id, grace_s=0)
     until_finished(panel, resubmitted[0])

@@ -84,6 +84,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                           elem_id="gen-fp8")
         vae_tiling = gr.Checkbox(DEFAULTS.vae_tiling, label="VAE tiling (less memory, slower decode)",
                                  elem_id="gen-vae-tiling")
+        blocks_to_swap = gr.Number(DEFAULTS.blocks_to_swap, precision=0, minimum=0, elem_id="gen-blocks-to-swap",
+                                   label="Blocks to swap (kept in CPU memory, each copied to the GPU as it runs)")
         save_latents = gr.Checkbox(DEFAULTS.save_latents, label="Also save latents", elem_id="gen-save-latents")
         save_frames = gr.Checkbox(DEFAULTS.save_frames, label="Also save frames as png", elem_id="gen-save-frames")
     settings_message = gr.Markdown("", elem_id="gen-settings-message")
@@ -114,7 +116,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                    height=height, frames=frames, fps=fps, steps=steps, guidance_scale=guidance,
                    guidance_scale_2=guidance_2, flow_shift=flow_shift, seed=seed, random_seed=random_seed,
                    sampler=sampler, lora_mode=lora_mode, allow_overlap=allow_overlap, cpu_offload=cpu_offload,
-                   fp8=fp8, vae_tiling=vae_tiling, save_latents=save_latents, save_frames=save_frames,
+                   fp8=fp8, vae_tiling=vae_tiling, blocks_to_swap=blocks_to_swap, save_latents=save_latents, save_frames=save_frames,
                    lora_files=lora_files, slot_files=slot_files)
     form = [widgets[name] for name in GenerateForm.names()] + sliders
 
