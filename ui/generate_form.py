@@ -102,8 +102,9 @@ class GenerateForm:
         return GenerateRequest(
             read_model(ws, self.model, self.model_kind), self.settings(), random_seed=bool(self.random_seed),
             loras=self.lora_picks(ws), hooked=self.lora_mode == "hooked", allow_overlap=bool(self.allow_overlap),
-            memory=MemoryOptions(bool(self.cpu_offload), bool(self.fp8), bool(self.vae_tiling),
-                                 _whole(self.blocks_to_swap or 0, "Blocks to swap")),
+            memory=MemoryOptions(cpu_offload=bool(self.cpu_offload), fp8=bool(self.fp8),
+                                 vae_tiling=bool(self.vae_tiling),
+                                 blocks_to_swap=_whole(self.blocks_to_swap or 0, "Blocks to swap")),
             companions=companions, save_latents=bool(self.save_latents), save_frames=bool(self.save_frames))
 
     # --- from a past result -----------------------------------------------------------------------------------
