@@ -3,7 +3,8 @@ one-clip dataset cached by our own cache commands, then `accelerate launch -m ba
 
     python bench/bench_trainer.py --model wan2.1-t2v-1.3b --steps 8
     python bench/bench_trainer.py --model wan2.1-t2v-14b --steps 5 --memory_limit_gb 24
-    python bench/bench_trainer.py --model wan2.2-t2v-a14b --steps 4 --memory_limit_gb 24 --set expert=both
+    python bench/bench_trainer.py --model wan2.2-t2v-a14b --steps 4 --memory_limit_gb 24 --set expert=both \
+        --dit /tmp/loraid-bench/dit-wan2.1-t2v-14b.safetensors
     python bench/bench_trainer.py --model wan2.1-t2v-1.3b --set network_args=use_dora=True
     python bench/bench_trainer.py --model wan2.2-ti2v-5b --steps 8 [--set ti2v_mode=i2v]
     python bench/bench_trainer.py --model wan2.2-ti2v-5b --steps 6 --frames 121 --width 1280 --height 704
@@ -147,7 +148,8 @@ def run_cache(toml: Path, tokenizer: Path, encoder: Path, vae: Path, model: str)
 
 
 class GpuMemorySampler(threading.Thread):
-    """The largest GPU memory use nvidia-smi reports while it runs (MiB, the whole card)."""
+    """The largest GPU memory nvidia-smi reports for the processes other than this one while it runs (MiB): the
+    trainer process as a whole, CUDA context included; this script's own context is left out."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -155,10 +157,11 @@ class GpuMemorySampler(threading.Thread):
 
     def run(self) -> None:
         while self.running and DEVICE == "cuda":
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout.split()
-            if out:
-                self.peak_mib = max(self.peak_mib, int(out[0]))
+            rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True).stdout.splitlines()
+            used = sum(int(mib) for pid, mib in (row.split(",") for row in rows if row.strip())
+                       if int(pid) != os.getpid())
+            self.peak_mib = max(self.peak_mib, used)
             time.sleep(0.2)
 
 
@@ -193,7 +196,14 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
     sampler.start()
     env = dict(os.environ, LORAID_JOB_DIR=str(job), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, env=env)
+    plan_lines = []
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            if line.startswith(("memory=", "compile", "attention")):
+                plan_lines.append(line.strip())
+    result = process
     wall = time.perf_counter() - start
     sampler.running = False
     events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines() if line.strip()]
@@ -207,10 +217,10 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
     start_event = next(e for e in events if e["event"] == "start")
     return {"s_per_it": statistics.median(timed), "s_per_it_mean": statistics.fmean(timed), "timed_steps": len(timed),
             "first_step_s": times[0] - start_event["t"] if times else None,
-            "peak_gpu_mib_nvidia_smi": sampler.peak_mib,
+            "peak_trainer_process_mib": sampler.peak_mib,
             "max_memory_allocated_gib": round(max((e.get("vram") or 0) for e in steps) / 2**30, 2),
             "losses": [round(e["loss"], 4) for e in steps], "wall_s": round(wall, 1),
-            "plan": [e.get("message") for e in events if e["event"] in ("memory_plan", "info")]}
+            "plan": plan_lines}
 
 
 def main() -> None:
@@ -224,6 +234,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--memory_limit_gb", type=float, default=None, help="the trainer's memory cap (a setting)")
     parser.add_argument("--set", action="append", default=[], help="extra training setting KEY=VALUE")
+    parser.add_argument("--dit", type=Path, default=None, help="an existing DiT file of this shape to train on")
     parser.add_argument("--work", type=Path, default=Path("/tmp/loraid-bench"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -236,10 +247,10 @@ def main() -> None:
     toml = write_dataset(work, args.frames, args.width, args.height)
     tokenizer, encoder, vae = write_encoders(work, int(config["text_dim"]), kind.uses_wan22_vae)
     t0 = time.perf_counter()
-    if kind.has_experts:
-        dits = {expert: write_dit(work, args.model, expert) for expert in ("high", "low")}
-    else:
-        dits = {"single": write_dit(work, args.model, None)}
+    # Both A14B experts read one file (same shape, same speed and memory): two 28.6 GB files do not fit the
+    # machine's disk beside the 14B one. --dit reuses a file already written (e.g. the 14B one for A14B).
+    single = args.dit or write_dit(work, args.model, "low" if kind.has_experts else None)
+    dits = {"high": single, "low": single} if kind.has_experts else {"single": single}
     build_s = time.perf_counter() - t0
     cache_s = run_cache(toml, tokenizer, encoder, vae, args.model)
     result = train(work, args, dits, toml)
