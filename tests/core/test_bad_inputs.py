@@ -203,7 +203,7 @@ def raises(fn) -> Callable:
 
 
 MERGE = ("merge", "--dit", "{model}", "--lora", "{lora}")
-GEN = ("generate", "--workspace", "{ws}", "--prompt", "a cat", "--steps", "1", "--frames", "1", "--width", "16",
+GEN = ("generate", "--workspace", "{ws}", "--model", "demo-t2v", "--prompt", "a cat", "--steps", "1", "--frames", "1", "--width", "16",
        "--height", "16")
 
 ROWS = [
