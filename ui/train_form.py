@@ -103,8 +103,8 @@ def _widget(name: str, value: Any, workspace: Workspace):
         return gr.Checkbox(value=bool(value), label=info["label"], info=info["help"], elem_id=elem_id(name))
     if kind in (int, float) and optional:
         return gr.Textbox(value=value, max_lines=1, placeholder="empty: not set", **common)
-    if kind in (int, float):
-        return gr.Number(value=value, precision=0 if kind is int else None, **common)
+    if kind in (int, float):  # no rounding in the page: 2.5 steps reaches the check and is refused at the field
+        return gr.Number(value=value, **common)
     return gr.Textbox(value=value or "", max_lines=1, **common)
 
 

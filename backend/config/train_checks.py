@@ -55,7 +55,9 @@ def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: boo
     try:
         settings = TrainSettings(**values)
     except ValidationError as exc:
-        return FormCheck(None, validation_messages(exc))
+        errors = {**_checks_of_the_rest(values, workspace), **validation_messages(exc)}
+        order = {name: index for index, name in enumerate(TrainSettings.model_fields)}
+        return FormCheck(None, dict(sorted(errors.items(), key=lambda item: order.get(item[0], len(order)))))
     check = FormCheck(settings)
     _check_model(settings, workspace, check)
     _check_paths(settings, workspace, check)
@@ -66,6 +68,21 @@ def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: boo
     for name, message in output_problems(settings, workspace).items():
         check.errors.setdefault(name, message)
     return check
+
+
+def _checks_of_the_rest(values: dict[str, Any], workspace: Workspace) -> dict[str, str]:
+    """The other fields' problems while some fields are invalid (so each wrong field shows its message at once):
+    the invalid ones take their defaults and the rest is checked as usual."""
+    try:
+        TrainSettings(**values)
+    except ValidationError as exc:
+        rest = {name: value for name, value in values.items() if name not in validation_messages(exc)}
+    else:
+        return {}
+    if rest == values:  # a check across fields: nothing to leave out
+        return {}
+    return {name: message for name, message in check_train_settings(rest, workspace).errors.items()
+            if name in rest}
 
 
 # --- pydantic's report, field by field ------------------------------------------------------------------------

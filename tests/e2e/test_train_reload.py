@@ -88,3 +88,22 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     page.locator("#train-group-Network").get_by_role("button", name="Network").scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "train-run.png"))  # the run stays beside the form being edited
     assert not re.search(r"\d\.\d{5,}", chart.inner_text()), "the y axis lists raw loss values (categorical)"
+
+
+def test_bad_input_is_refused_next_to_its_field(page: Page):
+    expect.set_options(timeout=30_000)  # each check is a round trip to a busy server
+    open_train(page)
+    for group in ("Training", "Saving"):
+        page.locator(f"#train-group-{group}").get_by_role("button", name=group).click()
+    name = page.locator("#train-output_name input")
+    name.fill("my lora/with*bad:chars")
+    name.blur()
+    expect(page.locator("#train-output_name-error")).to_contain_text("cannot hold path separators")
+    fill(page, "train-max_train_steps", "2.5")
+    expect(page.locator("#train-max_train_steps-error")).to_contain_text("2.5 is not a whole number")
+    expect(page.locator("#train-validation")).to_contain_text("2 setting(s) need attention")
+    name.fill("my-lora")
+    name.blur()
+    fill(page, "train-max_train_steps", "30")
+    expect(page.locator("#train-output_name-error")).to_be_hidden()
+    expect(page.locator("#train-max_train_steps-error")).to_be_hidden()
