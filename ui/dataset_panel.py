@@ -13,6 +13,7 @@ from backend.data.captions import read_caption
 from backend.data.dataset_folder import Entry, FolderScan, resolve_folder, scan_tree
 from backend.data.dataset_form import DatasetForm, existing_form, read_form, render_form_toml
 from backend.data.dataset_preview import bucket_summary, cache_counts, windows_by_mode
+from backend.data.frames import rounding_note
 from backend.data.dataset_toml_file import read_toml_text, ready_for_cache, resolve_toml_path, write_dataset_toml
 from backend.data.media import MediaError
 from backend.data.thumbnails import thumbnail
@@ -210,7 +211,9 @@ class DatasetPanel:
         by_mode = windows_by_mode(count, form)
         return {"frames": views.frame_rows(by_mode),
                 "frames_strip": views.frame_strip_html(by_mode[form.frame_extraction], count, form.frame_extraction),
-                "frames_message": f"{name}: {count} frames; the table shows every mode with these settings."}
+                "frames_message": " ".join(filter(None, [
+                    f"{name}: {count} frames; the table shows every mode with these settings.",
+                    rounding_note(form.target_frames)]))}
 
     def frames(self, scan: FolderScan | None, name: str | None, *values) -> dict:
         try:

@@ -113,10 +113,7 @@ def _manifest_entry(task: LatentTask) -> ManifestEntry:
 
 def _refuse_control(config: DatasetConfig) -> None:
     for dataset in config.resolved():
-        if dataset.control_directory is not None:
-            raise UserError(f"{config.source_name}: {dataset.label}: control_directory (control videos for Wan "
-                            "Fun-Control) is not supported by LORAID Studio's trainer; remove it to cache this "
-                            "dataset.")
+        dataset.refuse_control(config.source_name)
 
 
 def cache_latents(config: DatasetConfig, vae, *, model_id: str, batch_size: int = 1, skip_existing: bool = True,

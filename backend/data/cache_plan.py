@@ -62,8 +62,7 @@ def plan_latents(dataset: ResolvedDataset, model_id: str, i2v: bool, report: Sca
     skipped = list(report.unreadable)
     tasks = []
     for item in report.items:
-        bucket = select_bucket((item.width, item.height), dataset.resolution, dataset.enable_bucket,
-                               dataset.bucket_no_upscale, step)
+        bucket = select_bucket((item.width, item.height), dataset.resolution, *dataset.bucketing, step)
         if min(bucket) < step:
             skipped.append((item.path, f"{item.width}x{item.height} is smaller than {step} px and "
                                        "bucket_no_upscale keeps it from being enlarged"))

@@ -69,7 +69,7 @@ class CachedDataset:
         self.datasets = config.resolved()
         self.items: list[CachedItem] = []
         self.warnings: list[str] = []
-        self.notes: list[str] = []  # what loading did (e.g. adopted musubi-tuner's cache), one line each
+        self.notes: list[str] = config.notes()  # what loading did (rounded target_frames, adopted caches), one line each
         self.text_model_id: str | None = None
         lengths: set[int] = set()
         for dataset in self.datasets:
@@ -87,6 +87,7 @@ class CachedDataset:
 
     # ---- checking the caches -------------------------------------------------------------------------------------
     def _collect(self, dataset: ResolvedDataset, lengths: set[int]) -> list[CachedItem]:
+        dataset.refuse_control(self.config.source_name)
         listing = {item.key: item for item in list_dataset(dataset, probe=False).items}
         manifest = read_manifest(dataset.cache_directory)
         if manifest is None:
@@ -161,14 +162,10 @@ class CachedDataset:
                                  f"{_rerun('text', self.config)}.")
 
     def _usable(self, dataset: ResolvedDataset, path: Path, what: str) -> bool:
-        """True when the file exists and reads; a missing/broken file is an error, or a warning with
-        skip_corrupted_cache."""
+        """True when the file exists and reads; a missing/broken file is an error naming it."""
         if path.is_file() and read_metadata(path) is not None:
             return True
         problem = "is missing" if not path.exists() else "cannot be read"
-        if dataset.skip_corrupted_cache:
-            self.warnings.append(f"{path.name} {problem}; skipped (skip_corrupted_cache).")
-            return False
         raise UserError(f"{dataset.label}: cache file {path.name} {problem}; {_rerun(what, self.config)}.")
 
     # ---- order ---------------------------------------------------------------------------------------------------

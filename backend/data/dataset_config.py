@@ -2,8 +2,12 @@
 
 Values are kept as written (None = not set, inherited from `[general]` or defaulted), so `render_dataset_toml`
 gives back the file's meaning exactly; `DatasetConfig.resolved()` applies inheritance and defaults the way
-musubi-tuner does. Relative paths are taken relative to the TOML file's folder (musubi takes them relative to the
-working directory; absolute paths, which the Dataset tab writes, mean the same in both).
+musubi-tuner does: `target_frames` rounded down to 4n+1 (79 -> 77, said in `DatasetConfig.notes()`), videos always
+bucketed by aspect ratio whatever `enable_bucket` / `bucket_no_upscale` say (those apply to images). Keys musubi-tuner
+has for other architectures are refused naming the architecture, and `control_directory` (Wan Fun-Control control
+videos) is refused where caching or training would need it. Relative paths are taken relative to the TOML file's
+folder (musubi takes them relative to its working directory; absolute paths, which the Dataset tab and the demo
+write, mean the same in both).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from backend.data.frames import FRAME_EXTRACTION_MODES
+from backend.data.frames import FRAME_EXTRACTION_MODES, round_down_4n1
 from backend.errors import UserError
 
 RESOLUTION_STEP = 16
@@ -23,7 +27,7 @@ DEFAULT_CAPTION_EXTENSION = ".txt"
 
 # Keys musubi-tuner accepts in [general] and, overriding them, in each [[datasets]] entry.
 INHERITED_KEYS = ("resolution", "caption_extension", "batch_size", "num_repeats", "enable_bucket",
-                  "bucket_no_upscale", "skip_corrupted_cache")
+                  "bucket_no_upscale")
 SOURCE_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
 DATASET_ONLY_KEYS = ("cache_directory", "control_directory", "mask_directory", "expert_label")
 VIDEO_KEYS = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps")
@@ -31,15 +35,23 @@ DATASET_KEYS = SOURCE_KEYS + DATASET_ONLY_KEYS + INHERITED_KEYS + VIDEO_KEYS
 
 # Keys musubi-tuner knows for other architectures: named, so the user learns why they do not apply here.
 OTHER_ARCHITECTURE_KEYS = {
-    "fp_latent_window_size": "a FramePack setting", "fp_1f_clean_indices": "a FramePack setting",
-    "fp_1f_target_index": "a FramePack setting", "fp_1f_no_post": "a FramePack setting",
-    "multiple_target": "a Qwen-Image-Edit / FLUX.1 Kontext setting",
-    "no_resize_control": "a Qwen-Image-Edit / FLUX.1 Kontext setting",
-    "control_resolution": "a Qwen-Image-Edit / FLUX.1 Kontext setting",
+    "fp_latent_window_size": "a FramePack setting", "fp_1f_clean_indices": "a FramePack one-frame setting",
+    "fp_1f_target_index": "a FramePack one-frame setting", "fp_1f_no_post": "a FramePack one-frame setting",
+    "multiple_target": "a Qwen-Image-Layered setting",
+    "no_resize_control": "a FLUX.1 Kontext / FLUX.2 / Qwen-Image-Edit setting (control images)",
+    "control_resolution": "a FLUX.1 Kontext / FLUX.2 / Qwen-Image-Edit setting (control images; Wan Fun-Control "
+                          "control videos have no resolution of their own)",
     "flux_kontext_no_resize_control": "a FLUX.1 Kontext setting",
     "qwen_image_edit_no_resize_control": "a Qwen-Image-Edit setting",
     "qwen_image_edit_control_resolution": "a Qwen-Image-Edit setting",
 }
+# Keys that look like musubi-tuner's but no musubi-tuner version has: it would refuse the file.
+NOT_MUSUBI_KEYS = {
+    "skip_corrupted_cache": "no musubi-tuner version has it, so musubi-tuner would refuse this file; a damaged cache "
+                            "file is reported by name, so delete that file and cache again",
+}
+FUN_CONTROL = ("Wan2.1 Fun-Control (musubi-tuner's --task t2v-1.3B-FC / t2v-14B-FC), which LORAID Studio does not "
+               "train")
 
 
 @dataclass
@@ -51,7 +63,6 @@ class GeneralSection:
     num_repeats: int | None = None
     enable_bucket: bool | None = None
     bucket_no_upscale: bool | None = None
-    skip_corrupted_cache: bool | None = None
 
 
 @dataclass
@@ -71,7 +82,6 @@ class DatasetSection:
     num_repeats: int | None = None
     enable_bucket: bool | None = None
     bucket_no_upscale: bool | None = None
-    skip_corrupted_cache: bool | None = None
     target_frames: list[int] | None = None
     frame_extraction: str | None = None
     frame_stride: int | None = None
@@ -97,10 +107,9 @@ class ResolvedDataset:
     caption_extension: str
     batch_size: int
     num_repeats: int
-    enable_bucket: bool
+    enable_bucket: bool  # as written; `bucketing` gives what applies (videos: always by aspect ratio)
     bucket_no_upscale: bool
-    skip_corrupted_cache: bool
-    target_frames: tuple[int, ...]
+    target_frames: tuple[int, ...]  # rounded down to 4n+1, deduplicated, sorted
     frame_extraction: str
     frame_stride: int
     frame_sample: int
@@ -113,6 +122,18 @@ class ResolvedDataset:
     def label(self) -> str:
         return f"[[datasets]] #{self.index} ({self.source.name})"
 
+    @property
+    def bucketing(self) -> tuple[bool, bool]:
+        """(enable_bucket, bucket_no_upscale) as musubi-tuner applies them: its video caching always buckets by
+        aspect ratio and may upscale; images follow the file."""
+        return (True, False) if self.kind == "video" else (self.enable_bucket, self.bucket_no_upscale)
+
+    def refuse_control(self, source_name: str) -> None:
+        """control_directory on a video dataset: Fun-Control control videos, which caching / training cannot use."""
+        if self.control_directory is not None:
+            raise UserError(f"{source_name}: {self.label}: control_directory holds control videos for {FUN_CONTROL}; "
+                            f"remove it to cache and train this dataset as a plain LoRA dataset.")
+
 
 @dataclass
 class DatasetConfig:
@@ -123,6 +144,18 @@ class DatasetConfig:
 
     def resolved(self) -> list[ResolvedDataset]:
         return [_resolve(self, i + 1, section) for i, section in enumerate(self.datasets)]
+
+    def notes(self) -> list[str]:
+        """What resolving changed from the values as written, as musubi-tuner does it (one sentence each)."""
+        out = []
+        for index, section in enumerate(self.datasets, 1):
+            written = sorted(set(section.target_frames or []))
+            rounded = sorted({round_down_4n1(v) for v in written})
+            if written != rounded:
+                changed = ", ".join(f"{v} -> {round_down_4n1(v)}" for v in written if round_down_4n1(v) != v)
+                out.append(f"{self.source_name}: [[datasets]] #{index}: target_frames rounded down to 4n+1 as "
+                           f"musubi-tuner does ({changed}); the clips are {rounded} frames long.")
+        return out
 
 
 # ---- value checks ----------------------------------------------------------------------------------------------
@@ -155,6 +188,8 @@ class _Checker:
     def unknown(self, key: str, allowed: tuple[str, ...]) -> UserError:
         if key in OTHER_ARCHITECTURE_KEYS:
             return self.fail(f"`{key}` is {OTHER_ARCHITECTURE_KEYS[key]} that Wan training does not use; remove it.")
+        if key in NOT_MUSUBI_KEYS:
+            return self.fail(f"`{key}` is not a musubi-tuner key: {NOT_MUSUBI_KEYS[key]}; remove it.")
         close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
         hint = f"did you mean `{close[0]}`?" if close else f"valid keys are {', '.join(allowed)}."
         return self.fail(f"unknown key `{key}`; {hint}")
@@ -199,9 +234,9 @@ class _Checker:
         if not isinstance(value, list) or not value or not all(_is_int(v) for v in value):
             raise self.fail(f"target_frames must be a list of whole numbers, got {value!r}; write e.g. [1, 17, 33].")
         for v in value:
-            if v < 1 or (v - 1) % 4:
-                raise self.fail(f"target_frames value {v} is not 4n+1; use {_nearest_4n1(v)}.")
-        return list(value)
+            if v < 1:
+                raise self.fail(f"target_frames value {v} is not a frame count; use {_nearest_4n1(v)} or more.")
+        return list(value)  # values that are not 4n+1 are rounded down when resolved, as musubi-tuner does
 
     def frame_extraction(self, value: Any) -> str:
         if value not in FRAME_EXTRACTION_MODES:
@@ -378,8 +413,8 @@ def _resolve(config: DatasetConfig, index: int, section: DatasetSection) -> Reso
         batch_size=_pick(section, g, "batch_size", 1), num_repeats=_pick(section, g, "num_repeats", 1),
         enable_bucket=_pick(section, g, "enable_bucket", False),
         bucket_no_upscale=_pick(section, g, "bucket_no_upscale", False),
-        skip_corrupted_cache=_pick(section, g, "skip_corrupted_cache", False),
-        target_frames=tuple(sorted(set(section.target_frames or [1]))), frame_extraction=frame_extraction,
+        target_frames=tuple(sorted({round_down_4n1(v) for v in section.target_frames or [1]})),
+        frame_extraction=frame_extraction,
         frame_stride=section.frame_stride or 1, frame_sample=frame_sample, max_frames=section.max_frames or 129,
         source_fps=section.source_fps,
         mask_directory=_absolute(config, section.mask_directory) if section.mask_directory else None,

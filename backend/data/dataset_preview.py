@@ -67,9 +67,16 @@ def bucket_summary(scan: FolderScan, form: DatasetForm) -> BucketSummary:
                 continue
             windows[entry.name] = count
         placeable.append((entry.name, (entry.item.width, entry.item.height)))
-    preview = assign_buckets(placeable, general.resolution, general.enable_bucket, general.bucket_no_upscale)
-    summary.dropped += preview.dropped
-    for bucket, assigned in sorted(preview.buckets.items()):
+    # musubi-tuner buckets videos by aspect ratio whatever enable_bucket / bucket_no_upscale say
+    images = assign_buckets([p for p in placeable if p[0] not in windows], general.resolution, general.enable_bucket,
+                            general.bucket_no_upscale)
+    videos = assign_buckets([p for p in placeable if p[0] in windows], general.resolution, True, False)
+    summary.dropped += images.dropped + videos.dropped
+    merged: dict[tuple[int, int], list] = {}
+    for preview in (images, videos):
+        for bucket, assigned in preview.buckets.items():
+            merged.setdefault(bucket, []).extend(assigned)
+    for bucket, assigned in sorted(merged.items()):
         summary.rows.append(_row(bucket, assigned, windows))
     return summary
 

@@ -65,3 +65,56 @@ def ready_for_cache(path: Path, editor_text: str | None) -> DatasetConfig:
         raise UserError(f"The TOML in the editor differs from {path.name} on disk; click Write TOML first so the "
                         "cache uses what you see.")
     return load_dataset_config(path)
+
+
+PATH_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file", "cache_directory",
+             "control_directory")
+OWN_KEYS = ("mask_directory", "expert_label")  # this app's LoRA-MoE keys; musubi-tuner refuses unknown keys
+MUSUBI_SUFFIX = ".musubi.toml"
+
+
+def musubi_config(config: DatasetConfig) -> tuple[DatasetConfig, list[str]]:
+    """The same datasets as musubi-tuner must read them: every path absolute (musubi resolves relative paths against
+    its working directory, not the TOML's folder) and this app's own keys left out; (config, keys left out)."""
+    from dataclasses import replace
+
+    dropped: list[str] = []
+    sections = []
+    for section in config.datasets:
+        changes = {key: str(_absolute_path(config, getattr(section, key))) for key in PATH_KEYS
+                   if getattr(section, key) is not None}
+        for key in OWN_KEYS:
+            if getattr(section, key) is not None:
+                changes[key] = None
+                dropped.append(key)
+        sections.append(replace(section, **changes))
+    return replace(config, datasets=sections), sorted(set(dropped))
+
+
+def _absolute_path(config: DatasetConfig, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (config.base_dir / path).resolve()
+
+
+def needs_musubi_copy(config: DatasetConfig) -> bool:
+    converted, dropped = musubi_config(config)
+    return bool(dropped) or converted.datasets != config.datasets
+
+
+def export_for_musubi(path: Path) -> tuple[Path, str | None]:
+    """The TOML musubi-tuner should read for `path`: the file itself when it already has absolute paths and only
+    musubi's keys, else `<stem>.musubi.toml` beside it, written atomically; (path, one-sentence note or None)."""
+    from backend.data.dataset_config import render_dataset_toml
+
+    config = load_dataset_config(path, check_paths=False)
+    if not needs_musubi_copy(config):
+        return path, None
+    converted, dropped = musubi_config(config)
+    target = path.with_name(path.name.removesuffix(".toml") + MUSUBI_SUFFIX)
+    header = (f"{path.name} for musubi-tuner: the same datasets with absolute paths (musubi-tuner resolves relative "
+              f"paths against its working directory).\nWritten by LORAID Studio; edit {path.name}, not this file.\n")
+    atomic_write_text(target, render_dataset_toml(converted, header))
+    left_out = f"; left out {', '.join(dropped)} (keys musubi-tuner does not have)" if dropped else ""
+    return target, (f"{path.name} uses paths relative to its folder, which musubi-tuner would resolve against its "
+                    f"working directory; the command reads {target.name} beside it, the same datasets with absolute "
+                    f"paths{left_out}.")

@@ -49,12 +49,21 @@ def round_down_4n1(frames: int) -> int:
     return (frames - 1) // VAE_FRAME_STRIDE * VAE_FRAME_STRIDE + 1
 
 
+def rounding_note(target_frames) -> str | None:
+    """One sentence when some target_frames are not 4n+1 (musubi-tuner rounds them down; so does this app)."""
+    changed = [(v, round_down_4n1(v)) for v in sorted(set(target_frames)) if v >= 1 and round_down_4n1(v) != v]
+    if not changed:
+        return None
+    pairs = ", ".join(f"{a} -> {b}" for a, b in changed)
+    return f"target_frames are rounded down to 4n+1 as musubi-tuner does ({pairs})."
+
+
 def window_starts(frame_count: int, mode: str, target_frames: tuple[int, ...] | list[int], frame_stride: int = 1,
                   frame_sample: int = 1, max_frames: int = 129) -> list[tuple[int, int]]:
     """(start, length) of every window, in musubi-tuner's order: by target frame count, then by start."""
     if mode not in FRAME_EXTRACTION_MODES:
         raise ValueError(f"unknown frame_extraction {mode!r}")
-    targets = sorted(set(target_frames))
+    targets = sorted({round_down_4n1(v) for v in target_frames if v >= 1})  # musubi-tuner's rounding
     if mode == "uniform" and frame_sample == 1:
         mode = "head"
     windows: list[tuple[int, int]] = []

@@ -178,7 +178,9 @@ def _datasets_toml(prefix: str) -> str:
 
 def dataset_toml(concept_folders: list[str], title: str) -> str:
     """musubi-tuner dataset config for these concept folders ("" = the TOML's own folder)."""
-    header = (f"# {title}\n# musubi-tuner dataset config; relative paths are relative to this file's folder.\n")
+    header = (f"# {title}\n# musubi-tuner dataset config; relative paths are relative to this file's folder here. "
+              f"musubi-tuner resolves them against its\n# working directory: the Train tab's musubi command reads the "
+              f"dataset.musubi.toml copy with absolute paths it writes beside this file.\n")
     body = "".join(_datasets_toml(f"{folder}/" if folder else "") for folder in concept_folders)
     return header + _general_toml() + body
 

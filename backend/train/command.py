@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.config.network_builder import musubi_network_args, network_module
+from backend.errors import UserError
 from backend.fileio import atomic_write_text
 from backend.models.registry import get_model_kind
 from backend.train.networks import ExpertPlan, loraid_allocation
@@ -105,6 +106,22 @@ def shell_quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
+def _musubi_dataset_config(path: str | None, notes: list[str]) -> str:
+    """The dataset TOML musubi-tuner reads: a `.musubi.toml` copy with absolute paths when the file has relative
+    ones (musubi resolves them against its working directory); the file itself when it cannot be read yet."""
+    from backend.data.dataset_toml_file import export_for_musubi
+
+    if not path:
+        return "<dataset.toml>"
+    try:
+        exported, note = export_for_musubi(Path(path))
+    except (UserError, OSError):
+        return path  # the form check reports what is wrong with the file
+    if note:
+        notes.append(note)
+    return str(exported)
+
+
 def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
     """The equivalent `accelerate launch ... wan_train_network.py` command for musubi-tuner."""
     kind = get_model_kind(settings.model_kind)
@@ -119,7 +136,7 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
         notes.append("musubi-tuner does not train Wan2.2 TI2V-5B (its 48-channel Wan2.2 VAE latents and per-token "
                      f"timesteps); ti2v_mode={s.ti2v_mode} has no musubi-tuner flag.")
     argv += _model_args(s, kind, notes)
-    argv += ["--dataset_config", s.dataset_config or "<dataset.toml>"]
+    argv += ["--dataset_config", _musubi_dataset_config(s.dataset_config, notes)]
     argv += [MUSUBI_ATTENTION[s.attn_mode], "--mixed_precision", s.mixed_precision]
     argv += [f"--{name}" for name in FLAG_OPTIONS if getattr(s, name)]
     if s.fp8_scaled:  # musubi-tuner's scaled fp8 is `--fp8_base --fp8_scaled`

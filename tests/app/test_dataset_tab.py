@@ -140,10 +140,12 @@ def test_bad_resolution_and_frame_settings_are_one_sentence(panel, workspace):
         shown = panel.buckets(scan, *page_form(resolution_width=100))
     assert shown == {"buckets_message": "⚠ dataset form: [general]: resolution width 100 is not a multiple of 16; "
                                         "use 96 or 112."}
+    shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 18"))
+    assert shown["frames_message"].endswith("target_frames are rounded down to 4n+1 as musubi-tuner does (18 -> 17).")
     with pytest.warns(UserWarning):
-        shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 18"))
-    assert shown == {"frames_message": "⚠ dataset form: [[datasets]] #1: target_frames value 18 is not 4n+1; "
-                                       "use 17 or 21."}
+        shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 0"))
+    assert shown == {"frames_message": "⚠ dataset form: [[datasets]] #1: target_frames value 0 is not a frame count; "
+                                       "use 1 or more."}
     with pytest.warns(UserWarning):
         shown = panel.frames(scan, "concept_a/images/a_000.png", *page_form())
     assert "is an image; frame extraction applies to videos only" in shown["frames_message"]

@@ -123,8 +123,8 @@ def test_removed_item_and_corrupt_file(cached: Path):
         CachedDataset.from_file(toml_file)
     toml_file.write_text(toml_file.read_text().replace("enable_bucket = true\n",
                                                        "enable_bucket = true\nskip_corrupted_cache = true\n"))
-    dataset = CachedDataset.from_file(toml_file)
-    assert len(dataset.items) == 5 and any("skip_corrupted_cache" in w for w in dataset.warnings)
+    with pytest.raises(UserError, match="`skip_corrupted_cache` is not a musubi-tuner key"):
+        CachedDataset.from_file(toml_file)
 
 
 def test_cli_reports_events_and_errors(small_dataset: Path, models, monkeypatch, capsys):

@@ -17,9 +17,12 @@ BAD_INPUTS = [
      "dataset.toml: [general]: unknown key `resolutoin`; did you mean `resolution`?"),
     ("unknown dataset key", GENERAL + "[[datasets]]\nimage_dir = \"imgs\"\n",
      "dataset.toml: [[datasets]] #1: unknown key `image_dir`; did you mean `image_directory`?"),
-    ("target_frames not 4n+1", GENERAL + IMAGES + VIDEOS + "target_frames = [1, 16]\n",
-     "dataset.toml: [[datasets]] #2: target_frames value 16 is not 4n+1; use 13 or 17."),
-    ("target_frames 0", GENERAL + VIDEOS + "target_frames = [0]\n", "target_frames value 0 is not 4n+1; use 1."),
+    ("skip_corrupted_cache", GENERAL + "skip_corrupted_cache = true\n" + IMAGES,
+     "dataset.toml: [general]: `skip_corrupted_cache` is not a musubi-tuner key: no musubi-tuner version has it"),
+    ("control_resolution on videos", GENERAL + VIDEOS + "control_resolution = [512, 512]\n",
+     "`control_resolution` is a FLUX.1 Kontext / FLUX.2 / Qwen-Image-Edit setting (control images; Wan Fun-Control"),
+    ("target_frames 0", GENERAL + VIDEOS + "target_frames = [0]\n",
+     "target_frames value 0 is not a frame count; use 1 or more."),
     ("frame_extraction typo", GENERAL + VIDEOS + "frame_extraction = \"slid\"\n",
      "frame_extraction 'slid' is not a mode; did you mean \"slide\"?"),
     ("resolution not multiple of 16", "[general]\nresolution = [500, 304]\n" + IMAGES,
@@ -111,7 +114,7 @@ def test_cache_directory_defaults_to_media_folder():
 
 def test_render_round_trips_every_key():
     text = ("[general]\nresolution = [960, 544]\ncaption_extension = \".caption\"\nbatch_size = 2\nnum_repeats = 3\n"
-            "enable_bucket = true\nbucket_no_upscale = true\nskip_corrupted_cache = false\n\n"
+            "enable_bucket = true\nbucket_no_upscale = true\n\n"
             "[[datasets]]\nimage_jsonl_file = \"C:\\\\data\\\\meta.jsonl\"\ncache_directory = \"cache/é \\\"q\\\"\"\n"
             "resolution = 512\n\n"
             "[[datasets]]\nvideo_directory = \"v\"\ncache_directory = \"cv\"\ncontrol_directory = \"ctrl\"\n"

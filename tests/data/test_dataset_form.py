@@ -81,7 +81,8 @@ def test_a_folder_with_both_kinds_gets_two_cache_folders(tmp_path, make):
 @pytest.mark.parametrize("changes, message", [
     ({"resolution_width": 100.0}, "dataset form: [general]: resolution width 100 is not a multiple of 16; "
                                   "use 96 or 112."),
-    ({"target_frames": "1, 18"}, "dataset form: [[datasets]] #2: target_frames value 18 is not 4n+1; use 17 or 21."),
+    ({"target_frames": "1, 0"}, "dataset form: [[datasets]] #2: target_frames value 0 is not a frame count; use 1 or "
+                                "more."),
     ({"batch_size": 0.0}, "dataset form: [general]: batch_size must be at least 1, got 0."),
     ({"caption_extension": "txt"}, "caption_extension must start with a dot"),
 ])
