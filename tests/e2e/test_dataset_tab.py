@@ -13,6 +13,16 @@ from backend.data.dataset_config import load_dataset_config
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot-dataset.png"
 MISSING = "concept_a/images/a_002.png"
+COUNTS_SEEN = """() => {  // every distinct count the cache bar shows, in order
+  window.cacheCounts = [];
+  const record = () => {
+    const bar = document.querySelector('#dataset-cache-progress .cache-progress');
+    const step = bar && Number(bar.dataset.step);
+    if (bar && window.cacheCounts[window.cacheCounts.length - 1] !== step) window.cacheCounts.push(step);
+  };
+  new MutationObserver(record).observe(document.querySelector('#dataset-cache-progress'),
+                                       {subtree: true, childList: true, attributes: true});
+}"""
 
 
 def caption_files(dataset: Path) -> dict[str, str]:
@@ -101,12 +111,19 @@ def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_works
 
     # cache latents as a job; its files appear in each dataset's cache folder
     page.locator("#dataset-cache-device").get_by_label("cpu").check()
+    page.evaluate(COUNTS_SEEN)
     page.locator("#dataset-cache-latents").click()
     status = page.locator("#dataset-cache-status")
     expect(status).to_contain_text(re.compile(r"Cache latents job \S+: (queued|running)"))
     expect(status).to_contain_text("succeeded: 24 latent file(s) and 0 text file(s) in 4 cache folders.",
                                    timeout=120_000)
-    expect(page.locator("#dataset-cache-log textarea")).to_have_value(re.compile("cache latents done"))
+    expect(page.locator("#dataset-cache-progress .cache-progress")).to_have_attribute("data-step", "24")
+    seen = page.evaluate("() => window.cacheCounts")
+    assert seen == sorted(seen) and seen[-1] == 24, seen
+    assert len([n for n in seen if 0 < n < 24]) >= 2, f"the count did not move while caching: {seen}"
+    log = page.locator("#dataset-cache-log textarea")
+    expect(log).to_have_value(re.compile("cache latents done"))
+    assert re.search(r"cache latents: \d+/24 \(\d+%\)", log.input_value())
     latents = [len(list(d.cache_directory.glob("*_wan.safetensors"))) for d in resolved]
     assert latents == [6, 6, 6, 6]  # 6 images; 3 clips x 2 windows (target_frames 1 and 17)
     assert all((d.cache_directory / "cache_manifest.json").is_file() for d in resolved)

@@ -55,9 +55,14 @@ def wire(handler, outputs: dict[str, gr.components.Component]):
 
 
 def device_choice() -> str:
+    return device_choices()[-1]
+
+
+def device_choices() -> list[str]:
+    """cpu, and cuda only where this machine has a GPU (a job would otherwise fail only once it runs)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def form_component(name: str, info: dict, value):
@@ -178,7 +183,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     gr.Markdown("#### Cache (run once before training)")
     with gr.Row():
-        device = gr.Radio(["cpu", "cuda"], value=device_choice(), label="Device", scale=1,
+        device = gr.Radio(device_choices(), value=device_choice(), label="Device", scale=1,
                           elem_id="dataset-cache-device")
         cache_latents = gr.Button("Cache latents", variant="primary", scale=0, min_width=160,
                                   elem_id="dataset-cache-latents")
