@@ -143,6 +143,8 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
         argv += ["--fp8_scaled"] if s.fp8_base else ["--fp8_base", "--fp8_scaled"]
     if s.blocks_to_swap:
         argv += ["--blocks_to_swap", str(s.blocks_to_swap)]
+    if s.offload_activations:  # musubi-tuner's name for the same thing
+        argv += ["--gradient_checkpointing_cpu_offload"]
     argv += ["--optimizer_type", MUSUBI_OPTIMIZERS[s.optimizer_type], "--optimizer_args",
              f"weight_decay={s.weight_decay:g}"]
     argv += ["--network_module", network_module(s.network_type)]

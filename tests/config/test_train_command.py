@@ -55,7 +55,8 @@ def test_musubi_command_carries_every_option_it_has(tmp_path):
                              network_args=["loraplus_lr_ratio=8.0"], loraid=3, optimizer_type="prodigy",
                              weight_decay=0.05, fp8_base=False, gradient_checkpointing=True, attn_mode="flash",
                              mixed_precision="bf16", save_state=True, save_every_n_epochs=2, save_last_n_epochs=3,
-                             max_train_epochs=10, logging_dir="logs", min_timestep=100)
+                             max_train_epochs=10, logging_dir="logs", min_timestep=100, blocks_to_swap=20,
+                             offload_activations=True)
     command = musubi_command(settings, workspace)
     found = options(command.argv)
     assert found["--task"] == ["t2v-14B"] and found["--dit"] == ["/m/wan14b.safetensors"]
@@ -68,6 +69,7 @@ def test_musubi_command_carries_every_option_it_has(tmp_path):
     assert found["--save_last_n_epochs"] == ["3"] and found["--max_train_epochs"] == ["10"]
     assert found["--min_timestep"] == ["100"] and found["--logging_dir"] == [str(tmp_path / "logs")]
     assert "--gradient_checkpointing" in found and "--save_state" in found and "--fp8_base" not in found
+    assert found["--blocks_to_swap"] == ["20"] and "--gradient_checkpointing_cpu_offload" in found
     assert any("LORAID 3" in note for note in command.notes) and any("DoRA" in note for note in command.notes)
     assert any("convert FILE OUT.safetensors --to lora --rank R --base DIT" in note for note in command.notes)
 
