@@ -142,7 +142,7 @@ def _decode_only(args: argparse.Namespace, ctx: JobContext) -> int:
     from backend.generate.pipeline import companion_folders
 
     latents, record = read_latents(args.decode_latents)
-    vae_dir = companion_folders(_choice(args))[0]
+    vae_dir = companion_folders(_choice(args), int(latents.shape[1]))[0]
     vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
     if args.vae_tiling:
         vae.enable_tiling()

@@ -85,8 +85,9 @@ class GenerateSession:
         self.lora_request = loras or LoraRequest()
         self.memory = memory or MemoryOptions()
         check_memory_options(self.memory)
-        vae_dir, encoder_dir, _ = companion_folders(choice)
-        self.memory = plan_memory(self.memory, transformer_config(choice), len(choice.roles), plan_size,
+        config = transformer_config(choice)
+        vae_dir, encoder_dir, _ = companion_folders(choice, config.get("out_channels") or config["in_channels"])
+        self.memory = plan_memory(self.memory, config, len(choice.roles), plan_size,
                                   folder_bytes(encoder_dir, 2), folder_bytes(vae_dir, 4), log)
         model_kind = choice.model or (choice.model_kind if isinstance(choice.model_kind, str) else None)
         self.loras: list[PickedLora] = pick_loras(self.lora_request.files, self.lora_request.loraids,

@@ -64,13 +64,15 @@ def _folder(path: str | Path | None, what: str, flag: str) -> Path:
     return folder
 
 
-def companion_folders(choice: ModelChoice) -> tuple[Path, Path, Path]:
-    """(VAE, text encoder, tokenizer) folders: the ones given, else the workspace's."""
+def companion_folders(choice: ModelChoice, latent_channels: int | None = None) -> tuple[Path, Path, Path]:
+    """(VAE, text encoder, tokenizer) folders: the ones given, else the workspace's (its Wan2.2 VAE for a TI2V
+    model, named by its kind or known by its 48 latent channels)."""
     from backend.models.demo import demo_vae_folder
 
     ws = Workspace(choice.workspace) if choice.workspace is not None else None
     kind = choice.model or choice.model_kind
-    demo_vae = demo_vae_folder(ws, kind if kind in MODEL_KINDS else None) if ws is not None else None
+    kind = kind if kind in MODEL_KINDS else ("demo-ti2v" if latent_channels == TI2V_LATENT_CHANNELS else None)
+    demo_vae = demo_vae_folder(ws, kind) if ws is not None else None
 
     def pick(given, default, what, flag):
         return _folder(given if given is not None else default, what, flag)
@@ -120,7 +122,8 @@ def _transformers(choice: ModelChoice, weights: WeightsChoice = WeightsChoice())
         pair = {expert: load_transformer(expert_file(ws, expert)) for expert in EXPERTS}
         return pair, kind.task, kind.label, choice.boundary_ratio or kind.timestep_boundary
     if not choice.dit:
-        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b or your transformer with --dit FILE.")
+        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b / demo-ti2v or your transformer with "
+                        "--dit FILE.")
     for path in choice.dit:
         if not Path(path).expanduser().exists():
             raise UserError(f"The transformer file {path} does not exist; check --dit.")
@@ -160,7 +163,8 @@ def transformer_config(choice: ModelChoice) -> dict:
         kind = get_model_kind(choice.model)
         return kind.config(EXPERTS[0] if kind.has_experts else None)
     if not choice.dit:
-        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b or your transformer with --dit FILE.")
+        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b / demo-ti2v or your transformer with "
+                        "--dit FILE.")
     kind = get_model_kind(choice.model_kind) if choice.model_kind in MODEL_KINDS else None
     expert = EXPERTS[0] if kind is not None and kind.has_experts else None
     folder, _ = resolve_config_dir(choice.dit[0], choice.model_kind, expert)
@@ -202,16 +206,16 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False, weights: Wei
 
     from backend.models.demo import _quiet_progress_bars
 
-    vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice)
     transformers, task, label, boundary = _transformers(choice, weights)
+    first = transformers.get("main", transformers.get("high"))
+    latent_channels = first.config.out_channels or first.config.in_channels
+    vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice, latent_channels)
     if image and not accepts_image(task):
         raise UserError(f"{label} is a text-to-video model, so it cannot start from --image; pick an I2V model "
                         f"or leave --image out.")
     if not image and task == "i2v":
         raise UserError(f"{label} is an image-to-video model; pass the start image with --image PATH.")
-    first = transformers.get("main", transformers.get("high"))
     vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
-    latent_channels = first.config.out_channels or first.config.in_channels
     if vae.config.z_dim != latent_channels:
         wanted = "the Wan2.2 VAE" if latent_channels == TI2V_LATENT_CHANNELS else "the Wan2.1 VAE"
         raise UserError(f"The VAE in {vae_dir} makes {vae.config.z_dim}-channel latents, but {label} denoises "

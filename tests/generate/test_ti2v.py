@@ -83,3 +83,23 @@ def test_sizes_must_fit_the_16x_vae_and_its_vae_must_be_the_wan22_one(demo_ws, c
     code, _, stderr = cli(*_args(demo_ws, tmp_path), "--prompt", "a", "--vae", demo_ws.vae)
     assert code == 2 and "makes 16-channel latents, but tiny demo TI2V (Wan2.2 5B-shaped) denoises 48" in stderr
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_a_ti2v_file_without_its_kind_finds_the_wan22_vae_and_its_latents_decode(demo_ws, cli, tmp_path):
+    """A checkpoint given by path is known as TI2V by its 48 channels: the workspace's Wan2.2 VAE is taken, and
+    latents saved from it decode with that VAE."""
+    out = tmp_path / "out"
+    dit = demo_ws.demo_ti2v / "transformer.safetensors"
+    code, _, stderr = cli("--workspace", demo_ws.root, "--dit", dit, "--width", SIZE, "--height", SIZE, "--frames", 5,
+                          "--steps", 2, "--guidance_scale", 1.0, "--out_dir", out, "--save_latents", "--prompt", "a",
+                          "--seed", 1)
+    assert code == 0, stderr
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["model"]["task"] == "ti2v"
+    frames = _video(record["outputs"]["video"])
+    decoded = tmp_path / "decoded"
+    code, _, stderr = cli("--workspace", demo_ws.root, "--decode_latents", record["outputs"]["latents"],
+                          "--out_dir", decoded)
+    assert code == 0, stderr
+    again = _video(json.loads(next(decoded.glob("*.json")).read_text())["outputs"]["video"])
+    assert len(again) == len(frames) == 5 and all((a == b).all() for a, b in zip(again, frames))
