@@ -9,7 +9,8 @@
   diffusers cannot load LoHa / LoKr at all); folding multiplies the first factor by the scale.
 - diffusers: `transformer.<diffusers name>.lora_A.weight / lora_B.weight`, scale folded into lora_B because PEFT has
   no per-module alpha in the file; DoRA magnitudes as PEFT's `lora_magnitude_vector` [out] (PEFT divides by the
-  row norm of W + ΔW, as our DoRA does; ComfyUI's merge divides output-axis magnitudes by the norm of W alone).
+  row norm of W + ΔW; files in ComfyUI's convention, which divides by the norm of W alone, are converted on the base
+  given with --base).
 """
 from __future__ import annotations
 
@@ -118,13 +119,20 @@ def _check_paths(src: Path, dst: Path, precision: str | None, overwrite: bool) -
 def in_comfy_convention(lora_file: LoraFile, base: str | Path) -> LoraFile:
     """A DoRA file whose output-axis scales are magnitudes over ||W + ΔW|| rewritten in ComfyUI's convention on the
     base DiT it was trained on (m·||W||/||W + ΔW||), with that base's fingerprint; other files come back unchanged."""
+    return in_dora_convention(lora_file, base, "base_norm")
+
+
+def in_dora_convention(lora_file: LoraFile, base: str | Path, target: str) -> LoraFile:
+    """The file's output-axis DoRA scales rewritten in `target` ("base_norm": ComfyUI's; "merged_norm": the
+    magnitudes PEFT / diffusers read) on the base DiT it was trained on; other files come back unchanged."""
     from backend.adapters.deltas import convert_dora_scale, is_input_axis_scale
     from backend.adapters.dora_base import base_fingerprint
     from backend.adapters.merge import delta_for_module
     from backend.adapters.plain_lora import base_weights_from
     from backend.models.names import lora_key_prefix
 
-    if lora_file.flags.get("dora_convention") != "merged_norm":
+    source = lora_file.flags.get("dora_convention")
+    if source not in ("base_norm", "merged_norm") or source == target:
         return lora_file
     names = [name for name in lora_file.modules
              if "dora_scale" in (parts := lora_file.parts(name)) and not is_input_axis_scale(parts["dora_scale"])]
@@ -135,11 +143,15 @@ def in_comfy_convention(lora_file: LoraFile, base: str | Path) -> LoraFile:
         raw = delta_for_module({k: v for k, v in parts.items() if k != "dora_scale"}, weights[name], 1.0,
                                module_name=name)
         tensors[f"{lora_key_prefix(name)}.dora_scale"] = convert_dora_scale(
-            weights[name], raw, parts["dora_scale"], "merged_norm", "base_norm")
+            weights[name], raw, parts["dora_scale"], source, target)
     metadata = dict(lora_file.metadata)
-    metadata[OURS + "dora_convention"] = "base_norm"
-    metadata[OURS + "dora_base"] = json.dumps(base_fingerprint(weights), sort_keys=True)
-    flags = dict(lora_file.flags, dora_convention="base_norm", dora_base=base_fingerprint(weights))
+    metadata[OURS + "dora_convention"] = target
+    flags = dict(lora_file.flags, dora_convention=target)
+    flags.pop("dora_base", None)
+    metadata.pop(OURS + "dora_base", None)
+    if target == "base_norm":
+        metadata[OURS + "dora_base"] = json.dumps(base_fingerprint(weights), sort_keys=True)
+        flags["dora_base"] = base_fingerprint(weights)
     return replace(lora_file, tensors=tensors, metadata=metadata, flags=flags)
 
 
@@ -152,7 +164,12 @@ def convert_lora(src: str | Path, dst: str | Path, to: str = "musubi", fold_alph
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, precision, overwrite)
     lora_file = load_lora(src)
-    if base is not None:
+    if to == "diffusers" and lora_file.flags.get("dora_convention") == "base_norm":
+        if base is None:  # PEFT's lora_magnitude_vector is m over ||W + ΔW||
+            raise UserError(f"{src.name} holds DoRA scales in ComfyUI's convention, and diffusers (PEFT) reads "
+                            f"magnitudes over ||W + ΔW||; pass the DiT it was trained on with --base to convert them.")
+        lora_file = in_dora_convention(lora_file, base, "merged_norm")
+    elif base is not None:
         lora_file = in_comfy_convention(lora_file, base)
     if to == "musubi":
         tensors = to_musubi(lora_file)

@@ -201,3 +201,22 @@ def test_convert_with_base_rewrites_trainer_scales_in_comfyui_convention(tiny_wa
     assert load_lora(out).flags["dora_convention"] == "base_norm"
     comfy = _file_weights(out, base, 1.0)
     assert max(float((comfy[n] - trained[n]).abs().max()) for n in shapes) < 2e-6
+
+
+def test_diffusers_export_of_a_comfyui_convention_file_needs_the_base(tiny_wan, randomized, tmp_path, capsys):
+    """PEFT reads `lora_magnitude_vector` as m over ||W + ΔW||: the export turns ComfyUI's scale back into m."""
+    from safetensors.torch import save_file
+
+    from backend.__main__ import main
+    from backend.models.names import wan_to_diffusers
+
+    path, dit = tmp_path / "dora.safetensors", tmp_path / "dit.safetensors"
+    network = _trained_dora(tiny_wan, randomized, path)
+    save_file({key: value.contiguous() for key, value in tiny_wan.state_dict().items()}, str(dit))
+    assert main(["convert", str(path), str(tmp_path / "d.safetensors"), "--to", "diffusers"]) == 2
+    assert "pass the DiT it was trained on with --base" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "d.safetensors"), "--to", "diffusers", "--base", str(dit)]) == 0
+    exported = load_file(str(tmp_path / "d.safetensors"))
+    for name, adapter in network.modules_by_name().items():
+        magnitude = exported[f"transformer.{wan_to_diffusers(name)}.lora_magnitude_vector"]
+        torch.testing.assert_close(magnitude, adapter.magnitude.detach().reshape(-1), rtol=1e-5, atol=0)
