@@ -14,7 +14,7 @@ UMT5-XXL's size (24 layers, d_model 4096, 5.7B parameters, bf16; `--text_encoder
 VAE's architecture, both random. Only shapes matter for speed and memory; the video is noise.
 
 Reported: seconds per denoising step (median over the steps after the first; each step is the two guided
-transformer forwards), the first step apart (expert load / warm-up), decode seconds, `torch.cuda.max_memory_allocated`
+transformer forwards; `s_per_transformer_forward` halves it, comparable with bench/bench_generate_step.py's base), the first step apart (expert load / warm-up), decode seconds, `torch.cuda.max_memory_allocated`
 and the process's peak GPU memory from nvidia-smi (CUDA context included), and the memory plan's printed choices.
 """
 from __future__ import annotations
@@ -153,6 +153,9 @@ def generate(args, paths: dict[str, Path]) -> dict:
         "argv": argv, "load_s": round(times["start"][0] - started, 1),
         "first_step_s": round(steps[0], 2),
         "s_per_step": round(statistics.median(steps[1:] or steps), 2),
+        # classifier-free guidance runs the transformer twice a step: this compares with bench_generate_step.py
+        "s_per_transformer_forward": round(statistics.median(steps[1:] or steps)
+                                           / (2 if cli_args.guidance_scale > 1 else 1), 2),
         "decode_and_write_s": round(times["sample"][0] - times["progress"][-1], 1),
         "total_s": round(ended - started, 1),
         "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if DEVICE == "cuda" else None,

@@ -43,6 +43,24 @@ def compute_dtype_for(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+class _ScaledLinear(torch.autograd.Function):
+    """y = x Wᵀ + b with W dequantised from (q, scale) in forward and again in backward: autograd keeps the fp8
+    weight, never a full-precision copy of it (which would undo the saving for every layer awaiting backward)."""
+
+    @staticmethod
+    def forward(ctx, x, q, scale, bias, dtype):
+        ctx.save_for_backward(q, scale)
+        ctx.dtype, ctx.bias_grad = dtype, bias is not None and bias.requires_grad
+        return F.linear(x, dequantize_weight(q, scale, dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, scale = ctx.saved_tensors
+        grad_x = grad.to(ctx.dtype) @ dequantize_weight(q, scale, ctx.dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.flatten(0, -2).sum(0) if ctx.bias_grad else None
+        return grad_x, None, None, grad_bias, None
+
+
 class ScaledFp8Linear(nn.Linear):
     """A Linear whose weight is fp8 + a per-row float32 scale (made by `convert_linear`, never constructed)."""
 
@@ -53,9 +71,8 @@ class ScaledFp8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype_for(x)
-        weight = self.dequantized_weight(dtype)
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), weight, bias)
+        return _ScaledLinear.apply(x.to(dtype), self.weight, self.scale_weight, bias, dtype)
 
 
 def convert_linear(layer: nn.Linear, q: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> nn.Linear:

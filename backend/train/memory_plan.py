@@ -37,8 +37,11 @@ FRAGMENTATION = 0.07
 # and their rotated copies, the attention output and its projection, the cross-attention's q and output, the
 # residual sums (about 28·dim) and the FFN hidden layer before and after GELU with their gradients (about 4·ffn).
 BLOCK_PEAK_DIM_VALUES, BLOCK_PEAK_FFN_VALUES = 28, 4
-# Without checkpointing autograd keeps about this many values per token per block for backward.
-SAVED_DIM_VALUES, SAVED_FFN_VALUES = 20, 2
+# Without checkpointing autograd keeps, per token per block, about: the float32 inputs and outputs of the three
+# norms (~12·dim in bf16 units), the q/k RMS-norm inputs in float32 and their rotated copies (~8·dim), q, k, v and
+# the attention output of both attentions (~6·dim), the Linear inputs and gated outputs (~6·dim), and the GELU's
+# input and output (2·ffn). Erring high here only costs speed (checkpointing on); erring low costs an OOM.
+SAVED_DIM_VALUES, SAVED_FFN_VALUES = 32, 2
 # Inference (no autograd): the hidden state, q / k / v, the attention output and the FFN hidden layer.
 INFER_DIM_VALUES, INFER_FFN_VALUES = 8, 2
 # Block swap keeps this many blocks' weights on the GPU for the copies in flight (double buffering).

@@ -63,6 +63,20 @@ def test_scaled_layers_compute_the_linear_of_the_dequantised_weight_and_keep_ada
     x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(1))
     expected = F.linear(x, layer.weight.to(torch.float32) * layer.scale_weight, layer.bias)
     assert torch.allclose(layer(x), expected, atol=1e-6)
+    # the input gradient is the plain Linear's on the dequantised weight; autograd keeps only the fp8 weight
+    x_grad = x.clone().requires_grad_(True)
+    reference_layer = torch.nn.Linear(layer.in_features, layer.out_features)
+    with torch.no_grad():
+        reference_layer.weight.copy_(effective_weight(layer))
+        reference_layer.bias.copy_(layer.bias)
+    x_ref = x.clone().requires_grad_(True)
+    layer(x_grad).square().sum().backward()
+    reference_layer(x_ref).square().sum().backward()
+    assert torch.allclose(x_grad.grad, x_ref.grad, atol=1e-5)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        layer(x.clone().requires_grad_(True))
+    assert saved and all(t.dtype == FP8 or t.numel() <= layer.out_features for t in saved)
     # adapters hook the same layer objects: a non-zero LoRA changes the output by the same delta as on fp32
     network = AdapterNetwork.create(model, NetworkConfig.from_network_args(4, 4.0, []), "n")
     ref_network = AdapterNetwork.create(reference, NetworkConfig.from_network_args(4, 4.0, []), "n")

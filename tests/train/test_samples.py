@@ -10,6 +10,7 @@ from PIL import Image
 
 from backend.errors import UserError
 from backend.generate.engine import GenerateSession, LoraRequest
+from backend.generate.memory import MemoryOptions
 from backend.generate.pipeline import ModelChoice
 from backend.generate.settings import GenerateSettings
 from backend.jobs.protocol import JobContext
@@ -20,7 +21,8 @@ PROMPTS = "a red ball on grass --w 32 --h 32 --f 1 --s 3 --d 7 --g 1.0\na blue c
 
 def generated_png(workspace, lora_path, multiplier: float) -> np.ndarray:
     session = GenerateSession(ModelChoice(workspace=workspace.root, model="demo-t2v"),
-                              LoraRequest([str(lora_path)], multipliers=[multiplier], hooked=True))
+                              LoraRequest([str(lora_path)], multipliers=[multiplier], hooked=True),
+                              MemoryOptions(dtype="fp32"))  # the demo trained in float32 (mixed_precision no)
     settings = GenerateSettings(prompt="a red ball on grass", width=32, height=32, frames=1, steps=3, seed=7,
                                 guidance_scale=1.0, sampler="unipc", flow_shift=3.0)
     frames = session.decode(session.denoise(settings))
