@@ -13,7 +13,8 @@ backend/models/block_swap.py (the first N blocks swapped, the next block copied 
 one computes); `--impl diffusers` is diffusers' `enable_group_offload` (block level, one block per group,
 use_stream=True), which offloads every block and the rest of the model, so it takes N = the block count.
 `--offload_activations` keeps the checkpointed block inputs in pinned CPU memory (backend/models/activation_offload.py),
-`--fp8` stores the base weights in float8_e4m3fn (diffusers layerwise casting), `--compile` compiles the blocks
+`--fp8` stores the base weights in float8_e4m3fn (diffusers layerwise casting), `--fp8_scaled` the block Linears
+as fp8 with a per-row scale (backend/models/fp8_scaled.py), `--compile` compiles the blocks
 (compile_repeated_blocks, after the swap's hooks are on). `--memory_cap_gb` calls
 torch.cuda.set_per_process_memory_fraction so that the run behaves as on a smaller card.
 
@@ -54,9 +55,11 @@ def build_model(name: str, layers: int | None):
     config = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
     if layers:
         config["num_layers"] = layers
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: a 14B never exists in fp32 (56 GB)
     with torch.device("meta"):
         model = WanTransformer3DModel(**config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    torch.set_default_dtype(torch.float32)
+    model = model.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for tensor in list(model.parameters()) + list(model.buffers()):
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--impl", choices=["ours", "diffusers"], default="ours")
     parser.add_argument("--offload_activations", action="store_true")
     parser.add_argument("--fp8", action="store_true", help="fp8 storage of the base weights (layerwise casting)")
+    parser.add_argument("--fp8_scaled", action="store_true", help="scaled fp8 block Linears (fp8 + per-row scale)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks (compile_repeated_blocks)")
     parser.add_argument("--memory_cap_gb", type=float, default=None)
     parser.add_argument("--steps", type=int, default=3)
@@ -103,6 +107,10 @@ def main() -> None:
             if param.abs().sum() == 0:
                 param.normal_(std=1e-3)
     network.inject()
+    if args.fp8_scaled:
+        from backend.models.fp8_scaled import store_scaled_fp8
+
+        store_scaled_fp8(model, device if cuda else None)
     if args.fp8:
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     enable_block_swap(model, args.blocks_to_swap, device, impl=args.impl)
@@ -138,7 +146,8 @@ def main() -> None:
 
     result = {"model": args.model, "layers": config["num_layers"], "impl": args.impl,
               "blocks_to_swap": args.blocks_to_swap, "offload_activations": args.offload_activations,
-              "fp8": args.fp8, "compile": args.compile, "memory_cap_gb": args.memory_cap_gb, "tokens": tokens,
+              "fp8": args.fp8, "fp8_scaled": args.fp8_scaled,
+              "compile": args.compile, "memory_cap_gb": args.memory_cap_gb, "tokens": tokens,
               "rank": args.rank,
               "device": torch.cuda.get_device_name(device) if cuda else "cpu", "build_s": round(build_s, 1)}
     losses, times = [], []
