@@ -19,6 +19,7 @@ from typing import Sequence
 from backend.adapters.formats import LoraFile, load_lora
 from backend.errors import UserError
 from backend.loraid.file_coverage import modules_from_canonical_keys, read_lora_header
+from backend.train.debris import is_debris
 
 EMA_KEY = "loraid_studio.ema"
 _LORA_WORDS = ("lora_down", "lora_up", "lora_A", "lora_B", "hada_w", "lokr_w")
@@ -54,7 +55,7 @@ def _candidates(inputs: Sequence[str | Path], exclude: Path | None) -> list[tupl
     found: list[tuple[Path, bool]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += [(path, False) for path in sorted(item.rglob("*.safetensors"))]
+            found += [(path, False) for path in sorted(item.rglob("*.safetensors")) if not is_debris(path)]
         elif item.is_file():
             found.append((item, True))
         else:

@@ -91,7 +91,7 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
         if busy:
             raise UserError(f"LORAID {allocation.loraid} is being trained right now by the run writing {busy[0]}; "
                             "pick a free ID, or wait for that run to end.")
-    for line in clean_debris(folder):
+    for line in clean_debris(folder, s.output_name):
         log(f"note: {line}")
     with Reservation(folder, s.output_name, allocation):
         return _train(settings, workspace, ctx, log)

@@ -101,6 +101,9 @@ def save_training_state(folder: Path, *, optimizer, scheduler, step: int, epoch:
 def load_training_state(folder: Path, *, optimizer, scheduler, generators: dict[str, torch.Generator],
                         fingerprint: dict) -> dict:
     folder = Path(folder)
+    if folder.name.endswith((".tmp", ".old")):
+        raise UserError(f"{folder.name} is a state folder left by an interrupted save; resume from the folder of the "
+                        f"same name without {folder.suffix}.")
     if not (folder / "state.json").is_file() or not (folder / "state.safetensors").is_file():
         raise UserError(f"{folder} is not a training state folder (state.json + state.safetensors); "
                         "pass a *-state folder written with save_state.")
