@@ -206,7 +206,9 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
     result = process
     wall = time.perf_counter() - start
     sampler.running = False
-    events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines() if line.strip()]
+    events_file = job / "events.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()] \
+        if events_file.exists() else []
     if result.returncode != 0:
         errors = [e.get("message") for e in events if e["event"] == "error"]
         raise SystemExit(f"trainer failed (exit {result.returncode}): {errors}")

@@ -127,17 +127,17 @@ def plan_memory(options: MemoryOptions, config: dict, experts: int, size: tuple[
     decision; the user's own options otherwise. memory_limit_gb caps PyTorch's allocator either way."""
     from dataclasses import replace
 
-    from backend.train.memory_plan import (GenerateRun, allocator_fraction, budget_bytes, describe_choice, gib,
+    from backend.train.memory_plan import (GenerateRun, budget_bytes, describe_choice, gib,
                                            plan_generation, shape_from_config, tokens_for)
 
     if not torch.cuda.is_available():
         if options.memory == "auto":
             log("memory=auto: generating on the CPU, nothing to plan")
         return options
+    from backend.train.memory import limit_memory
+
     device = torch.device("cuda")
-    if options.memory_limit_gb:
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(allocator_fraction(options.memory_limit_gb, total), device)
+    limit_memory(options.memory_limit_gb, device)
     if options.memory == "manual":
         return options
     frames, height, width = size

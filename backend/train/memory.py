@@ -85,17 +85,19 @@ def largest_bucket_tokens(dataset, spatial: int = 16) -> int:
                 for (index, width, height, frames) in dataset.buckets()), default=0)
 
 
-def limit_memory(settings, device) -> None:
-    """Make memory_limit_gb real: cap PyTorch's allocator on this GPU (the CUDA context is the rest of the card)."""
-    if settings.memory_limit_gb and device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(allocator_fraction(settings.memory_limit_gb, total), device)
+def limit_memory(limit_gb: float | None, device) -> None:
+    """Make a memory limit real: cap PyTorch's allocator on this GPU (the CUDA context is the rest of the card)."""
+    device = torch.device(device)
+    if limit_gb and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(allocator_fraction(limit_gb, total), index)
 
 
 def plan_memory(settings, kind, experts: int, dataset, device, log=print):
     """The settings with memory=auto's choices in PLANNED (logged, one line per decision); unchanged for manual or
     on a CPU. Refuses with one sentence when nothing fits."""
-    limit_memory(settings, device)
+    limit_memory(settings.memory_limit_gb, device)
     if settings.memory == "manual":
         log("memory=manual: using gradient_checkpointing / fp8 / offload_activations / blocks_to_swap as set")
         return settings

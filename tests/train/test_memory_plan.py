@@ -180,8 +180,14 @@ def test_auto_on_a_gpu_applies_the_plan_and_refuses_with_one_sentence(demo_setti
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79 * GIB, 80 * GIB))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: type("P", (), {"total_memory": 80 * GIB})())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     fractions = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: fractions.append(f))
+
+    def set_fraction(fraction, device=None):  # as torch's: the device must name its index
+        assert isinstance(device, int) or getattr(device, "index", None) is not None, device
+        fractions.append(fraction)
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     kind = get_model_kind("wan2.1-t2v-14b")
     lines = []
     settings = demo_settings.with_overrides({"memory_limit_gb": 24, "fp8_base": True})
