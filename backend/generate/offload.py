@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 CHAIN = ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae")
-_HOOKS = "_loraid_offload_hooks"
+_HOOK = "_loraid_offload_hook"  # on each hooked part: its accelerate hook (pipelines sharing parts share them)
 
 
 def offload_idle_parts(pipeline, device: torch.device | str) -> list:
@@ -26,16 +26,21 @@ def offload_idle_parts(pipeline, device: torch.device | str) -> list:
         if not isinstance(module, torch.nn.Module):
             continue
         _, previous = cpu_offload_with_hook(module, torch.device(device), prev_module_hook=previous)
+        module.__dict__[_HOOK] = previous
         hooks.append(previous)
-    setattr(pipeline, _HOOKS, hooks)
     return hooks
+
+
+def offload_hooks(pipeline) -> list:
+    parts = (getattr(pipeline, name, None) for name in CHAIN)
+    return [part.__dict__[_HOOK] for part in parts if isinstance(part, torch.nn.Module) and _HOOK in part.__dict__]
 
 
 def offload_all(pipeline) -> None:
     """Every hooked part back to the CPU (after a prompt's decode, before the next prompt's encoding)."""
-    for hook in getattr(pipeline, _HOOKS, ()):
+    for hook in offload_hooks(pipeline):
         hook.offload()
 
 
 def is_offloaded(pipeline) -> bool:
-    return bool(getattr(pipeline, _HOOKS, None))
+    return bool(offload_hooks(pipeline))
