@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ema": ("backend.compose.ema_cli", "post-hoc EMA of a run's LoRA checkpoints (power EMA by real steps)"),
     "share": ("backend.compose.share_cli", "blend LoRAs only inside the modules they share (LORAID-safe)"),
     "moe": ("backend.moe.cli", "LoRA-MoE: merge stage 1 into the DiT files, train experts + router, export one expert"),
+    "slices": ("backend.train.slices", "train LORAID slices side by side (one process per GPU), then merge them"),
     "generate": ("backend.generate.cli", "generate videos / images on Wan models with LoRAs and LORAIDs"),
 }
 

@@ -18,7 +18,8 @@ from backend.models.registry import MODEL_KINDS
 from backend.train.settings import TrainSettings
 from backend.workspace import Workspace
 
-GROUP_ORDER = ["Model", "Dataset", "Network", "Optimizer", "Training", "Memory", "Saving", "Sampling", "Logging"]
+GROUP_ORDER = ["Model", "Dataset", "Network", "Optimizer", "Training", "Memory", "Saving", "Sampling", "Logging",
+               "Distributed"]
 OWN_WIDGETS = ("network_args", "loraid")  # built by ui/train_network.py
 FIELDS = TrainSettings.field_info()
 

@@ -206,7 +206,7 @@ class TrainPanel:
             return {"run:message": report_error(exc)}
         musubi = musubi_command(settings, self.ctx.workspace)
         notes = "\n".join(f"- {note}" for note in musubi.notes)
-        return {"command:ours": shown_command("run.toml", self.ctx.workspace, processes),
+        return {"command:ours": shown_command("run.toml", self.ctx.workspace, processes, settings),
                 "command:toml": run_toml(settings), "command:musubi": musubi.text(),
                 "command:notes": f"Start saves the TOML as `runs/<time>-{settings.output_name}.toml` in the "
                                  f"workspace.\n\nmusubi-tuner notes:\n{notes}" if notes else "",

@@ -187,7 +187,8 @@ class RunPanel:
     # --- actions -----------------------------------------------------------------------------------------------
     def submit(self, settings: TrainSettings, num_processes: int) -> Job:
         config = write_run_config(settings, self.ctx.workspace)
-        return self.ctx.jobs.submit(train_argv(config, self.ctx.workspace, num_processes), kind=TRAIN_KIND,
+        return self.ctx.jobs.submit(train_argv(config, self.ctx.workspace, num_processes, settings=settings),
+                                    kind=TRAIN_KIND,
                                     title=train_title(settings), settings=settings.model_dump(mode="json"))
 
     def stop(self, session: RunSession) -> str:

@@ -5,6 +5,11 @@ app restarted, sees every job as it is. Changes are made under a lock file, so t
 never start the same queued job or exceed the concurrency limit. Queued jobs start when a manager refreshes
 (on submit, on the app's timer, at app start) and when a running job ends: its supervisor starts the next one,
 so a queue keeps moving while no page is open or the app is closed.
+
+Two kinds of queueing: an unpinned job counts against `max_concurrent`; a job pinned to a device slot (`device`,
+e.g. GPU "1", its command run with CUDA_VISIBLE_DEVICES=1) runs only when no other active job holds that slot and
+is not counted against the limit, so K jobs pinned to K GPUs run side by side (the parallel LORAID slices). A job
+with `after` starts once every listed job has succeeded, and is cancelled (with the reason) when one did not.
 """
 from __future__ import annotations
 
@@ -59,9 +64,14 @@ class JobManager:
     # --- submitting -------------------------------------------------------------------------------------------
 
     def submit(self, argv: list[str], *, kind: str, title: str, settings: dict | None = None,
-               env: dict[str, str] | None = None, cwd: Path | None = None) -> Job:
-        """Queue a command as a new job; it starts at once when a slot is free, else when one frees up."""
+               env: dict[str, str] | None = None, cwd: Path | None = None, device: str = "",
+               after: list[str] | None = None) -> Job:
+        """Queue a command as a new job; it starts at once when a slot is free, else when one frees up. `device`
+        pins it to a device slot (one job per slot at a time); `after` lists jobs that must succeed first."""
         argv, env, cwd_text = _checked_command(argv, env, cwd)
+        after = [str(job_id) for job_id in (after or [])]
+        for job_id in after:
+            self._job_dir(job_id)  # refuses an unknown id with a sentence
         settings = dict(settings or {})
         try:
             json.dumps(settings)
@@ -71,7 +81,7 @@ class JobManager:
             job_dir, job_id = self._new_job_dir()
             job = Job(id=job_id, kind=str(kind), title=str(title), argv=argv, settings=settings, status="queued",
                       created=time.time(), started=None, ended=None, returncode=None, dir=job_dir, pid=None,
-                      error=None, env=env, cwd=cwd_text)
+                      error=None, env=env, cwd=cwd_text, device=str(device), after=after)
             save_job(job)
             self._refresh_locked()
             return load_job(job_dir)
@@ -80,7 +90,7 @@ class JobManager:
         """Submit the same command, settings, environment overrides and working folder again, as a new job."""
         job = self.get(job_id)
         return self.submit(job.argv, kind=job.kind, title=job.title, settings=job.settings, env=job.env,
-                           cwd=Path(job.cwd) if job.cwd else None)
+                           cwd=Path(job.cwd) if job.cwd else None, device=job.device)
 
     # --- reading ----------------------------------------------------------------------------------------------
 
@@ -198,12 +208,26 @@ class JobManager:
             if process.poll() is not None:
                 del self._supervisors[job_id]
         jobs = [self._reconcile(job) for job in self._scan()]
-        active = sum(job.is_active for job in jobs)
+        by_id = {job.id: job for job in jobs}
+        active = sum(job.is_active and not job.device for job in jobs)
+        held = {job.device for job in jobs if job.is_active and job.device}
         for job in self._in_start_order([j for j in jobs if j.status == "queued"]):
-            if active >= self.max_concurrent:
-                break
-            self._launch(job)
-            active += job.is_active
+            blocked = _unmet(job, by_id)
+            if blocked is None:
+                continue
+            if blocked:
+                job.error = blocked
+                self._cancel_locked(job)
+                continue
+            if job.device:
+                if job.device not in held:
+                    self._launch(job)
+                    if job.is_active:
+                        held.add(job.device)
+                continue
+            if active < self.max_concurrent:
+                self._launch(job)
+                active += job.is_active
         for job in jobs:
             if job.is_finished:
                 self._finished[job.id] = job
@@ -288,6 +312,19 @@ class JobManager:
         job.status, job.ended = "cancelled", time.time()
         save_job(job)
         return job
+
+
+def _unmet(job: Job, by_id: dict[str, Job]) -> str | None:
+    """"" when the job may start, None while a job it waits for is unfinished, else why it never will."""
+    for job_id in job.after:
+        other = by_id.get(job_id)
+        if other is None:
+            return f"Job {job.id} waited for job {job_id}, which no longer exists; it was not run."
+        if not other.is_finished:
+            return None
+        if other.status != "succeeded":
+            return f"Job {job.id} waited for job {job_id} ({other.title}), which {other.status}; it was not run."
+    return ""
 
 
 def _recorded_limit(jobs_dir: Path) -> int | None:

@@ -25,6 +25,7 @@ Event vocabulary (extra fields are allowed; the UI reads these names):
     progress    {step: int, total: int}                      a progress bar's position
     step        {step: int, loss: float, lr: float, ...}     one optimisation step's numbers
     epoch       {epoch: int, ...}                            an epoch ended
+    timing      {first_step_s: float, compile: bool}         the first step's time (compilation, warm-up)
     checkpoint  {path: str, step?: int}                      a file was saved
     sample      {path: str, step?: int, prompt?: str}        a sample image/video was written
     warning     {message: str}                               something the user should know, work goes on

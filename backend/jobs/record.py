@@ -50,6 +50,8 @@ class Job:
     cwd: str = ""
     pid_create_time: float | None = None
     outcome: str | None = None          # a stopped run's last word: "stopped, saved at step N" / "nothing saved"
+    device: str = ""                    # the GPU slot a pinned job holds alone ("" = not pinned; see manager.py)
+    after: list[str] = field(default_factory=list)  # job ids that must succeed before this job starts
 
     @property
     def is_finished(self) -> bool:

@@ -33,7 +33,7 @@ MUSUBI_TASKS = {"wan2.1-t2v-1.3b": "t2v-1.3B", "wan2.1-t2v-14b": "t2v-14B", "wan
                 "demo-t2v": "t2v-1.3B", "demo-a14b": "t2v-A14B", "demo-ti2v": "ti2v-5B"}
 MUSUBI_OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "adafactor": "adafactor",
                      "prodigy": "prodigyopt.Prodigy"}
-MUSUBI_ATTENTION = {"sdpa": "--sdpa", "flash": "--flash_attn", "sage": "--sage_attn"}
+MUSUBI_ATTENTION = {"auto": "--sdpa", "sdpa": "--sdpa", "flash": "--flash_attn", "sage": "--sage_attn"}
 SAME_NAME_OPTIONS = ("learning_rate", "max_grad_norm", "gradient_accumulation_steps", "lr_scheduler",
                      "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "network_dim",
                      "network_alpha", "seed", "timestep_sampling", "discrete_flow_shift", "sigmoid_scale",
@@ -64,19 +64,41 @@ def write_run_config(settings, workspace: Workspace, now: float | None = None) -
     return path
 
 
-def train_argv(config: Path, workspace: Workspace, num_processes: int = 1, python: str = sys.executable) -> list[str]:
-    """The job's command (a list, never a shell string)."""
+FSDP_ARGS = ("--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+             "--fsdp_transformer_layer_cls_to_wrap", "WanTransformerBlock", "--fsdp_use_orig_params", "true",
+             "--fsdp_sync_module_states", "true", "--fsdp_state_dict_type", "FULL_STATE_DICT")
+
+
+def launch_args(settings, num_processes: int) -> list[str]:
+    """accelerate launch options: processes per machine × machines (accelerate counts them all), this machine's
+    place, and DDP (`--multi_gpu`) or FSDP. Empty for a single process on a single machine."""
+    machines = settings.num_machines if settings is not None else 1
+    if num_processes <= 1 and machines <= 1:
+        return []
+    args = ["--num_processes", str(num_processes * machines), "--num_machines", str(machines)]
+    if machines > 1:
+        args += ["--machine_rank", str(settings.machine_rank), "--main_process_ip", settings.main_process_ip,
+                 "--main_process_port", str(settings.main_process_port)]
+    if settings is not None and settings.distributed == "fsdp":
+        return args + list(FSDP_ARGS)
+    return args + ["--multi_gpu"]
+
+
+def train_argv(config: Path, workspace: Workspace, num_processes: int = 1, python: str = sys.executable,
+               settings=None) -> list[str]:
+    """The job's command (a list, never a shell string); `settings` adds its machines and DDP / FSDP choice."""
     tail = ["-m", "backend.train", "--config", str(config), "--workspace", str(workspace.root)]
-    if num_processes <= 1:
+    extra = launch_args(settings, num_processes)
+    if not extra:
         return [python, *tail]
-    return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--multi_gpu", *tail]
+    return [python, "-m", "accelerate.commands.launch", *extra, *tail]
 
 
-def shown_command(config: Path | str, workspace: Workspace, num_processes: int = 1) -> str:
+def shown_command(config: Path | str, workspace: Workspace, num_processes: int = 1, settings=None) -> str:
     """What a user types in a terminal for the same run."""
-    extra = ["--multi_gpu"] if num_processes > 1 else []
-    return shlex.join(["accelerate", "launch", "--num_processes", str(num_processes), *extra, "-m", "backend.train",
-                       "--config", str(config), "--workspace", str(workspace.root)])
+    extra = launch_args(settings, num_processes) or ["--num_processes", str(num_processes)]
+    return shlex.join(["accelerate", "launch", *extra, "-m", "backend.train", "--config", str(config),
+                       "--workspace", str(workspace.root)])
 
 
 @dataclass
@@ -172,7 +194,7 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
         if getattr(s, name):
             argv += [f"--{name}", getattr(s, name)]
     argv += ["--output_dir", s.output_dir or (str(workspace.loras) if workspace else "<output folder>")]
-    if s.compile:
+    if s.compile == "on":
         notes.append("compile (torch.compile of the blocks) has no musubi-tuner flag here; it is left out.")
     if s.save_precision != "fp32":
         notes.append(f"save_precision={s.save_precision}: musubi-tuner saves in its own dtype; convert afterwards.")

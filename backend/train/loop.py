@@ -9,12 +9,19 @@ alternate between the high- and low-noise expert, each with t inside its own ran
 Wan2.2 TI2V-5B with ti2v_mode=i2v: latent frame 0 stays clean (timestep 0 on its tokens) and the loss covers
 the noised frames only (backend/train/ti2v.py).
 
-accelerate is a thin wrap: it places the adapters (DDP across processes), scales the loss for accumulation and
-syncs gradients. Each process reads its own batches (every num_processes-th), so the effective batch is
-batch_size × gradient_accumulation_steps × num_processes. The stop flag is checked at every step boundary and
-between micro-batches (a partial step is dropped): the run then saves a checkpoint of its last finished step (and
-state), emits end{status: stopped, saved_step} and returns; the job runner waits as long as the run said a step and
-a save take (backend/train/guards.py). Non-finite losses never reach a saved file (FiniteLoss).
+accelerate is a thin wrap: it places the adapters (DDP across processes), scales the loss for accumulation, syncs
+gradients and shards the DataLoader (backend/train/data_loading.py): process r of N reads batches r, r+N, ... of
+the one batch order, so the effective batch is batch_size × gradient_accumulation_steps × num_processes and the
+learning rate is not rescaled (the gradient is the mean over the effective batch). Every micro-batch's random draws
+are seeded from its position in that order, so N processes train what one process with N× the accumulation trains.
+
+The host waits for the device only every log_every_n_steps (the losses since the last log are reduced and read
+in one go) and at checkpoints / samples. The stop flag is checked at every step boundary and
+between micro-batches (one process: a file check, no device sync; several: agreed by one all-reduce at each log
+interval; a partial step is dropped): the run then saves a checkpoint of its last finished step (and state), emits
+end{status: stopped, saved_step} and returns; the job runner waits as long as the run said a step and a save take
+(backend/train/guards.py). Non-finite losses never reach a saved file (FiniteLoss). The first step is timed apart from the rest (it includes
+torch.compile's compilation when compile is on).
 """
 from __future__ import annotations
 
@@ -30,7 +37,8 @@ from backend.errors import UserError
 from backend.jobs.protocol import JobContext
 from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.registry import get_model_kind
-from backend.train.memory import apply_memory_settings, plan_memory
+from backend.train.data_loading import advance, seed_micro_batch, training_loader
+from backend.train.memory import apply_memory_settings, plan_memory, resolve_compile
 from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_allocation, network_args_for
 from backend.train.debris import clean_debris
 from backend.train.guards import FiniteLoss, StopTiming
@@ -60,7 +68,7 @@ def flow_matching_loss(denoiser, batch: dict, sampler: TimestepSampler, generato
                        device) -> torch.Tensor:
     x0 = batch["latents"].to(device, torch.float32)
     text = batch["text_embeds"].to(device, torch.float32)
-    noise = torch.randn(x0.shape, generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(device)
     t = sampler.sample(x0.shape[0], generator).to(device)
     x_t = add_noise(x0, noise, t)
     timestep, noised = t, slice(None)
@@ -98,7 +106,7 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
 
 
 def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None = None, log=print) -> str:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
     ctx = ctx or JobContext.from_env()
     s = resolve_settings(settings, workspace)
@@ -114,7 +122,8 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     registry = LoraidRegistry.for_workspace(workspace) if workspace is not None else None
     ddp = DistributedDataParallelKwargs(find_unused_parameters=len(plan.experts) > 1)
     accelerator = Accelerator(mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.gradient_accumulation_steps,
-                              kwargs_handlers=[ddp], cpu=not torch.cuda.is_available())
+                              kwargs_handlers=[ddp], cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
     main = accelerator.is_main_process
     say = log if main else (lambda *_: None)
     stop_flag = ctx  # every process sees the job's stop flag; events come from the main process only
@@ -145,8 +154,8 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     torch.manual_seed(s.seed)  # adapter initialisation
     dits = {label: dit_path(s, kind, expert, workspace) for label, expert in zip(plan.labels, plan.experts)}
     models, networks = build_networks(s, kind, plan, dits, DTYPES[s.mixed_precision], network_args)
-    for model in models.values():
-        apply_memory_settings(model, s, accelerator.device)
+    for label, model in models.items():
+        apply_memory_settings(model, s, accelerator.device, say if label == plan.labels[0] else (lambda *_: None))
     denoiser = Denoiser(models, networks, plan)
     groups = [group for network in networks.values() for group in network.optimizer_param_groups(s.learning_rate)]
     optimizer = build_optimizer(s.optimizer_type, groups, s.learning_rate, s.weight_decay)
@@ -159,14 +168,12 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
     # Wan2.2 A14B with both experts: steps alternate high / low, each drawing t inside its own expert's range.
     samplers = [timestep_sampler(s, plan, expert) for expert in plan.experts]
-    generator = torch.Generator().manual_seed(s.seed + rank)
     saver = Saver(s, output_folder(s, workspace), networks, network_args, allocation, registry)
     samples = TrainingSamples(s, workspace, models, plan.boundary, saver.folder, ctx.emit, say)
 
     step, position = 0, DataPosition()
     if s.resume:
-        doc = restore(Path(s.resume), s, networks, optimizer=raw_optimizer, scheduler=scheduler,
-                      generators={"noise": generator})
+        doc = restore(Path(s.resume), s, networks, optimizer=raw_optimizer, scheduler=scheduler, generators={})
         step, position = int(doc["step"]), DataPosition.from_dict(doc["data_position"])
         say(f"resumed from {s.resume} at step {step} (epoch {position.epoch}, batch {position.index})")
     epoch = position.epoch
@@ -178,6 +185,9 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
         f"epoch; effective batch {batch_size} x {s.gradient_accumulation_steps} accumulation x {world} processes = "
         f"{batch_size * s.gradient_accumulation_steps * world}; {total_steps} steps on {accelerator.device} "
         f"(mixed precision: {s.mixed_precision})")
+    say(f"learning rate {s.learning_rate:g} as set, not scaled by the process count: each step's gradient is the mean "
+        f"over the effective batch of {batch_size * s.gradient_accumulation_steps * world} samples (for the "
+        f"per-sample update of one process, scale it yourself, e.g. linearly with the number of processes)")
     ctx.emit("start", total=total_steps, step=step, model_kind=s.model_kind, experts=plan.labels,
              effective_batch=batch_size * s.gradient_accumulation_steps * world, num_processes=world,
              loraid=s.loraid, output_dir=str(saver.folder), output_name=s.output_name)
@@ -193,8 +203,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                 say(f"saved {path}")
             if s.save_state:
                 folder = saver.save_state(stem, optimizer=raw_optimizer, scheduler=scheduler, step=step,
-                                          epoch=epoch, data_position=position.to_dict(),
-                                          generators={"noise": generator})
+                                          epoch=epoch, data_position=position.to_dict(), generators={})
                 ctx.emit("checkpoint", path=str(folder), step=step, kind="state")
         accelerator.wait_for_everyone()
         timing.save_done(time.perf_counter() - started)
@@ -206,30 +215,32 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
         accelerator.wait_for_everyone()
 
     # ---- loop -------------------------------------------------------------------------------------------------
-    batches = dataset.iterate(position)
+    loader = accelerator.prepare(training_loader(dataset, position, s.max_data_loader_n_workers,
+                                                 pin_memory=accelerator.device.type == "cuda"))
+    batches = iter(loader)
     timing, finite = StopTiming(ctx), FiniteLoss(s.nonfinite_loss, accelerator, s.learning_rate)
     progress = Progress(ctx, total_steps, step, say, s.logging_dir if main else "")
     denoiser.train()
     status, first_step, skip_step = "succeeded", step, False
+    pending: list[torch.Tensor] = []  # each step's mean loss on the device, read at the next log interval
+    first_step_started = time.perf_counter()
     while step < total_steps:
-        if _stop_requested(stop_flag, accelerator):
+        at_log = step % s.log_every_n_steps == 0
+        if _stop_requested(stop_flag, accelerator, at_log):
             status = "stopped"
             break
         started = time.perf_counter()
         sampler = samplers[step % len(samplers)]
-        losses, skip_step = [], False
+        step_loss, finite_micro, skip_step = None, 0, False
         for micro in range(s.gradient_accumulation_steps):
-            if micro and _stop_requested(stop_flag, accelerator):  # between micro-batches: drop the partial step
+            if micro and _stop_requested(stop_flag, accelerator, at_log):  # between micro-batches: drop the partial step
                 status = "stopped"
                 break
-            mine = None
-            for index in range(world):  # every process walks the same order and takes its own share
-                current, batch = next(batches)
-                position = dataset.next_position(current)
-                if index == rank:
-                    mine = batch
+            batch = next(batches)
+            generator = seed_micro_batch(s.seed, advance(dataset, position, micro * world + rank),
+                                         accelerator.device)
             with accelerator.accumulate(denoiser):
-                loss = flow_matching_loss(denoiser, mine, sampler, generator, s, accelerator.device)
+                loss = flow_matching_loss(denoiser, batch, sampler, generator, s, accelerator.device)
                 skip_step = not finite.observe(loss) or skip_step
                 if not skip_step:
                     accelerator.backward(loss)
@@ -238,7 +249,8 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             if not skip_step:
-                losses.append(accelerator.reduce(loss.detach(), "mean").item())
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+                finite_micro += 1
         if status == "stopped":
             optimizer.zero_grad(set_to_none=True)
             break
@@ -246,10 +258,17 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
             finite.skipped += 1
             ctx.emit("warning", message=f"step {step + 1} skipped: non-finite loss ({finite.skipped} skipped so far)")
             say(f"warning: step {step + 1} skipped: non-finite loss ({finite.skipped} skipped so far)")
+        position = advance(dataset, position, s.gradient_accumulation_steps * world)
+        pending.append(step_loss / finite_micro if finite_micro else torch.full((), float("nan"),
+                                                                                device=accelerator.device))
         scheduler.step()
         step += 1
-        progress.step(step, sum(losses) / len(losses) if losses else float("nan"), scheduler.get_last_lr()[0], epoch,
-                      s.log_every_n_steps)
+        if step == progress.start + 1:
+            progress.first_step(_synchronized_seconds(first_step_started, accelerator), resolve_compile(s)[0])
+        if step % s.log_every_n_steps == 0 or step == total_steps:
+            losses = accelerator.reduce(torch.stack(pending), "mean").tolist()  # the one host sync of the interval
+            pending.clear()
+            progress.report(step, losses, scheduler.get_last_lr()[0], epoch)
         timing.step_done(time.perf_counter() - started)
         if step % s.log_every_n_steps == 0:
             finite.check(step)
@@ -269,6 +288,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
             checkpoint(checkpoint_stem(s.output_name, step=step))
             if main:
                 saver.prune("step")
+    del batches  # ends the loader's worker processes
 
     # ---- final save -------------------------------------------------------------------------------------------
     progress.close()
@@ -288,11 +308,20 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     return status
 
 
-def _stop_requested(stop_flag: JobContext, accelerator) -> bool:
-    """The stop flag, agreed on by all processes (any one seeing it stops them all at the same step)."""
+def _stop_requested(stop_flag: JobContext, accelerator, at_log_interval: bool) -> bool:
+    """The stop flag, agreed on by all processes (any one seeing it stops them all at the same step). One process
+    reads the flag at every step (a file check, no device sync); several agree by an all-reduce at log intervals."""
+    seen = stop_flag.stop_requested()
     if accelerator.num_processes == 1:
-        return stop_flag.stop_requested()
-    seen = torch.tensor([1.0 if stop_flag.stop_requested() else 0.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        seen = accelerator.reduce(seen, "sum")
-    return bool(seen.item() > 0)
+        return seen
+    if not at_log_interval:
+        return False
+    flag = torch.tensor([1.0 if seen else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item() > 0)
+
+
+def _synchronized_seconds(started: float, accelerator) -> float:
+    """Seconds since `started` once the device has finished its queued work."""
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)
+    return time.perf_counter() - started

@@ -8,6 +8,13 @@ dispatcher (sdpa = PyTorch's own; flash / sage need their packages). compile: `t
 transformer blocks. blocks_to_swap: the first N blocks' base weights live in CPU memory and are copied to the GPU
 ahead of use (backend/models/block_swap.py); offload_activations: the block inputs gradient checkpointing keeps wait
 in CPU memory until backward (backend/models/activation_offload.py). Both need gradient checkpointing.
+
+The `auto` choices (the defaults):
+- compile: on when CUDA is available and triton is importable (torch.compile's GPU code generator), else off.
+- attn_mode: on CUDA the first installed entry of `AUTO_ATTENTION` (fastest first, by `bench/bench_speed_paths.py`
+  on the Wan bench shape; re-run it on new hardware and reorder): FlashAttention 3 (Hopper), FlashAttention 2,
+  SDPA's cuDNN kernel on compute capability 9.0+, then SDPA as PyTorch dispatches it. Sage is not a candidate for
+  training: its kernels have no backward pass (it stays selectable for generation). Off CUDA: SDPA.
 """
 from __future__ import annotations
 
@@ -58,9 +65,43 @@ def check_offload_settings(settings, num_blocks: int, label: str) -> None:
                         "checkpointing is off; turn gradient_checkpointing on or offload_activations off.")
 
 
-def apply_memory_settings(model, settings, device=None) -> None:
+# (diffusers backend name, the module it needs, the least CUDA compute capability), fastest first.
+AUTO_ATTENTION = (("_flash_3", "flash_attn_interface", (9, 0)), ("flash", "flash_attn", (8, 0)),
+                  ("_native_cudnn", None, (9, 0)))
+
+
+def installed(module: str | None) -> bool:
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def resolve_compile(settings) -> tuple[bool, str]:
+    """(compile?, why) for the log."""
+    if settings.compile != "auto":
+        return settings.compile == "on", f"compile={settings.compile}"
+    if not torch.cuda.is_available():
+        return False, "auto: no CUDA device"
+    if not installed("triton"):
+        return False, "auto: triton is not installed"
+    return True, "auto: CUDA with triton; compile=off turns it off"
+
+
+def resolve_attention(settings) -> tuple[str | None, str]:
+    """(diffusers attention backend or None for PyTorch's SDPA dispatch, why) for the log."""
+    if settings.attn_mode != "auto":
+        return (None if settings.attn_mode == "sdpa" else settings.attn_mode), f"attn_mode={settings.attn_mode}"
+    if not torch.cuda.is_available():
+        return None, "auto: SDPA (no CUDA device)"
+    capability = torch.cuda.get_device_capability()
+    for backend, module, least in AUTO_ATTENTION:
+        if capability >= least and installed(module):
+            return backend, f"auto: {backend}, the fastest installed for compute capability {capability[0]}." \
+                            f"{capability[1]} (backend/train/memory.py AUTO_ATTENTION)"
+    return None, "auto: SDPA"
+
+
+def apply_memory_settings(model, settings, device=None, log=lambda *_: None) -> None:
     """Call after the network is injected: fp8 storage, block swap, then the move to `device` (default: where the
-    model is), and the rest."""
+    model is), and the rest; the attention and compile choices are logged."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if settings.fp8_base:
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
@@ -69,10 +110,14 @@ def apply_memory_settings(model, settings, device=None) -> None:
     model.to(device)  # the swapped blocks stay in CPU memory
     if settings.offload_activations:
         offload_activations(model, device)
-    if settings.attn_mode != "sdpa":
-        model.set_attention_backend(settings.attn_mode)
-    if settings.compile:
+    backend, why = resolve_attention(settings)
+    if backend is not None:
+        model.set_attention_backend(backend)
+    log(f"attention: {backend or 'sdpa'} ({why})")
+    compile_blocks, why = resolve_compile(settings)
+    if compile_blocks:
         model.compile_repeated_blocks()
+    log(f"torch.compile of the blocks: {'on' if compile_blocks else 'off'} ({why})")
 
 
 PLANNED = ("gradient_checkpointing", "fp8_base", "fp8_scaled", "offload_activations", "blocks_to_swap")

@@ -1,4 +1,4 @@
-"""What a run tells the user each step: a tqdm-style log line, a `step` event, TensorBoard scalars when installed."""
+"""What a run tells the user at each log interval: a tqdm-style line, a `step` event, TensorBoard scalars."""
 from __future__ import annotations
 
 import time
@@ -13,19 +13,31 @@ def vram_bytes() -> int | None:
 
 
 class Progress:
+    """Reports at log intervals. The first step (torch.compile's compilation and other warm-up) is timed and reported
+    on its own (`timing` event, a log line); it/s and the ETA count the steps after it."""
+
     def __init__(self, ctx, total_steps: int, start_step: int, log=print, logging_dir: str = "",
                  window: int = 20) -> None:
         self.ctx, self.total, self.start, self.log = ctx, total_steps, start_step, log
         self.started = time.perf_counter()
+        self.timed_from = start_step  # steps before this one are not in it/s
         self.losses: deque[float] = deque(maxlen=window)
         self.writer = _tensorboard(logging_dir, log)
 
-    def step(self, step: int, loss: float, lr: float, epoch: int, every: int) -> None:
-        self.losses.append(loss)
-        if step % every and step != self.total:
-            return
+    def first_step(self, seconds: float, compiled: bool) -> None:
+        """The first step took `seconds` (device synchronised); later rates are measured from here."""
+        what = "includes torch.compile's compilation" if compiled else "includes warm-up"
+        self.ctx.emit("timing", first_step_s=round(seconds, 3), compile=compiled)
+        self.log(f"first step: {seconds:.2f} s ({what}; step times below exclude it)")
+        self.started, self.timed_from = time.perf_counter(), self.start + 1
+
+    def report(self, step: int, losses: list[float], lr: float, epoch: int) -> None:
+        """The losses of the steps since the last report (the last one is `step`'s)."""
+        self.losses.extend(losses)
+        loss = losses[-1]
         elapsed = time.perf_counter() - self.started
-        it_s = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        timed = step - self.timed_from
+        it_s = timed / elapsed if elapsed > 0 and timed > 0 else 0.0
         eta_s = (self.total - step) / it_s if it_s > 0 else None
         avg = sum(self.losses) / len(self.losses)
         self.ctx.emit("step", step=step, total=self.total, epoch=epoch, loss=loss, avg_loss=avg, lr=lr,
@@ -34,7 +46,9 @@ class Progress:
                                 initial=0)
         self.log(f"{bar} step {step}/{self.total} loss={loss:.4f} avg={avg:.4f} lr={lr:.3g}")
         if self.writer is not None:
-            self.writer.add_scalar("loss/current", loss, step)
+            first = step - len(losses) + 1
+            for offset, value in enumerate(losses):
+                self.writer.add_scalar("loss/current", value, first + offset)
             self.writer.add_scalar("loss/average", avg, step)
             self.writer.add_scalar("lr", lr, step)
 

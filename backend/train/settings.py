@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from backend.config.settings import Settings, setting
 
@@ -49,6 +49,9 @@ class TrainSettings(Settings):
     # -- data
     dataset_config: str = setting("", label="Dataset TOML", group="Dataset",
                                   help="musubi-tuner dataset config ([general] + [[datasets]]). Caches must exist.")
+    max_data_loader_n_workers: int = setting(2, label="Data loader workers", group="Dataset", ge=0, le=64,
+                                             help="Processes per training process that load cached batches ahead "
+                                                  "of use (0: load in the training process).")
     # -- network
     network_type: Literal[tuple(ALGOS)] = setting("lora", label="Network type", group="Network", choices=ALGOS,
                                                   help="Adapter algorithm. DoRA = LoRA + per-row magnitude.")
@@ -136,11 +139,13 @@ class TrainSettings(Settings):
     offload_activations: bool = setting(False, label="Offload activations", group="Memory",
                                         help="Keep the block inputs gradient checkpointing saves in CPU memory until "
                                              "backward (needs gradient checkpointing).")
-    attn_mode: Literal["sdpa", "flash", "sage"] = setting(
-        "sdpa", label="Attention", group="Memory", choices=["sdpa", "flash", "sage"],
-        help="Attention backend; flash/sage need their packages.")
-    compile: bool = setting(False, label="torch.compile blocks", group="Memory",
-                            help="Compile the repeated transformer blocks.")
+    attn_mode: Literal["auto", "sdpa", "flash", "sage"] = setting(
+        "auto", label="Attention", group="Memory", choices=["auto", "sdpa", "flash", "sage"],
+        help="Attention backend. auto: on CUDA the fastest installed one for training (backend/train/memory.py), "
+             "else sdpa; flash/sage need their packages.")
+    compile: Literal["auto", "on", "off"] = setting(
+        "auto", label="torch.compile blocks", group="Memory", choices=["auto", "on", "off"],
+        help="Compile the repeated transformer blocks. auto: on with CUDA when triton is installed; off: never.")
     # -- saving
     output_dir: str = setting("", label="Output folder", group="Saving",
                               help="Where LoRA files go. Empty: the workspace's loras/ folder.")
@@ -177,6 +182,19 @@ class TrainSettings(Settings):
                                      help="Interval of step events and log lines.")
     logging_dir: str = setting("", label="TensorBoard folder", group="Logging",
                                help="Write TensorBoard scalars here when tensorboard is installed.")
+    # -- distributed (accelerate launch; the number of processes per machine is the Train tab's Processes box)
+    distributed: Literal["ddp", "fsdp"] = setting(
+        "ddp", label="Data parallel", group="Distributed", choices=["ddp", "fsdp"],
+        help="ddp: every process holds the whole frozen base. fsdp: the base is sharded over the processes (less "
+             "memory per GPU for 14B experts, more communication). Checkpoints are ordinary LoRA files either way.")
+    num_machines: int = setting(1, label="Machines", group="Distributed", ge=1,
+                                help="Machines taking part; start the same run on each with its machine_rank.")
+    machine_rank: int = setting(0, label="Machine rank", group="Distributed", ge=0,
+                                help="This machine's index, 0 on the main machine.")
+    main_process_ip: str = setting("", label="Main machine address", group="Distributed",
+                                   help="IP address of machine 0 (needed with more than one machine).")
+    main_process_port: int = setting(29500, label="Main machine port", group="Distributed", ge=1, le=65535,
+                                     help="TCP port machine 0 listens on for the others.")
 
     @classmethod
     def migrate(cls, settings: dict, from_version: int) -> dict:
@@ -186,8 +204,20 @@ class TrainSettings(Settings):
             settings.setdefault("save_last_n_epochs", keep)
         return settings
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value):
+        """Presets and runs written when compile was a checkbox hold true / false."""
+        if isinstance(value, bool) or str(value).lower() in ("true", "false"):
+            return "on" if str(value).lower() == "true" else "off"
+        return value
+
     @model_validator(mode="after")
     def _check_ranges(self):
         if self.min_timestep >= self.max_timestep:
             raise ValueError(f"min_timestep ({self.min_timestep}) must be below max_timestep ({self.max_timestep})")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank ({self.machine_rank}) must be below num_machines ({self.num_machines})")
+        if self.num_machines > 1 and not self.main_process_ip.strip():
+            raise ValueError(f"num_machines is {self.num_machines}: set main_process_ip to machine 0's address")
         return self

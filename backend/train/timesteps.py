@@ -24,14 +24,16 @@ class TimestepSampler:
     hi: float = 1.0
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n timesteps, drawn on the generator's device (a CUDA generator: no host-to-device copy)."""
+        draw = {"generator": generator, "device": generator.device if generator is not None else None}
         if self.mode == "uniform":
-            t = torch.rand(n, generator=generator)
+            t = torch.rand(n, **draw)
         elif self.mode in ("sigmoid", "shift"):
-            t = torch.sigmoid(self.sigmoid_scale * torch.randn(n, generator=generator))
+            t = torch.sigmoid(self.sigmoid_scale * torch.randn(n, **draw))
             if self.mode == "shift":
                 t = shift_timesteps(t, self.discrete_flow_shift)
         elif self.mode == "logsnr":
-            logsnr = self.logit_mean + self.logit_std * torch.randn(n, generator=generator)
+            logsnr = self.logit_mean + self.logit_std * torch.randn(n, **draw)
             t = torch.sigmoid(-logsnr / 2)
         else:
             raise ValueError(f"unknown timestep sampling mode {self.mode!r}")

@@ -41,12 +41,13 @@ EVERY_FIELD_CHANGED = TrainSettings(
     max_train_steps=123, max_train_epochs=7, seed=7, timestep_sampling="sigmoid", discrete_flow_shift=5.0,
     sigmoid_scale=1.5, logit_mean=0.2, logit_std=0.8, min_timestep=10, max_timestep=990,
     weighting_scheme="logit_normal", mixed_precision="bf16", gradient_checkpointing=True, fp8_base=True,
-    memory="manual", memory_limit_gb=20.5, fp8_scaled=True,
-    blocks_to_swap=2, offload_activations=True, attn_mode="flash", compile=True, output_dir="out",
+    memory="manual", memory_limit_gb=20.5, fp8_scaled=True, max_data_loader_n_workers=5,
+    blocks_to_swap=2, offload_activations=True, attn_mode="flash", compile="on", output_dir="out",
     output_name="round-trip",
     save_every_n_steps=50, save_every_n_epochs=2, save_last_n_steps=3, save_last_n_epochs=4, save_precision="bf16",
     save_state=True, overwrite_output=True, nonfinite_loss="skip", resume="loras/x-state", sample_prompts="prompts.txt", sample_every_n_steps=25,
-    sample_every_n_epochs=1, log_every_n_steps=3, logging_dir="logs")
+    sample_every_n_epochs=1, log_every_n_steps=3, logging_dir="logs", distributed="fsdp", num_machines=2,
+    machine_rank=1, main_process_ip="10.0.0.5", main_process_port=29600)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_the_form_is_generated_with_a_widget_for_every_setting(workspace, tmp_pa
     accordions = [b.label for b in blocks.blocks.values() if isinstance(b, gr.Accordion)]
     assert [a for a in accordions if a in TrainSettings.groups()] == ["Model", "Dataset", "Network", "Optimizer",
                                                                       "Training", "Memory", "Saving", "Sampling",
-                                                                      "Logging"]
+                                                                      "Logging", "Distributed"]
 
 
 def test_every_field_round_trips_through_the_preset_json_and_the_trainer_toml(panel, workspace, tmp_path):

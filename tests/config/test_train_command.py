@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from backend.train.__main__ import parse
 from backend.train.command import (musubi_command, run_toml, shell_quote, shown_command, train_argv,
                                    write_run_config)
@@ -31,10 +33,32 @@ def test_job_argv_and_the_command_shown(tmp_path):
     assert train_argv(config, workspace) == [sys.executable, "-m", "backend.train", "--config", str(config),
                                              "--workspace", str(tmp_path)]
     multi = train_argv(config, workspace, num_processes=2)
-    assert multi[1:7] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu", "-m"]
+    assert multi[1:9] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+                          "--multi_gpu", "-m"]
     shown = shown_command(config, workspace)
     assert shlex.split(shown) == ["accelerate", "launch", "--num_processes", "1", "-m", "backend.train", "--config",
                                   str(config), "--workspace", str(tmp_path)]
+
+
+def test_machines_and_fsdp_reach_accelerate_launch(tmp_path):
+    from backend.train.settings import TrainSettings
+
+    workspace = Workspace(tmp_path)
+    config = tmp_path / "runs" / "r.toml"
+    settings = TrainSettings(num_machines=2, machine_rank=1, main_process_ip="10.0.0.5", main_process_port=29600)
+    argv = train_argv(config, workspace, num_processes=4, settings=settings)
+    found = options(argv)
+    assert found["--num_processes"] == ["8"] and found["--num_machines"] == ["2"]  # accelerate counts every process
+    assert found["--machine_rank"] == ["1"] and found["--main_process_ip"] == ["10.0.0.5"]
+    assert found["--main_process_port"] == ["29600"] and "--multi_gpu" in found
+    fsdp = options(train_argv(config, workspace, 2, settings=TrainSettings(distributed="fsdp")))
+    assert "--use_fsdp" in fsdp and "--multi_gpu" not in fsdp
+    assert fsdp["--fsdp_transformer_layer_cls_to_wrap"] == ["WanTransformerBlock"]
+    assert "--machine_rank 1" in shown_command(config, workspace, 4, settings)
+    with pytest.raises(ValueError, match="main_process_ip"):
+        TrainSettings(num_machines=2)
+    with pytest.raises(ValueError, match="machine_rank"):
+        TrainSettings(num_machines=2, machine_rank=2, main_process_ip="10.0.0.5")
 
 
 def options(argv: list[str]) -> dict[str, list[str]]:
