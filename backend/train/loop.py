@@ -16,12 +16,12 @@ learning rate is not rescaled (the gradient is the mean over the effective batch
 are seeded from its position in that order, so N processes train what one process with N× the accumulation trains.
 
 The host waits for the device only every log_every_n_steps (the losses since the last log are reduced and read
-in one go) and at checkpoints / samples. The stop flag is checked at every step boundary and
-between micro-batches (one process: a file check, no device sync; several: agreed by one all-reduce at each log
-interval; a partial step is dropped): the run then saves a checkpoint of its last finished step (and state), emits
-end{status: stopped, saved_step} and returns; the job runner waits as long as the run said a step and a save take
-(backend/train/guards.py). Non-finite losses never reach a saved file (FiniteLoss). The first step is timed apart from the rest (it includes
-torch.compile's compilation when compile is on).
+in one go) and at checkpoints / samples. The stop flag is checked at every step boundary and between micro-batches
+(one process: a file check, no device sync; several: agreed by one all-reduce at each log interval; a partial step
+is dropped): the run then saves a checkpoint of its last finished step (and state), emits end{status: stopped,
+saved_step} and returns; the job runner waits as long as the run said a step and a save take
+(backend/train/guards.py). Non-finite losses never reach a saved file (FiniteLoss). The first step is timed apart
+from the rest (it includes torch.compile's compilation when compile is on).
 """
 from __future__ import annotations
 
