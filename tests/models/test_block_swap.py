@@ -47,10 +47,12 @@ def loss_and_grads(model, network) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def first_adapted_block(network) -> int:
-    return min(block_index(name) for name in network.modules_by_name())
+    """The lowest block whose input needs a gradient (an adapted patch embedding, LoCon's, counts as before block 0)."""
+    indices = [block_index(name) for name in network.modules_by_name()]
+    return min(0 if index is None else index for index in indices)
 
 
-ADAPTERS = {"lora": [], "dora": ["use_dora=True"], "loha": ["algo=loha"], "lokr": ["algo=lokr", "factor=4"],
+ADAPTERS = {"lora": [], "dora": ["use_dora=True"], "locon": ["algo=locon", "conv_dim=4", "conv_alpha=4.0"], "loha": ["algo=loha"], "lokr": ["algo=lokr", "factor=4"],
             "loraid-slice": network_args_entries(allocate(2, BLOCKS, 2, model="demo-t2v"))}
 
 

@@ -50,6 +50,7 @@ def run(settings, workspace, folder, **overrides) -> tuple[list[float], dict[str
 NETWORKS = {
     "lora": {},
     "dora": {"network_type": "dora"},
+    "locon": {"network_type": "locon", "network_args": ["conv_dim=4", "conv_alpha=4.0"]},
     "loha": {"network_type": "loha", "network_dim": 4, "network_alpha": 4.0},
     "lokr": {"network_type": "lokr", "network_args": ["factor=4"]},
     "loraid-slice": {"loraid": 2, "blocks_per_loraid": 2},
