@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         path, result = convert_to_plain_lora(args.input, args.output, args.rank, base=args.base,
                                              precision=args.precision, overwrite=args.overwrite)
         print("\n".join(result.report_lines()))
+        for warning in result.warnings:
+            print(f"warning: {warning}")
         print(f"wrote {path} (plain LoRA, rank {args.rank}, musubi layout, {path.stat().st_size:,} bytes)")
         return 0
     if args.rank is not None:

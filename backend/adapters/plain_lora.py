@@ -35,6 +35,7 @@ class PlainLoraResult:
     rank: int
     module_errors: dict[str, float] = field(default_factory=dict)  # Wan name -> relative Frobenius error
     overall_error: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def report_lines(self) -> list[str]:
         lines = [f"{name:<32} relative error {error:.4%}" for name, error in self.module_errors.items()]
@@ -120,7 +121,15 @@ def to_plain_lora(lora_file: LoraFile, rank: int, base: Mapping[str, torch.Tenso
         energy_total += energy
         dropped_total += (factors.relative_error ** 2) * energy
     overall = math.sqrt(dropped_total / energy_total) if energy_total > 0 else 0.0
-    return PlainLoraResult(tensors, _metadata(lora_file, rank, overall), rank, errors, overall)
+    result = PlainLoraResult(tensors, _metadata(lora_file, rank, overall), rank, errors, overall)
+    if lora_file.flags.get("dora_convention") == "base_norm" and base:
+        from backend.adapters.dora_base import base_mismatch
+
+        label = lora_file.path.name if lora_file.path else "The file"
+        warning = base_mismatch(lora_file.flags.get("dora_base"), {n: base[n] for n in base if n in errors}, label)
+        if warning:
+            result.warnings.append(warning)
+    return result
 
 
 def report_json(result: PlainLoraResult) -> str:

@@ -30,6 +30,10 @@ VAE_SPATIAL = 8
 _LATENT_NAME = re.compile(r"^(?P<stem>.+?)(?:_(?P<start>\d+)-(?P<frames>\d+)(?:-\d+)?)?_(?P<w>\d+)x(?P<h>\d+)_wan$")
 _LATENT_TENSOR = re.compile(r"^latents_(?P<f>\d+)x(?P<h>\d+)x(?P<w>\d+)_(?P<dtype>\w+)$")
 _TEXT_TENSOR = re.compile(r"^varlen_t5_(?P<dtype>\w+)$")
+# safetensors header dtype -> torch's name, as musubi-tuner writes it into tensor names
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                       "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I32": "int32", "I64": "int64"}
+_FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ def read_latent(path: Path) -> MusubiLatent:
         if len(latent_names) != 1:
             raise ValueError(f"it holds {len(latent_names)} latents_<F>x<H>x<W>_<dtype> tensors instead of one")
         name = latent_names[0]
-        latent = handle.get_slice(name)
-        shape, dtype = tuple(latent.get_shape()), handle.get_tensor(name).dtype
+        latent = handle.get_slice(name)  # header only: no tensor is read
+        shape, stored = tuple(latent.get_shape()), latent.get_dtype()
         for other in names:
             if other.startswith("latents_image_"):
                 image_shape = tuple(handle.get_slice(other).get_shape())
@@ -106,8 +110,9 @@ def read_latent(path: Path) -> MusubiLatent:
     named = (int(spec["f"]), int(spec["h"]), int(spec["w"]))
     if shape[1:] != named:
         raise ValueError(f"`{name}` has shape {shape}, which does not match the size in its name")
-    if spec["dtype"] != _dtype_name(dtype) or not dtype.is_floating_point:
-        raise ValueError(f"`{name}` holds {_dtype_name(dtype)} values, not the {spec['dtype']} its name says")
+    if _SAFETENSORS_DTYPES.get(stored) != spec["dtype"] or stored not in _FLOAT_DTYPES:
+        held = _SAFETENSORS_DTYPES.get(stored, stored)
+        raise ValueError(f"`{name}` holds {held} values, not the {spec['dtype']} its name says")
     is_video = match["start"] is not None
     frames = int(match["frames"]) if is_video else 1
     if frames < 1 or (frames - 1) % VAE_TEMPORAL or (frames - 1) // VAE_TEMPORAL + 1 != shape[1]:

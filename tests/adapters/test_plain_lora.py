@@ -75,6 +75,7 @@ def test_dora_to_plain_lora_reports_the_svd_error_and_loads_as_a_musubi_lora(tin
     names = list(network.modules_by_name())
     code, out = _convert(capsys, src, out_file, "--to", "lora", "--rank", 3, "--base", base_file)
     assert code == 0, out
+    assert "warning:" not in out  # the base it was trained on
 
     raw, base = load_file(str(src)), _weights_of(tiny_wan, names)
     deltas = {name: _comfy_dora_delta(base[name], raw, lora_key_prefix(name)) for name in names}
@@ -97,6 +98,14 @@ def test_dora_to_plain_lora_reports_the_svd_error_and_loads_as_a_musubi_lora(tin
         u, s, vh = torch.linalg.svd(deltas[name], full_matrices=False)
         best = (u[:, :3] * s[:3]) @ vh[:3]
         torch.testing.assert_close(merged[name].double(), base[name].double() + best, rtol=0, atol=1e-5)
+
+
+def test_another_base_is_warned_about(tiny_wan, make_wan, randomized, tmp_path, capsys):
+    src, other = tmp_path / "dora.safetensors", tmp_path / "other.safetensors"
+    _dora_file(tiny_wan, src, randomized)
+    save_file({key: value.contiguous() for key, value in make_wan(seed=9).state_dict().items()}, str(other))
+    code, out = _convert(capsys, src, tmp_path / "plain.safetensors", "--to", "lora", "--rank", 2, "--base", other)
+    assert code == 0 and "warning: dora.safetensors is a DoRA file whose scales were computed on another base" in out
 
 
 def test_loha_at_full_rank_converts_exactly_without_a_base(tmp_path, capsys):
