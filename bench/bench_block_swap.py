@@ -18,8 +18,10 @@ as fp8 with a per-row scale (backend/models/fp8_scaled.py), `--compile` compiles
 (compile_repeated_blocks, after the swap's hooks are on). `--memory_cap_gb` calls
 torch.cuda.set_per_process_memory_fraction so that the run behaves as on a smaller card.
 
-Prints one JSON line: median s/it over `--steps` timed steps after `--warmup`, peak allocated and reserved GPU memory
-(GiB), the step losses (finite, or the run is reported as failed) and the settings.
+`--check` runs one backward of the resident model and one with the offloads (same weights, inputs and fp8 setting)
+and prints whether the loss and LoRA gradients agree (relative 1e-3): the proof that the CUDA stream path waits for
+its copies. Otherwise prints one JSON line: median s/it over `--steps` timed steps after `--warmup`, peak allocated
+and reserved GPU memory (GiB), the step losses (finite, or the run is reported as failed) and the settings.
 """
 from __future__ import annotations
 
@@ -70,6 +72,76 @@ def build_model(name: str, layers: int | None):
     return model.requires_grad_(False), config
 
 
+def prepare(args, device: torch.device, swapped: bool):
+    """The model with its LoRA on `device`, fp8 as asked, and (when `swapped`) block swap / activation offload."""
+    cuda = device.type == "cuda"
+    model, config = build_model(args.model, args.layers)
+    model.enable_gradient_checkpointing()
+    torch.manual_seed(0)
+    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(args.rank, args.rank / 2, []))
+    with torch.no_grad():
+        for param in network.trainable_params():
+            if param.abs().sum() == 0:
+                param.normal_(std=1e-3)
+    network.inject()
+    if args.fp8_scaled:
+        from backend.models.fp8_scaled import store_scaled_fp8
+
+        store_scaled_fp8(model, device if cuda else None)
+    if args.fp8:
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    blocks_to_swap = args.blocks_to_swap if swapped else 0
+    enable_block_swap(model, blocks_to_swap, device, impl=args.impl)
+    if args.impl == "ours" or not blocks_to_swap:
+        model.to(device)  # the swapped blocks stay in CPU memory
+    if args.offload_activations and swapped:
+        offload_activations(model, device)
+    if args.compile:
+        model.compile_repeated_blocks()
+    network.to(device)
+    model.train()
+    network.train()
+    return model, network, config
+
+
+def inputs(config: dict, args, device: torch.device):
+    lat_f, lat_h, lat_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, config["in_channels"], lat_f, lat_h, lat_w, generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    text = torch.randn(1, TEXT_TOKENS, config["text_dim"], generator=generator).to(device)
+    return x0, noise, text, generator, lat_f * (lat_h // 2) * (lat_w // 2)
+
+
+def loss_of(model, x0, noise, text, t, device) -> torch.Tensor:
+    x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        v = model(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=text, return_dict=False)[0]
+    return ((v.float() - (noise - x0)) ** 2).mean()
+
+
+def check(args, device: torch.device) -> None:
+    """One backward without and with the offloads, from the same weights and inputs: the CUDA stream path must give
+    the resident model's loss and LoRA gradients (a missed wait would read half-copied weights)."""
+    results = []
+    for swapped in (False, True):
+        model, network, config = prepare(args, device, swapped)
+        x0, noise, text, _, _ = inputs(config, args, device)
+        loss = loss_of(model, x0, noise, text, torch.full((1,), 0.6, device=device), device)
+        loss.backward()
+        results.append((loss.item(), [p.grad.float().cpu() for p in network.trainable_params()]))
+        del model, network, loss
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    scale = max(g.abs().max().item() for g in grads_a)
+    worst = max((a - b).abs().max().item() for a, b in zip(grads_a, grads_b)) / max(scale, 1e-30)
+    print(json.dumps({"check": "passed" if worst <= 1e-3 and abs(loss_a - loss_b) <= 1e-4 * abs(loss_a) else "FAILED",
+                      "loss_resident": loss_a, "loss_swapped": loss_b, "max_grad_difference_relative": worst,
+                      "blocks_to_swap": args.blocks_to_swap, "offload_activations": args.offload_activations,
+                      "fp8": args.fp8, "fp8_scaled": args.fp8_scaled, "layers": config["num_layers"]}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="wan2.1-t2v-14b", help="a folder of backend/models/configs, e.g. "
@@ -89,6 +161,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--layers", type=int, default=None, help="fewer blocks (smoke runs)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--check", action="store_true", help="instead of timing: one backward without and with the "
+                        "offloads; prints whether loss and LoRA gradients agree")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -97,48 +171,18 @@ def main() -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gb * 2**30 / total), device)
 
+    if args.check:
+        check(args, device)
+        return
     t0 = time.perf_counter()
-    model, config = build_model(args.model, args.layers)
-    model.enable_gradient_checkpointing()
-    torch.manual_seed(0)
-    network = AdapterNetwork.create(model, NetworkConfig.from_network_args(args.rank, args.rank / 2, []))
-    with torch.no_grad():
-        for param in network.trainable_params():
-            if param.abs().sum() == 0:
-                param.normal_(std=1e-3)
-    network.inject()
-    if args.fp8_scaled:
-        from backend.models.fp8_scaled import store_scaled_fp8
-
-        store_scaled_fp8(model, device if cuda else None)
-    if args.fp8:
-        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
-    enable_block_swap(model, args.blocks_to_swap, device, impl=args.impl)
-    if args.impl == "ours" or not args.blocks_to_swap:
-        model.to(device)  # the swapped blocks stay in CPU memory
-    if args.offload_activations:
-        offload_activations(model, device)
-    if args.compile:
-        model.compile_repeated_blocks()
-    network.to(device)
-    model.train()
-    network.train()
+    model, network, config = prepare(args, device, swapped=True)
     optimizer = torch.optim.AdamW(network.trainable_params(), lr=1e-4)
     build_s = time.perf_counter() - t0
 
-    lat_f, lat_h, lat_w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
-    tokens = lat_f * (lat_h // 2) * (lat_w // 2)
-    generator = torch.Generator().manual_seed(1)
-    x0 = torch.randn(1, config["in_channels"], lat_f, lat_h, lat_w, generator=generator).to(device)
-    noise = torch.randn(x0.shape, generator=generator).to(device)
-    text = torch.randn(1, TEXT_TOKENS, config["text_dim"], generator=generator).to(device)
+    x0, noise, text, generator, tokens = inputs(config, args, device)
 
     def step() -> float:
-        t = torch.rand(1, generator=generator).to(device)
-        x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * noise
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            v = model(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=text, return_dict=False)[0]
-        loss = ((v.float() - (noise - x0)) ** 2).mean()
+        loss = loss_of(model, x0, noise, text, torch.rand(1, generator=generator).to(device), device)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
