@@ -51,7 +51,9 @@ class FormCheck:
         return next(iter(self.errors.values()), None)
 
 
-def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: bool = False) -> FormCheck:
+def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: bool = False,
+                         outside_confirmed: bool = True) -> FormCheck:
+    """`outside_confirmed=False`: an output folder outside the workspace is an error until the user confirms it."""
     try:
         settings = TrainSettings(**values)
     except ValidationError as exc:
@@ -65,7 +67,7 @@ def check_train_settings(values: dict[str, Any], workspace: Workspace, deep: boo
     _check_network(settings, workspace, check)
     _check_offload(settings, check)
     _check_samples(settings, workspace, check)
-    for name, message in output_problems(settings, workspace).items():
+    for name, message in output_problems(settings, workspace, outside_confirmed).items():
         check.errors.setdefault(name, message)
     return check
 

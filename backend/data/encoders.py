@@ -37,13 +37,23 @@ def model_fingerprint(*folders: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 def _require_folder(path: str | Path | None, what: str, flag: str, marker: str = "config.json") -> Path:
     if not path:
         raise UserError(f"no {what} given; pass {flag} DIR (a diffusers/transformers folder with {marker}).")
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise UserError(f"{what} {folder} is a file; pass the folder that holds it and its {marker} ({flag}).")
     if not (folder / marker).is_file():
         raise UserError(f"{what} folder {folder} has no {marker}; pass the folder that `from_pretrained` loads "
                         f"({flag}).")
+    if marker == "config.json" and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(f"{what} folder {folder} holds its weights only as a pickle ({pickles[0]}), which this app "
+                            "never loads; use the .safetensors release of the model.")
     return folder
 
 

@@ -48,8 +48,10 @@ def earlier_files(folder: Path, output_name: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
-def output_problems(s, workspace: Workspace | None) -> dict[str, str]:
-    """field -> one sentence, for the output settings of a run (empty when it may start)."""
+def output_problems(s, workspace: Workspace | None, outside_confirmed: bool = True) -> dict[str, str]:
+    """field -> one sentence, for the output settings of a run (empty when it may start). A form passes
+    `outside_confirmed=False` until the user confirmed an output folder outside the workspace (the command line
+    and a started run take a typed absolute folder as confirmed)."""
     problem = name_problem(s.output_name, "The output name")
     if problem:
         return {"output_name": problem}
@@ -61,7 +63,7 @@ def output_problems(s, workspace: Workspace | None) -> dict[str, str]:
                                   "if you mean a place outside it."}
     try:
         folder = output_folder(_resolved_dir(s, workspace), workspace)
-        check_folder(folder, workspace, outside_confirmed=True)
+        check_folder(folder, workspace, outside_confirmed=outside_confirmed)
     except UserError as exc:
         return {"output_dir": str(exc)}
     inputs = [Path(resolve_path(value, workspace)) for value in (s.dit, s.dit_high_noise, s.network_weights) if value]

@@ -110,13 +110,13 @@ def run_train(kit: Kit, argv: list[str], capsys, config: str | None = None) -> s
     return err.strip()
 
 
-def train_check(kit: Kit, values: dict) -> str:
+def train_check(kit: Kit, values: dict, outside_confirmed: bool = True) -> str:
     from backend.config.train_checks import check_train_settings
     from backend.train.settings import TrainSettings
 
     base = TrainSettings.load_file(PRESET).model_dump()
     check = check_train_settings({**base, **{k: kit.path(v) if isinstance(v, str) else v for k, v in values.items()}},
-                                 kit.ws)
+                                 kit.ws, outside_confirmed=outside_confirmed)
     assert check.errors, "the check passed"
     return " | ".join(check.errors.values())
 
@@ -286,6 +286,11 @@ ROWS = [
     Row("output name empty", check(output_name=""), r"Output name .* is empty"),
     Row("output folder climbs out", trainer("--output_dir", "../../elsewhere"), r"climbs out of .* with `\.\.`"),
     Row("output folder climbs out (form)", check(output_dir="../elsewhere"), r"climbs out of"),
+    Row("output folder outside the workspace, not confirmed (form)",
+        lambda kit, capsys: train_check(kit, {"output_dir": "{out}/loras"}, outside_confirmed=False),
+        r"is outside the workspace .*; confirm writing there"),
+    Row("full disk while converting", lambda kit, capsys: _full_disk(kit, capsys),
+        r"^error: The disk is full while writing .*c\.safetensors; free some space"),
     Row("output folder is a file", trainer("--output_dir", "workspace.json"), r"is a file"),
     Row("output folder under /proc", trainer("--output_dir", "/proc/loras"), r"system folder"),
     Row("preset that escapes", trainer(config="{out}/escape.json"), r"contains /",
@@ -367,6 +372,22 @@ ROWS = [
 ]
 
 
+def _full_disk(kit: Kit, capsys) -> str:
+    """The disk fills up during the write (as the OS reports it, errno 28)."""
+    import errno
+
+    import backend.adapters.exports as exports
+
+    def full(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    real, exports.save_safetensors_atomic = exports.save_safetensors_atomic, full
+    try:
+        return run_backend(kit, ["convert", "--to", "musubi", "{lora}", "{out}/c.safetensors"], capsys)
+    finally:
+        exports.save_safetensors_atomic = real
+
+
 def _train_ws_file(kit: Kit, capsys) -> str:
     from backend.train.__main__ import main
 
@@ -393,3 +414,18 @@ def test_bad_input_gets_one_sentence_and_changes_nothing(row: Row, kit: Kit, cap
     assert "Traceback" not in message and "\n" not in message.strip(), message
     changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
     assert not changed, changed
+
+
+def test_a_text_encoder_folder_holding_a_pickle_is_refused_unread(kit, tmp_path):
+    from backend.data import encoders
+
+    folder = tmp_path / "te"
+    shutil.copytree(kit.ws.text_encoder, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04 not to be unpickled")
+    with pytest.raises(UserError, match=r"holds its weights only as a pickle \(pytorch_model\.bin\), which this app "
+                                        r"never loads"):
+        encoders.load_text_encoder(folder, kit.ws.tokenizer)
+    with pytest.raises(UserError, match=r"is a file; pass the folder"):
+        encoders.load_vae(kit.model)
