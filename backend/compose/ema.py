@@ -105,12 +105,12 @@ def average_deltas(loras: Sequence[LoraFile], weights: Sequence[float]) -> tuple
 
 def averaging_rule(sigma_rel: float | None, beta: float | None, beta2: float | None, uniform: bool) -> tuple[str, float | None]:
     """(method, γ) of the chosen averaging rule, checked before any file is read."""
-    chosen = [name for name, on in (("--sigma_rel", sigma_rel is not None), ("--beta", beta is not None),
-                                    ("--uniform", uniform)) if on]
+    chosen = [name for name, on in (("σ_rel (sigma_rel)", sigma_rel is not None), ("β (beta)", beta is not None),
+                                    ("uniform (uniform)", uniform)) if on]
     if len(chosen) > 1:
         raise UserError(f"{' and '.join(chosen)} were both given; pick one averaging rule.")
     if beta2 is not None and beta is None:
-        raise UserError("--beta2 needs --beta (the start of the interpolation).")
+        raise UserError("β2 (beta2) needs β (beta), the start of the interpolation.")
     if uniform:
         return "uniform", None
     if beta is not None:

@@ -29,7 +29,7 @@ SIGMA_REL_LIMIT = 1.0 / math.sqrt(12.0)
 def gamma_from_sigma_rel(sigma_rel: float) -> float:
     """γ of the power EMA profile with relative width σ_rel (0.2 -> 1.83)."""
     if not 0.0 < sigma_rel < SIGMA_REL_LIMIT:
-        raise UserError(f"--sigma_rel must be between 0 and 1/√12 ≈ {SIGMA_REL_LIMIT:.4f} (exclusive), got "
+        raise UserError(f"σ_rel (sigma_rel) must be between 0 and 1/√12 ≈ {SIGMA_REL_LIMIT:.4f} (exclusive), got "
                         f"{sigma_rel}; typical values are 0.05-0.25.")
     inverse = sigma_rel ** -2
     roots = np.roots([1.0, 7.0, 16.0 - inverse, 12.0 - inverse])
@@ -53,9 +53,9 @@ def uniform_weights(count: int) -> list[float]:
 def beta_weights(count: int, beta: float, beta2: float | None = None) -> list[float]:
     """The weight each checkpoint has in musubi-style beta EMA (see the module docstring)."""
     beta2 = beta if beta2 is None else beta2
-    for name, value in (("--beta", beta), ("--beta2", beta2)):
+    for name, value in (("β (beta)", beta), ("β2 (beta2)", beta2)):
         if not 0.0 <= value < 1.0:
-            raise UserError(f"{name} must be at least 0 and below 1, got {value}; e.g. --beta 0.95.")
+            raise UserError(f"{name} must be at least 0 and below 1, got {value}; e.g. 0.95.")
     weights = [1.0]
     for i in range(2, count + 1):
         fraction = (i - 2) / (count - 2) if count > 2 else 0.0

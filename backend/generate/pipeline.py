@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from backend.errors import UserError
+from backend.generate.settings import named
 from backend.models.registry import EXPERTS, MODEL_KINDS, get_model_kind
 from backend.workspace import Workspace
 
@@ -194,7 +195,7 @@ def check_size(settings, task: str) -> None:
     for name, value in (("width", settings.width), ("height", settings.height)):
         if value % multiple:
             nearest = max(multiple, round(value / multiple) * multiple)
-            raise UserError(f"--{name} {value} is not a multiple of {multiple}, which this model needs (its VAE "
+            raise UserError(f"{named(name)} = {value} is not a multiple of {multiple}, which this model needs (its VAE "
                             f"compresses {multiple // 2}x and it takes 2x2 patches); use {nearest}.")
 
 

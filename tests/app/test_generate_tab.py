@@ -81,11 +81,11 @@ def until_finished(panel: GeneratePanel, followed: FollowedGeneration, timeout_s
 
 
 @pytest.mark.parametrize("changes, sentence", [
-    ({"frames": 6}, "--frames 6 is not 4n+1 (1, 5, 9, ..., 81); use 5 or 9."),
-    ({"frames": 0}, "--frames 0 is not 4n+1 (1, 5, 9, ..., 81); use 1 or 5."),
-    ({"width": 60}, "--width 60 is not a positive multiple of 16; use 64."),
-    ({"height": 8}, "--height 8 is not a positive multiple of 16; use 16."),
-    ({"steps": 0}, "--steps 0 must be at least 1."),
+    ({"frames": 6}, "Frames (frames) = 6 is not 4n+1 (1, 5, 9, ..., 81); use 5 or 9."),
+    ({"frames": 0}, "Frames (frames) = 0 is not 4n+1 (1, 5, 9, ..., 81); use 1 or 5."),
+    ({"width": 60}, "Width (width) = 60 is not a positive multiple of 16; use 64."),
+    ({"height": 8}, "Height (height) = 8 is not a positive multiple of 16; use 16."),
+    ({"steps": 0}, "Steps (steps) = 0 must be at least 1."),
     ({"guidance_scale": 0.5}, "Guidance scales must be 1.0 or more (1.0 turns classifier-free guidance off)."),
     ({"width": 32.5}, "The width must be a whole number, not 32.5."),
 ])
@@ -104,7 +104,7 @@ def test_requests_the_model_cannot_run_are_refused_before_any_job(ctx, tmp_path)
     image = tmp_path / "start.png"
     Image.new("RGB", (16, 16), "red").save(image)
     cases = {
-        "The prompt is empty; write what the video should show with --prompt.": form(prompt="  "),
+        "The prompt is empty; write what the video should show.": form(prompt="  "),
         "The low-noise guidance scale is for a Wan2.2 A14B expert pair; leave it empty for a single-transformer "
         "model.": form(guidance_scale_2=3.0),
         "This is a text-to-video model, so it cannot start from an image; remove the start image or pick an "

@@ -181,7 +181,7 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     assert [row[3] for row in rows] == pytest.approx(expected, abs=1e-6)
 
     bad = panel.run(inputs, "power", 0.5, 0.95, 0.95, "factors", "same", out, False, FollowedJob())
-    assert bad[1].startswith("⚠ --sigma_rel must be between 0 and 1/√12")
+    assert bad[1].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")
     empty = panel.run(panel.find(None, "", "", "")[0], "power", 0.2, 0.95, 0.95, "factors", "same", out, False,
                       FollowedJob())
     assert empty[1] == "⚠ No checkpoints are chosen; pick a run or type a run folder or checkpoint files."

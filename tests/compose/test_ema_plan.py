@@ -89,7 +89,7 @@ def test_rule_and_request_checks(tmp_path, kit, model):
     run = save_run(kit, model, tmp_path / "run", "r", [1, 2])
     out = tmp_path / "r-ema.safetensors"
     for rule, message in ((Rule("power", 0.3), "between 0 and 1/√12"), (Rule("power", None), "σ_rel is empty"),
-                          (Rule("beta", None, None), "β is empty"), (Rule("beta", None, 1.2), "--beta must be at"),
+                          (Rule("beta", None, None), "β is empty"), (Rule("beta", None, 1.2), r"β \(beta\) must be at"),
                           (Rule("median"), "Unknown averaging rule `median`")):
         with pytest.raises(UserError, match=message):
             EmaRequest(run, out, rule).check()

@@ -54,7 +54,7 @@ def test_generate_tab_makes_a_video_with_two_loraids_and_reuses_its_settings(dem
 
     page.locator("#gen-prompt textarea").fill(PROMPT)
     set_number(page, "gen-frames", "6")
-    expect(page.locator("#gen-settings-message")).to_contain_text("--frames 6 is not 4n+1 (1, 5, 9, ..., 81); "
+    expect(page.locator("#gen-settings-message")).to_contain_text("Frames (frames) = 6 is not 4n+1 (1, 5, 9, ..., 81); "
                                                                  "use 5 or 9.")
     for elem_id, value in (("gen-frames", "5"), ("gen-width", "32"), ("gen-height", "32"), ("gen-steps", "2"),
                            ("gen-seed", "7")):

@@ -74,9 +74,9 @@ def test_image_to_video_starts_from_the_image_latent(demo_ws, cli, tiny, start_i
 
 def test_sizes_must_fit_the_16x_vae_and_its_vae_must_be_the_wan22_one(demo_ws, cli, tiny, start_image, tmp_path):
     code, _, stderr = cli(*_args(demo_ws, tmp_path), "--prompt", "a", "--width", 48)
-    assert code == 2 and "--width 48 is not a multiple of 32" in stderr and stderr.count("\n") == 1
+    assert code == 2 and "Width (width) = 48 is not a multiple of 32" in stderr and stderr.count("\n") == 1
     request = GenerateRequest(read_model(demo_ws, "demo-ti2v"), tiny(width=SIZE, height=80, image=str(start_image)))
-    with pytest.raises(UserError, match="--height 80 is not a multiple of 32, .*; use 64"):
+    with pytest.raises(UserError, match=r"Height \(height\) = 80 is not a multiple of 32, .*; use 64"):
         request.check()
     assert GenerateRequest(read_model(demo_ws, "demo-ti2v"), tiny(width=SIZE, height=SIZE,
                                                                    image=str(start_image))).check() == []
