@@ -7,11 +7,12 @@
     python bench/bench_generate.py --model wan2.1-t2v-14b --memory_limit_gb 24 --extra=--memory=manual \
         --extra=--fp8 --extra=--cpu_offload                                               # the old low-memory path
     python bench/bench_generate.py --model demo-t2v                                       # CPU smoke run (tiny)
+    python bench/bench_generate.py --model wan2.2-ti2v-5b                                 # its Wan2.2 VAE, 16x
 
 Files (written once into --work and reused): the transformer from the shipped config with random bf16 weights in
 the original Wan layout (an A14B pair uses the one file for both experts: same shapes, same cost), a UMT5 encoder of
 UMT5-XXL's size (24 layers, d_model 4096, 5.7B parameters, bf16; `--text_encoder_layers` shrinks it) and the Wan2.1
-VAE's architecture, both random. Only shapes matter for speed and memory; the video is noise.
+VAE's architecture (the Wan2.2 VAE's, backend/models/configs/vae-wan2.2, for TI2V-5B), both random. Only shapes matter for speed and memory; the video is noise.
 
 Reported: seconds per denoising step (median over the steps after the first; each step is the two guided
 transformer forwards; `s_per_transformer_forward` halves it, comparable with bench/bench_generate_step.py's base), the first step apart (expert load / warm-up), decode seconds, `torch.cuda.max_memory_allocated`
@@ -91,10 +92,11 @@ def write_files(work: Path, model: str, text_encoder_layers: int) -> dict[str, P
 
     from backend.models.demo_parts import EXTRA_SENTENCES, train_tokenizer
     from backend.models.loading import save_transformer_original
+    from backend.models.registry import WAN22_VAE_CONFIG_DIR
 
     kind = get_model_kind(model)
     paths = {"tokenizer": work / "tokenizer", "text_encoder": work / f"text_encoder-{text_encoder_layers}",
-             "vae": work / "vae", "dit": work / f"dit-{model}.safetensors"}
+             "vae": work / ("vae-wan2.2" if kind.uses_wan22_vae else "vae"), "dit": work / f"dit-{model}.safetensors"}
     if not paths["tokenizer"].exists():
         train_tokenizer(["a red ball rolls across a wooden table", *EXTRA_SENTENCES]).save_pretrained(paths["tokenizer"])
     text_dim = int(kind.config(kind.experts[0] if kind.has_experts else None)["text_dim"])
@@ -111,7 +113,8 @@ def write_files(work: Path, model: str, text_encoder_layers: int) -> dict[str, P
         encoder.save_pretrained(paths["text_encoder"])
         del encoder
     if not paths["vae"].exists():
-        AutoencoderKLWan().eval().save_pretrained(paths["vae"])
+        config = AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR)) if kind.uses_wan22_vae else {}
+        AutoencoderKLWan.from_config(config).eval().save_pretrained(paths["vae"])
     if not paths["dit"].exists():
         torch.manual_seed(0)
         torch.set_default_dtype(torch.bfloat16)
