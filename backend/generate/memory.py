@@ -25,6 +25,7 @@ class MemoryOptions:
     dtype: str = "bf16"  # the transformer's weights and compute: bf16 | fp32
     memory: str = "auto"  # auto: the memory plan picks offload / fp8_scaled / block swap on a GPU; manual: as set
     memory_limit_gb: float | None = None  # plan for, and stay under, this much of the GPU (the whole card)
+    stream_text_encoder: bool = False  # with cpu_offload: the text encoder's layers go to the GPU one at a time
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +66,8 @@ def check_memory_options(options: MemoryOptions) -> None:
         if not torch.cuda.is_available():
             raise UserError("--cpu_offload moves idle models between the GPU and the CPU, and this machine has no "
                             "CUDA GPU; leave the option out (everything already runs on the CPU).")
+    if options.stream_text_encoder and not options.cpu_offload:
+        raise UserError("Streaming the text encoder is part of CPU offload; turn --cpu_offload on as well.")
     if options.blocks_to_swap < 0:
         raise UserError(f"--blocks_to_swap {options.blocks_to_swap} is negative; use 0 (no swap) or a number of "
                         f"blocks.")
@@ -94,7 +97,7 @@ def apply_memory_options(pipeline, transformers: dict, options: MemoryOptions, l
     if options.cpu_offload:
         from backend.generate.offload import offload_idle_parts
 
-        offload_idle_parts(pipeline, torch.device("cuda"))
+        offload_idle_parts(pipeline, torch.device("cuda"), options.stream_text_encoder)
     elif torch.cuda.is_available():
         pipeline.to("cuda")
 
@@ -155,6 +158,7 @@ def plan_memory(options: MemoryOptions, config: dict, experts: int, size: tuple[
                         f"or a smaller size, or use a larger GPU.")
     log(f"memory=auto: {describe_choice(plan.choice)}; estimate {gib(plan.estimate)} of {gib(budget)}")
     chosen = {"cpu_offload": plan.choice.cpu_offload or options.cpu_offload,
+              "stream_text_encoder": plan.choice.stream_text_encoder or options.stream_text_encoder,
               "fp8_scaled": plan.choice.storage == "fp8_scaled" or options.fp8_scaled,
               "fp8": options.fp8 and plan.choice.storage != "fp8_scaled"}
     chosen["blocks_to_swap"] = max(plan.choice.blocks_to_swap, options.blocks_to_swap)

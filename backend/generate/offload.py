@@ -16,14 +16,20 @@ CHAIN = ("text_encoder", "image_encoder", "transformer", "transformer_2", "vae")
 _HOOK = "_loraid_offload_hook"  # on each hooked part: its accelerate hook (pipelines sharing parts share them)
 
 
-def offload_idle_parts(pipeline, device: torch.device | str) -> list:
-    """Attach the chain of offload hooks to the pipeline's parts (computing on `device`); returns the hooks."""
-    from accelerate import cpu_offload_with_hook
+def offload_idle_parts(pipeline, device: torch.device | str, stream_text_encoder: bool = False) -> list:
+    """Attach the chain of offload hooks to the pipeline's parts (computing on `device`); returns the hooks.
+
+    `stream_text_encoder`: the text encoder (UMT5-XXL is 11 GB in bf16) never moves whole; each of its layers is
+    copied to `device` for its own forward (accelerate's `cpu_offload`), for cards smaller than it."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
 
     previous, hooks = None, []
     for name in CHAIN:
         module = getattr(pipeline, name, None)
         if not isinstance(module, torch.nn.Module):
+            continue
+        if name == "text_encoder" and stream_text_encoder:
+            cpu_offload(module, execution_device=torch.device(device))
             continue
         _, previous = cpu_offload_with_hook(module, torch.device(device), prev_module_hook=previous)
         module.__dict__[_HOOK] = previous

@@ -245,11 +245,17 @@ def describe_choice(choice) -> str:
 
 # ---- generation ---------------------------------------------------------------------------------------------------
 
+# A text encoder streamed layer by layer holds about its largest layer on the GPU: UMT5-XXL's token embedding
+# (256,384 x 4,096) is this share of its weights.
+STREAMED_TEXT_ENCODER_SHARE = 0.19
+
+
 @dataclass(frozen=True)
 class GenerateChoice:
     storage: str = "bf16"  # transformer weights: bf16 | fp8_scaled
     cpu_offload: bool = False  # text encoder / VAE / idle expert on the CPU while not in use
     blocks_to_swap: int = 0
+    stream_text_encoder: bool = False  # the text encoder's layers copied in one at a time (it exceeds the card)
 
 
 @dataclass(frozen=True)
@@ -271,8 +277,10 @@ def generate_parts(run: GenerateRun, choice: GenerateChoice) -> dict[str, int]:
     experts_on_gpu = 1 if choice.cpu_offload else run.experts
     activations = run.tokens * (INFER_DIM_VALUES * shape.dim + INFER_FFN_VALUES * shape.ffn_dim) * BF16
     decode = run.height * run.width * VAE_DECODE_VALUES_PER_PIXEL
+    encoder = int(run.text_encoder_bytes * STREAMED_TEXT_ENCODER_SHARE) if choice.stream_text_encoder \
+        else run.text_encoder_bytes
     if choice.cpu_offload:  # one model at a time: the largest of encoding, denoising and decoding
-        working = max(run.text_encoder_bytes, one_expert + activations, run.vae_bytes + decode)
+        working = max(encoder, one_expert + activations, run.vae_bytes + decode)
     else:
         working = run.text_encoder_bytes + run.vae_bytes + experts_on_gpu * one_expert + max(activations, decode)
     dequantised = shape.dim * shape.ffn_dim * (BF16 + FP32) if fp8 else 0
@@ -292,6 +300,11 @@ def plan_generation(run: GenerateRun, budget: int) -> Plan:
         choice = replace(choice, cpu_offload=True)
         reasons.append(f"CPU offload on: the text encoder ({gib(run.text_encoder_bytes)}), the VAE"
                        f"{' and the idle expert' if run.experts > 1 else ''} wait on the CPU while another part runs")
+    if over(choice) > 0 and _estimate(generate_parts(run, replace(choice, stream_text_encoder=True))) < \
+            _estimate(generate_parts(run, choice)):
+        choice = replace(choice, stream_text_encoder=True)
+        reasons.append(f"text encoder streamed layer by layer: its {gib(run.text_encoder_bytes)} are more than the "
+                       f"card holds beside the rest")
     if over(choice) > 0:
         choice = replace(choice, storage="fp8_scaled")
         reasons.append(f"scaled fp8 transformer weights: bf16 needs {gib(shape.num_blocks * block_bytes(shape, False))} "

@@ -119,6 +119,7 @@ def test_memory_plan_on_cpu_changes_nothing_and_on_a_24gb_card_plans_14b(monkeyp
     assert lines == ["memory=auto: generating on the CPU, nothing to plan"]
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (139 * GIB, 140 * GIB))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: type("P", (), {"total_memory": 140 * GIB})())
@@ -144,3 +145,26 @@ def test_record_round_trip_keeps_the_new_memory_options():
     assert MemoryOptions.from_dict(options.to_dict()) == options
     assert MemoryOptions.from_dict({"cpu_offload": True, "fp8": False, "vae_tiling": True}) == MemoryOptions(
         cpu_offload=True, vae_tiling=True)
+
+
+def test_streamed_text_encoder_gives_the_same_video(demo_ws, tiny):
+    """For cards smaller than UMT5-XXL: the text encoder's layers are copied in one at a time (here onto the CPU)."""
+    choice = ModelChoice(workspace=demo_ws.root, model="demo-t2v")
+    reference_latents, _ = _video(GenerateSession(choice), tiny())
+    session = GenerateSession(choice)
+    hooks = offload_idle_parts(session.pipeline, torch.device("cpu"), stream_text_encoder=True)
+    names = _names(session.pipeline)
+    assert [names[id(h.model)] for h in hooks] == ["transformer", "vae"]
+    encoder = session.pipeline.text_encoder
+    assert {p.device.type for p in encoder.parameters()} == {"meta"}  # the weights wait in accelerate's CPU map
+    latents, _ = _video(session, tiny())
+    assert torch.equal(latents, reference_latents)
+
+
+def test_generation_plan_streams_the_text_encoder_on_an_8gb_card():
+    from backend.train.memory_plan import GenerateRun, budget_bytes, plan_generation, shape_from_config, tokens_for
+
+    shape = shape_from_config("1.3b", get_model_kind("wan2.1-t2v-1.3b").config())
+    plan = plan_generation(GenerateRun(shape, tokens_for(81, 480, 832), 480, 832), budget_bytes(None, 8))
+    assert plan.fits and plan.choice.cpu_offload and plan.choice.stream_text_encoder
+    assert plan.choice.storage == "bf16" and plan.choice.blocks_to_swap == 0
