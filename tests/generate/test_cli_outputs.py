@@ -42,7 +42,8 @@ def test_video_sidecar_latents_and_frames(demo_ws, lora_files, cli, base_args, t
         (1, 1.0, file_sha256(lora_files.by_id[1])), (2, 0.7, file_sha256(lora_files.by_id[2]))]
     assert sidecar["model"]["model"] == "demo-t2v" and sidecar["memory"] == {
         "cpu_offload": False, "fp8": False, "vae_tiling": False, "blocks_to_swap": 0, "fp8_scaled": False,
-        "dtype": "bf16", "memory": "auto", "memory_limit_gb": None}
+        "dtype": "bf16", "memory": "auto", "memory_limit_gb": None,
+        "stream_text_encoder": False}
     latents = load_file(outputs["latents"])["latents"]
     assert latents.shape == (1, 16, 2, 4, 4)
 
