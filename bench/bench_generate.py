@@ -7,6 +7,8 @@
     python bench/bench_generate.py --model wan2.1-t2v-14b --memory_limit_gb 24 --extra=--memory=manual \
         --extra=--fp8 --extra=--cpu_offload                                               # the old low-memory path
     python bench/bench_generate.py --model demo-t2v                                       # CPU smoke run (tiny)
+    python bench/bench_generate.py --model wan2.1-t2v-14b --dit /tmp/loraid-bench/dit-wan2.1-t2v-14b.safetensors \
+        --memory_limit_gb 24                            # reuse the file bench_trainer.py wrote (disk space)
     python bench/bench_generate.py --model wan2.2-ti2v-5b                                 # its Wan2.2 VAE, 16x
 
 Files (written once into --work and reused): the transformer from the shipped config with random bf16 weights in
@@ -86,7 +88,7 @@ class GpuPeak:
         self._stop.set()
 
 
-def write_files(work: Path, model: str, text_encoder_layers: int) -> dict[str, Path]:
+def write_files(work: Path, model: str, text_encoder_layers: int, dit: Path | None = None) -> dict[str, Path]:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -115,6 +117,8 @@ def write_files(work: Path, model: str, text_encoder_layers: int) -> dict[str, P
     if not paths["vae"].exists():
         config = AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR)) if kind.uses_wan22_vae else {}
         AutoencoderKLWan.from_config(config).eval().save_pretrained(paths["vae"])
+    if dit is not None:
+        paths["dit"] = dit
     if not paths["dit"].exists():
         torch.manual_seed(0)
         torch.set_default_dtype(torch.bfloat16)
@@ -177,12 +181,14 @@ def main() -> None:
     parser.add_argument("--text_encoder_layers", type=int, default=24 if DEVICE == "cuda" else 2)
     parser.add_argument("--extra", action="append", default=[], help="one more generate argument (--extra=--fp8)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/loraid-bench-generate"))
+    parser.add_argument("--dit", type=Path, default=None,
+                        help="use this transformer file (e.g. one bench_trainer.py wrote) instead of writing one")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    paths = write_files(args.work, args.model, args.text_encoder_layers)
+    paths = write_files(args.work, args.model, args.text_encoder_layers, args.dit)
     result = {"model": args.model, "shape": f"{args.frames}x{args.height}x{args.width}",
               "memory_limit_gb": args.memory_limit_gb, "files_s": round(time.perf_counter() - t0, 1),
               "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__}
