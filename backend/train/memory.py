@@ -154,7 +154,8 @@ def plan_memory(settings, kind, experts: int, dataset, device, log=print):
     tokens = largest_bucket_tokens(dataset, spatial)
     shape = shape_from_config(kind.name, kind.config(kind.experts[0] if kind.has_experts else None))
     run = TrainRun(shape, tokens, resident_experts=experts, rank=settings.network_dim,
-                   optimizer=settings.optimizer_type, network_copies=experts)
+                   optimizer=settings.optimizer_type, network_copies=experts,
+                   value_bytes=4 if settings.mixed_precision == "no" else 2)
     budget = budget_bytes(free, settings.memory_limit_gb)
     plan = plan_training(run, budget)
     for reason in plan.reasons:

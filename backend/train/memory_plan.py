@@ -115,6 +115,7 @@ class TrainRun:
     rank: int = 32
     optimizer: str = "adamw"
     network_copies: int = 1  # one adapter network per trained expert
+    value_bytes: int = BF16  # of the base weights and activations: 2 with bf16 / fp16 mixed precision, 4 without
 
 
 @dataclass
@@ -147,8 +148,8 @@ def allocator_fraction(limit_gb: float, total_bytes: int) -> float:
     return max(0.01, min(1.0, (limit_gb * GIB - CUDA_CONTEXT) / total_bytes))
 
 
-def block_bytes(shape: ModelShape, fp8: bool) -> int:
-    return shape.block_linear_params * (FP8 if fp8 else BF16) + shape.block_other_params * FP32
+def block_bytes(shape: ModelShape, fp8: bool, value_bytes: int = BF16) -> int:
+    return shape.block_linear_params * (FP8 if fp8 else value_bytes) + shape.block_other_params * FP32
 
 
 def adapter_params(shape: ModelShape, rank: int) -> int:
@@ -162,17 +163,18 @@ def train_parts(run: TrainRun, choice: TrainChoice) -> dict[str, int]:
     fp8 = choice.fp8_scaled or choice.fp8_base
     resident_blocks = shape.num_blocks - choice.blocks_to_swap
     swap_buffers = SWAP_BUFFERS if choice.blocks_to_swap else 0
-    weights = run.resident_experts * ((resident_blocks + swap_buffers) * block_bytes(shape, fp8)
-                                      + shape.outer_params * BF16)
+    value = run.value_bytes
+    weights = run.resident_experts * ((resident_blocks + swap_buffers) * block_bytes(shape, fp8, value)
+                                      + shape.outer_params * value)
     adapters = run.network_copies * adapter_params(shape, run.rank) * (
         FP32 + FP32 + OPTIMIZER_STATE_BYTES.get(run.optimizer, 8))
     if choice.gradient_checkpointing:
         kept_blocks = OFFLOAD_IN_FLIGHT if choice.offload_activations else shape.num_blocks
-        saved = kept_blocks * tokens * shape.dim * BF16
-        peak = tokens * (BLOCK_PEAK_DIM_VALUES * shape.dim + BLOCK_PEAK_FFN_VALUES * shape.ffn_dim) * BF16
+        saved = kept_blocks * tokens * shape.dim * value
+        peak = tokens * (BLOCK_PEAK_DIM_VALUES * shape.dim + BLOCK_PEAK_FFN_VALUES * shape.ffn_dim) * value
     else:
-        saved = shape.num_blocks * tokens * (SAVED_DIM_VALUES * shape.dim + SAVED_FFN_VALUES * shape.ffn_dim) * BF16
-        peak = tokens * (BLOCK_PEAK_DIM_VALUES * shape.dim + BLOCK_PEAK_FFN_VALUES * shape.ffn_dim) * BF16 // 2
+        saved = shape.num_blocks * tokens * (SAVED_DIM_VALUES * shape.dim + SAVED_FFN_VALUES * shape.ffn_dim) * value
+        peak = tokens * (BLOCK_PEAK_DIM_VALUES * shape.dim + BLOCK_PEAK_FFN_VALUES * shape.ffn_dim) * value // 2
     dequantised = shape.dim * shape.ffn_dim * (BF16 + FP32) if fp8 else 0
     parts = {"weights": weights, "adapters+optimizer": adapters, "saved activations": saved, "block peak": peak,
              "fixed": RUNTIME_RESERVE + dequantised}

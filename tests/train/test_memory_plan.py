@@ -190,7 +190,7 @@ def test_auto_on_a_gpu_applies_the_plan_and_refuses_with_one_sentence(demo_setti
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     kind = get_model_kind("wan2.1-t2v-14b")
     lines = []
-    settings = demo_settings.with_overrides({"memory_limit_gb": 24, "fp8_base": True})
+    settings = demo_settings.with_overrides({"memory_limit_gb": 24, "fp8_base": True, "mixed_precision": "bf16"})
     planned = memory.plan_memory(settings, kind, 1, _Dataset([(832, 480, 81)]), torch.device("cuda"), lines.append)
     assert fractions == [pytest.approx(allocator_fraction(24, 80 * GIB))]
     assert planned.fp8_scaled and not planned.fp8_base and planned.gradient_checkpointing
@@ -214,3 +214,13 @@ def test_memory_presets_plan_to_fit_their_limit_at_the_issue_shape(preset, label
                    optimizer=settings["optimizer_type"], network_copies=experts)
     plan = plan_training(run, budget_bytes(None, settings["memory_limit_gb"]))
     assert plan.fits, plan.reasons
+
+
+def test_float32_training_counts_four_bytes_per_weight_and_activation():
+    half, full = train_run("1.3B"), TrainRun(shape("1.3B"), TOKENS, value_bytes=4)
+    choice = TrainChoice(gradient_checkpointing=True)
+    half_parts, full_parts = train_parts(half, choice), train_parts(full, choice)
+    for part in ("saved activations", "block peak"):
+        assert full_parts[part] == 2 * half_parts[part]
+    assert full_parts["weights"] > 1.9 * half_parts["weights"]
+    assert full_parts["adapters+optimizer"] == half_parts["adapters+optimizer"]
