@@ -18,7 +18,7 @@ from backend.adapters.metadata import build_metadata
 from backend.adapters.network import AdapterNetwork
 from backend.loraid.allocation import Allocation
 from backend.loraid.registry import LoraidRegistry
-from backend.models.registry import EXPERT_STEMS
+from backend.models.registry import EXPERT_STEMS, MODEL_KINDS
 from backend.train.networks import SINGLE
 from backend.train.state import load_training_state, save_training_state
 
@@ -49,6 +49,9 @@ def fingerprint(settings) -> dict:
             "model_kind": settings.model_kind, "loraid": settings.loraid, "expert": settings.expert}
 
 
+TI2V_KINDS = {name for name, kind in MODEL_KINDS.items() if kind.task == "ti2v"}
+
+
 @dataclass
 class Saver:
     settings: object
@@ -67,6 +70,8 @@ class Saver:
         extra = {"ss_learning_rate": str(s.learning_rate), "ss_seed": str(s.seed),
                  "ss_max_train_steps": str(s.max_train_steps), "ss_timestep_sampling": s.timestep_sampling,
                  "loraid_studio.expert": "" if label == SINGLE else label}
+        if s.model_kind in TI2V_KINDS:
+            extra["loraid_studio.ti2v_mode"] = s.ti2v_mode  # t2v or i2v: which task the LoRA learned
         return build_metadata(network.config.algo, s.network_dim, s.network_alpha, self.network_args, network.flags(),
                               s.model_kind, loraid=s.loraid,
                               allocation=allocation.to_metadata() if allocation is not None else None,

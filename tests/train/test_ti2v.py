@@ -97,6 +97,7 @@ def test_ti2v_demo_trains_in_both_modes_through_backend_train(demo_workspace, ti
     assert code == 0, capsys.readouterr().err
     lora = load_lora(tmp_path / f"ti2v-{mode}.safetensors")
     assert lora.metadata["ss_steps"] == "30" and len(lora.modules) == 80  # 8 blocks x 10 linears
+    assert lora.metadata["loraid_studio.ti2v_mode"] == mode
 
     dataset = CachedDataset.from_file(toml)
     model = _model(demo_workspace)
