@@ -84,10 +84,28 @@ def test_the_header_records_the_convention_and_the_base(tiny_wan, randomized, tm
     lora = load_lora(path)
     assert lora.metadata[OURS + "dora_convention"] == "base_norm"
     assert lora.flags["dora_convention"] == "base_norm"
-    sums = lora.flags["dora_base"]["row_norm_sums"]
+    modules = lora.flags["dora_base"]["modules"]
     weight = tiny_wan.blocks[0].attn1.to_q.weight.detach()
-    assert sums["blocks.0.self_attn.q"] == pytest.approx(float(weight.norm(dim=1).sum()), rel=1e-6)
-    assert set(sums) == set(network.modules_by_name())
+    assert modules["blocks.0.self_attn.q"]["mean"] == pytest.approx(float(weight.norm(dim=1).mean()), rel=1e-6)
+    assert set(modules) == set(network.modules_by_name())
+
+
+def test_the_base_check_tells_a_copy_from_another_base(tiny_wan, randomized, tmp_path):
+    """A bf16 copy of the base is the same base; one layer whose row norms moved by about 2 % is another."""
+    from backend.adapters.dora_base import file_base_warning
+
+    path = tmp_path / "dora.safetensors"
+    _trained_dora(tiny_wan, randomized, path)
+    flags = load_lora(path).flags
+    with torch.no_grad():
+        for param in tiny_wan.parameters():
+            param.copy_(param.bfloat16().float())
+    assert file_base_warning(tiny_wan, flags, "dora.safetensors") is None
+    with torch.no_grad():
+        weight = tiny_wan.blocks[1].ffn.net[0].proj.weight
+        weight *= 1 + 0.02 * torch.randn(weight.shape[0], 1, generator=torch.Generator().manual_seed(0))
+    warning = file_base_warning(tiny_wan, flags, "dora.safetensors")
+    assert "the row norms of 1 of 20 modules differ, e.g. `blocks.1.ffn.0`" in warning
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.7])
@@ -130,7 +148,7 @@ def test_another_base_warns_and_still_applies_comfyui_rule(tiny_wan, make_wan, r
     from backend.adapters.dora_base import file_base_warning
 
     assert file_base_warning(tiny_wan, lora.flags, "dora.safetensors") is None
-    assert "20 of 20 modules differ" in file_base_warning(other, lora.flags, "dora.safetensors")
+    assert "of 20 of 20 modules differ" in file_base_warning(other, lora.flags, "dora.safetensors")
     loaded = AdapterNetwork.from_weights(other, lora.tensors, lora.flags)
     loaded.merge_into_model(1.0)
     merged = _weights_of(other, names)

@@ -215,7 +215,7 @@ def test_state_dict_for_save_uses_the_musubi_key_layout(tiny_wan, randomized):
     flags = network.flags()
     assert {key: flags[key] for key in ("algo", "use_dora", "use_rslora", "dora_convention")} == {
         "algo": "lora", "use_dora": True, "use_rslora": False, "dora_convention": "base_norm"}
-    assert len(flags["dora_base"]["row_norm_sums"]) == len(network.adapters)
+    assert len(flags["dora_base"]["modules"]) == len(network.adapters)
     assert _network(tiny_wan, [], rank=4, alpha=3.0).flags() == {"algo": "lora", "use_dora": False, "use_rslora": False}
     rs = _network(tiny_wan, ["use_rslora=True"], rank=8, alpha=4.0).state_dict_for_save()
     assert float(rs["lora_unet_blocks_0_ffn_2.alpha"]) == pytest.approx(4.0 * math.sqrt(8))  # alpha/r = 4/√8
