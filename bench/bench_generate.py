@@ -151,8 +151,14 @@ def generate(args, paths: dict[str, Path]) -> dict:
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
+    unwritten = None
     with GpuPeak() as peak:
-        generate_all(cli_args, ctx)
+        try:
+            generate_all(cli_args, ctx)
+        except ModuleNotFoundError as exc:  # a GPU machine without imageio-ffmpeg: all but the mp4 write ran
+            if exc.name != "imageio_ffmpeg":
+                raise
+            unwritten = "decoded, not written: imageio_ffmpeg is not installed on this machine"
     ended = time.perf_counter()
     times = {event: [t for t, e, _ in ctx.events if e == event] for event in ("start", "progress", "sample")}
     steps = [b - a for a, b in zip([times["start"][0]] + times["progress"][:-1], times["progress"])]
@@ -163,7 +169,8 @@ def generate(args, paths: dict[str, Path]) -> dict:
         # classifier-free guidance runs the transformer twice a step: this compares with bench_generate_step.py
         "s_per_transformer_forward": round(statistics.median(steps[1:] or steps)
                                            / (2 if cli_args.guidance_scale > 1 else 1), 2),
-        "decode_and_write_s": round(times["sample"][0] - times["progress"][-1], 1),
+        "decode_and_write_s": round((times["sample"][0] if times["sample"] else ended) - times["progress"][-1], 1),
+        "video": unwritten or "written",
         "total_s": round(ended - started, 1),
         "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if DEVICE == "cuda" else None,
         "process_peak_gib_nvidia_smi": round(peak.peak_mib / 1024, 2) if DEVICE == "cuda" else None,

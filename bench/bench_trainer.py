@@ -201,7 +201,7 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
                           text=True) as process:
         for line in process.stdout:
             print(line, end="", flush=True)
-            if line.startswith(("memory=", "compile", "attention")):
+            if line.startswith(("memory=", "torch.compile", "attention")):
                 plan_lines.append(line.strip())
     result = process
     wall = time.perf_counter() - start
