@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,50 @@ def test_skip_mode_skips_and_counts_the_bad_step(demo_workspace, demo_settings, 
     steps = [e for e in events(job) if e["event"] == "step"]
     assert [math.isfinite(float(e["loss"])) for e in steps] == [True, False, True, True]
     assert all(torch.isfinite(t).all() for t in load_file(folder / "demo-concept-a.safetensors").values())
+
+
+SLOW_STEP = """
+import json, os, sys, time
+from pathlib import Path
+import backend.train.loop as loop
+real, job = loop.flow_matching_loss, Path(os.environ["LORAID_JOB_DIR"])
+def slow(*args, **kwargs):
+    if (job / "needs.json").exists() and not (job / "blocked").exists():
+        # a step is under way (the run has reported its step time) when Stop comes; it lasts three grace periods
+        (job / "blocked").write_text("")
+        flag = job / "stop_requested"
+        print("step " + "under way", flush=True)  # (the command line in the log holds the source, not this)
+        while not flag.exists():
+            time.sleep(0.01)
+        asked = json.loads(flag.read_text())
+        while time.time() - asked["requested_at"] < 3 * asked["grace_s"]:
+            time.sleep(0.01)
+    return real(*args, **kwargs)
+loop.flow_matching_loss = slow
+from backend.train.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_training_step_longer_than_the_grace_period_is_finished_and_saved(demo_workspace, tmp_path):
+    import sys as _sys
+
+    from backend.jobs import JobManager
+    from tests.train.conftest import DEMO_PRESET, REPO
+
+    manager = JobManager(tmp_path / "jobs")
+    out = tmp_path / "o"
+    job = manager.submit([_sys.executable, "-c", SLOW_STEP, "--config", str(DEMO_PRESET), "--workspace",
+                          str(demo_workspace.root), "--max_train_steps", "10", "--output_dir", str(out)],
+                         kind="train", title="slow step", env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    while "step under way" not in manager.read_log(job.id)[0]:  # waits on the job's own word
+        assert not manager.get(job.id).is_finished, manager.read_log(job.id)[0][-2000:]
+        time.sleep(0.05)
+    manager.stop(job.id, grace_s=0.3)
+    while not manager.get(job.id).is_finished:
+        time.sleep(0.05)
+    job = manager.get(job.id)
+    assert job.status == "stopped" and job.returncode == 0, manager.read_log(job.id)[0][-2000:]
+    saved = int(job.outcome.removeprefix("stopped, saved at step "))  # the step that was under way
+    assert saved >= 2 and [e["step"] for e in manager.read_events(job.id)[0] if e["event"] == "checkpoint"] == [saved]
+    assert sorted(p.name for p in out.iterdir()) == [f"demo-concept-a-step{saved:06d}.safetensors"]
