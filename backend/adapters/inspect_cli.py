@@ -37,6 +37,10 @@ def _min_max(values: list[float]) -> dict[str, float | None]:
     return {"min": min(values) if values else None, "max": max(values) if values else None}
 
 
+DORA_CONVENTION_WORDS = {"base_norm": "ComfyUI's convention (m·||W||/||W + ΔW||, per output row)",
+                         "merged_norm": "magnitudes over ||W + ΔW|| (the trainer's convention)"}
+
+
 def musubi_advice(lora_file: LoraFile) -> str | None:
     """What to do when musubi-tuner cannot use the file as it is (it has no DoRA and reads no LyCORIS tensors)."""
     kinds = sorted({{"dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}[algo] for algo in lora_file.module_algos.values()
@@ -124,8 +128,8 @@ def format_text(info: dict[str, Any]) -> str:
     lines += [f"  {key:<22} {value[:120]}" for key, value in info["metadata"].items()]
     lines += [f"note         {note}" for note in info["notes"]]
     if info["dora_convention"]:
-        base = f", base {info['dora_base']}" if info["dora_base"] else ""
-        lines.append(f"DoRA scales  {info['dora_convention']}{base}")
+        base = f", computed on base {info['dora_base']}" if info["dora_base"] else ""
+        lines.append(f"DoRA scales  {DORA_CONVENTION_WORDS.get(info['dora_convention'], info['dora_convention'])}{base}")
     if info["hint"]:
         lines.append(f"hint         {info['hint']}")
     if info["musubi"]:
