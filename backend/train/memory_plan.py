@@ -37,11 +37,12 @@ FRAGMENTATION = 0.07
 # and their rotated copies, the attention output and its projection, the cross-attention's q and output, the
 # residual sums (about 28·dim) and the FFN hidden layer before and after GELU with their gradients (about 4·ffn).
 BLOCK_PEAK_DIM_VALUES, BLOCK_PEAK_FFN_VALUES = 28, 4
-# Without checkpointing autograd keeps, per token per block, about: the float32 inputs and outputs of the three
-# norms (~12·dim in bf16 units), the q/k RMS-norm inputs in float32 and their rotated copies (~8·dim), q, k, v and
-# the attention output of both attentions (~6·dim), the Linear inputs and gated outputs (~6·dim), and the GELU's
-# input and output (2·ffn). Erring high here only costs speed (checkpointing on); erring low costs an OOM.
-SAVED_DIM_VALUES, SAVED_FFN_VALUES = 32, 2
+# Without checkpointing autograd keeps, per token per block, about: the inputs and outputs of the three norms, the
+# q/k RMS-norm inputs and their rotated copies, q, k, v and the attention output of both attentions, the Linear
+# inputs and gated outputs (~23·dim in bf16 units), and the GELU's input and output (2·ffn). Calibrated on the
+# trainer itself: 1.3B, 32,760 tokens, bf16, no checkpointing peaked at 101.0 GiB allocated (H200,
+# docs/benchmarks.md), which this estimate meets within 1 %; erring low costs an OOM, erring high only speed.
+SAVED_DIM_VALUES, SAVED_FFN_VALUES = 23, 2
 # Inference (no autograd): the hidden state, q / k / v, the attention output and the FFN hidden layer.
 INFER_DIM_VALUES, INFER_FFN_VALUES = 8, 2
 # Block swap keeps this many blocks' weights on the GPU for the copies in flight (double buffering).
