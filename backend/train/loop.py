@@ -25,6 +25,7 @@ from the rest (it includes torch.compile's compilation when compile is on).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -106,7 +107,7 @@ def train(settings, workspace: Workspace | None = None, ctx: JobContext | None =
 
 
 def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None = None, log=print) -> str:
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType
 
     ctx = ctx or JobContext.from_env()
     s = resolve_settings(settings, workspace)
@@ -121,6 +122,9 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     network_args = network_args_for(s, allocation)
     registry = LoraidRegistry.for_workspace(workspace) if workspace is not None else None
     ddp = DistributedDataParallelKwargs(find_unused_parameters=len(plan.experts) > 1)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        raise UserError("distributed=fsdp needs GPUs (accelerate's FSDP does not run on the CPU); use "
+                        "distributed=ddp here.")
     accelerator = Accelerator(mixed_precision=s.mixed_precision, gradient_accumulation_steps=s.gradient_accumulation_steps,
                               kwargs_handlers=[ddp], cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
@@ -130,6 +134,10 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     if not main:
         ctx = JobContext()
     world, rank = accelerator.num_processes, accelerator.process_index
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp:
+        _check_fsdp(s)
+        say(f"data parallel: FSDP, the frozen base and the adapters sharded over {world} processes")
 
     dataset = CachedDataset.from_file(s.dataset_config, seed=s.seed)
     check_latents_fit(dataset, kind, s, f"python -m backend cache latents --dataset_config {s.dataset_config}")
@@ -156,7 +164,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     models, networks = build_networks(s, kind, plan, dits, DTYPES[s.mixed_precision], network_args)
     for label, model in models.items():
         apply_memory_settings(model, s, accelerator.device, say if label == plan.labels[0] else (lambda *_: None))
-    denoiser = Denoiser(models, networks, plan)
+    denoiser = Denoiser(models, networks, plan, own_base=fsdp)
     groups = [group for network in networks.values() for group in network.optimizer_param_groups(s.learning_rate)]
     optimizer = build_optimizer(s.optimizer_type, groups, s.learning_rate, s.weight_decay)
     per_step = s.gradient_accumulation_steps * world
@@ -197,10 +205,11 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
         finite.check(step)
         accelerator.wait_for_everyone()
         started = time.perf_counter()
-        if main:
-            for path in saver.save_loras(stem, step, epoch):
-                ctx.emit("checkpoint", path=str(path), step=step, epoch=epoch, final=final)
-                say(f"saved {path}")
+        with _whole_adapters(denoiser, fsdp):  # FSDP: every process gathers the adapters; the main one writes
+            if main:
+                for path in saver.save_loras(stem, step, epoch):
+                    ctx.emit("checkpoint", path=str(path), step=step, epoch=epoch, final=final)
+                    say(f"saved {path}")
             if s.save_state:
                 folder = saver.save_state(stem, optimizer=raw_optimizer, scheduler=scheduler, step=step,
                                           epoch=epoch, data_position=position.to_dict(), generators={})
@@ -306,6 +315,25 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     accelerator.end_training()
     ctx.close()
     return status
+
+
+def _check_fsdp(s) -> None:
+    """What FSDP runs do not offer yet, each refused with one sentence before anything is built."""
+    refused = {"save_state": "training state (the optimizer is sharded)", "sample_prompts": "samples during training",
+               "blocks_to_swap": "block swap", "offload_activations": "activation offload"}
+    for name, what in refused.items():
+        if getattr(s, name):
+            raise UserError(f"distributed=fsdp does not support {what} yet; clear {name} or use distributed=ddp.")
+
+
+def _whole_adapters(denoiser, fsdp: bool):
+    """Under FSDP the adapters (in the root unit, beside the base's non-block layers) gathered whole on every
+    process while the block weights stay sharded; a no-op otherwise."""
+    if not fsdp:
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(denoiser, recurse=False, writeback=False)
 
 
 def _stop_requested(stop_flag: JobContext, accelerator, at_log_interval: bool) -> bool:

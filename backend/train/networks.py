@@ -92,9 +92,14 @@ def build_networks(settings, kind: ModelKind, plan: ExpertPlan, dit_paths: dict[
 class Denoiser(nn.Module):
     """velocity = model(x_t, t·1000, text) for each sample, routed by t to its expert (boundary) when there are two."""
 
-    def __init__(self, models: dict[str, nn.Module], networks: dict[str, AdapterNetwork], plan: ExpertPlan) -> None:
+    def __init__(self, models: dict[str, nn.Module], networks: dict[str, AdapterNetwork], plan: ExpertPlan,
+                 own_base: bool = False) -> None:
+        """`own_base`: register the frozen transformers as submodules (FSDP shards what the module owns); else a
+        plain dict keeps them out of this module's parameters (DDP then replicates only the adapters)."""
         super().__init__()
-        self._models = models  # a plain dict: the frozen base is not part of this module's parameters
+        self._models = models
+        if own_base:
+            self.base = nn.ModuleDict(models)
         self.networks = nn.ModuleDict(networks)
         self.plan = plan
 

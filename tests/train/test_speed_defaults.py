@@ -46,3 +46,18 @@ def test_attention_auto_rule(monkeypatch, capability, packages, expected):
 def test_attention_auto_off_cuda_is_sdpa(monkeypatch):
     monkeypatch.setattr(memory.torch.cuda, "is_available", lambda: False)
     assert memory.resolve_attention(_settings()) == (None, "auto: SDPA (no CUDA device)")
+
+
+def test_fsdp_refusals_are_one_sentence(monkeypatch, demo_workspace, demo_settings):
+    from backend.errors import UserError
+    from backend.train.loop import _check_fsdp, train
+
+    with pytest.raises(UserError, match="does not support training state"):
+        _check_fsdp(_settings(save_state=True))
+    with pytest.raises(UserError, match="does not support samples during training"):
+        _check_fsdp(_settings(sample_prompts="prompts.txt"))
+    _check_fsdp(_settings())  # a plain run passes
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    monkeypatch.setattr(memory.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="needs GPUs"):
+        train(demo_settings, demo_workspace, log=lambda *_: None)
