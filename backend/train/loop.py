@@ -210,10 +210,10 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                 for path in saver.save_loras(stem, step, epoch):
                     ctx.emit("checkpoint", path=str(path), step=step, epoch=epoch, final=final)
                     say(f"saved {path}")
-            if s.save_state:
-                folder = saver.save_state(stem, optimizer=raw_optimizer, scheduler=scheduler, step=step,
-                                          epoch=epoch, data_position=position.to_dict(), generators={})
-                ctx.emit("checkpoint", path=str(folder), step=step, kind="state")
+                if s.save_state:
+                    folder = saver.save_state(stem, optimizer=raw_optimizer, scheduler=scheduler, step=step,
+                                              epoch=epoch, data_position=position.to_dict(), generators={})
+                    ctx.emit("checkpoint", path=str(folder), step=step, kind="state")
         accelerator.wait_for_everyone()
         timing.save_done(time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -20,6 +21,13 @@ from .conftest import DEMO_PRESET, REPO
 
 TOLERANCE = 1e-5
 SHORT = {"max_train_steps": 3, "log_every_n_steps": 1, "network_args": ["dropout=0.1"], "save_state": True}
+
+
+def _free_port() -> int:
+    """A port no other test run on this machine holds (two launches on the default 29500 would collide)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _same_lora(path_a, path_b) -> None:
@@ -36,7 +44,8 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(demo_workspace, 
     env.pop("LORAID_JOB_DIR", None)
     ddp = tmp_path / "ddp"
     result = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
+         str(_free_port()), "--mixed_precision", "no",
          "--dynamo_backend", "no", "-m", "backend.train", "--config", str(DEMO_PRESET), "--workspace",
          str(demo_workspace.root), "--max_train_steps", "3", "--log_every_n_steps", "1", "--output_dir", str(ddp),
          "--output_name", "ddp", "--network_args", "dropout=0.1", "--save_state", "true", "--save_every_n_steps",
