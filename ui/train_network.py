@@ -70,7 +70,7 @@ def _control(key: str, value: Any):
 
 
 def build_builder(components: dict[str, Any], values: dict[str, Any]) -> None:
-    gr.Markdown("#### network_args builder\nPick a recipe (the seed's known-good combinations included), then adjust "
+    gr.Markdown("#### network_args builder\nPick a recipe (known-good combinations included), then adjust "
                 "any key. Empty or unticked means \"not given\": the default applies.")
     with gr.Row():
         components["net:recipe"] = gr.Dropdown([(r.label, name) for name, r in RECIPES.items()], value=None,

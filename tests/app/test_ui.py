@@ -108,7 +108,10 @@ def test_jobs_panel_runs_stops_reruns_and_deletes_a_real_job(workspace):
     outputs(panel.stop(rerun["view"]))
     tick_until(panel, rerun["view"], lambda shown: shown["status"] == "stopped")
 
-    deleted = outputs(panel.delete(view))
+    asked = outputs(panel.delete(view))  # the first press asks
+    assert asked["message"].startswith(f"Press **Delete** again to delete job {job_id}")
+    assert (workspace.jobs / job_id).is_dir()
+    deleted = outputs(panel.delete(asked["view"]))
     assert deleted["message"] == f"Deleted job {job_id} and its folder."
     assert not (workspace.jobs / job_id).exists()
     assert [row[0] for row in deleted["table"]] == [rerun["view"].job_id]

@@ -80,6 +80,7 @@ class SessionView:
     events: deque = field(default_factory=lambda: deque(maxlen=SHOWN_EVENTS))
     details_shown: bool = False  # settings and events were sent once; later ticks send only new events
     poll_seconds: float = 0.0  # the timer's interval as last set
+    delete_asked: str | None = None  # the job whose Delete was pressed once (the next press deletes it)
 
     @classmethod
     def of(cls, job_id: str | None, like: "SessionView | None" = None) -> "SessionView":
@@ -232,8 +233,15 @@ class JobsPanel:
         return self._act(view, action)
 
     def delete(self, view: SessionView) -> tuple:
+        """Two presses: the first asks (a running job is refused at once), the second deletes."""
         def action(current: SessionView):
             job_id = self._require_selection(current)
+            if current.delete_asked != job_id and not self.ctx.jobs.get(job_id).is_finished:
+                self.ctx.jobs.delete(job_id)  # refuses, saying how to stop it first
+            if current.delete_asked != job_id:
+                current.delete_asked = job_id
+                return current, (f"Press **Delete** again to delete job {job_id} and its folder (log, events and "
+                                 f"settings; files it wrote elsewhere stay).")
             self.ctx.jobs.delete(job_id)
             return SessionView.of(None, current), f"Deleted job {job_id} and its folder."
         return self._act(view, action)
@@ -257,7 +265,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         kind_filter = gr.Dropdown(kind_choices(ctx), value=ALL, label="Kind", scale=1, elem_id="jobs-filter-kind")
         status_filter = gr.Dropdown([ALL, *STATUSES], value=ALL, label="Status", scale=1,
                                     elem_id="jobs-filter-status")
-    table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, wrap=True, max_height=260,
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, wrap=True, max_height=420,
                          label="Jobs (newest first) — click a row to show its log", elem_id="jobs-table")
     with gr.Group():
         with gr.Row(equal_height=True):
@@ -271,7 +279,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
             down_button = gr.Button("Move down in queue", elem_id="jobs-move-down", scale=0, min_width=150)
             cancel_button = gr.Button("Cancel queued job", elem_id="jobs-cancel", scale=0, min_width=150)
             preset_name = gr.Textbox("", label="Preset name (empty: job-<id>)", scale=2, elem_id="jobs-preset-name")
-            preset_button = gr.Button("Open as preset", elem_id="jobs-open-preset", scale=0, min_width=150)
+            preset_button = gr.Button("Save as Train preset", elem_id="jobs-open-preset", scale=0, min_width=150)
         folder = gr.Textbox(label="Job folder", interactive=False, elem_id="job-folder")
         command = gr.Textbox(label="Command", interactive=False, elem_id="job-command")
         log = gr.Textbox(label="Log", lines=16, max_lines=16, autoscroll=True, interactive=False,
