@@ -184,7 +184,7 @@ class GeneratePanel:
         try:
             job, warnings = self.submit(GenerateForm.from_values(*values))
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", gr.skip(), gr.skip()
+            return followed, f"⚠ {report_error(exc)}", "", gr.skip()  # no stale bar beside the error
         notes = "".join(f"  \n⚠ Allowed overlap: {warning}" for warning in warnings)
         followed = FollowedGeneration(job.id, loaded=True)
         return followed, f"Job {job.id}: {job.status}…{notes}", progress_html(0, 0, "starting…"), \

@@ -182,6 +182,7 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
 
     bad = panel.run(inputs, "power", 0.5, 0.95, 0.95, "factors", "same", out, False, FollowedJob())
     assert bad[1].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")
+    assert bad[2:4] == ("", "")  # the previous run's log and summary are not left beside the error
     empty = panel.run(panel.find(None, "", "", "")[0], "power", 0.2, 0.95, 0.95, "factors", "same", out, False,
                       FollowedJob())
     assert empty[1] == "⚠ No checkpoints are chosen; pick a run or type a run folder or checkpoint files."

@@ -117,7 +117,7 @@ class EmaPanel:
                 settings={"inputs": [str(p) for p in request.inputs], "rule": rule, "space": space,
                           "outputs": [str(target)]})
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", gr.skip(), gr.skip(), gr.Timer(active=False)
+            return followed, f"⚠ {report_error(exc)}", "", "", gr.Timer(active=False)  # no stale results
         return follow_job(job), f"Job {job.id}: {job.status}…", "", "", gr.Timer(active=True)
 
     def tick(self, followed: FollowedJob):

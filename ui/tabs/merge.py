@@ -159,7 +159,7 @@ class MergePanel:
                           "multipliers": [pick.multiplier for pick in request.picks],
                           "outputs": [str(path) for path in request.outputs().values()]})
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", gr.skip(), gr.skip(), gr.Timer(active=False)
+            return followed, f"⚠ {report_error(exc)}", "", "", gr.Timer(active=False)  # no stale results
         note = "".join(f"  \n⚠ Allowed overlap: {warning}." for warning in warnings)
         return follow_job(job), f"Job {job.id}: {job.status}…{note}", "", "", gr.Timer(active=True)
 
