@@ -9,6 +9,7 @@ of the workspace's dataset TOML files that also takes a typed path.
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,16 @@ def dataset_choices(workspace: Workspace, typed: str = "") -> list[str]:
     folder = workspace.datasets
     found = sorted(path.relative_to(workspace.root).as_posix() for path in folder.rglob("dataset.toml")) \
         if folder.is_dir() else []
-    return [typed, *found] if typed and typed not in found else found
+    return [typed, *found] if typed and _in_workspace(workspace, typed) not in found else found
+
+
+def _in_workspace(workspace: Workspace, typed: str) -> str:
+    """A typed path as the list names it (relative to the workspace), so a file is never listed twice."""
+    path = Path(typed).expanduser()
+    try:
+        return path.resolve().relative_to(workspace.root).as_posix() if path.is_absolute() else path.as_posix()
+    except ValueError:
+        return typed
 
 
 def widget_value(name: str, value: Any) -> Any:

@@ -351,3 +351,11 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     assert "LORAID 1 is already taken by loras/concept-a" in taken["error:loraid"]["value"]
     assert taken["loraid"]["choices"][1][0] == (f"1: blocks 0-1 (taken by concept-a-step{stopped_at:06d}.safetensors, "
                                                 "concept-a.safetensors)")
+
+
+def test_a_typed_dataset_path_inside_the_workspace_is_listed_once(workspace):
+    from ui.train_form import dataset_choices
+
+    listed = dataset_choices(workspace)
+    assert listed and dataset_choices(workspace, str(workspace.root / listed[0])) == listed
+    assert dataset_choices(workspace, "/elsewhere/dataset.toml") == ["/elsewhere/dataset.toml", *listed]

@@ -54,6 +54,14 @@ def wire(handler, outputs: dict[str, gr.components.Component]):
     return run, [outputs[name] for name in names]
 
 
+def _file_text(path) -> str:
+    """The TOML file the page opens with, as it is on disk (empty when there is none yet)."""
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def device_choice() -> str:
     return device_choices()[-1]
 
@@ -175,7 +183,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                                elem_id="dataset-toml-path")
         generate = gr.Button("Generate from settings", scale=0, min_width=200, elem_id="dataset-toml-generate")
         load = gr.Button("Load file", scale=0, min_width=120, elem_id="dataset-toml-load")
-    toml = gr.Code("", language=None, interactive=True, lines=14, max_lines=40, elem_id="dataset-toml",
+    toml = gr.Code(_file_text(default_folder / "dataset.toml"), language=None, interactive=True, lines=14,
+                   max_lines=40, elem_id="dataset-toml",
                    label="Dataset TOML (editable; validated before it is written)")
     with gr.Row():
         write = gr.Button("Write TOML", variant="primary", scale=0, min_width=160, elem_id="dataset-toml-write")
