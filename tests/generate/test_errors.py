@@ -11,8 +11,8 @@ def _one_sentence(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--frames", "6"], "--frames 6 is not 4n+1"),
-    (["--width", "30"], "--width 30 is not a positive multiple of 16; use 32"),
+    (["--frames", "6"], "Frames (frames) = 6 is not 4n+1 (1, 5, 9, ..., 81); use 5 or 9"),
+    (["--width", "30"], "Width (width) = 30 is not a positive multiple of 16; use 32"),
     (["--lora", "missing.safetensors"], "missing.safetensors does not exist"),
     (["--loraid", "1", "3"], "both change block 1"),
     (["--loraid", "9"], "LORAID 9 is not in the workspace registry"),
