@@ -218,9 +218,15 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
         timing.save_done(time.perf_counter() - started)
 
     def sample() -> None:
+        """The prompts split over the processes (each its share, the main one announces them all)."""
         accelerator.wait_for_everyone()
+        written = samples.generate(step, accelerator.autocast, rank, world)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            written = gather_object(written)
         if main:
-            samples.write(step, epoch, accelerator.autocast)
+            samples.announce(step, epoch, written)
         accelerator.wait_for_everyone()
 
     # ---- loop -------------------------------------------------------------------------------------------------

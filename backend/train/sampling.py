@@ -1,6 +1,8 @@
 """Samples during training: every N steps and/or epochs, each prompt of the sample prompts file is generated with
 the transformer(s) being trained (adapters live, eval mode), decoded by the run's VAE and written beside the LoRA
-files as `<output_name>-step000010-00.mp4` (or `.png` for one frame), each announced by a `sample` event.
+files as `<output_name>-step000010-00.mp4` (or `.png` for one frame), each announced by a `sample` event. With
+several processes each generates its share of the prompts (prompt i on process i mod N, recorded as "process" in
+the file's settings) and the main process announces them all.
 
 The pipeline is built once, on first use, around the run's own transformers: nothing is loaded twice. A Wan2.2
 A14B run that trains one expert samples with that expert over the whole trajectory (the log says so); `both`
@@ -48,7 +50,14 @@ class TrainingSamples:
         return self.enabled and bool(every) and epoch % every == 0
 
     def write(self, step: int, epoch: int, autocast=None) -> list[Path]:
-        """Generate every prompt now; the transformers go back to training mode afterwards."""
+        """Generate every prompt now (one process) and announce each sample."""
+        written = self.generate(step, autocast)
+        self.announce(step, epoch, written)
+        return [Path(path) for _, path in written]
+
+    def generate(self, step: int, autocast=None, rank: int = 0, world: int = 1) -> list[tuple[int, str]]:
+        """This process's share of the prompts (index ≡ rank mod world) as (index, path); the transformers go back to
+        training mode afterwards. Several processes split the prompts; the main one announces them all."""
         pipeline = self._pipeline or self._build()
         modes = {label: model.training for label, model in self.transformers.items()}
         written = []
@@ -56,16 +65,20 @@ class TrainingSamples:
             for model in self.transformers.values():
                 model.eval()
             for index, prompt in enumerate(self.prompts):
-                path = self._one(pipeline, prompt, step, index, autocast)
-                written.append(path)
-                self.emit("sample", path=str(path), step=step, epoch=epoch, prompt=prompt.prompt, index=index)
-                self.say(f"sample {path}")
+                if index % world == rank:
+                    written.append((index, str(self._one(pipeline, prompt, step, index, autocast, rank))))
         finally:
             for label, model in self.transformers.items():
                 model.train(modes[label])
         return written
 
-    def _one(self, pipeline, prompt: SamplePrompt, step: int, index: int, autocast) -> Path:
+    def announce(self, step: int, epoch: int, written: list[tuple[int, str]]) -> None:
+        """One `sample` event and log line per written sample, in prompt order."""
+        for index, path in sorted(written):
+            self.emit("sample", path=path, step=step, epoch=epoch, prompt=self.prompts[index].prompt, index=index)
+            self.say(f"sample {path}")
+
+    def _one(self, pipeline, prompt: SamplePrompt, step: int, index: int, autocast, rank: int = 0) -> Path:
         pipeline.scheduler = make_scheduler("unipc", self.settings.discrete_flow_shift)
         kwargs = dict(prompt=prompt.prompt, negative_prompt=prompt.negative_prompt, height=prompt.height,
                       width=prompt.width, num_frames=prompt.frames, num_inference_steps=prompt.steps,
@@ -74,7 +87,8 @@ class TrainingSamples:
         with torch.no_grad(), (autocast() if autocast is not None else nullcontext()):
             latents = pipeline(**kwargs).frames
         frames = decode_latents(pipeline.vae, latents.float())
-        record = {"prompt": prompt.__dict__, "step": step, "output_name": self.settings.output_name}
+        record = {"prompt": prompt.__dict__, "step": step, "output_name": self.settings.output_name,
+                  "process": rank}
         stem = self.folder / f"{self.settings.output_name}-step{step:06d}-{index:02d}"
         if len(frames) == 1:
             return write_png(stem.with_suffix(".png"), frames[0], record)
