@@ -230,9 +230,14 @@ class TrainPanel:
         """Start the form's training; while another training is unfinished, ask first (Queue it / leave it)."""
         busy = self.run.unfinished_training()
         if busy is not None:
-            return {"run:message": f"Training job {busy.id} is {busy.status}. Press **Queue after it** to run these "
-                                   f"settings when it ends, or change nothing.",
-                    "run:queue": gr.update(visible=True)}
+            asked = {"run:message": f"Training job {busy.id} is {busy.status}. Press **Queue after it** to run these "
+                                    f"settings when it ends, or change nothing.",
+                     "run:queue": gr.update(visible=True)}
+            session = widgets.get("run:session")
+            if session is not None:  # the page's ticks hide the question once nothing runs
+                session.shown["run:queue"] = True
+                asked["run:session"] = session
+            return asked
         return self.queue(widgets)
 
     def queue(self, widgets: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +277,9 @@ class TrainPanel:
         adopting = session.job_id is None and not session.adopted
         updates = self.run.tick(session)
         followed = updates["run:session"].job_id
+        if session.shown.get("run:queue") and self.run.unfinished_training() is None:
+            session.shown["run:queue"] = False  # nothing left to queue behind: the question goes
+            updates["run:queue"] = gr.update(visible=False)
         if adopting and followed is not None:
             job = self.ctx.jobs.get(followed)
             if not job.is_finished:

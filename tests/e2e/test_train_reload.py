@@ -81,6 +81,7 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     bar = page.locator("#train-progress .train-progress")
     expect(bar).to_have_attribute("data-status", "stopped", timeout=JOB_MS)
     stopped_at = int(bar.get_attribute("data-step"))
+    expect(page.locator("#train-queue")).to_be_hidden()  # nothing runs any more: the question goes
     expect(chart).to_contain_text(f"Loss (step {stopped_at} of {STEPS})")
     page.wait_for_function(f"() => document.querySelectorAll('#train-loss-chart [aria-roledescription=\"point\"]')"
                            f".length === {2 * stopped_at}")

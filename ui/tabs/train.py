@@ -196,7 +196,8 @@ def _monitor_widgets(c: dict) -> None:
                                     label=chart_label("Loss", empty), y_title="loss", height=260,
                                     elem_id="train-loss-chart")
         c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label=chart_label("Learning rate", empty),
-                                  x_axis_format="d", height=200, y_lim=[0, None], elem_id="train-lr-chart")
+                                  x_axis_format="d", y_axis_format="~s", height=200, y_lim=[0, None],
+                                  elem_id="train-lr-chart")
     c["run:samples"] = gr.Gallery([], label="Samples (step: prompt)", columns=3, height=200, object_fit="contain",
                                   elem_id="train-samples")
     c["run:log"] = gr.Textbox("", label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False,
