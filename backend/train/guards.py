@@ -19,8 +19,10 @@ REPORT_GROWTH = 1.25
 
 
 class StopTiming:
-    def __init__(self, ctx) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx, steps_between_checks: int = 1) -> None:
+        """`steps_between_checks`: how many steps may pass before the stop flag is seen (several processes agree on
+        it only at log intervals), so the runner waits for that many steps."""
+        self.ctx, self.steps_between_checks = ctx, max(1, steps_between_checks)
         self.step_s, self.save_s = 0.0, None
         self.reported: tuple[float, float] | None = None
 
@@ -35,7 +37,7 @@ class StopTiming:
     def _report(self) -> None:
         now = (self.step_s, self.save_s if self.save_s is not None else UNKNOWN_SAVE_S)
         if self.reported is None or any(new > old * REPORT_GROWTH for new, old in zip(now, self.reported)):
-            self.ctx.report_needs(*now)
+            self.ctx.report_needs(now[0] * self.steps_between_checks, now[1])
             self.reported = now
 
 

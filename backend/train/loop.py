@@ -233,7 +233,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     loader = accelerator.prepare(training_loader(dataset, position, s.max_data_loader_n_workers,
                                                  pin_memory=accelerator.device.type == "cuda"))
     batches = iter(loader)
-    timing, finite = StopTiming(ctx), FiniteLoss(s.nonfinite_loss, accelerator, s.learning_rate)
+    timing, finite = StopTiming(ctx, 1 if world == 1 else s.log_every_n_steps), FiniteLoss(s.nonfinite_loss, accelerator, s.learning_rate)
     progress = Progress(ctx, total_steps, step, say, s.logging_dir if main else "")
     denoiser.train()
     status, first_step, skip_step = "succeeded", step, False
