@@ -92,6 +92,7 @@ def record_text(result: GeneratedResult) -> str:
 class GeneratePanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self.extra_arguments: list[str] = []  # more `generate` flags for the next submit (run_with)
 
     @property
     def ws(self):
@@ -175,9 +176,18 @@ class GeneratePanel:
         if request.settings.image:  # the upload is temporary: the job and the result's record use a kept copy
             request = request.with_image(keep_start_image(self.ws.outputs, request.settings.image))
         title = f"Generate: {request.settings.prompt.strip()[:48]}"
-        job = self.ctx.jobs.submit([sys.executable, "-m", "backend", *request.arguments(self.ws.root)],
+        job = self.ctx.jobs.submit([sys.executable, "-m", "backend", *request.arguments(self.ws.root),
+                                    *self.extra_arguments],
                                    kind=JOB_KIND, title=title, settings=request.job_settings())
         return job, warnings
+
+    def run_with(self, extra_arguments: list[str], followed: FollowedGeneration, *values):
+        """`run` with more `generate` flags (the LoRA-MoE picker's)."""
+        self.extra_arguments = list(extra_arguments)
+        try:
+            return self.run(followed, *values)
+        finally:
+            self.extra_arguments = []
 
     def run(self, followed: FollowedGeneration, *values):
         """(followed, status, progress, timer)."""

@@ -1,7 +1,7 @@
 """`python -m backend moe <action>`: the LoRA-MoE workflow from the command line.
 
     moe merge  --workspace W --lora stage1.safetensors [--multiplier 1.0]        # into both demo A14B experts
-    moe merge  --lora S1 --dit LOW --dit_high_noise HIGH --out_dir MERGED        # your own pair
+    moe merge  --lora S1 --dit LOW --dit_high_noise HIGH --out_dir D --name N    # your own pair
     moe train  --config moe.toml [--workspace W] [--name value ...]               # stage 2 (seed flags accepted)
     moe export --moe FILE --expert NAME --out expert.safetensors                  # one expert as a plain LoRA
     moe demo   --workspace W --out_dir D                                         # the whole demo + its measures
@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _merge(argv: list[str]) -> int:
+    from backend.compose.output_names import MERGED_DIT_FOLDER
     from backend.moe.merge_stage1 import Stage1Merge, merge_stage1
     from backend.workspace import Workspace
 
@@ -37,27 +38,28 @@ def _merge(argv: list[str]) -> int:
     parser.add_argument("--workspace", default=None, help="workspace: default DiTs are its demo A14B pair")
     parser.add_argument("--dit", default=None, help="low-noise expert (A14B) or the single DiT")
     parser.add_argument("--dit_high_noise", default=None, help="high-noise expert")
-    parser.add_argument("--out_dir", default=None, help="folder of the merged files (default: W/models/<lora>-merged)")
+    parser.add_argument("--out_dir", default=None, help="folder of the merged files (default: W/outputs/merged)")
+    parser.add_argument("--name", default="", help="merged files' name: NAME-high_noise / NAME-low_noise "
+                                                   "(default: the LoRA's name without -low_noise)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="same", choices=["same", "fp32", "bf16", "fp16"])
     args = parser.parse_args(argv)
     workspace = Workspace(args.workspace) if args.workspace else None
-    dit, high, config_json = args.dit, args.dit_high_noise, None
+    dit, high = args.dit, args.dit_high_noise
     if dit is None and high is None:
         if workspace is None:
             raise UserError("no DiT given; pass --dit LOW --dit_high_noise HIGH, or --workspace W for its demo pair.")
         from backend.models.demo import expert_file
 
         dit, high = expert_file(workspace, "low"), expert_file(workspace, "high")
-        config_json = workspace.demo_a14b / "config.json"
     out_dir = args.out_dir
     if out_dir is None:
         if workspace is None:
             raise UserError("no output folder; pass --out_dir DIR (or --workspace W).")
-        out_dir = workspace.models / f"{Path(args.lora).stem}-merged"
+        out_dir = workspace.root.joinpath(*MERGED_DIT_FOLDER)
     request = Stage1Merge(Path(args.lora), Path(out_dir), Path(dit) if dit else None, Path(high) if high else None,
                           Path(args.lora_high_noise) if args.lora_high_noise else None, args.multiplier,
-                          args.device, args.dtype)
+                          args.device, args.dtype, args.name)
     with JobContext.from_env() as ctx:
         ctx.emit("start", total=100, lora=args.lora)
         parts = len(request.plan())
@@ -70,13 +72,14 @@ def _merge(argv: list[str]) -> int:
                 share = (len(done_parts) - (done == total) + done / total) / parts
                 ctx.emit("progress", step=int(100 * share), total=100, part=label)
 
-        results = merge_stage1(request, progress, config_json)
+        results = merge_stage1(request, progress)
         for result in results:
             for warning in result.warnings:
                 print(f"warning: {warning}")
             print(f"wrote {result.out} ({result.adapted_weights} weights adapted, {result.seconds:.1f} s)")
             ctx.emit("checkpoint", path=str(result.out))
-        ctx.emit("end", status="succeeded", outputs=[str(r.out) for r in results], out_dir=str(request.out_dir))
+        ctx.emit("end", status="succeeded", outputs=[str(r.out) for r in results],
+                 merged=" | ".join(str(r.out) for r in results))
     return 0
 
 

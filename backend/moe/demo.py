@@ -36,8 +36,9 @@ def stage1_settings(workspace: Workspace, out_dir: Path, steps: int = 10):
 def stage2_settings(merged: Path, out_dir: Path, steps: int = 40):
     from backend.moe.settings import MoeTrainSettings
 
-    return MoeTrainSettings(model_kind="demo-a14b", expert="both", dit=str(merged / "low_noise.safetensors"),
-                            dit_high_noise=str(merged / "high_noise.safetensors"),
+    return MoeTrainSettings(model_kind="demo-a14b", expert="both",
+                            dit=str(merged / "moe-demo-stage1-low_noise.safetensors"),
+                            dit_high_noise=str(merged / "moe-demo-stage1-high_noise.safetensors"),
                             dataset_config="datasets/demo/dataset.toml", network_dim=4, network_alpha=4.0,
                             network_args=["rank_q=8"], learning_rate=1e-3, max_train_steps=steps,
                             timestep_sampling="uniform", expert_names=EXPERTS, hint_tags=TAGS,
@@ -78,7 +79,7 @@ def run_demo(workspace: Workspace, out_dir: Path, stage1_steps: int = 10, stage2
         label = labeller.label(item)
         if label is not None:
             by_expert[EXPERTS[label]].append(dataset.load_batch([item]))
-    model = load_transformer(merged / "low_noise.safetensors", "demo-a14b", expert="low").eval()
+    model = load_transformer(merged / "moe-demo-stage1-low_noise.safetensors", "demo-a14b", expert="low").eval()
     specificity = expert_specificity(model, moe, "low", by_expert)
     for measure in ("change", "gain"):
         for expert, row in specificity[measure].items():

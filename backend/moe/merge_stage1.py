@@ -1,8 +1,10 @@
 """The merge step: fold the stage-1 LoRA into both DiT files of a Wan2.2 A14B pair (or the one file of a single
 model) with the streaming merge, at one multiplier, in one call. Stage 2 then trains on the merged files.
 
-Default outputs: `<out_dir>/high_noise.safetensors` and `low_noise.safetensors` (+ the model's config.json, so the
-folder loads like a model folder); each records the stage-1 LoRA's sha256 and multiplier in its header.
+Outputs follow the merged-model convention the Generate tab lists: `<out_dir>/<name>-high_noise.safetensors` and
+`<name>-low_noise.safetensors` (a single model: `<name>.safetensors`); default out_dir = the workspace's
+`outputs/merged`, default name = the stage-1 LoRA's name without its `-low_noise` / `-high_noise` ending. Each file
+records the stage-1 LoRA's sha256 and multiplier in its header.
 """
 from __future__ import annotations
 
@@ -12,8 +14,15 @@ from typing import Callable
 
 from backend.compose.merge_dit import MergeResult, merge_into_dit
 from backend.errors import UserError
-from backend.fileio import atomic_write_bytes
 from backend.models.registry import EXPERT_STEMS
+
+
+def base_name(lora: Path) -> str:
+    stem = Path(lora).stem
+    for expert_stem in EXPERT_STEMS.values():
+        if stem.endswith(f"-{expert_stem}"):
+            return stem[:-len(expert_stem) - 1]
+    return stem
 
 
 @dataclass(frozen=True)
@@ -26,26 +35,27 @@ class Stage1Merge:
     multiplier: float = 1.0
     device: str = "cpu"
     dtype: str = "same"
+    name: str = ""  # default: base_name(lora)
 
     def plan(self) -> list[tuple[str | None, Path, Path, Path]]:
         """[(expert, dit, lora, out)]."""
         if self.dit is None:
             raise UserError("no DiT to merge into; pass --dit (and --dit_high_noise for an A14B pair).")
+        name = self.name or base_name(self.lora)
         if self.dit_high_noise is None:
-            return [(None, self.dit, self.lora, self.out_dir / self.dit.name)]
+            return [(None, self.dit, self.lora, self.out_dir / f"{name}.safetensors")]
         if Path(self.dit).resolve() == Path(self.dit_high_noise).resolve():
             raise UserError("--dit and --dit_high_noise are the same file; give the low- and the high-noise expert.")
         return [("high", self.dit_high_noise, self.lora_high_noise or self.lora,
-                 self.out_dir / f"{EXPERT_STEMS['high']}.safetensors"),
-                ("low", self.dit, self.lora, self.out_dir / f"{EXPERT_STEMS['low']}.safetensors")]
+                 self.out_dir / f"{name}-{EXPERT_STEMS['high']}.safetensors"),
+                ("low", self.dit, self.lora, self.out_dir / f"{name}-{EXPERT_STEMS['low']}.safetensors")]
 
 
-def merge_stage1(request: Stage1Merge, progress: Callable[[str, int, int], None] | None = None,
-                 config_json: Path | None = None) -> list[MergeResult]:
+def merge_stage1(request: Stage1Merge, progress: Callable[[str, int, int], None] | None = None) -> list[MergeResult]:
     plan = request.plan()
     for _, dit, _, out in plan:
         if Path(out).resolve() == Path(dit).resolve():
-            raise UserError(f"the output {out} is the DiT itself; choose another --out_dir.")
+            raise UserError(f"the output {out} is the DiT itself; choose another --out_dir or --name.")
     request.out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for expert, dit, lora, out in plan:
@@ -57,6 +67,4 @@ def merge_stage1(request: Stage1Merge, progress: Callable[[str, int, int], None]
 
         results.append(merge_into_dit(dit, [lora], [request.multiplier], out, device=request.device,
                                       dtype=request.dtype, expert=expert, progress=report))
-    if config_json is not None and config_json.is_file():
-        atomic_write_bytes(request.out_dir / "config.json", config_json.read_bytes())
     return results

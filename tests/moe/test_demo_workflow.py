@@ -32,7 +32,7 @@ def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
     delta = parts["lora_up.weight"] @ parts["lora_down.weight"] * (float(parts["alpha"]) / parts["lora_down.weight"].shape[0])
     for expert in ("high", "low"):
         base = load_file(str(expert_file(ws, expert)))
-        merged = load_file(str(tmp_path / "merged" / f"{expert}_noise.safetensors"))
+        merged = load_file(str(tmp_path / "merged" / f"moe-demo-stage1-{expert}_noise.safetensors"))
         torch.testing.assert_close(merged[f"{name}.weight"], base[f"{name}.weight"] + delta, rtol=1e-6, atol=1e-6)
         assert torch.equal(merged["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"])
 
@@ -41,7 +41,8 @@ def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
     assert moe.spec.expert_names == tuple(EXPERTS) and moe.labels == ["high", "low"]
     for label in ("high", "low"):
         recorded = moe.header["stage1"][label]
-        assert recorded["fingerprint"] == stage1_fingerprint(tmp_path / "merged" / f"{label}_noise.safetensors")["fingerprint"]
+        assert recorded["fingerprint"] == stage1_fingerprint(
+            tmp_path / "merged" / f"moe-demo-stage1-{label}_noise.safetensors")["fingerprint"]
         assert recorded["merge"]["loras"][0]["file"] == lora.path.name
 
     # held-out router agreement, recomputed from the saved router of the low-noise expert at t = 0.5
@@ -75,8 +76,9 @@ def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
     # generate with a hint: the record says the hinted expert took every call
     merged = tmp_path / "merged"
     capsys.readouterr()
-    assert backend_main(["generate", "--workspace", str(ws.root), "--dit", str(merged / "high_noise.safetensors"),
-                         str(merged / "low_noise.safetensors"), "--model_kind", "demo-a14b", "--moe",
+    assert backend_main(["generate", "--workspace", str(ws.root), "--dit",
+                         str(merged / "moe-demo-stage1-high_noise.safetensors"),
+                         str(merged / "moe-demo-stage1-low_noise.safetensors"), "--model_kind", "demo-a14b", "--moe",
                          result["moe_file"], "--hint", "blue", "--prompt", "loraidA, a red ball", "--width", "32",
                          "--height", "32", "--frames", "1", "--steps", "2", "--seed", "3", "--guidance_scale", "1",
                          "--out_dir", str(tmp_path / "gen")]) == 0

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gradio as gr
 
+from backend.errors import UserError
 from backend.generate.settings import SAMPLERS
+from ui import moe_generate
 from ui.context import AppContext
 from ui.generate_form import LORA_MODES, MAX_LORAS, GenerateForm
 from ui.generate_panel import FollowedGeneration, GeneratePanel
+from ui.widgets import report_error
 
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="generate-tab", concurrency_limit=1, show_progress="hidden",
@@ -59,6 +62,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                              elem_id="gen-lora-mode")
         allow_overlap = gr.Checkbox(DEFAULTS.allow_overlap, elem_id="gen-allow-overlap",
                                     label="Allow overlap (apply LoRAs that change the same weights; they add up)")
+
+    moe = moe_generate.build(ctx)
 
     gr.Markdown("#### Settings")
     with gr.Row():
@@ -131,7 +136,16 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     gr.on([refresh.click, tab.select], panel.refresh, inputs=[model, lora_files],
           outputs=[model, lora_files, gallery, results], **_GROUP)
 
-    run_button.click(panel.run, inputs=[followed, *form], outputs=[followed, status, progress, timer], **_GROUP)
+    def run(followed_now, moe_file, moe_hint, moe_strengths, *values):
+        try:
+            extra = moe_generate.arguments(moe_file, moe_hint, moe_strengths)
+        except UserError as exc:
+            return followed_now, f"⚠ {report_error(exc)}", gr.skip(), gr.skip()
+        return panel.run_with(extra, followed_now, *values)
+
+    run_button.click(run, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
+                     outputs=[followed, status, progress, timer], **_GROUP)
+    moe_generate.wire_routing(moe, selected_settings)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)
     timer.tick(panel.tick, inputs=followed,
                outputs=[followed, status, progress, gallery, results, selected, selected_settings, timer], **_GROUP)

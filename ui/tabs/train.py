@@ -27,6 +27,7 @@ from backend.config.network_builder import BUILDER_KEYS, builder_state
 from backend.errors import UserError
 from backend.train.run_events import RunProgress
 from backend.train.settings import TrainSettings
+from ui import moe_panel
 from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
@@ -101,6 +102,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         with gr.Column(scale=2, min_width=380, elem_id="train-run-column"):  # stays in view (CSS: sticky)
             _run_controls(c)
             _monitor_widgets(c)
+    moe_panel.build(ctx)  # the LoRA-MoE mode: its own widgets, handlers and jobs (ui/moe_panel.py)
     wiring = Wiring(c)
     _wire(wiring, c, panel)
 
