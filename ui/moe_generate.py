@@ -90,11 +90,13 @@ def build(ctx: AppContext) -> dict:
         return gr.update(choices=moe_files(ctx), value=path if path else NONE)
 
     file.change(picked, inputs=file, outputs=[hint, experts], show_progress="hidden", api_visibility="private")
-    file.focus(refresh, inputs=file, outputs=file, show_progress="hidden", api_visibility="private")
-    return {"file": file, "hint": hint, "strengths": strengths, "routing": routing}
+    return {"file": file, "hint": hint, "strengths": strengths, "routing": routing, "refresh": refresh}
 
 
-def wire_routing(widgets: dict, selected_settings) -> None:
-    """Show the routing of the result whose settings are shown."""
+def wire(widgets: dict, tab, selected_settings) -> None:
+    """List the workspace's LoRA-MoE files when the tab opens; show the routing of the result whose settings are
+    shown."""
+    tab.select(widgets["refresh"], inputs=widgets["file"], outputs=widgets["file"], show_progress="hidden",
+               api_visibility="private")
     selected_settings.change(routing_text, inputs=selected_settings, outputs=widgets["routing"],
                              show_progress="hidden", api_visibility="private")

@@ -79,8 +79,11 @@ class MoePanel:
             values["dit_high_noise"], values["dit"] = str(merged[0]), str(merged[1])
         elif len(merged) == 1:
             values["dit"] = str(merged[0])
+        optional = {name for name, info in MoeTrainSettings.field_info().items() if info["default"] is None}
         for name in STAGE2_FIELDS:
             value = v[f"s2:{name}"]
+            if name in optional and not value:  # a number box shows "empty" as 0: the setting's own default
+                value = None
             values[name] = _listing(value) if name in ("expert_names", "hint_tags") else value
         return MoeTrainSettings.from_mapping(values, "LoRA-MoE stage 2")
 
@@ -208,7 +211,8 @@ def build(ctx: AppContext) -> None:
                         c[f"s2:{name}"] = gr.Dropdown(info["choices"], value=value, label=label, info=info["help"],
                                                       elem_id=elem)
                     else:
-                        c[f"s2:{name}"] = gr.Number(value, label=label, info=info["help"], elem_id=elem,
+                        help_text = info["help"] + (" 0: as empty." if info["default"] is None else "")
+                        c[f"s2:{name}"] = gr.Number(value, label=label, info=help_text, elem_id=elem,
                                                     precision=0 if isinstance(value, int) else None)
             c["s2:start"] = gr.Button("Start stage 2", variant="primary", elem_id="moe-s2-start")
         c["status"] = gr.Markdown("", elem_id="moe-status")

@@ -20,6 +20,7 @@ def _stage2(merged: str) -> dict:
     for name in STAGE2_FIELDS:
         value = getattr(defaults, name)
         values[f"s2:{name}"] = ", ".join(value) if isinstance(value, list) else value
+    values["s2:router_lr"] = 0  # an emptied number box sends 0: the setting's default (None) applies
     return values
 
 
@@ -41,5 +42,6 @@ def test_stage2_fields_take_the_merged_pair_high_then_low(tmp_path):
     assert settings.dit_high_noise == str(high) and settings.dit == str(low)
     assert settings.expert_names == ["red", "blue"] and settings.hint_tags == ["loraidA", "loraidB"]
     assert settings.routing_mode == "learned+hint" and settings.network_args == ["rank_q=8"]
+    assert settings.router_lr is None
     with pytest.raises(UserError, match="does not exist; run the merge step"):
         MoePanel(None).stage2_settings(_stage2(str(tmp_path / "missing.safetensors")))
