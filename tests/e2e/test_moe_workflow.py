@@ -77,7 +77,7 @@ def test_stage1_merge_stage2_and_a_hinted_generation(demo_workspace_copy: Path, 
     box = page.locator("#gen-moe-file input")  # the file's path, typed (the option list re-renders as it opens)
     box.fill(str(demo_workspace_copy / "loras" / "moe.safetensors"))
     box.press("Enter")
-    expect(page.locator("#gen-moe-experts")).to_contain_text("2 experts (red, blue)")
+    expect(page.locator("#gen-moe-experts")).to_contain_text("2 experts (red, blue)", timeout=JOB_MS)
     pick(page, "gen-moe-hint", "blue")
     page.locator("#gen-prompt textarea").fill("loraidA, a red ball")
     for elem_id, value in (("gen-frames", "1"), ("gen-width", "32"), ("gen-height", "32"), ("gen-steps", "2"),
