@@ -30,15 +30,18 @@ from backend.train.paths import dit_path, output_folder, resolve_settings
 from backend.train.progress import Progress
 from backend.workspace import Workspace
 
-NOT_FOR_MOE = {"blocks_to_swap": 0, "resume": "", "save_state": False, "network_weights": "", "sample_prompts": "",
-               "fp8_base": False, "compile": False}
+# Trainer settings stage 2 does not apply yet: the values it accepts (the first one is what to set). Stage 2 runs
+# one process without torch.compile, block swap or fp8 storage; memory="auto" plans nothing here.
+NOT_FOR_MOE = {"blocks_to_swap": (0,), "resume": ("",), "save_state": (False,), "network_weights": ("",),
+               "sample_prompts": ("",), "fp8_base": (False,), "fp8_scaled": (False,), "offload_activations": (False,),
+               "compile": ("off", "auto"), "num_machines": (1,)}
 
 
 def _refuse(s) -> None:
-    for name, default in NOT_FOR_MOE.items():
-        if getattr(s, name) != default:
+    for name, accepted in NOT_FOR_MOE.items():
+        if name in type(s).model_fields and getattr(s, name) not in accepted:
             raise UserError(f"{name}={getattr(s, name)!r} is not available for LoRA-MoE stage 2 yet; "
-                            f"leave it at {default!r}.")
+                            f"set it to {accepted[0]!r}.")
     if not s.dataset_config:
         raise UserError("no dataset_config given; pass --dataset_config FILE (a cached dataset TOML).")
 
@@ -139,7 +142,7 @@ def train_moe(settings, workspace: Workspace | None = None, ctx: JobContext | No
     keep = lambda item: id(item) not in held  # noqa: E731
     batches = _batches(dataset, keep)
     denoiser.train()
-    status, step, epoch = "succeeded", 0, 0
+    status, step, epoch, pending = "succeeded", 0, 0, []
     while step < total_steps:
         if ctx.stop_requested():
             status = "stopped"
@@ -167,9 +170,10 @@ def train_moe(settings, workspace: Workspace | None = None, ctx: JobContext | No
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
-        loss_value = sum(p[0] for p in parts) / len(parts)
-        progress.step(step, loss_value, scheduler.get_last_lr()[0], epoch, s.log_every_n_steps)
+        pending.append(sum(p[0] for p in parts) / len(parts))
         if step % s.log_every_n_steps == 0 or step == total_steps:
+            progress.report(step, pending, scheduler.get_last_lr()[0], epoch)
+            pending = []
             ctx.emit("moe_losses", step=step, hint_weight=weights.hint, **_mean_terms([p[1] for p in parts]))
         if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < total_steps:
             save(f"{s.output_name}-step{step:06d}", step)
