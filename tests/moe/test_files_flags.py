@@ -121,3 +121,16 @@ def test_seed_inference_flags_map_to_generate():
         ["--moe", "m.safetensors", "--hint", "hook", "--expert_strength", "*=0.8", "--prompt", "x"]
     with pytest.raises(UserError, match="stage 1 is merged"):
         translate_generate(["--alpha_base", "1.0"])
+
+
+@pytest.mark.parametrize("compile_choice, refused", [("on", True), ("auto", False), ("off", False)])
+def test_stage2_refuses_only_a_compile_it_cannot_do(tmp_path, compile_choice, refused):
+    from backend.moe.settings import MoeTrainSettings
+    from backend.moe.train import train_moe
+
+    settings = MoeTrainSettings(model_kind="demo-a14b", expert="both", output_dir=str(tmp_path),
+                                compile=compile_choice, dataset_config="")
+    expected = "compile='on' is not available" if refused else "no dataset_config given"
+    with pytest.raises(UserError, match=expected):
+        train_moe(settings, None, log=lambda *_: None)
+    assert not any(tmp_path.iterdir())
