@@ -303,7 +303,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
             checkpoint(checkpoint_stem(s.output_name, step=step))
             if main:
                 saver.prune("step")
-    del batches  # ends the loader's worker processes
+    del batches, loader  # the loader (and its worker processes) are not needed past the last step
 
     # ---- final save -------------------------------------------------------------------------------------------
     progress.close()
