@@ -116,7 +116,7 @@ class GenerateSession:
                 self.networks += hook_into(transformer, loras)
             else:
                 merge_into(transformer, loras)
-        self.moe = _attach_moe(self.model.transformers, moe, warn) if moe is not None else None
+        self.moe = _attach_moe(self.model.transformers, moe, warn, tuple(choice.dit)) if moe is not None else None
         if self.memory.fp8_scaled and merged:
             for transformer in self.model.transformers.values():
                 store_scaled_fp8(transformer, weights.work_device)
@@ -203,11 +203,15 @@ class GenerateSession:
         }
 
 
-def _attach_moe(transformers: dict, request, warn: Callable[[str], None]):
-    """A LoRA-MoE file on the transformers (backend/moe/inference.py), its warnings passed on."""
+def _attach_moe(transformers: dict, request, warn: Callable[[str], None], dit: tuple = ()):
+    """A LoRA-MoE file on the transformers (backend/moe/inference.py), its warnings passed on (also when the DiT
+    files given are not the stage-1 merge the experts were trained on)."""
     from backend.moe.inference import attach_moe
 
+    from backend.moe.inference import check_stage1
+
     attached = attach_moe(transformers, request)
-    for warning in attached.warnings:
+    dits = dict(zip(("high", "low") if len(dit) == 2 else ("single",), dit)) if len(dit) in (1, 2) else {}
+    for warning in attached.warnings + check_stage1(attached.moe, {k: str(v) for k, v in dits.items()}):
         warn(f"warning: {warning}")
     return attached

@@ -148,8 +148,8 @@ def load_into(network: MoeNetwork, moe: MoeFile) -> None:
 
 def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] | None = None) -> list[Path]:
     """Write one expert as an ordinary LoRA (musubi / ComfyUI `lora_unet_*`), one file per transformer label:
-    `out` itself for a single transformer, else `<out stem>-high_noise.safetensors` / `-low_noise`. The expert is written at gate 1
-    and τ 1 (the router and the timestep gate do not exist outside the MoE)."""
+    `out` itself for a single transformer, else `<out stem>-high_noise.safetensors` / `-low_noise`. The expert is
+    written at gate 1 and τ 1 (the router and the timestep gate do not exist outside the MoE)."""
     index = moe.spec.expert_index(expert)
     labels = labels or moe.labels
     out = Path(out)
@@ -166,7 +166,8 @@ def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] 
         metadata = build_metadata("lora", moe.spec.rank, moe.spec.alpha, list(moe.spec.network_args), None,
                                   moe.header.get("model_kind"), step=moe.header.get("step"), extra=extra,
                                   title=f"{expert} ({label})")
-        path = out if len(labels) == 1 else out.with_name(f"{out.stem}-{EXPERT_STEMS[label]}{out.suffix or '.safetensors'}")
+        suffix = out.suffix or ".safetensors"
+        path = out if len(labels) == 1 else out.with_name(f"{out.stem}-{EXPERT_STEMS[label]}{suffix}")
         written.append(save_lora(path, tensors, metadata))
     return written
 

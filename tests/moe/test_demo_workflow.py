@@ -29,7 +29,8 @@ def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
     lora = load_lora(tmp_path / "moe-demo-stage1-low_noise.safetensors")
     name = "blocks.7.cross_attn.q"
     parts = lora.parts(name)
-    delta = parts["lora_up.weight"] @ parts["lora_down.weight"] * (float(parts["alpha"]) / parts["lora_down.weight"].shape[0])
+    rank = parts["lora_down.weight"].shape[0]
+    delta = parts["lora_up.weight"] @ parts["lora_down.weight"] * (float(parts["alpha"]) / rank)
     for expert in ("high", "low"):
         base = load_file(str(expert_file(ws, expert)))
         merged = load_file(str(tmp_path / "merged" / f"moe-demo-stage1-{expert}_noise.safetensors"))
@@ -85,3 +86,14 @@ def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
     record = json.loads(next((tmp_path / "gen").glob("*.json")).read_text())
     assert record["moe"]["hint"] == "blue"
     assert record["moe"]["routing"]["high"] == {"red": 0.0, "blue": 1.0} == record["moe"]["routing"]["low"]
+    assert "stage-1 merge" not in capsys.readouterr().out  # the DiTs are the ones the experts were trained on
+
+    # the unmerged demo pair is named as not holding the stage-1 merge (the run still goes on)
+    assert backend_main(["generate", "--workspace", str(ws.root), "--dit", str(expert_file(ws, "high")),
+                         str(expert_file(ws, "low")), "--model_kind", "demo-a14b", "--moe", result["moe_file"],
+                         "--prompt", "loraidB, a blue cube", "--width", "32", "--height", "32", "--frames", "1",
+                         "--steps", "2", "--seed", "3", "--guidance_scale", "1",
+                         "--out_dir", str(tmp_path / "gen2")]) == 0
+    out = capsys.readouterr().out
+    assert "the high DiT high_noise.safetensors does not hold the stage-1 merge" in out
+    assert "the low DiT low_noise.safetensors does not hold the stage-1 merge" in out
