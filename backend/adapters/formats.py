@@ -39,7 +39,7 @@ class LoraFile:
     modules: list[str]  # original Wan names, blocks in order
     ranks: dict[str, int | None]  # Wan name -> r of alpha/r (None: full LoKr, scale 1)
     alphas: dict[str, float]  # Wan name -> canonical alpha (scale = alpha / r)
-    source_format: str  # loraid_studio | musubi | blissful | comfy | diffusers
+    source_format: str  # loraid_studio | musubi | blissful | lycoris | comfy | diffusers
     module_algos: dict[str, str] = field(default_factory=dict)
     explicit_flags: frozenset[str] = frozenset()  # the flags the file states itself (tensors or metadata)
     notes: list[str] = field(default_factory=list)  # what reading changed, in words
@@ -97,7 +97,7 @@ def _flags(canonical_flags: Mapping[str, bool], info: Mapping[str, Any], has_dor
     if flags["use_dora"] != has_dora:
         notes.append(f"The file is marked use_dora={flags['use_dora']} but "
                      f"{'holds' if has_dora else 'holds no'} DoRA magnitudes.")
-    if flags["use_rslora"] and source in ("musubi", "comfy", "diffusers") and not info["ours"]:
+    if flags["use_rslora"] and source in ("musubi", "lycoris", "comfy", "diffusers") and not info["ours"]:
         notes.append("The header says use_rslora but no flag tensor says how alphas were stored; "
                      "read them as alpha/r like ComfyUI does.")
     return flags, frozenset(explicit)

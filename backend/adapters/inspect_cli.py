@@ -1,6 +1,6 @@
 """`python -m backend inspect FILE [--json]`: what a LoRA file holds, in one screen.
 
-Algorithm, ranks (min / max / per projection), alphas, scale, flags, modules and blocks touched, LORAID and its
+Layout (which trainer's key names the file uses; a Wan2.2 A14B expert file and its partner), algorithm, ranks (min / max / per projection), alphas, scale, flags, modules and blocks touched, LORAID and its
 allocation, parameter count, file size and a summary of the musubi `ss_*` / `modelspec.*` metadata.
 """
 from __future__ import annotations
@@ -11,10 +11,32 @@ from typing import Any, Iterable
 
 from backend.adapters.formats import LoraFile, load_lora, suspicious_rslora_hint
 from backend.adapters.keys import block_of
+from backend.models.registry import EXPERT_STEMS, expert_in_name, expert_partner
 
 SUMMARY_KEYS = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args", "ss_base_model_version",
                 "ss_steps", "ss_epoch", "ss_learning_rate", "ss_seed", "ss_loraid", "loraid_allocation",
                 "modelspec.title", "modelspec.architecture", "modelspec.date")
+
+
+LAYOUT_WORDS = {
+    "loraid_studio": "this app (musubi-tuner's `lora_unet_*` keys)",
+    "musubi": "musubi-tuner / kohya `lora_unet_*` keys (LyCORIS through lycoris.kohya too)",
+    "blissful": "blissful-tuner `lora_unet_*` keys with its DoRA / rsLoRA tensors",
+    "lycoris": "LyCORIS `lycoris_*` keys (SimpleTuner)",
+    "comfy": "ComfyUI / diffusion-pipe / ai-toolkit `diffusion_model.*` keys with Wan module names",
+    "diffusers": "diffusers / PEFT `transformer.*` keys with diffusers module names",
+}
+
+
+def expert_pair(lora_file: LoraFile) -> dict[str, str | None] | None:
+    """A Wan2.2 A14B expert file named `NAME-high_noise` / `NAME_low_noise` (ai-toolkit): its expert and partner file."""
+    if lora_file.path is None:
+        return None
+    name, expert = expert_in_name(lora_file.path.stem)
+    if expert is None:
+        return None
+    partner = expert_partner(lora_file.path)
+    return {"name": name, "expert": expert, "partner": str(partner) if partner else None}
 
 
 def compact_ranges(numbers: Iterable[int]) -> str:
@@ -64,6 +86,8 @@ def describe(lora_file: LoraFile) -> dict[str, Any]:
         "file": str(lora_file.path) if lora_file.path else None,
         "file_size": lora_file.file_size,
         "source_format": lora_file.source_format,
+        "layout": LAYOUT_WORDS.get(lora_file.source_format, lora_file.source_format),
+        "expert_pair": expert_pair(lora_file),
         "algo": lora_file.algo,
         "algos_per_module": sorted(set(lora_file.module_algos.values())),
         "flags": {key: value for key, value in lora_file.flags.items() if isinstance(value, bool)},
@@ -107,7 +131,7 @@ def format_text(info: dict[str, Any]) -> str:
     top = f" + {', '.join(info['top_level_modules'])}" if info["top_level_modules"] else ""
     lines = [
         f"file         {info['file']} ({info['file_size']:,} bytes)" if info["file_size"] else f"file         {info['file']}",
-        f"layout       {info['source_format']}",
+        f"layout       {info['source_format']}: {info['layout']}",
         f"algorithm    {info['algo']}",
         f"flags        {flags}",
         f"modules      {info['modules']} in {blocks}{top}",
@@ -126,6 +150,12 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append(f"network_args {' '.join(info['network_args'])}")
     lines.append(f"metadata     {info['metadata_keys']} keys")
     lines += [f"  {key:<22} {value[:120]}" for key, value in info["metadata"].items()]
+    pair = info["expert_pair"]
+    if pair:
+        partner = (f"with its partner {pair['partner']}" if pair["partner"]
+                   else "its partner file for the other expert is not beside it")
+        lines.append(f"A14B pair    {pair['name']}: the {EXPERT_STEMS[pair['expert']].replace('_', '-')} expert, "
+                     f"{partner}")
     lines += [f"note         {note}" for note in info["notes"]]
     if info["dora_convention"]:
         base = f", computed on base {info['dora_base']}" if info["dora_base"] else ""

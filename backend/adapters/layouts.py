@@ -1,11 +1,12 @@
 """Turn the LoRA layouts other tools write into the canonical one (musubi / ComfyUI `lora_unet_*` keys, alpha/r scale).
 
 Read here:
-- `lora_unet_*` files: ours, musubi-tuner's, blissful-tuner's (its `use_dora_flag` / `use_rslora_flag` tensors become
+- `lora_unet_*` files: ours, musubi-tuner's (LyCORIS LoHa / LoKr through `lycoris.kohya` too), blissful-tuner's (its `use_dora_flag` / `use_rslora_flag` tensors become
   flags, its per-module `dora_layer.weight` becomes `dora_scale`, its rsLoRA alpha becomes alpha·√r);
 - dotted layouts: ComfyUI / diffusers-converted `diffusion_model.<Wan name>.lora_A.weight / lora_B.weight (/ .alpha)`
   (also `model.diffusion_model.` or no prefix) and diffusers / PEFT `transformer.<diffusers name>.lora_A.weight`
-  (scale from its `lora_adapter_metadata` when present, else PEFT's default scale 1).
+  (scale from its `lora_adapter_metadata` when present, else PEFT's default scale 1);
+- `lycoris_<Wan name with '.'→'_'>.*`: LyCORIS' own prefix (SimpleTuner's LyCORIS files), read as `lora_unet_*`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from backend.models.names import diffusers_to_wan, lora_key_prefix
 
 BLISSFUL_FLAGS = ("use_dora_flag", "use_rslora_flag")
 BLISSFUL_DORA_SUFFIX = "dora_layer.weight"
+LYCORIS_PREFIX = "lycoris_"
 DOTTED_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
 _DOTTED_RENAMES = {
     "lora_A.weight": "lora_down.weight",
@@ -45,7 +47,7 @@ _UNSUPPORTED_SUFFIXES = ("diff", "diff_b", "lora_B.bias", "lora_A.bias", "lora_u
 class Canonical:
     """A state dict in the canonical layout plus what reading it learned."""
     tensors: dict[str, torch.Tensor]
-    source_format: str  # "musubi" | "blissful" | "comfy" | "diffusers" (ours is decided from metadata by the caller)
+    source_format: str  # musubi | blissful | lycoris | comfy | diffusers (ours is decided from metadata by the caller)
     stated_flags: dict[str, bool] = field(default_factory=dict)  # flags the tensors themselves state (blissful)
     notes: list[str] = field(default_factory=list)
 
@@ -55,6 +57,10 @@ def canonicalize(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, 
         raise UserError("The LoRA file contains no tensors; it is empty or was not saved completely.")
     if any(key.startswith("lora_unet_") for key in state_dict):
         return _from_kohya(dict(state_dict))
+    if all(key.startswith(LYCORIS_PREFIX) for key in state_dict):
+        canonical = _from_kohya({"lora_unet_" + key[len(LYCORIS_PREFIX):]: value for key, value in state_dict.items()})
+        canonical.source_format = "lycoris"
+        return canonical
     return _from_dotted(dict(state_dict), metadata)
 
 

@@ -19,6 +19,7 @@ from typing import Sequence
 from backend.adapters.formats import LoraFile, load_lora
 from backend.errors import UserError
 from backend.loraid.file_coverage import modules_from_canonical_keys, read_lora_header
+from backend.models.registry import expert_in_name
 from backend.train.debris import is_debris
 
 EMA_KEY = "loraid_studio.ema"
@@ -108,13 +109,12 @@ def _dedupe(checkpoints: list[Checkpoint], notes: list[str]) -> list[Checkpoint]
 
 
 def expert_of(checkpoint: Checkpoint) -> str | None:
-    """high / low for a Wan2.2 A14B expert's checkpoint (header, else the `-high_noise` / `-low_noise` name)."""
+    """high / low for a Wan2.2 A14B expert's checkpoint (header, else a `-high_noise` / `_low_noise` name)."""
     metadata = checkpoint.lora.metadata
     recorded = metadata.get("loraid_studio.expert") or (checkpoint.lora.info["allocation"] or {}).get("expert")
     if recorded in ("high", "low"):
         return recorded
-    stem = checkpoint.path.stem
-    return "high" if stem.endswith("-high_noise") else "low" if stem.endswith("-low_noise") else None
+    return expert_in_name(checkpoint.path.stem)[1]
 
 
 def _one_expert(checkpoints: list[Checkpoint]) -> None:

@@ -4,7 +4,8 @@
 Paths typed by a user are read relative to the workspace folder. A table row's `file` is the path relative to the
 workspace when the file lies inside it, else the absolute path, so a row always names its file. On a Wan2.2 A14B pair
 a LoRA goes on the expert its header records (allocation or `loraid_studio.expert`, else a `-high_noise` /
-`-low_noise` file name), or on both when it records none; the user may change that per row.
+`-low_noise` file name, or ai-toolkit's `_high_noise` / `_low_noise`), or on both when it records none; the user may
+change that per row.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from backend.adapters.inspect_cli import describe
 from backend.errors import UserError
 from backend.loraid.file_coverage import coverages_of_files, read_lora_header
 from backend.loraid.overlap import Conflict, find_overlaps
-from backend.models.registry import EXPERT_STEMS, EXPERTS
+from backend.models.registry import EXPERTS, expert_in_name
 
 TABLE_HEADERS = ["file", "algorithm", "rank", "LORAID", "blocks", "expert", "multiplier"]
 FILE, EXPERT, MULTIPLIER = 0, 5, 6
@@ -86,7 +87,7 @@ def recorded_expert(path: Path) -> str | None:
     expert = expert if expert in EXPERTS else metadata.get("loraid_studio.expert")
     if expert in EXPERTS:
         return expert
-    return next((name for name, stem in EXPERT_STEMS.items() if Path(path).stem.endswith(f"-{stem}")), None)
+    return expert_in_name(Path(path).stem)[1]
 
 
 def _rank_text(info: dict) -> str:

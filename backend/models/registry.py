@@ -21,6 +21,30 @@ WAN22_VAE_CONFIG_DIR = CONFIGS_DIR / "vae-wan2.2"
 EXPERTS = ("high", "low")
 # Expert name -> the file/folder stem used for it (`high_noise.safetensors`, `configs/<kind>/high_noise/`).
 EXPERT_STEMS = {"high": "high_noise", "low": "low_noise"}
+# How a file name says which expert it is for: ours `NAME-high_noise`, ai-toolkit's `NAME_high_noise`.
+EXPERT_NAME_SEPARATORS = ("-", "_")
+
+
+def expert_in_name(stem: str) -> tuple[str, str | None]:
+    """`alice-high_noise` / `alice_high_noise` -> ("alice", "high"); a stem naming no expert -> (stem, None)."""
+    for expert, expert_stem in EXPERT_STEMS.items():
+        for separator in EXPERT_NAME_SEPARATORS:
+            suffix = separator + expert_stem
+            if stem.endswith(suffix) and len(stem) > len(suffix):
+                return stem[: -len(suffix)], expert
+    return stem, None
+
+
+def expert_partner(path: Path) -> Path | None:
+    """The other expert's file of an A14B LoRA pair named like `path` (`x_high_noise` <-> `x_low_noise`), if it exists."""
+    path = Path(path)
+    stem, expert = expert_in_name(path.stem)
+    if expert is None:
+        return None
+    separator = path.stem[len(stem)]
+    other = next(name for name in EXPERTS if name != expert)
+    partner = path.with_name(f"{stem}{separator}{EXPERT_STEMS[other]}{path.suffix}")
+    return partner if partner.is_file() else None
 
 # Prefixes other tools put before the original Wan names (ComfyUI full checkpoints, LoRA-style dumps).
 CHECKPOINT_PREFIXES = ("model.diffusion_model.", "diffusion_model.")

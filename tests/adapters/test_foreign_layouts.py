@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from backend.adapters.formats import load_lora
 from backend.adapters.merge import delta_for_module
+from backend.compose.merge_plan import recorded_expert
 from backend.models.names import lora_key_prefix, wan_to_diffusers
 
 # Wan name -> (out, in); cross_attn.k_img / v_img are the Wan2.1 I2V image-conditioning projections.
@@ -144,6 +145,7 @@ def _expected_lycoris(kind: str) -> dict[str, torch.Tensor]:
 LYCORIS_PREFIXES = {
     "musubi lycoris.kohya": lora_key_prefix,  # lora_unet_blocks_0_self_attn_q
     "comfyui dotted": lambda name: f"diffusion_model.{name}",
+    "simpletuner lycoris_": lambda name: "lycoris_" + name.replace(".", "_"),
 }
 
 
@@ -155,7 +157,8 @@ def test_lycoris_layouts_give_their_documented_delta(tmp_path, kind, layout):
     got = _deltas(tmp_path / "l.safetensors")
     _assert_same(got, _expected_lycoris(kind))
     _assert_same(got, _deltas(tmp_path / "ours.safetensors"))
-    assert load_lora(tmp_path / "l.safetensors").algo == kind
+    lora = load_lora(tmp_path / "l.safetensors")
+    assert lora.algo == kind and (lora.source_format == "lycoris") == layout.startswith("simpletuner")
 
 
 @pytest.mark.parametrize("layout", list(LORA_LAYOUTS))
@@ -167,3 +170,26 @@ def test_inspect_names_the_layout(tmp_path, layout):
     info = json.loads(result.stdout)
     assert info["source_format"] == name and info["modules"] == len(SHAPES)
     assert "blocks.0.cross_attn.k_img" in load_lora(tmp_path / "f.safetensors").modules
+
+
+def test_ai_toolkit_expert_pair_is_one_a14b_lora(tmp_path):
+    """ai-toolkit writes a Wan2.2 A14B LoRA as `NAME_high_noise.safetensors` + `NAME_low_noise.safetensors`."""
+    high, low = tmp_path / "alice_high_noise.safetensors", tmp_path / "alice_low_noise.safetensors"
+    for path, seed in ((high, 4), (low, 5)):
+        factors = _factors(seed)
+        save_file(dotted(factors, "diffusion_model.", "lora_A.weight", "lora_B.weight", None), str(path))
+        _assert_same(_deltas(path), _expected_lora(factors, RANK))
+    assert recorded_expert(high) == "high" and recorded_expert(low) == "low"
+    result = subprocess.run([sys.executable, "-m", "backend", "inspect", str(high), "--json"],
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout)["expert_pair"] == {"name": "alice", "expert": "high", "partner": str(low)}
+    text = subprocess.run([sys.executable, "-m", "backend", "inspect", str(low)],
+                          capture_output=True, text=True, check=True).stdout
+    assert f"A14B pair    alice: the low-noise expert, with its partner {high}" in text
+    assert "layout       comfy: ComfyUI / diffusion-pipe / ai-toolkit" in text
+
+
+def test_file_named_for_no_expert_has_none(tmp_path):
+    path = tmp_path / "high_noise.safetensors"  # a bare expert stem is no pair member
+    save_file(musubi(_factors()), str(path))
+    assert recorded_expert(path) is None
