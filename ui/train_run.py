@@ -199,9 +199,10 @@ class RunPanel:
         if job.status == "queued":
             return f"Cancelled queued job {job.id}."
         if not job.settings.get("save_state"):
-            return (f"Asked job {job.id} to stop: it saves a checkpoint at its next step. This run does not save "
-                    "training state, so it cannot be resumed.")
-        return f"Asked job {job.id} to stop: it saves a checkpoint and its training state at its next step."
+            return (f"Asked job {job.id} to stop: it finishes the step under way and saves it (the Jobs tab says which "
+                    "step). This run does not save training state, so it cannot be resumed.")
+        return (f"Asked job {job.id} to stop: it finishes the step under way and saves it with its training state (the "
+                "Jobs tab says which step).")
 
     def resume(self, session: RunSession, num_processes: int) -> Job:
         job = self._followed(session)

@@ -101,6 +101,9 @@ def save_training_state(folder: Path, *, optimizer, scheduler, step: int, epoch:
 def load_training_state(folder: Path, *, optimizer, scheduler, generators: dict[str, torch.Generator],
                         fingerprint: dict) -> dict:
     folder = Path(folder)
+    replaced = folder.with_name(folder.name + ".old")
+    if not folder.exists() and replaced.is_dir():  # a save was killed between moving it aside and renaming the new
+        os.replace(replaced, folder)
     if folder.name.endswith((".tmp", ".old")):
         raise UserError(f"{folder.name} is a state folder left by an interrupted save; resume from the folder of the "
                         f"same name without {folder.suffix}.")

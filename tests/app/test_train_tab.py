@@ -321,7 +321,7 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     assert session.job_id in reloaded["preset:message"]
 
     session, _ = tick_until(panel, session, lambda s, u: s.progress.step >= 2)
-    assert "saves a checkpoint and its training state" in panel.stop({"run:session": session})["run:message"]
+    assert "saves it with its training state" in panel.stop({"run:session": session})["run:message"]
     session, updates = tick_until(panel, session, lambda s, u: s.progress.status == "stopped")
     if manager.get(session.job_id).status == "stopping":  # its end event is written just before it exits
         with pytest.warns(UserWarning, match="is still stopping"):

@@ -181,7 +181,7 @@ def train_concept_a(page: Page, manager: JobManager, ws: Path) -> None:
     chart = page.locator("#train-loss-chart")
     expect(chart).to_contain_text(re.compile(rf"Loss \(step [1-9]\d* of {STEPS_A}\)"))
     page.locator("#train-stop").click()
-    expect(page.locator("#train-run-message")).to_contain_text("saves a checkpoint and its training state")
+    expect(page.locator("#train-run-message")).to_contain_text("saves it with its training state")
     wait_for_status(manager, first, "stopped")
     expect(progress).to_have_attribute("data-status", "stopped")
     stopped_at = int(progress.get_attribute("data-step"))

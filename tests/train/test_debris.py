@@ -39,3 +39,25 @@ def test_ema_of_a_run_folder_skips_a_half_written_state(demo_workspace, tmp_path
     (broken / "state.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     found = discover([tmp_path])
     assert sorted(p.name for p in found.files) == ["run-step000001.safetensors", "run-step000002.safetensors"]
+
+
+def test_resume_from_a_state_whose_replacement_was_killed_reads_the_kept_one(tmp_path):
+    import json
+
+    import pytest
+    import torch
+
+    from backend.errors import UserError
+    from backend.train.state import load_training_state, save_training_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    folder = save_training_state(tmp_path / "run-state", optimizer=optimizer, scheduler=scheduler, step=7, epoch=0,
+                                 data_position={}, generators={}, fingerprint={})
+    folder.rename(tmp_path / "run-state.old")  # killed between moving the state aside and renaming the new one in
+    doc = load_training_state(folder, optimizer=optimizer, scheduler=scheduler, generators={}, fingerprint={})
+    assert doc["step"] == 7 and folder.is_dir() and json.loads((folder / "state.json").read_text())["step"] == 7
+    with pytest.raises(UserError, match="left by an interrupted save"):
+        load_training_state(tmp_path / "x-state.tmp", optimizer=optimizer, scheduler=scheduler, generators={},
+                            fingerprint={})
