@@ -19,7 +19,7 @@ from backend.jobs import JobManager
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "docs"
 MISSING_CAPTION = "concept_a/images/a_002.txt"
-STEPS_A = 60  # long enough that a fast machine cannot finish before Stop lands
+STEPS_A = 240  # long enough that the run outlasts the page noticing step 2 and its Stop landing, on a fast or busy machine
 SAVE_EVERY = 20
 STEPS_B = 4
 STALL_S = 120  # a job that writes no event and no log line for this long has stalled
