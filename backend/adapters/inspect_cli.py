@@ -24,7 +24,7 @@ LAYOUT_WORDS = {
     "blissful": "blissful-tuner `lora_unet_*` keys with its DoRA / rsLoRA tensors",
     "lycoris": "LyCORIS `lycoris_*` keys (SimpleTuner)",
     "comfy": "ComfyUI / diffusion-pipe / ai-toolkit `diffusion_model.*` keys with Wan module names",
-    "diffusers": "diffusers / PEFT `transformer.*` keys with diffusers module names",
+    "diffusers": "diffusers module names (diffusers / PEFT `transformer.*`, ai-toolkit `diffusion_model.*`)",
 }
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from backend.adapters.formats import load_lora
 from backend.adapters.merge import delta_for_module
 from backend.compose.merge_plan import recorded_expert
+from backend.loraid.file_coverage import coverage_of_file
 from backend.models.names import lora_key_prefix, wan_to_diffusers
 
 # Wan name -> (out, in); cross_attn.k_img / v_img are the Wan2.1 I2V image-conditioning projections.
@@ -65,8 +66,11 @@ LORA_LAYOUTS = {
                                       ALPHA, "comfy"),
     # diffusion-pipe saves PEFT keys with `base_model.model.` replaced by `diffusion_model.`, no alpha (scale 1)
     "diffusion-pipe": (lambda f: dotted(f, "diffusion_model.", "lora_A.weight", "lora_B.weight", None), RANK, "comfy"),
-    # ai-toolkit: PEFT names under `diffusion_model.`, alpha folded (scale 1)
+    # ai-toolkit: PEFT names under `diffusion_model.`, alpha folded (scale 1); it trains the diffusers transformer
+    # and renames `transformer.` to `diffusion_model.` on save, so both module namings occur
     "ai-toolkit": (lambda f: dotted(f, "diffusion_model.", "lora_A.weight", "lora_B.weight", None), RANK, "comfy"),
+    "ai-toolkit diffusers names": (lambda f: dotted(f, "diffusion_model.", "lora_A.weight", "lora_B.weight", None,
+                                                    diffusers_names=True), RANK, "diffusers"),
     # diffusers / PEFT: `transformer.blocks.0.attn1.to_q.lora_A.weight`, k_img -> attn2.add_k_proj
     "diffusers": (lambda f: dotted(f, "transformer.", "lora_A.weight", "lora_B.weight", None, diffusers_names=True),
                   RANK, "diffusers"),
@@ -94,6 +98,7 @@ def test_lora_layout_gives_the_musubi_layouts_delta(tmp_path, layout):
     foreign = _deltas(tmp_path / "foreign.safetensors")
     _assert_same(foreign, _expected_lora(factors, alpha))
     _assert_same(foreign, _deltas(tmp_path / "ours.safetensors"))
+    assert coverage_of_file(tmp_path / "foreign.safetensors") == set(SHAPES)  # what the LORAID map reads
 
 
 def test_diffusers_file_with_peft_alpha_metadata_uses_it(tmp_path):
