@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import time
 from pathlib import Path
 
 from backend.errors import UserError
@@ -180,12 +181,18 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     total = sum(settings.steps for settings in batch)
     ctx.emit("start", total=total, prompts=len(batch))
     done, results = 0, []
+    started = time.perf_counter()
     for settings in batch:
+        print(f"generating {settings.frames}x{settings.height}x{settings.width}, {settings.steps} steps, "
+              f"seed {settings.seed}", flush=True)
+
         def on_step(step: int, steps: int, offset=done) -> bool:
             ctx.emit("progress", step=offset + step, total=total)
+            print(f"step {offset + step}/{total} ({time.perf_counter() - started:.1f} s)", flush=True)
             return ctx.stop_requested()
 
         latents = session.denoise(settings, on_step)
+        print("decoding the latents", flush=True)
         done += settings.steps
         record = session.record(settings)
         written = write_result(output_stem(out_dir, settings.seed), session.decode(latents), record,

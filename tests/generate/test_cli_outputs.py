@@ -60,8 +60,14 @@ def test_from_file_batch_with_line_options_and_png_text_chunk(demo_ws, cli, base
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two results\na red ball --d 7 --f 1 --n blurry\n\na blue cube --d 8\n", encoding="utf-8")
     out = tmp_path / "out"
-    code, _, stderr = cli(*base_args(demo_ws), "--model", "demo-t2v", "--from_file", prompts, "--out_dir", out)
+    code, stdout, stderr = cli(*base_args(demo_ws), "--model", "demo-t2v", "--from_file", prompts, "--out_dir", out)
     assert code == 0, stderr
+    steps = [line.split()[1] for line in stdout.splitlines() if line.startswith("step ")]
+    total = len(steps)  # a progress line per denoising step over the whole batch, counted across prompts
+    assert total > 0 and steps == [f"{n}/{total}" for n in range(1, total + 1)]
+    assert [line.split(",")[0] for line in stdout.splitlines() if line.startswith("generating ")] == [
+        "generating 1x32x32", "generating 5x32x32"]
+    assert stdout.count("decoding the latents") == 2
     records = sorted((json.loads(p.read_text()) for p in out.glob("*.json")), key=lambda r: r["seed"])
     assert [(r["settings"]["prompt"], r["seed"], r["settings"]["frames"]) for r in records] == [
         ("a red ball", 7, 1), ("a blue cube", 8, 5)]
