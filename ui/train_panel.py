@@ -30,6 +30,7 @@ from ui.train_network import (NO_LORAID, allocation_text, builder_values, contro
 from ui.train_run import RunPanel, RunSession
 from ui.widgets import report_error
 
+OUTSIDE = "output:outside"  # the checkbox that confirms an output folder outside the workspace
 EXPORT_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-exports"
 
 
@@ -53,7 +54,8 @@ class TrainPanel:
             values["network_args"] = builder_lines(values.get("network_type") or "lora", builder_values(widgets))
         except UserError as exc:
             values["network_args"], builder_error = [], str(exc)
-        check = check_train_settings(values, self.ctx.workspace, deep=deep)
+        check = check_train_settings(values, self.ctx.workspace, deep=deep,
+                                     outside_confirmed=bool(widgets.get(OUTSIDE)))
         if builder_error:
             check.errors = {"network_args": builder_error, **check.errors}
             check.settings = None

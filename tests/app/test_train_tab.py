@@ -23,7 +23,7 @@ from ui.tabs.train import OUTPUTS
 from ui.context import AppContext
 from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
-from ui.train_panel import TrainPanel
+from ui.train_panel import OUTSIDE, TrainPanel
 from ui.train_run import RunSession
 from tests.demo_files import cache_concept_a
 
@@ -236,6 +236,8 @@ BAD_INPUTS = [
      "preset:message", "list.json is not a LORAID Studio preset"),
     ("save bad name", "save_preset", {"preset:name": "../outside"}, "preset:message", "not usable as a file name"),
     ("start without caches", "start", {}, "error:dataset_config", "no complete latent cache"),
+    ("outside not confirmed", "validate", {"output_dir": lambda ws, tmp: str(tmp / "elsewhere")}, "error:output_dir",
+     "is outside the workspace .*; confirm writing there"),
     ("zero processes", "show_command", {"run:processes": 0}, "run:message", "Processes is 0; enter a whole number"),
     ("resume nothing", "resume", {}, "run:message", "No training run is shown here yet"),
 ]
@@ -272,6 +274,18 @@ def test_bad_input_gets_its_own_message_and_changes_nothing(panel, workspace, tm
     created = {p.name for p in workspace.presets.glob("*")} - set(presets_before)
     assert created <= {"broken.json", "typo.json", "zero.json", "args.json"}, "a refused preset was written"
     assert not list((workspace.root / "runs").glob("*.toml")), "a refused start wrote a run file"
+
+
+def test_an_output_folder_outside_the_workspace_passes_once_confirmed(panel, tmp_path):
+    form = {**demo_form(panel), "output_dir": str(tmp_path / "elsewhere")}
+    assert "outside the workspace" in panel.read(form).errors["output_dir"]
+    assert panel.validate(form)["error:output_dir"]["visible"]
+    confirmed = {**form, OUTSIDE: True}
+    assert "output_dir" not in panel.read(confirmed).errors
+    assert not panel.validate(confirmed)["error:output_dir"]["visible"]
+    inside = {**demo_form(panel), "output_dir": "loras"}  # inside the workspace: nothing to confirm
+    assert "output_dir" not in panel.read(inside).errors
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_the_table_covers_at_least_twenty_kinds_of_bad_input():

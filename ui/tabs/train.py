@@ -8,7 +8,8 @@ returns updates by name. Stable elem_ids for browser tests:
               train-preset-save, train-preset-rename, train-preset-delete, train-preset-import (file upload),
               train-preset-export (button), train-preset-export-file, train-preset-message
     form      train-<field> for every TrainSettings field (e.g. train-max_train_steps, train-network_type,
-              train-dataset_config), its error slot train-<field>-error, train-validation (summary)
+              train-dataset_config), its error slot train-<field>-error, train-validation (summary),
+              train-output-outside (confirms an output folder outside the workspace)
     network   train-loraid (picker), train-loraid-allocation, train-net-recipe, train-net-<key> (one per
               network_args key, e.g. train-net-use_dora), train-net-paste, train-net-paste-apply,
               train-network-args (the live lines), train-network_args-error
@@ -31,7 +32,7 @@ from ui import moe_panel
 from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
-from ui.train_panel import TrainPanel, preset_choices
+from ui.train_panel import OUTSIDE, TrainPanel, preset_choices
 from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, RunSession, chart_label, first_loss_frame,
                           lr_frame)
 
@@ -79,7 +80,7 @@ class Wiring:
 def input_names(components: dict[str, Any]) -> list[str]:
     """What the handlers read: the form, the builder, the preset controls, the processes and the run session."""
     extra = ("preset", "preset:name", "preset:replace", "preset:file", "run:processes", "run:session", "loraid",
-             "net:recipe", "net:paste")
+             "net:recipe", "net:paste", OUTSIDE)
     return [name for name in components if name in FIELDS or name in extra
             or (name.startswith("net:") and name[4:] in BUILDER_KEYS)]
 
@@ -142,6 +143,10 @@ def _form_widgets(c: dict, ctx: AppContext, settings: TrainSettings, net_values:
             form.build_fields(names, settings, ctx.workspace, check.errors)
             if group == "Network":
                 _network_widgets(c, form, shown, settings, net_values, check)
+            if group == "Saving":
+                c[OUTSIDE] = gr.Checkbox(False, label="Confirm: write outside the workspace",
+                                         info="Needed when the output folder lies outside the workspace.",
+                                         elem_id="train-output-outside")
     c.update(form.components)
     c.update({error_key(name): slot for name, slot in form.errors.items()})
     c["summary"] = gr.Markdown(shown["summary"], elem_id="train-validation")
@@ -206,7 +211,7 @@ def _monitor_widgets(c: dict) -> None:
                               buttons=["copy"], elem_id="train-log")
 
 
-WIDGETS = [*(n for n in FIELDS if n not in OWN_WIDGETS), "loraid", *(net_key(key) for key in BUILDER_KEYS)]
+WIDGETS = [*(n for n in FIELDS if n not in OWN_WIDGETS), "loraid", *(net_key(key) for key in BUILDER_KEYS), OUTSIDE]
 CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid", "loraid:allocation"]
 PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
 RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
