@@ -12,6 +12,7 @@ import gradio as gr
 
 from backend.errors import UserError
 from backend.jobs import Job
+from backend.output_guard import check_folder
 from ui.context import AppContext
 from ui.log_view import LogView
 
@@ -32,6 +33,14 @@ class JobState:
     log: str
     finished: bool
     succeeded: bool
+
+
+OUTSIDE_LABEL = "Confirm: write outside the workspace"
+
+
+def confirm_outside(ctx: AppContext, target: Path, confirmed: bool) -> None:
+    """An output outside the workspace is refused (one sentence) until its confirm box is ticked."""
+    check_folder(Path(target).parent, ctx.workspace, outside_confirmed=bool(confirmed))
 
 
 def follow_job(job: Job) -> FollowedJob:

@@ -125,6 +125,35 @@ def test_merge_runs_as_a_job_and_shows_the_summary_from_the_file(ctx):
     assert kept == gr.skip()  # the typed path is left alone
 
 
+def test_merge_and_ema_outputs_outside_the_workspace_wait_for_the_confirm_box(ctx):
+    context, model = ctx
+    ws = context.workspace
+    elsewhere = ws.root.parent / "elsewhere"
+    save_demo_lora(model, ws.loras / "dan.safetensors", loraid=1, blocks_per_loraid=2, seed=4)
+    save_demo_lora(model, ws.loras / "eve.safetensors", loraid=3, blocks_per_loraid=2, seed=5)
+    merge = MergePanel(context)
+    rows, _ = merge.rows("loras", ["dan.safetensors", "eve.safetensors"], "", [], "")
+    out = elsewhere / "both.safetensors"
+    args = ("loras", rows, "", "", str(out), "same", "cpu", 0, "fp32", False, False, FollowedJob())
+    _, status, *_ = merge.run(*args)
+    assert status == (f"⚠ {elsewhere} is outside the workspace {ws.root}; confirm writing there, or choose a folder "
+                      "inside the workspace.")
+    for step in (10, 20):
+        save_demo_lora(model, ws.loras / f"far-step{step:06d}.safetensors", 4, 2, step, step=step)
+    ema = EmaPanel(context)
+    inputs = ema.find("loras/far", "", "", "")[0]
+    ema_out = elsewhere / "far-ema.safetensors"
+    ema_args = (inputs, "power", 0.2, 0.95, 0.95, "factors", "same", str(ema_out), False, FollowedJob())
+    assert ema.run(*ema_args)[1] == status
+    assert context.jobs.list() == [] and not elsewhere.exists()
+
+    followed, *_ = merge.run(*args, True)  # confirmed
+    assert until_finished(merge, followed)[1] == f"Job {followed.job_id} succeeded."
+    followed, *_ = ema.run(*ema_args, True)
+    assert until_finished(ema, followed)[1] == f"Job {followed.job_id} succeeded."
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["both.safetensors", "far-ema.safetensors"]
+
+
 def test_a14b_pair_assigns_experts_from_the_files(ctx):
     context, model = ctx
     ws = context.workspace

@@ -16,7 +16,8 @@ from backend.compose.output_names import ema_stem, free_path
 from backend.compose.summaries import ema_summary
 from backend.errors import UserError
 from ui.context import AppContext
-from ui.merge_ema_common import FollowedJob, error_html, follow_job, summary_markdown, tick
+from ui.merge_ema_common import (OUTSIDE_LABEL, FollowedJob, confirm_outside, error_html, follow_job,
+                                 summary_markdown, tick)
 from ui.widgets import report_error
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
@@ -102,12 +103,15 @@ class EmaPanel:
             f"The weights sum to {sum(weights):.6f}."
         return rows, message
 
-    def run(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite, followed):
-        """(followed job, status, log, summary, timer)."""
+    def run(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite, followed,
+            outside=False):
+        """(followed job, status, log, summary, timer); `outside`: the user confirmed an output outside the
+        workspace."""
         try:
             if not out or not str(out).strip():
                 raise UserError("The output path is empty; type where the EMA LoRA goes (a .safetensors name).")
             target = workspace_path(self.ctx.workspace.root, out).resolve()
+            confirm_outside(self.ctx, target, outside)
             request = EmaRequest(inputs.paths, target, Rule(rule, sigma_rel, beta, beta2), space, precision,
                                  bool(overwrite))
             found = request.check()
@@ -162,6 +166,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     with gr.Row():
         out = gr.Textbox("", scale=4, label="Output LoRA file", elem_id="ema-out")
         overwrite = gr.Checkbox(False, label="Overwrite", scale=0, min_width=120, elem_id="ema-overwrite")
+        outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="ema-outside")
     with gr.Row():
         run_button = gr.Button("Run EMA", variant="primary", scale=0, min_width=160, elem_id="ema-run-button")
         status = gr.Markdown("", elem_id="ema-status")
@@ -183,6 +188,6 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         control.change(panel.weights, inputs=rule_inputs, outputs=[table, weight_message], **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh, inputs=run, outputs=run, **_GROUP)
     run_button.click(panel.run, inputs=[inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite,
-                                        followed],
+                                        followed, outside],
                      outputs=[followed, status, log, summary, timer], **_GROUP)
     timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, timer], **_GROUP)

@@ -21,7 +21,8 @@ from backend.compose.summaries import merge_summary
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from ui.context import AppContext
-from ui.merge_ema_common import FollowedJob, error_html, follow_job, summary_markdown, tick
+from ui.merge_ema_common import (OUTSIDE_LABEL, FollowedJob, confirm_outside, error_html, follow_job,
+                                 summary_markdown, tick)
 from ui.widgets import report_error
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
@@ -146,11 +147,14 @@ class MergePanel:
         return DitMerge(picks, self._path(base), target, self._path(base_high) if pair else None, dtype, device,
                         bool(allow), bool(overwrite))
 
-    def run(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite, followed):
-        """(followed job, status, log, summary, timer)."""
+    def run(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite, followed,
+            outside=False):
+        """(followed job, status, log, summary, timer); `outside`: the user confirmed an output outside the
+        workspace."""
         try:
             request = self.request(mode, table, base, base_high, out, dtype, device, rank, precision, allow,
                                    overwrite)
+            confirm_outside(self.ctx, request.out, outside)
             warnings = request.check()
             arguments = request.arguments()
             job = self.ctx.jobs.submit(
@@ -221,6 +225,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         out = gr.Textbox(first_output, scale=4, label="Output file (a pair writes NAME-high_noise / NAME-low_noise)",
                          elem_id="merge-out")
         overwrite = gr.Checkbox(False, label="Overwrite", scale=0, min_width=120, elem_id="merge-overwrite")
+        outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="merge-outside")
     with gr.Row():
         run_button = gr.Button("Run merge", variant="primary", scale=0, min_width=160, elem_id="merge-run")
         status = gr.Markdown("", elem_id="merge-status")
@@ -244,6 +249,6 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     table.change(panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
     run_button.click(panel.run, inputs=[mode, table, base, base_high, out, dtype, device, rank, precision, allow,
-                                        overwrite, followed],
+                                        overwrite, followed, outside],
                      outputs=[followed, status, log, summary, timer], **_GROUP)
     timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, timer], **_GROUP)
