@@ -22,6 +22,8 @@ from backend.loraid.allocation import allocation_table
 from backend.loraid.registry import LoraidRegistry
 from backend.models.registry import get_model_kind
 from backend.train.command import musubi_command, run_toml, shown_command
+from backend.train.outputs import running_owners
+from backend.train.paths import resolve_path
 from backend.train.settings import TrainSettings
 from ui.context import AppContext
 from ui.train_form import FIELDS, dataset_choices, error_key, error_updates, settings_values, widget_values
@@ -69,13 +71,17 @@ class TrainPanel:
         return check.settings
 
     def _taken(self, settings: TrainSettings) -> dict[int, str]:
+        """ID -> its owners: the workspace's LoRA files and the runs training a slice right now."""
         kind = get_model_kind(settings.model_kind)
         expert = settings.expert if kind.has_experts else None
+        ws = self.ctx.workspace
         try:
-            registry = LoraidRegistry.for_workspace(self.ctx.workspace)
+            registry = LoraidRegistry.for_workspace(ws)
             table = allocation_table(kind.num_blocks, settings.blocks_per_loraid, expert, model=kind.name)
-            return {a.loraid: ", ".join(Path(e.file).name for e in owners)
-                    for a in table if (owners := [e for e in registry.owners(a) if registry.resolve(e).is_file()])}
+            folders = [ws.loras, Path(resolve_path(settings.output_dir, ws)) if settings.output_dir else ws.loras]
+            return {a.loraid: ", ".join(owners) for a in table
+                    if (owners := [*running_owners(a, folders),
+                                   *(e.name for e in registry.owners(a) if registry.resolve(e).is_file())])}
         except UserError:
             return {}
 

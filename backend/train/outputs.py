@@ -21,6 +21,7 @@ from backend.errors import UserError
 from backend.fileio import atomic_write_json
 from backend.jobs.processes import ProcessRef
 from backend.loraid.allocation import Allocation
+from backend.loraid.registry import collides
 from backend.models.registry import EXPERT_STEMS
 from backend.output_guard import check_folder, name_problem, protected_reason, free_name
 from backend.train.paths import output_folder, resolve_path
@@ -112,6 +113,12 @@ def running_allocations(folders: list[Path]) -> list[tuple[str, Allocation]]:
                 found.append((record["output_name"], Allocation.from_metadata(record["allocation"],
                                                                               record.get("loraid"))))
     return found
+
+
+def running_owners(allocation: Allocation, folders: list[Path]) -> list[str]:
+    """Labels of the live runs (writing into these folders) whose LORAID slice overlaps `allocation`: the slice is
+    taken while they run, before their file reaches the registry."""
+    return [f"{name} (training now)" for name, other in running_allocations(folders) if collides(allocation, other)]
 
 
 class Reservation:

@@ -17,6 +17,7 @@ from backend.loraid.model_facts import ModelFacts, facts_for
 from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
 from backend.loraid.registry import LoraidRegistry
 from backend.models.registry import MODEL_KINDS
+from backend.train.outputs import running_owners
 from ui.blockmap_html import block_map_html
 from ui.context import AppContext
 from ui.widgets import report_error
@@ -78,12 +79,27 @@ class Choice:
                                 self.facts.name)
 
 
-def capacity_rows(ctx: AppContext, choice: Choice, rank: int) -> list[list[str]]:
+def slice_owners(ctx: AppContext, allocation) -> list[str]:
+    """Who holds a slice: runs training it now (their reservation), then the registered LoRA files."""
     registry = LoraidRegistry.for_workspace(ctx.workspace)
+    return [*running_owners(allocation, [ctx.workspace.loras]), *(e.name for e in registry.owners(allocation))]
+
+
+def id_choices(ctx: AppContext, table) -> list[tuple[str, int]]:
+    """The ID picker: each ID with its owners, so a slice in use (also by a running run) reads as taken."""
+    choices = []
+    for allocation in table:
+        owners = slice_owners(ctx, allocation)
+        choices.append((f"{allocation.loraid} (taken by {', '.join(owners)})" if owners else str(allocation.loraid),
+                        allocation.loraid))
+    return choices
+
+
+def capacity_rows(ctx: AppContext, choice: Choice, rank: int) -> list[list[str]]:
     rows = []
     for allocation in choice.table():
         cap = capacity(choice.facts.dims, allocation, rank)
-        taken = ", ".join(entry.name for entry in registry.owners(allocation)) or "free"
+        taken = ", ".join(slice_owners(ctx, allocation)) or "free"
         rows.append([str(allocation.loraid), describe_units(allocation), str(cap.modules),
                      f"{cap.lora_parameters:,}", human_bytes(cap.file_bytes["fp32"]),
                      human_bytes(cap.file_bytes["bf16"]), f"{cap.fraction_of_allocated:.2%}",
@@ -146,7 +162,7 @@ class LoraidPanel:
                    f"{unit} per LORAID → IDs 1–{len(ids)}.")
         message = "  \n".join([summary, *[f"⚠ {note}" for note in block_map.notes]])
         return (block_map_html(block_map), capacity_rows(self.ctx, choice, rank), message,
-                gr.update(choices=ids, value=chosen), network_args, cli)
+                gr.update(choices=id_choices(self.ctx, table), value=chosen), network_args, cli)
 
     def files(self, model, names, typed):
         """(file grid, conflicts)."""
@@ -224,7 +240,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     capacity_table = gr.Dataframe(shown[1], headers=CAPACITY_HEADERS, interactive=False, wrap=True,
                                   label="Capacity per LORAID", elem_id="loraid-capacity")
     with gr.Row():
-        loraid = gr.Dropdown(shown[3]["choices"], value=shown[3]["value"], label="LORAID", scale=0, min_width=120,
+        loraid = gr.Dropdown(shown[3]["choices"], value=shown[3]["value"], label="LORAID", scale=0, min_width=220,
                              elem_id="loraid-id")
         network_args = gr.Code(shown[4], language=None, label="network_args entries and TOML line (this app or "
                                                           "musubi-tuner)", elem_id="loraid-network-args", scale=3)
