@@ -11,6 +11,7 @@ from backend.generate.lora_catalog import picker_value, resolve_lora
 from backend.generate.memory import MemoryOptions
 from backend.generate.model_options import AUTO_KIND, read_model
 from backend.generate.request import Companions, GenerateRequest, LoraPick
+from backend.generate.settings import DEMO_START as START
 from backend.generate.settings import GenerateSettings
 from backend.workspace import Workspace
 
@@ -21,8 +22,8 @@ LORA_MODES = [("Merged into the weights (fast steps)", "merged"), ("Hooked adapt
 
 @dataclass(frozen=True)
 class GenerateForm:
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = START.prompt
+    negative_prompt: str = START.negative_prompt
     model: str = "demo-t2v"
     model_kind: str = AUTO_KIND
     image: str | None = None
@@ -30,17 +31,17 @@ class GenerateForm:
     text_encoder: str = ""
     tokenizer: str = ""
     image_encoder: str = ""
-    width: float | None = 64
-    height: float | None = 64
-    frames: float | None = 17
-    fps: float | None = 16
-    steps: float | None = 10
-    guidance_scale: float | None = 5.0
+    width: float | None = START.width
+    height: float | None = START.height
+    frames: float | None = START.frames
+    fps: float | None = START.fps
+    steps: float | None = START.steps
+    guidance_scale: float | None = START.guidance_scale
     guidance_scale_2: float | None = 0  # 0 (or empty): the same as guidance_scale
-    flow_shift: float | None = 3.0
-    seed: float | None = 42
+    flow_shift: float | None = START.flow_shift
+    seed: float | None = START.seed
     random_seed: bool = False
-    sampler: str = "unipc"
+    sampler: str = START.sampler
     lora_mode: str = "merged"
     allow_overlap: bool = False
     cpu_offload: bool = False

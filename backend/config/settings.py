@@ -200,3 +200,23 @@ def _coerce_cli_values(cls: type[Settings], name: str, values: list[str], previo
             return False
         raise UserError(f"option `--{name}` expects true or false, got `{value}`.")
     return value
+
+
+def add_setting_arguments(group, cls: type[Settings], names: list[str] | None = None, **defaults: Any) -> None:
+    """One argparse `--name` per field of `cls` (all, or `names`): its type, choices, help and default come from the
+    field, so the command line cannot drift from the model; `defaults` names the few flags whose absence means
+    something of its own (e.g. `seed=None`: pick a random seed)."""
+    import typing
+
+    for name in names or list(cls.model_fields):
+        field = cls.model_fields[name]
+        kind = field.annotation
+        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        kind = options[0] if options else kind
+        if kind is bool:
+            raise TypeError(f"{cls.__name__}.{name}: true/false settings take `--{name} true|false` "
+                            "(parse_cli_overrides), not an argparse flag")
+        extra = field.json_schema_extra or {}
+        group.add_argument(f"--{name}", type=kind if kind in (int, float) else str,
+                           default=defaults.get(name, field.default), choices=extra.get("choices"),
+                           help=field.description or None)

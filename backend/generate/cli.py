@@ -14,6 +14,7 @@ import random
 import time
 from pathlib import Path
 
+from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
 from backend.output_guard import check_folder
 from backend.generate.engine import GenerateSession, LoraRequest, Stopped, decode_latents
@@ -21,7 +22,7 @@ from backend.generate.memory import MemoryOptions
 from backend.generate.outputs import output_stem, read_latents, write_result
 from backend.generate.pipeline import DEMO_MODELS, ModelChoice
 from backend.generate.prompts import settings_from_file
-from backend.generate.settings import SAMPLERS, GenerateSettings, validate
+from backend.generate.settings import GenerateSettings, validate
 from backend.jobs.protocol import JobContext
 from backend.loraid.cli_args import add_loraid_arguments, add_multiplier_argument, flatten_appended, resolve_loraids
 
@@ -41,22 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="where an expert pair switches (fraction of 1000 timesteps; default: the model's)")
 
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--prompt", default=None, help="what to show")
-    gen.add_argument("--negative_prompt", default="", help="what to avoid")
+    add_setting_arguments(gen, GenerateSettings, prompt=None, seed=None)  # no seed: a random one, recorded
     gen.add_argument("--from_file", default=None, metavar="PROMPTS",
                      help="one prompt per line, musubi options after it (--w --h --f --s --d --g --n)")
-    gen.add_argument("--image", default=None, help="start image: image-to-video (needs an I2V model)")
-    gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, recorded)")
-    gen.add_argument("--steps", type=int, default=30, help="denoising steps")
-    gen.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance (1 = off)")
-    gen.add_argument("--guidance_scale_2", type=float, default=None,
-                     help="guidance of the low-noise expert of an A14B pair (default: --guidance_scale)")
-    gen.add_argument("--flow_shift", type=float, default=3.0, help="sigma shift (3.0 at 480p, 5.0 at 720p)")
-    gen.add_argument("--sampler", choices=SAMPLERS, default="unipc", help="UniPC (default) or flow-matching Euler")
-    gen.add_argument("--width", type=int, default=832, help="multiple of 16")
-    gen.add_argument("--height", type=int, default=480, help="multiple of 16")
-    gen.add_argument("--frames", type=int, default=81, help="4n+1; 1 makes an image")
-    gen.add_argument("--fps", type=int, default=16, help="frames per second of the mp4")
 
     lora = parser.add_argument_group("LoRAs")
     lora.add_argument("--lora", nargs="+", action="append", default=None, metavar="FILE", help="LoRA file(s)")
@@ -112,10 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _base_settings(args: argparse.Namespace) -> GenerateSettings:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
-    return GenerateSettings(prompt=args.prompt or "", negative_prompt=args.negative_prompt, seed=seed,
-                            steps=args.steps, guidance_scale=args.guidance_scale,
-                            guidance_scale_2=args.guidance_scale_2, flow_shift=args.flow_shift, sampler=args.sampler,
-                            width=args.width, height=args.height, frames=args.frames, fps=args.fps, image=args.image)
+    given = {name: getattr(args, name) for name in GenerateSettings.model_fields}
+    return GenerateSettings(**{**given, "prompt": args.prompt or "", "seed": seed})
 
 
 def _out_dir(args: argparse.Namespace) -> Path:

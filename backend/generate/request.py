@@ -10,7 +10,7 @@ arguments, and rebuilt from a result's sidecar JSON so its settings can be reuse
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from backend.errors import UserError
@@ -88,18 +88,8 @@ class GenerateRequest:
 
     def arguments(self, workspace: Path) -> list[str]:
         """`generate ...` arguments (single values as `--name=value`, so a prompt may start with a dash)."""
-        s = self.settings
         args = ["generate", f"--workspace={Path(workspace)}", *self.model.arguments(),
-                f"--prompt={s.prompt}", f"--negative_prompt={s.negative_prompt}",
-                f"--width={s.width}", f"--height={s.height}", f"--frames={s.frames}", f"--fps={s.fps}",
-                f"--steps={s.steps}", f"--guidance_scale={s.guidance_scale}", f"--flow_shift={s.flow_shift}",
-                f"--sampler={s.sampler}"]
-        if not self.random_seed:
-            args.append(f"--seed={s.seed}")
-        if s.guidance_scale_2 is not None:
-            args.append(f"--guidance_scale_2={s.guidance_scale_2}")
-        if s.image is not None:
-            args.append(f"--image={s.image}")
+                *self.settings.arguments(leave_out=("seed",) if self.random_seed else ())]
         args += [f"--{name}={value}" for name, value in self.companions.given().items()]
         if self.loras:
             args += ["--lora", *(str(Path(pick.path).resolve()) for pick in self.loras),
@@ -133,7 +123,7 @@ class GenerateRequest:
     def from_record(cls, record: dict) -> "GenerateRequest":
         """The request that made a result, from its sidecar JSON; files it names are not checked here."""
         try:
-            known = {f.name for f in fields(GenerateSettings)}
+            known = GenerateSettings.model_fields
             settings = GenerateSettings(**{k: v for k, v in record["settings"].items() if k in known})
             model = record.get("model") or {}
             loras = tuple(LoraPick(Path(item["path"]), float(item.get("multiplier", 1.0)))

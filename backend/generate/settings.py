@@ -2,52 +2,72 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from pydantic import ConfigDict
+
+from backend.config.settings import Settings, setting
 from backend.errors import UserError
 
 SAMPLERS = ("unipc", "euler")
 MAX_SEED = 2 ** 63 - 1
 MAX_FRAMES = 1001
 MAX_SIDE = 4096
-LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "seed": "Seed", "steps": "Steps",
-          "guidance_scale": "Guidance scale", "guidance_scale_2": "Low-noise guidance scale",
-          "flow_shift": "Flow shift", "sampler": "Sampler", "width": "Width", "height": "Height", "frames": "Frames",
-          "fps": "Frames per second", "image": "Start image"}
+
+
+class GenerateSettings(Settings):
+    """Every option of one generation, declared once: the Generate tab's widgets, the `generate` command line's
+    flags and a job's argv all come from these fields (their rules are in `validate`, one sentence each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=True)  # `validate` words non-finite numbers
+
+    prompt: str = setting("", label="Prompt", group="Prompt", help="what to show")
+    negative_prompt: str = setting("", label="Negative prompt", group="Prompt", help="what to avoid")
+    width: int = setting(832, label="Width", group="Size", help="multiple of 16")
+    height: int = setting(480, label="Height", group="Size", help="multiple of 16")
+    frames: int = setting(81, label="Frames", group="Size", help="4n+1; 1 makes an image")
+    fps: int = setting(16, label="Frames per second", group="Size", help="frames per second of the mp4")
+    steps: int = setting(30, label="Steps", group="Sampling", help="denoising steps")
+    guidance_scale: float = setting(5.0, label="Guidance scale", group="Sampling",
+                                    help="classifier-free guidance (1 = off)")
+    flow_shift: float = setting(3.0, label="Flow shift", group="Sampling", help="sigma shift (3.0 at 480p, 5.0 at 720p)")
+    sampler: str = setting("unipc", label="Sampler", group="Sampling", choices=list(SAMPLERS),
+                           help="UniPC (Wan's default) or flow-matching Euler")
+    seed: int = setting(42, label="Seed", group="Sampling",
+                        help="random seed (the command line picks a random one when it is not given, and records it)")
+    guidance_scale_2: float | None = setting(
+        None, label="Low-noise guidance scale", group="Sampling",
+        help="guidance of the low-noise expert of a Wan2.2 A14B pair (empty: the same as the guidance scale)")
+    image: str | None = setting(None, label="Start image", group="Prompt",
+                                help="start image: image-to-video (needs an image-to-video model)")
+
+    @property
+    def is_image(self) -> bool:
+        return self.frames == 1
+
+    def with_overrides(self, overrides: dict | None = None, source: str = "", **changes) -> "GenerateSettings":
+        """A copy with some values replaced (checked later by `validate`, which words every rule)."""
+        return self.model_copy(update={**(overrides or {}), **changes})
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+    def arguments(self, *, leave_out: tuple[str, ...] = ()) -> list[str]:
+        """`--name=value` for every set field (`=` so a prompt may start with a dash); None means "not given"."""
+        return [f"--{name}={value}" for name, value in self.model_dump().items()
+                if value is not None and name not in leave_out]
+
+
+# The Generate tab starts from these (a size and step count the tiny demo models make in seconds on a CPU);
+# the command line starts from the model's own defaults, which suit the real Wan models.
+DEMO_START = GenerateSettings(width=64, height=64, frames=17, steps=10)
+LABELS = {name: info["label"] for name, info in GenerateSettings.field_info().items()}
 
 
 def named(name: str) -> str:
     """`Frames (frames)`: the form's label and the setting's name (the command line's flag is `--frames`), so a
     message reads right in the page and on the command line alike."""
     return f"{LABELS.get(name, name)} ({name})"
-
-
-@dataclass(frozen=True)
-class GenerateSettings:
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 42
-    steps: int = 30
-    guidance_scale: float = 5.0
-    guidance_scale_2: float | None = None  # low-noise expert of a Wan2.2 A14B pair; None: same as guidance_scale
-    flow_shift: float = 3.0
-    sampler: str = "unipc"
-    width: int = 832
-    height: int = 480
-    frames: int = 81  # 4n+1; 1 = an image
-    fps: int = 16
-    image: str | None = None  # I2V start image
-
-    @property
-    def is_image(self) -> bool:
-        return self.frames == 1
-
-    def with_overrides(self, **changes) -> "GenerateSettings":
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def validate(settings: GenerateSettings) -> GenerateSettings:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.errors import UserError
-from backend.generate.settings import SAMPLERS
+from backend.generate.settings import GenerateSettings
 from ui import moe_generate
 from ui.context import AppContext
 from ui.generate_form import LORA_MODES, MAX_LORAS, GenerateForm
@@ -17,6 +17,12 @@ POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="generate-tab", concurrency_limit=1, show_progress="hidden",
               api_visibility="private")  # a page, not an API: keeps the page quick to load
 DEFAULTS = GenerateForm()
+FIELDS = GenerateSettings.field_info()
+
+
+def shown(name: str, info: str | None = None) -> dict:
+    """A settings widget's label and hint, from the model's field."""
+    return {"label": FIELDS[name]["label"], "info": info or FIELDS[name]["help"]}
 
 
 def build(ctx: AppContext, tab: gr.Tab) -> None:
@@ -27,12 +33,12 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                 f"`{ctx.workspace.outputs}` with a JSON record of every setting.")
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(DEFAULTS.prompt, lines=3, label="Prompt", elem_id="gen-prompt",
+            prompt = gr.Textbox(DEFAULTS.prompt, lines=3, **shown("prompt"), elem_id="gen-prompt",
                                 placeholder="what the video shows, e.g. a red ball bouncing on a wooden floor")
-            negative = gr.Textbox(DEFAULTS.negative_prompt, lines=1, label="Negative prompt (what to avoid)",
+            negative = gr.Textbox(DEFAULTS.negative_prompt, lines=1, **shown("negative_prompt"),
                                   elem_id="gen-negative-prompt")
         image = gr.Image(None, type="filepath", sources=["upload"], scale=1, height=180, elem_id="gen-image",
-                         label="Start image (image-to-video models only)")
+                         label=FIELDS["image"]["label"])
     models = panel.model_choices()
     with gr.Row():
         model = gr.Dropdown(models, value=models[0][1] if models else None, allow_custom_value=True, scale=4,
@@ -67,21 +73,21 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     gr.Markdown("#### Settings")
     with gr.Row():
-        width = gr.Number(DEFAULTS.width, precision=0, label="Width (multiple of 16)", elem_id="gen-width")
-        height = gr.Number(DEFAULTS.height, precision=0, label="Height (multiple of 16)", elem_id="gen-height")
-        frames = gr.Number(DEFAULTS.frames, precision=0, label="Frames (4n+1; 1 = image)", elem_id="gen-frames")
-        fps = gr.Number(DEFAULTS.fps, precision=0, label="Frames per second", elem_id="gen-fps")
-        steps = gr.Number(DEFAULTS.steps, precision=0, label="Steps", elem_id="gen-steps")
+        width = gr.Number(DEFAULTS.width, precision=0, **shown("width"), elem_id="gen-width")
+        height = gr.Number(DEFAULTS.height, precision=0, **shown("height"), elem_id="gen-height")
+        frames = gr.Number(DEFAULTS.frames, precision=0, **shown("frames"), elem_id="gen-frames")
+        fps = gr.Number(DEFAULTS.fps, precision=0, **shown("fps"), elem_id="gen-fps")
+        steps = gr.Number(DEFAULTS.steps, precision=0, **shown("steps"), elem_id="gen-steps")
     with gr.Row():
-        guidance = gr.Number(DEFAULTS.guidance_scale, label="Guidance scale (1 = off)", elem_id="gen-guidance")
-        guidance_2 = gr.Number(DEFAULTS.guidance_scale_2, label="Low-noise guidance (A14B pair; 0 = same)",
+        guidance = gr.Number(DEFAULTS.guidance_scale, **shown("guidance_scale"), elem_id="gen-guidance")
+        guidance_2 = gr.Number(DEFAULTS.guidance_scale_2, **shown("guidance_scale_2", "A14B pair; 0: the same as the guidance scale"),
                                elem_id="gen-guidance-2")
-        flow_shift = gr.Number(DEFAULTS.flow_shift, label="Flow shift (3 at 480p, 5 at 720p)",
+        flow_shift = gr.Number(DEFAULTS.flow_shift, **shown("flow_shift"),
                                elem_id="gen-flow-shift")
-        seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed", elem_id="gen-seed")
+        seed = gr.Number(DEFAULTS.seed, precision=0, **shown("seed"), elem_id="gen-seed")
         random_seed = gr.Checkbox(DEFAULTS.random_seed, label="Random seed (recorded in the result)",
                                   elem_id="gen-random-seed")
-        sampler = gr.Radio(list(SAMPLERS), value=DEFAULTS.sampler, label="Sampler", elem_id="gen-sampler")
+        sampler = gr.Radio(FIELDS["sampler"]["choices"], value=DEFAULTS.sampler, **shown("sampler"), elem_id="gen-sampler")
     with gr.Row():
         cpu_offload = gr.Checkbox(DEFAULTS.cpu_offload, elem_id="gen-cpu-offload",
                                   label="CPU offload (less GPU memory, a transfer per model per prompt; CUDA only)")
