@@ -40,8 +40,19 @@ class PickedLora:
         expert = allocation.get("expert")
         return expert if expert in EXPERTS else None
 
+    @property
+    def file_loraid(self) -> int | None:
+        """The LORAID the file was trained on (its header), whether it was picked by ID or by path."""
+        allocation = self.file.info.get("allocation") or {}
+        for found in (allocation.get("loraid"), self.file.info.get("loraid"), self.loraid):
+            if isinstance(found, int) and not isinstance(found, bool):
+                return found
+        return None
+
     def describe(self) -> dict:
-        return {"path": str(self.path), "sha256": self.sha256, "multiplier": self.multiplier, "loraid": self.loraid,
+        return {"path": str(self.path), "sha256": self.sha256, "multiplier": self.multiplier,
+                "loraid": self.loraid if self.loraid is not None else self.file_loraid,
+                "picked_by": "loraid" if self.loraid is not None else "file",
                 "expert": self.expert, "algo": self.file.algo, "modules": len(self.file.modules)}
 
 
