@@ -32,6 +32,7 @@ from ui.train_network import (NO_LORAID, allocation_text, builder_values, contro
 from ui.train_run import RunPanel, RunSession
 from ui.widgets import report_error
 
+DELETE_ASKED = "preset:delete-asked"  # the preset a first Delete press asked about
 OUTSIDE = "output:outside"  # the checkbox that confirms an output folder outside the workspace
 EXPORT_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-exports"
 
@@ -168,12 +169,19 @@ class TrainPanel:
         return {**self._preset_refresh(ref.key), "preset:message": f"Renamed to `{ref.name}`."}
 
     def delete_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """The first press asks; a second press on the same preset deletes it."""
         try:
             ref = self.store.ref(widgets.get("preset"))
+            if widgets.get(DELETE_ASKED) != ref.key:
+                if ref.source != "user":
+                    self.store.delete(ref.key)  # refuses at once, saying why
+                return {DELETE_ASKED: ref.key,
+                        "preset:message": f"Press **Delete** again to delete user preset `{ref.name}`."}
             self.store.delete(ref.key)
         except UserError as exc:
-            return self._refused(exc)
-        return {**self._preset_refresh(None), "preset:message": f"Deleted user preset `{ref.name}`."}
+            return {**self._refused(exc), DELETE_ASKED: None}
+        return {**self._preset_refresh(None), DELETE_ASKED: None,
+                "preset:message": f"Deleted user preset `{ref.name}`."}
 
     def import_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
         path = widgets.get("preset:file")

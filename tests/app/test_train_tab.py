@@ -23,7 +23,7 @@ from ui.tabs.train import OUTPUTS
 from ui.context import AppContext
 from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
-from ui.train_panel import OUTSIDE, TrainPanel
+from ui.train_panel import DELETE_ASKED, OUTSIDE, TrainPanel
 from ui.train_run import RunSession
 from tests.demo_files import cache_concept_a
 
@@ -286,6 +286,23 @@ def test_an_output_folder_outside_the_workspace_passes_once_confirmed(panel, tmp
     inside = {**demo_form(panel), "output_dir": "loras"}  # inside the workspace: nothing to confirm
     assert "output_dir" not in panel.read(inside).errors
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_deleting_a_preset_asks_first(panel, workspace):
+    form = demo_form(panel)
+    panel.save_preset({**form, "preset:name": "to go"})
+    path = workspace.presets / "to go.json"
+    asked = panel.delete_preset({**form, "preset": "user:to go"})
+    assert asked["preset:message"] == "Press **Delete** again to delete user preset `to go`."
+    assert path.is_file() and set(asked) <= set(OUTPUTS["delete_preset"])
+    other = panel.delete_preset({**form, "preset": "shipped:lora", DELETE_ASKED: asked[DELETE_ASKED]})
+    assert "is a shipped preset and cannot be deleted" in other["preset:message"]
+    assert panel.delete_preset({**form, "preset": "user:to go", DELETE_ASKED: other[DELETE_ASKED]})[
+        "preset:message"].startswith("Press **Delete** again")  # another preset in between: asks again
+    assert path.is_file()
+    done = panel.delete_preset({**form, "preset": "user:to go", DELETE_ASKED: asked[DELETE_ASKED]})
+    assert done["preset:message"] == "Deleted user preset `to go`." and not path.exists()
+    assert done[DELETE_ASKED] is None
 
 
 def test_the_table_covers_at_least_twenty_kinds_of_bad_input():

@@ -32,7 +32,7 @@ from ui import moe_panel
 from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
-from ui.train_panel import OUTSIDE, TrainPanel, preset_choices
+from ui.train_panel import DELETE_ASKED, OUTSIDE, TrainPanel, preset_choices
 from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, RunSession, chart_label, first_loss_frame,
                           lr_frame)
 
@@ -80,7 +80,7 @@ class Wiring:
 def input_names(components: dict[str, Any]) -> list[str]:
     """What the handlers read: the form, the builder, the preset controls, the processes and the run session."""
     extra = ("preset", "preset:name", "preset:replace", "preset:file", "run:processes", "run:session", "loraid",
-             "net:recipe", "net:paste", OUTSIDE)
+             "net:recipe", "net:paste", OUTSIDE, DELETE_ASKED)
     return [name for name in components if name in FIELDS or name in extra
             or (name.startswith("net:") and name[4:] in BUILDER_KEYS)]
 
@@ -127,6 +127,7 @@ def _preset_widgets(c: dict, panel: TrainPanel) -> None:
             c["preset:rename"] = gr.Button("Rename", scale=0, min_width=90, elem_id="train-preset-rename")
             c["preset:delete"] = gr.Button("Delete", variant="stop", scale=0, min_width=90,
                                            elem_id="train-preset-delete")
+            c[DELETE_ASKED] = gr.State(None)
             c["preset:export"] = gr.Button("Export", scale=0, min_width=90, elem_id="train-preset-export")
         with gr.Row():
             c["preset:file"] = gr.File(label="Import a preset file", file_types=[".json"], type="filepath",
@@ -218,7 +219,7 @@ RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
 OUTPUTS = {  # handler -> the names it may update
     "validate": CHECKS, "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
     "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
-    "delete_preset": PRESETS, "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
+    "delete_preset": [*PRESETS, DELETE_ASKED], "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
     "refresh_datasets": ["dataset_config"],
     "show_command": ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"],
     "start": [*CHECKS, *RUN], "queue": [*CHECKS, *RUN], "stop": RUN, "resume": RUN,
