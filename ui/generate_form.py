@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from backend.generate.memory import MemoryOptions
 from backend.generate.model_options import AUTO_KIND, read_model
 from backend.generate.request import Companions, GenerateRequest, LoraPick
 from backend.generate.settings import DEMO_START as START
-from backend.generate.settings import GenerateSettings
+from backend.generate.settings import GenerateSettings, named
 from backend.workspace import Workspace
 
 MAX_LORAS = 12  # multiplier sliders on the page; the command line takes any number
@@ -75,18 +76,23 @@ class GenerateForm:
 
     # --- to the backend ---------------------------------------------------------------------------------------
     def settings(self) -> GenerateSettings:
-        """The generation settings (numbers checked for being whole where they must be)."""
-        image = self.image or None
-        return GenerateSettings(
-            prompt=str(self.prompt or ""), negative_prompt=str(self.negative_prompt or ""),
-            seed=0 if self.random_seed else _whole(self.seed, "The seed"), steps=_whole(self.steps, "Steps"),
-            guidance_scale=_number(self.guidance_scale, "The guidance scale"),
-            guidance_scale_2=None if self.guidance_scale_2 in SAME_GUIDANCE else _number(
-                self.guidance_scale_2, "The low-noise guidance scale"),
-            flow_shift=_number(self.flow_shift, "The flow shift"), sampler=str(self.sampler),
-            width=_whole(self.width, "The width"), height=_whole(self.height, "The height"),
-            frames=_whole(self.frames, "Frames"), fps=_whole(self.fps, "Frames per second"),
-            image=str(image) if image else None)
+        """The generation settings, field by field of GenerateSettings (numbers checked for being whole where the
+        field is a whole number); the form's own conventions: an empty image or low-noise guidance is "not set"."""
+        values = {}
+        for name, field in GenerateSettings.model_fields.items():
+            value = getattr(self, name)
+            kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation)
+            if name == "seed" and self.random_seed:
+                values[name] = 0
+            elif name == "guidance_scale_2" and value in SAME_GUIDANCE or name == "image" and not value:
+                values[name] = None
+            elif kind is int:
+                values[name] = _whole(value, named(name))
+            elif kind is float:
+                values[name] = _number(value, named(name))
+            else:
+                values[name] = str(value or "")
+        return GenerateSettings(**values)
 
     def lora_picks(self, ws: Workspace) -> tuple[LoraPick, ...]:
         files = list(self.lora_files)

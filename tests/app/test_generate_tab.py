@@ -87,7 +87,7 @@ def until_finished(panel: GeneratePanel, followed: FollowedGeneration, timeout_s
     ({"height": 8}, "Height (height) = 8 is not a positive multiple of 16; use 16."),
     ({"steps": 0}, "Steps (steps) = 0 must be at least 1."),
     ({"guidance_scale": 0.5}, "Guidance scales must be 1.0 or more (1.0 turns classifier-free guidance off)."),
-    ({"width": 32.5}, "The width must be a whole number, not 32.5."),
+    ({"width": 32.5}, "Width (width) must be a whole number, not 32.5."),
 ])
 def test_bad_settings_are_one_sentence_beside_the_form_and_on_run_and_submit_nothing(ctx, changes, sentence):
     panel = GeneratePanel(ctx)

@@ -137,7 +137,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     for control in (model, model_kind):
         control.change(panel.model_message, inputs=[model, model_kind], outputs=model_message, **_GROUP).then(
             panel.lora_slots, inputs=slot_inputs, outputs=slot_outputs, **_GROUP)
-    for control in (width, height, frames, fps, steps, guidance, guidance_2, flow_shift, seed, random_seed, sampler):
+    checked = [*GenerateSettings.groups()["Size"], *GenerateSettings.groups()["Sampling"], "random_seed"]
+    for control in (widgets[name] for name in checked):  # every field `validate_values` checks, by name
         control.change(panel.settings_message, inputs=form, outputs=settings_message, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh, inputs=[model, lora_files],
           outputs=[model, lora_files, gallery, results], **_GROUP)
