@@ -28,7 +28,7 @@ from backend.train.settings import TrainSettings
 from ui.context import AppContext
 from ui.train_form import FIELDS, dataset_choices, error_key, error_updates, settings_values, widget_values
 from ui.train_network import (NO_LORAID, allocation_text, builder_values, control_updates, live_lines,
-                              loraid_choices)
+                              loraid_choices, net_key)
 from ui.train_run import RunPanel, RunSession
 from ui.widgets import report_error
 
@@ -125,6 +125,11 @@ class TrainPanel:
         network_type, values = recipe_state(name)
         filled = {"network_type": network_type, **control_updates(values)}
         return {**filled, **self.validation({**widgets, **filled})}
+
+    def on_network_type(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """Network type dora ticks the builder's use_dora box (the type is LoRA with use_dora), then checks the form."""
+        ticked = {net_key("use_dora"): True} if widgets.get("network_type") == "dora" else {}
+        return {**ticked, **self.validation({**widgets, **ticked})}
 
     def apply_paste(self, widgets: dict[str, Any]) -> dict[str, Any]:
         try:

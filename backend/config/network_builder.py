@@ -74,7 +74,10 @@ def recipe_state(name: str) -> tuple[str, dict[str, Any]]:
     if name not in RECIPES:
         raise UserError(f"Unknown network recipe `{name}`; choose one of: {', '.join(RECIPES)}.")
     recipe = RECIPES[name]
-    return recipe.network_type, {**empty_values(), **recipe.values}
+    values = {**empty_values(), **recipe.values}
+    if recipe.network_type == "dora":
+        values["use_dora"] = True  # the type's meaning, shown in the builder's box
+    return recipe.network_type, values
 
 
 def _text(key: str, value: Any) -> str | None:
@@ -101,6 +104,11 @@ def checked_args(network_type: str, values: dict[str, Any]) -> NetworkArgs:
     unknown = [key for key in values if key not in FIELDS or key == "algo"]
     if unknown:
         raise UserError(f"The builder has no network_args key `{unknown[0]}`; the network type sets the algorithm.")
+    if network_type == "dora":  # the type is LoRA + use_dora: the box shows it ticked and the lines leave it out
+        if values.get("use_dora") is False:
+            raise UserError("Network type dora always trains with use_dora; tick use_dora again, or choose network "
+                            "type lora to train without DoRA.")
+        values = {**values, "use_dora": None}
     entries = [f"{key}={text}" for key in BUILDER_KEYS if (text := _text(key, values.get(key))) is not None]
     if network_type != "lora":
         entries.append(f"algo={network_type}")
@@ -120,7 +128,10 @@ def builder_state(network_type: str, lines: list[str] | str) -> tuple[str, dict[
         raise UserError(f"network_args say algo={args.algo} but the network type is {network_type}; "
                         f"keep one of them.")
     values = {key: getattr(args, key) for key in BUILDER_KEYS}
-    return args.algo or network_type, values
+    network_type = args.algo or network_type
+    if network_type == "dora":
+        values["use_dora"] = True  # what the type means, so the builder's box and the type agree
+    return network_type, values
 
 
 def musubi_network_args(network_type: str, lines: list[str], allocation: Allocation | None) -> list[str]:

@@ -1,6 +1,7 @@
 """Samples during training: every N steps and/or epochs, each prompt of the sample prompts file is generated with
 the transformer(s) being trained (adapters live, eval mode), decoded by the run's VAE and written beside the LoRA
-files as `<output_name>-step000010-00.mp4` (or `.png` for one frame), each announced by a `sample` event. With
+files, in their `samples/` subfolder (so they never sit among the checkpoints), as
+`samples/<output_name>-step000010-00.mp4` (or `.png` for one frame), each announced by a `sample` event. With
 several processes each generates its share of the prompts (prompt i on process i mod N, recorded as "process" in
 the file's settings) and the main process announces them all.
 
@@ -25,6 +26,7 @@ from backend.models.registry import get_model_kind
 from backend.train.sample_prompts import SamplePrompt, load_sample_prompts
 
 SAMPLE_FPS = 16
+SAMPLES_FOLDER = "samples"  # under the run's output folder
 
 
 class TrainingSamples:
@@ -89,7 +91,9 @@ class TrainingSamples:
         frames = decode_latents(pipeline.vae, latents.float())
         record = {"prompt": prompt.__dict__, "step": step, "output_name": self.settings.output_name,
                   "process": rank}
-        stem = self.folder / f"{self.settings.output_name}-step{step:06d}-{index:02d}"
+        folder = self.folder / SAMPLES_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / f"{self.settings.output_name}-step{step:06d}-{index:02d}"
         if len(frames) == 1:
             return write_png(stem.with_suffix(".png"), frames[0], record)
         return write_mp4(stem.with_suffix(".mp4"), frames, SAMPLE_FPS, record)

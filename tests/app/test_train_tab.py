@@ -198,7 +198,7 @@ BAD_INPUTS = [
      r"LORAID 1 is already taken by loras/alice.safetensors \(blocks 0-1\)"),
     ("loraid overlapping", "validate", {"loraid": 2, "blocks_per_loraid": "3", "_registered": ("bob.safetensors", 3, 2)},
      "error:loraid", r"LORAID 2 is already taken by loras/bob.safetensors \(blocks 4-5\)"),
-    ("fp8 with dora", "validate", {"fp8_base": True, "network_type": "dora"}, "error:fp8_base",
+    ("fp8 with dora", "validate", {"fp8_base": True, "network_type": "dora", net_key("use_dora"): True}, "error:fp8_base",
      "fp8_base cannot be combined with DoRA"),
     ("block swap past the end", "validate", {"blocks_to_swap": 9, "gradient_checkpointing": True},
      "error:blocks_to_swap", "blocks_to_swap=9 does not fit the .*, which has 8 blocks; use a number from 0 to 8"),
@@ -303,6 +303,23 @@ def test_deleting_a_preset_asks_first(panel, workspace):
     done = panel.delete_preset({**form, "preset": "user:to go", DELETE_ASKED: asked[DELETE_ASKED]})
     assert done["preset:message"] == "Deleted user preset `to go`." and not path.exists()
     assert done[DELETE_ASKED] is None
+
+
+def test_network_type_dora_and_the_use_dora_box_agree(panel):
+    form = demo_form(panel)
+    assert form["network_type"] == "lora" and form[net_key("use_dora")] is False
+    switched = panel.on_network_type({**form, "network_type": "dora"})
+    assert switched[net_key("use_dora")] is True and not visible_errors(switched)
+    dora = {**form, "network_type": "dora", net_key("use_dora"): True}
+    assert panel.read(dora).settings.network_type == "dora"
+    assert "use_dora=True" in switched["net:text"]  # musubi reads DoRA as use_dora=True
+    refilled = widgets_of(panel.fill(panel.read(dora).settings, {}))
+    assert refilled["network_type"] == "dora" and refilled[net_key("use_dora")] is True
+    unticked = panel.validate({**form, "network_type": "dora", net_key("use_dora"): False})
+    assert unticked["error:network_args"]["value"] == ("⚠ Network type dora always trains with use_dora; tick "
+                                                       "use_dora again, or choose network type lora to train "
+                                                       "without DoRA.")
+    assert panel.on_network_type({**form, "network_type": "loha"}).get(net_key("use_dora")) is None
 
 
 def test_the_table_covers_at_least_twenty_kinds_of_bad_input():

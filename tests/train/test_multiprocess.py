@@ -60,7 +60,7 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(demo_workspace, 
     assert result.stdout.count("saved ") == 2  # only the main process writes (step 2 and the final file)
     announced = [line for line in result.stdout.splitlines() if line.startswith("sample ")]
     assert len(announced) == 2  # the main process announces both samples
-    made_by = {json.loads(Image.open(ddp / f"ddp-step000003-0{index}.png").text["parameters"])["process"]
+    made_by = {json.loads(Image.open(ddp / "samples" / f"ddp-step000003-0{index}.png").text["parameters"])["process"]
                for index in (0, 1)}
     assert made_by == {0, 1}  # the two prompts were split over the two processes
     lora = load_lora(ddp / "ddp.safetensors")

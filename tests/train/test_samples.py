@@ -42,9 +42,10 @@ def test_samples_at_their_interval_match_the_checkpoint_of_that_step(demo_worksp
     assert [(e["step"], e["index"]) for e in samples] == [(2, 0), (2, 1), (4, 0), (4, 1)]
     assert {e["path"].rsplit(".", 1)[1] for e in samples} == {"png", "mp4"}
     for event in samples:
-        assert (tmp_path / event["path"].rsplit("/", 1)[1]).stat().st_size > 0
+        assert (tmp_path / "samples" / event["path"].rsplit("/", 1)[1]).stat().st_size > 0
+    assert not list(tmp_path.glob("*.png")) + list(tmp_path.glob("*.mp4")), "samples sit among the checkpoints"
 
-    sample = np.asarray(Image.open(tmp_path / "demo-concept-a-step000002-00.png").convert("RGB"))
+    sample = np.asarray(Image.open(tmp_path / "samples" / "demo-concept-a-step000002-00.png").convert("RGB"))
     with_lora = generated_png(demo_workspace, tmp_path / "demo-concept-a-step000002.safetensors", 1.0)
     base = generated_png(demo_workspace, tmp_path / "demo-concept-a-step000002.safetensors", 0.0)
     assert np.abs(sample.astype(int) - with_lora.astype(int)).max() <= 1

@@ -217,7 +217,7 @@ CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid"
 PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
 RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
 OUTPUTS = {  # handler -> the names it may update
-    "validate": CHECKS, "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
+    "validate": CHECKS, "on_network_type": [net_key("use_dora"), *CHECKS], "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
     "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
     "delete_preset": [*PRESETS, DELETE_ASKED], "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
     "refresh_datasets": ["dataset_config"],
@@ -241,3 +241,4 @@ def _wire(wiring: Wiring, c: dict, panel: TrainPanel) -> None:
     for handler, (name, event) in TRIGGERS.items():
         wiring.on([getattr(c[name], event)], getattr(panel, handler), OUTPUTS[handler])
     wiring.on([c["run:timer"].tick], panel.tick, OUTPUTS["tick"], inputs=["run:session"])
+    wiring.on([c["network_type"].input], panel.on_network_type, OUTPUTS["on_network_type"])
