@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from backend.config.model_fields import fields_for
 from backend.config.network_builder import builder_lines, builder_state, recipe_state
 from backend.config.presets import PresetStore
 from backend.config.train_checks import FormCheck, check_train_settings
@@ -114,6 +115,8 @@ class TrainPanel:
         filled = {**widget_values(settings), **control_updates(values), "network_type": network_type,
                   "loraid": settings.loraid if settings.loraid is not None else NO_LORAID}
         checked = self.validation({**widgets, **filled})
+        for name, applies in fields_for(settings.model_kind).items():  # fields of other models are hidden
+            filled[name] = gr.update(value=filled[name], visible=applies)
         if "loraid" in checked:  # the picker gets the new value and the choices that go with it
             checked["loraid"] = gr.update(value=filled["loraid"], choices=checked["loraid"]["choices"])
         return {**filled, **checked}
@@ -125,6 +128,11 @@ class TrainPanel:
         network_type, values = recipe_state(name)
         filled = {"network_type": network_type, **control_updates(values)}
         return {**filled, **self.validation({**widgets, **filled})}
+
+    def on_model_kind(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """Show the fields that apply to the chosen model (A14B expert fields, the TI2V task), then check the form."""
+        shown = {name: gr.update(visible=applies) for name, applies in fields_for(widgets.get("model_kind")).items()}
+        return {**shown, **self.validation(widgets)}
 
     def on_network_type(self, widgets: dict[str, Any]) -> dict[str, Any]:
         """Network type dora ticks the builder's use_dora box (the type is LoRA with use_dora), then checks the form."""

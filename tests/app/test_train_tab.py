@@ -322,6 +322,25 @@ def test_network_type_dora_and_the_use_dora_box_agree(panel):
     assert panel.on_network_type({**form, "network_type": "loha"}).get(net_key("use_dora")) is None
 
 
+def test_fields_of_other_models_are_hidden(panel, workspace, tmp_path):
+    expert_fields, ti2v_fields = ("dit_high_noise", "expert", "timestep_boundary"), ("ti2v_mode",)
+    form = demo_form(panel)
+
+    def visible(updates):
+        return {name for name in (*expert_fields, *ti2v_fields) if updates[name].get("visible")}
+
+    for kind, shown in (("wan2.1-t2v-14b", set()), ("demo-t2v", set()), ("wan2.2-t2v-a14b", set(expert_fields)),
+                        ("demo-a14b", set(expert_fields)), ("wan2.2-ti2v-5b", set(ti2v_fields))):
+        assert visible(panel.on_model_kind({**form, "model_kind": kind})) == shown, kind
+    a14b = panel.fill(EVERY_FIELD_CHANGED, {})  # a preset of an A14B run shows its expert fields, values kept
+    assert visible(a14b) == set(expert_fields) and a14b["expert"]["value"] == "both"
+    assert visible(panel.fill(panel.store.load("shipped:lora"), {})) == set()
+    blocks = build_app(workspace, JobManager(tmp_path / "jobs"))
+    by_id = {block.elem_id: block for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+    assert not any(by_id[f"train-{name}"].visible for name in (*expert_fields, *ti2v_fields))  # the demo T2V
+    assert by_id["train-dit"].visible
+
+
 def test_the_table_covers_at_least_twenty_kinds_of_bad_input():
     assert len({case[0] for case in BAD_INPUTS}) == len(BAD_INPUTS) >= 20
 

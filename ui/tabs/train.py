@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from backend.config.model_fields import MODEL_FIELDS, fields_for
 from backend.config.network_builder import BUILDER_KEYS, builder_state
 from backend.errors import UserError
 from backend.train.run_events import RunProgress
@@ -149,6 +150,8 @@ def _form_widgets(c: dict, ctx: AppContext, settings: TrainSettings, net_values:
                                          info="Needed when the output folder lies outside the workspace.",
                                          elem_id="train-output-outside")
     c.update(form.components)
+    for name, applies in fields_for(settings.model_kind).items():  # the other models' fields start hidden
+        c[name].visible = applies
     c.update({error_key(name): slot for name, slot in form.errors.items()})
     c["summary"] = gr.Markdown(shown["summary"], elem_id="train-validation")
     with gr.Row(equal_height=True):
@@ -217,7 +220,7 @@ CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid"
 PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
 RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
 OUTPUTS = {  # handler -> the names it may update
-    "validate": CHECKS, "on_network_type": [net_key("use_dora"), *CHECKS], "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
+    "validate": CHECKS, "on_model_kind": [*MODEL_FIELDS, *CHECKS], "on_network_type": [net_key("use_dora"), *CHECKS], "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
     "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
     "delete_preset": [*PRESETS, DELETE_ASKED], "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
     "refresh_datasets": ["dataset_config"],
@@ -241,4 +244,5 @@ def _wire(wiring: Wiring, c: dict, panel: TrainPanel) -> None:
     for handler, (name, event) in TRIGGERS.items():
         wiring.on([getattr(c[name], event)], getattr(panel, handler), OUTPUTS[handler])
     wiring.on([c["run:timer"].tick], panel.tick, OUTPUTS["tick"], inputs=["run:session"])
+    wiring.on([c["model_kind"].input], panel.on_model_kind, OUTPUTS["on_model_kind"])
     wiring.on([c["network_type"].input], panel.on_network_type, OUTPUTS["on_network_type"])
