@@ -161,6 +161,17 @@ class GeneratePanel:
         experts = " (an expert pair: high-noise, then low-noise)" if pick.is_pair else ""
         return f"{len(pick.dit)} file{'s' * (len(pick.dit) != 1)}{experts}, model type {pick.model_kind or 'detected'}."
 
+    def is_pair(self, model, model_kind) -> bool:
+        """Whether the chosen model is an A14B expert pair (its own fields apply); an unreadable choice shows them."""
+        try:
+            return read_model(self.ws, model, model_kind).is_pair
+        except UserError:
+            return True
+
+    def pair_fields(self, model, model_kind):
+        """The A14B-only fields (the second guidance scale) show only for an expert pair."""
+        return gr.update(visible=self.is_pair(model, model_kind))
+
     def settings_message(self, *values) -> str:
         try:
             validate_values(GenerateForm.from_values(*values).settings())

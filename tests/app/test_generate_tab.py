@@ -266,3 +266,14 @@ def test_gallery_lists_results_and_reuse_fills_the_form_from_the_sidecar(ctx):
     assert "--blocks_to_swap=3" in job.argv
     ctx.jobs.stop(job.id, grace_s=0)
     until_finished(panel, resubmitted[0])
+
+
+def test_the_second_guidance_scale_shows_only_for_an_expert_pair(ctx):
+    panel = GeneratePanel(ctx)
+    values = [value for _, value in panel.model_choices()]
+    pairs = [value for value in values if panel.is_pair(value, "")]
+    singles = [value for value in values if value not in pairs]
+    assert pairs and singles  # the demo workspace holds both kinds
+    assert all(panel.pair_fields(value, "")["visible"] for value in pairs)
+    assert not any(panel.pair_fields(value, "")["visible"] for value in singles)
+    assert "demo-a14b" in pairs and "demo-t2v" in singles

@@ -81,7 +81,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     with gr.Row():
         guidance = gr.Number(DEFAULTS.guidance_scale, **shown("guidance_scale"), elem_id="gen-guidance")
         guidance_2 = gr.Number(DEFAULTS.guidance_scale_2, **shown("guidance_scale_2", "A14B pair; 0: the same as the guidance scale"),
-                               elem_id="gen-guidance-2")
+                               visible=panel.is_pair(model.value, model_kind.value), elem_id="gen-guidance-2")
         flow_shift = gr.Number(DEFAULTS.flow_shift, **shown("flow_shift"),
                                elem_id="gen-flow-shift")
         seed = gr.Number(DEFAULTS.seed, precision=0, **shown("seed"), elem_id="gen-seed")
@@ -137,6 +137,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     for control in (model, model_kind):
         control.change(panel.model_message, inputs=[model, model_kind], outputs=model_message, **_GROUP).then(
             panel.lora_slots, inputs=slot_inputs, outputs=slot_outputs, **_GROUP)
+    gr.on([model.change, model_kind.change], panel.pair_fields, inputs=[model, model_kind], outputs=guidance_2,
+          **_GROUP)  # A14B-only fields hidden for single-transformer models
     checked = [*GenerateSettings.groups()["Size"], *GenerateSettings.groups()["Sampling"], "random_seed"]
     for control in (widgets[name] for name in checked):  # every field `validate_values` checks, by name
         control.change(panel.settings_message, inputs=form, outputs=settings_message, **_GROUP)
