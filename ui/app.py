@@ -32,6 +32,10 @@ CSS = """
 #train-loss-chart, #train-lr-chart { height: auto !important; }  /* the label above the plot, not over it */
 #train-loss-chart .vega-embed { height: 230px !important; }
 #train-lr-chart .vega-embed { height: 170px !important; }
+/* Vega sizes the axis from a narrower measuring font than the page's, so the widest tick labels started left of
+   the drawing and lost their first character ("00µ"): draw past the edge, with room left for it */
+#train-loss-chart svg.marks, #train-lr-chart svg.marks { overflow: visible; }
+#train-loss-chart .vega-embed, #train-lr-chart .vega-embed { padding-left: 16px !important; box-sizing: border-box; }
 #train-log textarea { font-family: ui-monospace, monospace; font-size: 0.8em; }
 """
 # Gradio 6 takes theme and css at launch(), not in Blocks(); app.py passes these.

@@ -42,6 +42,20 @@ def line_vertices(page: Page) -> list[int]:
     return [len(re.findall(r"[ML]", d or "")) for d in paths.evaluate_all("ps => ps.map(p => p.getAttribute('d'))")]
 
 
+def clipped_axis_labels(page: Page, chart: str) -> list[str]:
+    """The tick labels of a chart that the browser cuts: left of its drawing while the drawing clips, or left of the
+    chart's own box."""
+    return page.evaluate("""(chart) => {
+        const svg = document.querySelector(`${chart} svg.marks`);
+        const clips = getComputedStyle(svg).overflow !== "visible";
+        const drawing = svg.getBoundingClientRect().left, box = document.querySelector(chart).getBoundingClientRect();
+        return [...document.querySelectorAll(`${chart} .role-axis-label text`)].filter(t => {
+            const r = t.getBoundingClientRect();
+            return (clips && r.left < drawing - 0.5) || r.left < box.left - 0.5 || r.right > box.right + 0.5;
+        }).map(t => t.textContent);
+    }""", chart)
+
+
 def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_copy: Path, start_app, open_page):
     cache_concept_a(Workspace(demo_workspace_copy))
     server = start_app(demo_workspace_copy)
@@ -86,6 +100,9 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
     page.wait_for_function(f"() => document.querySelectorAll('#train-loss-chart [aria-roledescription=\"point\"]')"
                            f".length === {2 * stopped_at}")
     assert line_vertices(page) == [stopped_at, stopped_at]
+    expect(page.locator("#train-lr-chart .role-axis-label text").first).to_be_visible()
+    assert clipped_axis_labels(page, "#train-lr-chart") == []  # e.g. "100µ" shown whole, not "00µ"
+    assert clipped_axis_labels(page, "#train-loss-chart") == []
     page.locator("#train-group-Network").get_by_role("button", name="Network").scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "train-run.png"))  # the run stays beside the form being edited
     assert not re.search(r"\d\.\d{5,}", chart.inner_text()), "the y axis lists raw loss values (categorical)"
