@@ -3,9 +3,12 @@ see the counts and the missing caption, fix it, preview and apply a trigger word
 (a malformed edit is refused first), and cache latents as a job whose files appear on disk."""
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from pathlib import Path
 
+import psutil
 from playwright.sync_api import Page, expect
 
 from backend.data.dataset_config import load_dataset_config
@@ -23,6 +26,32 @@ COUNTS_SEEN = """() => {  // every distinct count the cache bar shows, in order
   new MutationObserver(record).observe(document.querySelector('#dataset-cache-progress'),
                                        {subtree: true, childList: true, attributes: true});
 }"""
+
+
+@contextlib.contextmanager
+def frozen_at_first_progress(jobs: Path, total: int):
+    """The running job paused (SIGSTOP on its processes) right after its first progress event short of `total`,
+    yielding the step it last reported; resumed on exit. The page must show that count while the job cannot move."""
+    from backend.jobs import JobManager
+
+    manager = JobManager(jobs)
+    job = next(job for job in manager.list() if not job.is_finished)
+    offset, step = 0, 0
+    while step == 0:
+        events, offset = manager.read_events(job.id, offset)
+        step = max([e["step"] for e in events if e["event"] == "progress"], default=0)
+        time.sleep(0.002)
+    assert step < total, f"the job reported {step} of {total} before it could be paused"
+    process = psutil.Process(manager.get(job.id).pid)
+    paused = [process, *process.children(recursive=True)]
+    for each in paused:
+        each.suspend()
+    try:
+        events, offset = manager.read_events(job.id, offset)  # what it wrote before the pause landed
+        yield max([e["step"] for e in events if e["event"] == "progress"], default=step)
+    finally:
+        for each in paused:
+            each.resume()
 
 
 def caption_files(dataset: Path) -> dict[str, str]:
@@ -115,12 +144,14 @@ def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_works
     page.locator("#dataset-cache-latents").click()
     status = page.locator("#dataset-cache-status")
     expect(status).to_contain_text(re.compile(r"Cache latents job \S+: (queued|running)"))
+    bar = page.locator("#dataset-cache-progress .cache-progress")
+    with frozen_at_first_progress(demo_workspace_copy / "jobs", total=24) as step:  # however fast the machine
+        expect(bar).to_have_attribute("data-step", str(step))
     expect(status).to_contain_text("succeeded: 24 latent file(s) and 0 text file(s) in 4 cache folders.",
                                    timeout=120_000)
-    expect(page.locator("#dataset-cache-progress .cache-progress")).to_have_attribute("data-step", "24")
+    expect(bar).to_have_attribute("data-step", "24")
     seen = page.evaluate("() => window.cacheCounts")
-    assert seen == sorted(seen) and seen[-1] == 24, seen
-    assert len([n for n in seen if 0 < n < 24]) >= 2, f"the count did not move while caching: {seen}"
+    assert seen == sorted(seen) and seen[-1] == 24 and step in seen, (step, seen)
     log = page.locator("#dataset-cache-log textarea")
     expect(log).to_have_value(re.compile("cache latents done"))
     assert re.search(r"cache latents: \d+/24 \(\d+%\)", log.input_value())
