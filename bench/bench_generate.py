@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,11 +33,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_files import DEVICE, GpuMemoryPeak, write_dit, write_tokenizer, write_vae  # noqa: E402
 
 from backend.jobs.protocol import JobContext  # noqa: E402
 from backend.models.registry import get_model_kind  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 UMT5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24, vocab_size=256384,
                 feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_gated_act=True)
 
@@ -57,51 +57,16 @@ class TimedContext(JobContext):
         self.events.append((time.perf_counter(), event, fields))
 
 
-class GpuPeak:
-    """The process's GPU memory peak as nvidia-smi sees it (allocator + CUDA context), sampled every 0.2 s."""
-
-    def __init__(self) -> None:
-        self.peak_mib, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import os
-
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,"
-                                      "nounits"], capture_output=True, text=True, timeout=5).stdout
-                for line in out.splitlines():
-                    pid, used = (part.strip() for part in line.split(","))
-                    if int(pid) == os.getpid():
-                        self.peak_mib = max(self.peak_mib, int(used))
-            except (OSError, ValueError, subprocess.SubprocessError):
-                pass
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> "GpuPeak":
-        if DEVICE == "cuda":
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-
-
 def write_files(work: Path, model: str, text_encoder_layers: int, dit: Path | None = None) -> dict[str, Path]:
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    """The tokenizer, a UMT5 encoder of UMT5-XXL's size (`text_encoder_layers` deep), the VAE and the DiT."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from backend.models.demo_parts import EXTRA_SENTENCES, train_tokenizer
-    from backend.models.loading import save_transformer_original
-    from backend.models.registry import WAN22_VAE_CONFIG_DIR
-
     kind = get_model_kind(model)
-    paths = {"tokenizer": work / "tokenizer", "text_encoder": work / f"text_encoder-{text_encoder_layers}",
-             "vae": work / ("vae-wan2.2" if kind.uses_wan22_vae else "vae"), "dit": work / f"dit-{model}.safetensors"}
-    if not paths["tokenizer"].exists():
-        train_tokenizer(["a red ball rolls across a wooden table", *EXTRA_SENTENCES]).save_pretrained(paths["tokenizer"])
-    text_dim = int(kind.config(kind.experts[0] if kind.has_experts else None)["text_dim"])
+    expert = kind.experts[0] if kind.has_experts else None
+    paths = {"tokenizer": write_tokenizer(work / "tokenizer", "a red ball rolls across a wooden table"),
+             "text_encoder": work / f"text_encoder-{text_encoder_layers}", "vae": write_vae(work, kind.uses_wan22_vae),
+             "dit": dit or write_dit(work / f"dit-{model}.safetensors", model, expert)}
+    text_dim = int(kind.config(expert)["text_dim"])
     if not paths["text_encoder"].exists():
         size = dict(UMT5_XXL, num_layers=text_encoder_layers) if text_dim == 4096 else dict(
             d_model=text_dim, d_kv=min(64, text_dim), d_ff=2 * text_dim, num_heads=max(1, text_dim // 64),
@@ -114,19 +79,6 @@ def write_files(work: Path, model: str, text_encoder_layers: int, dit: Path | No
         torch.set_default_dtype(torch.float32)
         encoder.save_pretrained(paths["text_encoder"])
         del encoder
-    if not paths["vae"].exists():
-        config = AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR)) if kind.uses_wan22_vae else {}
-        AutoencoderKLWan.from_config(config).eval().save_pretrained(paths["vae"])
-    if dit is not None:
-        paths["dit"] = dit
-    if not paths["dit"].exists():
-        torch.manual_seed(0)
-        torch.set_default_dtype(torch.bfloat16)
-        with torch.device(DEVICE):
-            dit = WanTransformer3DModel.from_config(kind.config(kind.experts[0] if kind.has_experts else None))
-        torch.set_default_dtype(torch.float32)
-        save_transformer_original(dit, paths["dit"])
-        del dit
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
     return paths
@@ -152,7 +104,7 @@ def generate(args, paths: dict[str, Path]) -> dict:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     unwritten = None
-    with GpuPeak() as peak:
+    with GpuMemoryPeak.this_process() as peak:
         try:
             generate_all(cli_args, ctx)
         except ModuleNotFoundError as exc:  # a GPU machine without imageio-ffmpeg: all but the mp4 write ran

@@ -31,7 +31,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,14 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_files import DEVICE, GpuMemoryPeak, write_dit, write_tokenizer, write_vae  # noqa: E402
 from bench_train import forward_flops  # noqa: E402
 
 from backend.models.registry import get_model_kind  # noqa: E402
 
 CAPTION = "a red ball rolls across a wooden table in warm evening light"
-
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU path is a smoke test of this script only
 
 
 def measured_bf16_peak_tflops() -> float:
@@ -98,44 +95,16 @@ def write_dataset(work: Path, frames: int, width: int, height: int) -> Path:
 
 
 def write_encoders(work: Path, text_dim: int, wan22_vae: bool = False) -> tuple[Path, Path, Path]:
-    from diffusers import AutoencoderKLWan
+    """The tokenizer, a 2-layer UMT5 of the DiT's text width (the cache's shape is what training sees) and the VAE."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from backend.models.demo_parts import EXTRA_SENTENCES, train_tokenizer
-    from backend.models.registry import WAN22_VAE_CONFIG_DIR
-
-    tokenizer_dir, encoder_dir = work / "tokenizer", work / f"text_encoder-{text_dim}"
-    vae_dir = work / ("vae-wan2.2" if wan22_vae else "vae")
-    if not tokenizer_dir.exists():
-        train_tokenizer([CAPTION, *EXTRA_SENTENCES]).save_pretrained(tokenizer_dir)
+    encoder_dir = work / f"text_encoder-{text_dim}"
     if not encoder_dir.exists():
         config = UMT5Config(vocab_size=256, d_model=text_dim, d_kv=min(128, text_dim), d_ff=2 * text_dim, num_layers=2,
                             num_heads=max(1, text_dim // 128), dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
                             decoder_start_token_id=0)
         UMT5EncoderModel(config).eval().save_pretrained(encoder_dir)
-    if not vae_dir.exists():
-        config = AutoencoderKLWan.load_config(str(WAN22_VAE_CONFIG_DIR)) if wan22_vae else {}
-        AutoencoderKLWan.from_config(config).eval().save_pretrained(vae_dir)
-    return tokenizer_dir, encoder_dir, vae_dir
-
-
-def write_dit(work: Path, model: str, expert: str | None) -> Path:
-    from diffusers import WanTransformer3DModel
-
-    from backend.models.loading import save_transformer_original
-
-    path = work / f"dit-{model}{'-' + expert if expert else ''}.safetensors"
-    if path.exists():
-        return path
-    torch.manual_seed(0 if expert != "high" else 1)
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(DEVICE):
-        dit = WanTransformer3DModel.from_config(get_model_kind(model).config(expert))
-    torch.set_default_dtype(torch.float32)
-    save_transformer_original(dit, path)
-    del dit
-    torch.cuda.empty_cache()
-    return path
+    return write_tokenizer(work / "tokenizer", CAPTION), encoder_dir, write_vae(work, wan22_vae)
 
 
 def run_cache(toml: Path, tokenizer: Path, encoder: Path, vae: Path, model: str) -> float:
@@ -145,24 +114,6 @@ def run_cache(toml: Path, tokenizer: Path, encoder: Path, vae: Path, model: str)
         subprocess.run([sys.executable, "-m", "backend", "cache", what, "--dataset_config", str(toml),
                         "--device", DEVICE, *extra], cwd=ROOT, check=True)
     return time.perf_counter() - start
-
-
-class GpuMemorySampler(threading.Thread):
-    """The largest GPU memory nvidia-smi reports for the processes other than this one while it runs (MiB): the
-    trainer process as a whole, CUDA context included; this script's own context is left out."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak_mib, self.running = 0, True
-
-    def run(self) -> None:
-        while self.running and DEVICE == "cuda":
-            rows = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                                  capture_output=True, text=True).stdout.splitlines()
-            used = sum(int(mib) for pid, mib in (row.split(",") for row in rows if row.strip())
-                       if int(pid) != os.getpid())
-            self.peak_mib = max(self.peak_mib, used)
-            time.sleep(0.2)
 
 
 def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
@@ -192,20 +143,17 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
         command += [f"--{key}", value]
     command += extra
     print(" ".join(command), flush=True)
-    sampler = GpuMemorySampler()
-    sampler.start()
     env = dict(os.environ, LORAID_JOB_DIR=str(job), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     plan_lines = []
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as process:
+    with GpuMemoryPeak.other_processes() as peak, subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         for line in process.stdout:
             print(line, end="", flush=True)
             if line.startswith(("memory=", "torch.compile", "attention")):
                 plan_lines.append(line.strip())
     result = process
     wall = time.perf_counter() - start
-    sampler.running = False
     events_file = job / "events.jsonl"
     events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()] \
         if events_file.exists() else []
@@ -219,7 +167,7 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
     start_event = next(e for e in events if e["event"] == "start")
     return {"s_per_it": statistics.median(timed), "s_per_it_mean": statistics.fmean(timed), "timed_steps": len(timed),
             "first_step_s": times[0] - start_event["t"] if times else None,
-            "peak_trainer_process_mib": sampler.peak_mib,
+            "peak_trainer_process_mib": peak.peak_mib,
             "max_memory_allocated_gib": round(max((e.get("vram") or 0) for e in steps) / 2**30, 2),
             "losses": [round(e["loss"], 4) for e in steps], "wall_s": round(wall, 1),
             "plan": plan_lines}
@@ -251,7 +199,9 @@ def main() -> None:
     t0 = time.perf_counter()
     # Both A14B experts read one file (same shape, same speed and memory): two 28.6 GB files do not fit the
     # machine's disk beside the 14B one. --dit reuses a file already written (e.g. the 14B one for A14B).
-    single = args.dit or write_dit(work, args.model, "low" if kind.has_experts else None)
+    expert = "low" if kind.has_experts else None
+    single = args.dit or write_dit(work / f"dit-{args.model}{'-' + expert if expert else ''}.safetensors", args.model,
+                                   expert)
     dits = {"high": single, "low": single} if kind.has_experts else {"single": single}
     build_s = time.perf_counter() - t0
     cache_s = run_cache(toml, tokenizer, encoder, vae, args.model)
