@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from backend.output_guard import check_output_file
+from backend.output_guard import check_output_file, free_name
 from backend.models.registry import EXPERT_STEMS
 
 PAIR_VARIANTS = tuple(f"-{stem}" for stem in EXPERT_STEMS.values())
@@ -23,11 +23,8 @@ def free_path(folder: Path, stem: str, variants: Sequence[str] = ("",)) -> Path:
     """`folder/stem.safetensors`, or `stem-2`, `stem-3`, ... when a file `stem<variant>.safetensors` exists for some
     variant (an A14B pair writes `-high_noise` / `-low_noise` variants of the name)."""
     stem = _UNSAFE.sub("_", stem).strip("._") or "merged"
-    candidate, number = stem, 1
-    while any((Path(folder) / f"{candidate}{variant}.safetensors").exists() for variant in variants):
-        number += 1
-        candidate = f"{stem}-{number}"
-    return Path(folder) / f"{candidate}.safetensors"
+    name = free_name(Path(folder), stem, [f"{variant}.safetensors" for variant in variants])
+    return Path(folder) / f"{name}.safetensors"
 
 
 def model_label(base: Path) -> str:
