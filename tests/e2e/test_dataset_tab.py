@@ -40,6 +40,10 @@ def frozen_at_first_progress(jobs: Path, total: int):
     while step == 0:
         events, offset = manager.read_events(job.id, offset)
         step = max([e["step"] for e in events if e["event"] == "progress"], default=0)
+        if step == 0 and manager.get(job.id).is_finished:  # one last read: what it wrote before it ended
+            events, offset = manager.read_events(job.id, offset)
+            assert not events, f"the job ended ({manager.get(job.id).status}) before it could be paused"
+            raise AssertionError(f"the job ended ({manager.get(job.id).status}) without reporting progress")
         time.sleep(0.002)
     assert step < total, f"the job reported {step} of {total} before it could be paused"
     process = psutil.Process(manager.get(job.id).pid)
