@@ -135,6 +135,7 @@ def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_works
     expect(page.locator("#dataset-toml-message")).to_contain_text("Nothing was written.")
     assert toml_file.read_bytes() == original
     page.locator("#dataset-toml-generate").click()
+    expect(page.locator("#dataset-toml-message")).to_contain_text("nothing is written until you click Write TOML")
     page.locator("#dataset-toml-write").click()
     expect(page.locator("#dataset-toml-message")).to_have_text(f"Wrote {toml_file}: 4 [[datasets]] entries, "
                                                                "valid.")
