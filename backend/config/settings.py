@@ -205,18 +205,29 @@ def _coerce_cli_values(cls: type[Settings], name: str, values: list[str], previo
 def add_setting_arguments(group, cls: type[Settings], names: list[str] | None = None, **defaults: Any) -> None:
     """One argparse `--name` per field of `cls` (all, or `names`): its type, choices, help and default come from the
     field, so the command line cannot drift from the model; `defaults` names the few flags whose absence means
-    something of its own (e.g. `seed=None`: pick a random seed)."""
+    something of its own (e.g. `seed=None`: pick a random seed). A true/false field is a switch: `--name` turns on
+    one that is off by default, `--no_name` turns off one that is on; a list field takes its values after the flag."""
+    import types
     import typing
 
     for name in names or list(cls.model_fields):
         field = cls.model_fields[name]
         kind = field.annotation
-        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        kind = options[0] if options else kind
-        if kind is bool:
-            raise TypeError(f"{cls.__name__}.{name}: true/false settings take `--{name} true|false` "
-                            "(parse_cli_overrides), not an argparse flag")
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None`: the flag takes an int
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         extra = field.json_schema_extra or {}
-        group.add_argument(f"--{name}", type=kind if kind in (int, float) else str,
-                           default=defaults.get(name, field.default), choices=extra.get("choices"),
-                           help=field.description or None)
+        default = defaults.get(name, field.default)
+        text = (field.description or "").replace("%", "%%") or None  # argparse formats help with %
+        if kind is bool:
+            if default:
+                group.add_argument(f"--no_{name}", dest=name, action="store_false", default=True, help=text)
+            else:
+                group.add_argument(f"--{name}", action="store_true", default=default, help=text)
+            continue
+        many = typing.get_origin(kind) is list
+        item = (typing.get_args(kind) or (str,))[0] if many else kind
+        if typing.get_origin(item) is typing.Literal:
+            item = type(typing.get_args(item)[0])
+        group.add_argument(f"--{name}", type=item if item in (int, float) else str, nargs="*" if many else None,
+                           default=list(default) if many and default is not None else default,
+                           choices=extra.get("choices"), help=text)

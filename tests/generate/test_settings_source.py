@@ -96,9 +96,11 @@ def test_a_field_added_to_a_model_reaches_the_command_line_and_the_argv():
     assert _WithExtra.field_info()["cfg_zero"]["label"] == "CFG zero"
 
 
-def test_true_false_settings_are_refused_as_argparse_flags():
+def test_true_false_settings_are_switches_on_the_command_line():
     class WithSwitch(GenerateSettings):
         loud: bool = setting(False, label="Loud", group="Sampling", help="a switch")
 
-    with pytest.raises(TypeError, match="true|false"):
-        add_setting_arguments(argparse.ArgumentParser(), WithSwitch)
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser, WithSwitch)
+    assert parser.parse_args([]).loud is False
+    assert parser.parse_args(["--loud"]).loud is True

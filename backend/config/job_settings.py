@@ -1,0 +1,20 @@
+"""Every job type's typed settings model, by the job type's name: one place to find where a job's options are
+declared (their labels, help, groups, choices, defaults and rules), and what the umbrella test walks."""
+from __future__ import annotations
+
+from backend.config.settings import Settings
+from backend.generate.settings import GenerateSettings
+from backend.train.settings import TrainSettings
+
+JOB_SETTINGS: dict[str, type[Settings]] = {
+    "train": TrainSettings,
+    "generate": GenerateSettings,
+}
+
+
+def settings_model(job_type: str) -> type[Settings]:
+    """The settings model of a job type (a KeyError names the job types that have one)."""
+    try:
+        return JOB_SETTINGS[job_type]
+    except KeyError:
+        raise KeyError(f"no settings model for job type `{job_type}`; known: {', '.join(JOB_SETTINGS)}") from None
