@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,34 +145,105 @@ def train(work: Path, args, dits: dict[str, Path], toml: Path) -> dict:
         command += [f"--{key}", value]
     command += extra
     print(" ".join(command), flush=True)
-    env = dict(os.environ, LORAID_JOB_DIR=str(job), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, LORAID_JOB_DIR=str(job), PYTHONUNBUFFERED="1",
+               **({"LORAID_PROFILE_STEPS": args.profile_steps, "LORAID_PROFILE_OUT": str(args.profile_out)}
+                  if args.profile_steps else {}),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(stack_dumper(work)), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
     plan_lines = []
     with GpuMemoryPeak.other_processes() as peak, subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True) as process:
+        watch = Watchdog(process, job / "events.jsonl", args.deadline_s, args.stacks_after_s)
         for line in process.stdout:
-            print(line, end="", flush=True)
+            print(f"[{time.perf_counter() - start:6.0f}s] {line}", end="", flush=True)
             if line.startswith(("memory=", "torch.compile", "attention")):
                 plan_lines.append(line.strip())
+        watch.stop()
     result = process
     wall = time.perf_counter() - start
     events_file = job / "events.jsonl"
     events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()] \
         if events_file.exists() else []
-    if result.returncode != 0:
+    if result.returncode != 0 and not watch.stopped_at_deadline:
         errors = [e.get("message") for e in events if e["event"] == "error"]
         raise SystemExit(f"trainer failed (exit {result.returncode}): {errors}")
     steps = [e for e in events if e["event"] == "step"]
     times = [e["t"] for e in steps]
     gaps = [b - a for a, b in zip(times, times[1:])]
     timed = gaps[args.warmup - 1:] if args.warmup >= 1 else gaps
-    start_event = next(e for e in events if e["event"] == "start")
+    start_event = next((e for e in events if e["event"] == "start"), {"t": float("nan")})
+    if not timed:
+        print(f"BENCH-PARTIAL {len(steps)} step(s) inside the deadline; no step time to report", flush=True)
+        timed = [float("nan")]
     return {"s_per_it": statistics.median(timed), "s_per_it_mean": statistics.fmean(timed), "timed_steps": len(timed),
+            "stopped_at_deadline": watch.stopped_at_deadline,
             "first_step_s": times[0] - start_event["t"] if times else None,
             "peak_trainer_process_mib": peak.peak_mib,
-            "max_memory_allocated_gib": round(max((e.get("vram") or 0) for e in steps) / 2**30, 2),
+            "max_memory_allocated_gib": round(max((e.get("vram") or 0 for e in steps), default=0) / 2**30, 2),
             "losses": [round(e["loss"], 4) for e in steps], "wall_s": round(wall, 1),
             "plan": plan_lines}
+
+
+def stack_dumper(work: Path) -> Path:
+    """A sitecustomize that makes every Python process of the trainer print all its threads' stacks on SIGUSR1."""
+    folder = work / "stack-dumper"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import faulthandler, signal, sys\nfaulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)\n")
+    return folder
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+class Watchdog:
+    """Stops the trainer `deadline_s` after it started (what it logged so far is still reported), and while no
+    new step event arrives for `stacks_after_s`, has its processes print their Python stacks (where the time goes)."""
+
+    def __init__(self, process: subprocess.Popen, events: Path, deadline_s: float, stacks_after_s: float) -> None:
+        self.process, self.events, self.deadline_s, self.stacks_after_s = process, events, deadline_s, stacks_after_s
+        self.stopped_at_deadline = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _steps(self) -> int:
+        try:
+            return self.events.read_text().count('"event": "step"')
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        start = last_progress = time.perf_counter()
+        seen = 0
+        while not self._stop.wait(5):
+            now = time.perf_counter()
+            if self._steps() != seen:
+                seen, last_progress = self._steps(), now
+            if self.deadline_s and now - start > self.deadline_s:
+                self.stopped_at_deadline = True
+                os.killpg(self.process.pid, signal.SIGKILL)
+                return
+            if self.stacks_after_s and now - last_progress > self.stacks_after_s:
+                for pid in [self.process.pid, *descendants(self.process.pid)]:
+                    try:
+                        if b"backend.train" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            continue
+                        os.kill(pid, signal.SIGUSR1)
+                    except OSError:
+                        pass
+                last_progress = now
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def main() -> None:
@@ -187,6 +260,13 @@ def main() -> None:
     parser.add_argument("--dit", type=Path, default=None, help="an existing DiT file of this shape to train on")
     parser.add_argument("--work", type=Path, default=Path("/tmp/loraid-bench"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--deadline_s", type=float, default=0,
+                        help="stop the trainer this many seconds after its start and report the steps done by then")
+    parser.add_argument("--profile_steps", default=None,
+                        help="FIRST:LAST steps to profile (the trainer's LORAID_PROFILE_STEPS); table in --profile_out")
+    parser.add_argument("--profile_out", type=Path, default=Path("kernels.txt"))
+    parser.add_argument("--stacks_after_s", type=float, default=0,
+                        help="print the trainer's Python stacks whenever no step ended for this many seconds")
     args = parser.parse_args()
 
     work = args.work
@@ -204,7 +284,9 @@ def main() -> None:
                                    expert)
     dits = {"high": single, "low": single} if kind.has_experts else {"single": single}
     build_s = time.perf_counter() - t0
+    print(f"DiT file ready in {build_s:.0f} s", flush=True)
     cache_s = run_cache(toml, tokenizer, encoder, vae, args.model)
+    print(f"caches ready in {cache_s:.0f} s", flush=True)
     result = train(work, args, dits, toml)
 
     spatial = 16 if kind.uses_wan22_vae else 8
@@ -219,6 +301,8 @@ def main() -> None:
         "mfu": round(useful / result["s_per_it"] / (peak * 1e12), 3), "dit_write_s": round(build_s, 1),
         "cache_s": round(cache_s, 1),
     })
+    if args.profile_steps and args.profile_out.exists():
+        print("\n".join(args.profile_out.read_text().splitlines()[:30]))
     print("BENCH " + json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -40,6 +40,7 @@ from backend.loraid.registry import LoraidRegistry, collides
 from backend.models.registry import get_model_kind
 from backend.train.data_loading import advance, seed_micro_batch, training_loader
 from backend.train.memory import apply_memory_settings, plan_memory, resolve_compile
+from backend.train.profiling import StepProfiler
 from backend.train.networks import Denoiser, ExpertPlan, build_networks, loraid_allocation, network_args_for
 from backend.train.debris import clean_debris
 from backend.train.guards import FiniteLoss, StopTiming
@@ -239,12 +240,14 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
     status, first_step, skip_step = "succeeded", step, False
     pending: list[torch.Tensor] = []  # each step's mean loss on the device, read at the next log interval
     first_step_started = time.perf_counter()
+    profiler = StepProfiler.from_environment(main)
     while step < total_steps:
         at_log = step % s.log_every_n_steps == 0
         if _stop_requested(stop_flag, accelerator, at_log):
             status = "stopped"
             break
         started = time.perf_counter()
+        profiler.before_step(step + 1)
         sampler = samplers[step % len(samplers)]
         step_loss, finite_micro, skip_step = None, 0, False
         for micro in range(s.gradient_accumulation_steps):
@@ -278,6 +281,7 @@ def _train(settings, workspace: Workspace | None = None, ctx: JobContext | None 
                                                                                 device=accelerator.device))
         scheduler.step()
         step += 1
+        profiler.after_step(step)
         if step == progress.start + 1:
             progress.first_step(_synchronized_seconds(first_step_started, accelerator), resolve_compile(s)[0])
         if step % s.log_every_n_steps == 0 or step == total_steps:
