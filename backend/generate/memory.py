@@ -7,6 +7,7 @@ import torch
 
 from backend.errors import UserError
 from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
+from backend.models.registry import pixels_per_token, task_of_config
 
 FP8_STORAGE = torch.float8_e4m3fn
 
@@ -144,7 +145,7 @@ def plan_memory(options: MemoryOptions, config: dict, experts: int, size: tuple[
     if options.memory == "manual":
         return options
     frames, height, width = size
-    spatial = 32 if config.get("in_channels") == 48 else 16  # Wan2.2 TI2V-5B's VAE is 16x spatial
+    spatial = pixels_per_token(task_of_config(config))
     shape = shape_from_config("transformer", config)
     run = GenerateRun(shape, tokens_for(frames, height, width, spatial), height, width, experts,
                       text_encoder_bytes, vae_bytes)

@@ -15,11 +15,11 @@ import torch
 
 from backend.errors import UserError
 from backend.generate.settings import named
-from backend.models.registry import EXPERTS, MODEL_KINDS, get_model_kind
+from backend.models.registry import (EXPERTS, MODEL_KINDS, WAN22_LATENT_CHANNELS, get_model_kind, pixels_per_token,
+                                     task_of_config)
 from backend.workspace import Workspace
 
 DEMO_MODELS = ("demo-t2v", "demo-a14b", "demo-ti2v")
-TI2V_LATENT_CHANNELS = 48  # the Wan2.2 VAE's z_dim
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def companion_folders(choice: ModelChoice, latent_channels: int | None = None) -
 
     ws = Workspace(choice.workspace) if choice.workspace is not None else None
     kind = choice.model or choice.model_kind
-    kind = kind if kind in MODEL_KINDS else ("demo-ti2v" if latent_channels == TI2V_LATENT_CHANNELS else None)
+    kind = kind if kind in MODEL_KINDS else ("demo-ti2v" if latent_channels == WAN22_LATENT_CHANNELS else None)
     demo_vae = demo_vae_folder(ws, kind) if ws is not None else None
 
     def pick(given, default, what, flag):
@@ -173,25 +173,16 @@ def transformer_config(choice: ModelChoice) -> dict:
 
 
 def _task_of(model) -> str:
-    in_channels, out_channels = model.config.in_channels, model.config.out_channels or model.config.in_channels
-    if in_channels > out_channels:
-        return "i2v"
-    return "ti2v" if out_channels == TI2V_LATENT_CHANNELS else "t2v"
+    return task_of_config(dict(model.config))
 
 
 def accepts_image(task: str) -> bool:
     return task in ("i2v", "ti2v")
 
 
-def size_multiple(task: str) -> int:
-    """Width and height must be multiples of this: the VAE's spatial factor (16 for TI2V's Wan2.2 VAE, else 8)
-    times the transformer's 2x2 patch."""
-    return 32 if task == "ti2v" else 16
-
-
 def check_size(settings, task: str) -> None:
     """TI2V-5B's Wan2.2 VAE compresses 16x and its transformer takes 2x2 patches: sizes are multiples of 32."""
-    multiple = size_multiple(task)
+    multiple = pixels_per_token(task)
     for name, value in (("width", settings.width), ("height", settings.height)):
         if value % multiple:
             nearest = max(multiple, round(value / multiple) * multiple)
@@ -218,7 +209,7 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False, weights: Wei
         raise UserError(f"{label} is an image-to-video model; pass the start image with --image PATH.")
     vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
     if vae.config.z_dim != latent_channels:
-        wanted = "the Wan2.2 VAE" if latent_channels == TI2V_LATENT_CHANNELS else "the Wan2.1 VAE"
+        wanted = "the Wan2.2 VAE" if latent_channels == WAN22_LATENT_CHANNELS else "the Wan2.1 VAE"
         raise UserError(f"The VAE in {vae_dir} makes {vae.config.z_dim}-channel latents, but {label} denoises "
                         f"{latent_channels}; pass {wanted} folder with --vae.")
     with _quiet_progress_bars():

@@ -68,6 +68,9 @@ class Signature:
                 f"{self.in_channels} input / {self.out_channels} output channels, text_dim {self.text_dim}{image}")
 
 
+WAN22_LATENT_CHANNELS = 48  # the Wan2.2 VAE's z_dim
+
+
 @dataclass(frozen=True)
 class ModelKind:
     name: str
@@ -118,6 +121,22 @@ class ModelKind:
     def uses_wan22_vae(self) -> bool:
         """TI2V-5B and its demo: the Wan2.2 VAE (48 latent channels, 16x spatial compression)."""
         return self.task == "ti2v"
+
+
+def pixels_per_token(task: str) -> int:
+    """Pixels along the width or height per transformer token, so the multiple every size must be: the VAE's spatial
+    factor (16 for TI2V-5B's Wan2.2 VAE, 8 for the Wan2.1 VAE) times the transformer's 2x2 patch."""
+    return 32 if task == "ti2v" else 16
+
+
+def task_of_config(config: dict) -> str:
+    """t2v / i2v / ti2v of a transformer config: image channels concatenated to the input mean i2v, the Wan2.2 VAE's
+    48 latent channels mean ti2v."""
+    in_channels = int(config["in_channels"])
+    out_channels = int(config.get("out_channels") or in_channels)
+    if in_channels > out_channels:
+        return "i2v"
+    return "ti2v" if out_channels == WAN22_LATENT_CHANNELS else "t2v"
 
 
 MODEL_KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (

@@ -25,6 +25,7 @@ import torch
 from backend.errors import UserError
 from backend.models.activation_offload import offload_activations
 from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
+from backend.models.registry import pixels_per_token
 from backend.train.memory_plan import (
     TrainRun,
     allocator_fraction,
@@ -150,8 +151,7 @@ def plan_memory(settings, kind, experts: int, dataset, device, log=print):
         log("memory=auto: training on the CPU, nothing to plan")
         return settings
     free, _ = torch.cuda.mem_get_info(device)
-    spatial = 32 if kind.task == "ti2v" else 16  # Wan2.2 VAE: 16x spatial, then the 2x2 patch
-    tokens = largest_bucket_tokens(dataset, spatial)
+    tokens = largest_bucket_tokens(dataset, pixels_per_token(kind.task))
     shape = shape_from_config(kind.name, kind.config(kind.experts[0] if kind.has_experts else None))
     run = TrainRun(shape, tokens, resident_experts=experts, rank=settings.network_dim,
                    optimizer=settings.optimizer_type, network_copies=experts,
