@@ -3,12 +3,12 @@ a name left out keeps what the page shows. All work is done by `backend.data`; a
 beside the control (and a toast), and the previous scan, plan and files stay as they were."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gradio as gr
 
 from backend.data.caption_edits import BulkEdit, CaptionEditPlan, apply_plan, plan_bulk_edit, save_caption
+from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings
 from backend.data.captions import read_caption
 from backend.data.dataset_folder import Entry, FolderScan, resolve_folder, scan_tree
 from backend.data.dataset_form import DatasetForm, existing_form, read_form, render_form_toml
@@ -23,15 +23,18 @@ from backend.jobs.progress import read_progress
 from ui import dataset_views as views
 from ui.context import AppContext
 from ui.log_view import LogView
+from ui.settings_form import SettingsForm, slot_update
 from ui.widgets import progress_bar, report_error
 
 FORM_FIELDS = list(DatasetForm.model_fields)
 FORM_OUTPUTS = [f"form.{name}" for name in FORM_FIELDS]
+CACHE_FIELDS = ["device", "dtype", "batch_size", "skip_existing", "i2v", "vae_tiling", "max_sequence_length"]
+CACHE_SLOTS = [f"cache_problem.{name}" for name in CACHE_FIELDS]
 OUTPUTS = {  # every output a handler may set, by name
     "scan", "summary", "problems", "gallery", "items", "item", "preview", "item_info", "caption", "caption_message",
     "scope", "plan", "changes", "bulk_message", "buckets", "dropped", "buckets_message", "frames_video", "frames",
     "frames_strip", "frames_message", "toml_path", "toml", "toml_message", "cache_view", "cache_status", "cache_log",
-    "cache_progress", "timer", *FORM_OUTPUTS}
+    "cache_progress", "timer", *FORM_OUTPUTS, *CACHE_SLOTS}
 ALL_FOLDERS = "all folders"
 GALLERY_LIMIT = 120
 PREVIEW_SIDE = 256
@@ -54,9 +57,19 @@ def gallery_items(scan: FolderScan) -> list[tuple]:
     return items
 
 
-def cache_argv(what: str, workspace: Path, toml_path: Path, device: str) -> list[str]:
-    return [sys.executable, "-m", "backend", "cache", what, "--workspace", str(workspace),
-            "--dataset_config", str(toml_path), "--device", device]
+def cache_form(start: dict | None = None, choices: dict | None = None) -> SettingsForm:
+    """The Dataset tab's cache options: the shared ones, then the latents' and the text's own."""
+    return SettingsForm((CacheSettings, *CACHE_SETTINGS.values()), CACHE_FIELDS, "dataset-cache", start, choices)
+
+
+def cache_problems(what: str, values: dict) -> dict[str, str]:
+    """The problems of the options one cache job (`what`) uses, worded for the page, by field name."""
+    model = CACHE_SETTINGS[what]
+    return cache_form().problems(model, {name: value for name, value in values.items() if name in model.model_fields})
+
+
+def cache_slot_values(problems: dict[str, str]) -> dict:
+    return {f"cache_problem.{name}": slot_update(problems.get(name)) for name in CACHE_FIELDS}
 
 
 def cache_bar(job: Job) -> str:
@@ -251,17 +264,37 @@ class DatasetPanel:
 
     # ---- caching jobs --------------------------------------------------------------------------------------
 
-    def start_cache(self, what: str, toml_path: str, editor_text: str, device: str) -> dict:
+    def check_cache(self, toml_path: str, *values) -> dict:
+        """Each cache option's problem beside it, as either cache would see it (the page's check while editing)."""
+        given = cache_form().values(values)
+        shared = {"dataset_config": toml_path or "dataset.toml", "workspace": str(self.ctx.workspace.root)}
+        problems = {}
+        for what in CACHE_SETTINGS:
+            problems = {**cache_problems(what, {**shared, **given}), **problems}
+        return cache_slot_values(problems)
+
+    def start_cache(self, what: str, toml_path: str, editor_text: str, *values) -> dict:
+        """Start a cache job from the page's TOML and cache options; a wrong option is shown beside it instead."""
         try:
             path = resolve_toml_path(toml_path, self.ctx.workspace.root)
             ready_for_cache(path, editor_text)
-            job = self.ctx.jobs.submit(cache_argv(what, self.ctx.workspace.root, path, device or "cpu"),
-                                       kind="cache", title=f"Cache {what}: {path.parent.name}/{path.name}",
-                                       settings={"what": what, "dataset_config": str(path), "device": device})
         except UserError as exc:
             return {"cache_status": f"⚠ {report_error(exc)}"}
-        return {"cache_view": LogView(job.id), "cache_status": self._status_line(job, what), "cache_log": "",
-                "cache_progress": cache_bar(job), "timer": gr.Timer(active=True)}
+        values = {"dataset_config": str(path), "workspace": str(self.ctx.workspace.root),
+                  **cache_form().values(values)}
+        problems = cache_problems(what, values)
+        if problems:
+            return {**cache_slot_values(problems),
+                    "cache_status": "Not started: fix the cache option marked ⚠ above."}
+        model = CACHE_SETTINGS[what]
+        settings = model(**{name: value for name, value in values.items() if name in model.model_fields})
+        try:
+            job = self.ctx.jobs.submit(settings.job_argv(), kind="cache", title=settings.job_title(),
+                                       settings=settings.job_record())
+        except UserError as exc:
+            return {"cache_status": f"⚠ {report_error(exc)}"}
+        return {**cache_slot_values({}), "cache_view": LogView(job.id), "cache_status": self._status_line(job, what),
+                "cache_log": "", "cache_progress": cache_bar(job), "timer": gr.Timer(active=True)}
 
     def _status_line(self, job: Job, what: str | None = None) -> str:
         what = what or job.settings.get("what", "")

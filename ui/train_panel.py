@@ -20,11 +20,11 @@ from backend.config.presets import PresetStore
 from backend.config.train_checks import FormCheck, check_train_settings
 from backend.errors import UserError
 from backend.loraid.allocation import allocation_table
-from backend.loraid.registry import LoraidRegistry
+from backend.loraid.owners import taken_ids
 from backend.models.registry import get_model_kind
 from backend.train.command import musubi_command, run_toml, shown_command
-from backend.train.outputs import running_owners
 from backend.train.paths import resolve_path
+from backend.system.devices import check_processes
 from backend.train.settings import TrainSettings
 from ui.context import AppContext
 from ui.train_form import FIELDS, dataset_choices, error_key, error_updates, settings_values, widget_values
@@ -78,14 +78,11 @@ class TrainPanel:
         expert = settings.expert if kind.has_experts else None
         ws = self.ctx.workspace
         try:
-            registry = LoraidRegistry.for_workspace(ws)
             table = allocation_table(kind.num_blocks, settings.blocks_per_loraid, expert, model=kind.name)
-            folders = [ws.loras, Path(resolve_path(settings.output_dir, ws)) if settings.output_dir else ws.loras]
-            return {a.loraid: ", ".join(owners) for a in table
-                    if (owners := [*running_owners(a, folders),
-                                   *(e.name for e in registry.owners(a) if registry.resolve(e).is_file())])}
         except UserError:
             return {}
+        folders = [ws.loras, Path(resolve_path(settings.output_dir, ws)) if settings.output_dir else ws.loras]
+        return {loraid: ", ".join(owners) for loraid, owners in taken_ids(ws, table, folders).items()}
 
     def validation(self, widgets: dict[str, Any], check: FormCheck | None = None) -> dict[str, Any]:
         """Every field's error slot, the summary, the live network_args lines and the LORAID picker."""
@@ -245,15 +242,7 @@ class TrainPanel:
         value = widgets.get("run:processes")
         if value in (None, "") or float(value) != int(float(value)) or int(float(value)) < 1:
             raise UserError(f"Processes is {value!r}; enter a whole number of 1 or more (one per GPU).")
-        processes = int(float(value))
-        if processes > 1:
-            import torch
-
-            available = torch.cuda.device_count()
-            if processes > available:
-                raise UserError(f"Processes is {processes} but this machine has {available} GPU(s); enter at most "
-                                f"{max(1, available)}.")
-        return processes
+        return check_processes(int(float(value)))
 
     def start(self, widgets: dict[str, Any]) -> dict[str, Any]:
         """Start the form's training; while another training is unfinished, ask first (Queue it / leave it)."""

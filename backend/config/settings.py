@@ -231,3 +231,32 @@ def add_setting_arguments(group, cls: type[Settings], names: list[str] | None = 
         group.add_argument(f"--{name}", type=item if item in (int, float) else str, nargs="*" if many else None,
                            default=list(default) if many and default is not None else default,
                            choices=extra.get("choices"), help=text)
+
+
+def command_arguments(settings: Settings, names: list[str] | None = None) -> list[str]:
+    """The argv part that gives back `settings` through the flags `add_setting_arguments` makes: `--name=value` (a
+    value may start with a dash), lists as `--name v1 v2`, switches as `--name` / `--no_name` where the value is not
+    the default; None means "not given"."""
+    cls = type(settings)
+    args: list[str] = []
+    for name in names or list(cls.model_fields):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            default = bool(cls.model_fields[name].default)
+            if value != default:
+                args.append(f"--{name}" if value else f"--no_{name}")
+        elif isinstance(value, (list, tuple)):
+            args += [f"--{name}", *map(str, value)] if value else []
+        else:
+            args.append(f"--{name}={value}")
+    return args
+
+
+def _field_kind(cls: type[Settings], name: str):
+    import typing
+
+    kind = cls.model_fields[name].annotation
+    options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return options[0] if options and typing.get_origin(kind) is not list else kind

@@ -15,6 +15,9 @@ import argparse
 
 import torch
 
+from backend.config.field_checks import checked
+from backend.config.settings import add_setting_arguments
+from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings, LatentCacheSettings, declared_fields
 from backend.errors import UserError
 from backend.models.registry import get_model_kind
 
@@ -22,40 +25,35 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["latents", "text"], help="latents: VAE latents; text: UMT5 outputs")
-    parser.add_argument("--dataset_config", required=True, help="musubi-tuner dataset TOML")
-    parser.add_argument("--workspace", default=None, help="workspace whose demo models are the defaults")
-    parser.add_argument("--vae", default=None, help="AutoencoderKLWan folder (latents)")
-    parser.add_argument("--model_kind", default=None,
-                        help="latents: the model they are for (e.g. wan2.2-ti2v-5b); checks the VAE fits it")
-    parser.add_argument("--text_encoder", default=None, help="UMT5EncoderModel folder (text)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (text)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                        help="model precision; auto: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--batch_size", type=int, default=1, help="items encoded together (default 1)")
-    parser.add_argument("--skip_existing", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep cache files that are already current (default on)")
-    parser.add_argument("--i2v", action="store_true", help="latents: also cache I2V first-frame conditioning")
-    parser.add_argument("--vae_tiling", action="store_true", help="latents: encode in tiles (less memory)")
-    parser.add_argument("--max_sequence_length", type=int, default=512, help="text: token length (default 512)")
+    """`what`, then one flag per cache option, from the settings models (each cache reads the ones it has)."""
+    parser.add_argument("what", choices=list(CACHE_SETTINGS), help="latents: VAE latents; text: UMT5 outputs")
+    for model, names in declared_fields().items():
+        add_setting_arguments(parser, model, names)
+    # the spellings of earlier versions, still understood
+    parser.add_argument("--skip_existing", dest="skip_existing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-skip_existing", dest="skip_existing", action="store_false", help=argparse.SUPPRESS)
 
 
-def _model_folder(given: str | None, workspace_attr: str, args: argparse.Namespace):
+def settings_from(args: argparse.Namespace) -> CacheSettings:
+    """The command line's values as the settings of the cache it runs; a wrong value is one sentence naming its
+    flag."""
+    model = CACHE_SETTINGS[args.what]
+    return checked(model, {name: getattr(args, name) for name in model.model_fields})
+
+
+def _model_folder(given: str | None, workspace_attr: str, settings: CacheSettings):
     if given:
         return given
-    if args.workspace:
+    if settings.workspace:
         from backend.workspace import Workspace
 
-        return getattr(Workspace(args.workspace), workspace_attr)
+        return getattr(Workspace(settings.workspace), workspace_attr)
     return None
 
 
-def _device_and_dtype(args: argparse.Namespace) -> tuple[str, torch.dtype]:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu.")
-    name = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
-    return args.device, DTYPES[name]
+def _dtype(settings: CacheSettings) -> torch.dtype:
+    name = settings.dtype if settings.dtype != "auto" else ("bfloat16" if settings.device == "cuda" else "float32")
+    return DTYPES[name]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,37 +62,34 @@ def run(args: argparse.Namespace) -> int:
     from backend.data.dataset_config import load_dataset_config
     from backend.jobs.protocol import JobContext
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1 (got {args.batch_size}).")
-    if args.max_sequence_length < 1:
-        raise UserError(f"--max_sequence_length must be at least 1 (got {args.max_sequence_length}).")
-    config = load_dataset_config(args.dataset_config)
-    device, dtype = _device_and_dtype(args)
+    s = settings_from(args)
+    config = load_dataset_config(s.dataset_config)
+    device, dtype = s.device, _dtype(s)
     ctx = JobContext.from_env()
-    ctx.emit("start", kind=f"cache {args.what}", dataset_config=str(args.dataset_config))
-    if args.what == "latents":
-        kind = get_model_kind(args.model_kind) if args.model_kind else None
-        folder = _model_folder(args.vae, "vae_wan22" if kind is not None and kind.uses_wan22_vae else "vae", args)
+    ctx.emit("start", kind=f"cache {s.WHAT}", dataset_config=str(s.dataset_config))
+    if isinstance(s, LatentCacheSettings):
+        kind = get_model_kind(s.model_kind) if s.model_kind else None
+        folder = _model_folder(s.vae, "vae_wan22" if kind is not None and kind.uses_wan22_vae else "vae", s)
         print(f"loading the VAE from {folder} on {device}…")
         vae = encoders.load_vae(folder, device, dtype)
         if kind is not None and int(vae.config.z_dim) != kind.latent_channels:
             raise UserError(f"the VAE in {folder} makes {vae.config.z_dim}-channel latents, but {kind.label} takes "
                             f"{kind.latent_channels}; pass the {'Wan2.2' if kind.uses_wan22_vae else 'Wan2.1'} VAE "
                             f"folder with --vae.")
-        if args.vae_tiling:
+        if s.vae_tiling:
             vae.enable_tiling()
-        model_id = f"{encoders.model_fingerprint(folder)}:{dtype}:{'tiled' if args.vae_tiling else 'whole'}"
-        summary = cache_latents(config, vae, model_id=model_id, batch_size=args.batch_size,
-                                skip_existing=args.skip_existing, i2v=args.i2v, ctx=ctx)
+        model_id = f"{encoders.model_fingerprint(folder)}:{dtype}:{'tiled' if s.vae_tiling else 'whole'}"
+        summary = cache_latents(config, vae, model_id=model_id, batch_size=s.batch_size,
+                                skip_existing=s.skip_existing, i2v=s.i2v, ctx=ctx)
     else:
-        encoder_folder = _model_folder(args.text_encoder, "text_encoder", args)
-        tokenizer_folder = _model_folder(args.tokenizer, "tokenizer", args)
+        encoder_folder = _model_folder(s.text_encoder, "text_encoder", s)
+        tokenizer_folder = _model_folder(s.tokenizer, "tokenizer", s)
         print(f"loading the text encoder from {encoder_folder} on {device}…")
         tokenizer, text_encoder = encoders.load_text_encoder(encoder_folder, tokenizer_folder, device, dtype)
         summary = cache_text(config, tokenizer, text_encoder,
                              model_id=f"{encoders.model_fingerprint(encoder_folder, tokenizer_folder)}:{dtype}",
-                             batch_size=args.batch_size, skip_existing=args.skip_existing,
-                             max_sequence_length=args.max_sequence_length, ctx=ctx)
+                             batch_size=s.batch_size, skip_existing=s.skip_existing,
+                             max_sequence_length=s.max_sequence_length, ctx=ctx)
     ctx.emit("end", status="stopped" if summary.stopped else "succeeded", **summary.to_dict())
     ctx.close()
     return 0

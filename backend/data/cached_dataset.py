@@ -78,7 +78,7 @@ class CachedDataset:
             raise UserError(f"{config.source_name}: the caches hold no items; {_rerun('latents', config)}.")
         if len(lengths) > 1:
             raise UserError(f"text caches were made with different max_sequence_length values {sorted(lengths)}; "
-                            f"{_rerun('text', config)} --no-skip_existing.")
+                            f"{_rerun('text', config)} --no_skip_existing.")
         self.max_sequence_length = lengths.pop()
 
     @classmethod

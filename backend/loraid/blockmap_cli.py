@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from backend.config.field_checks import checked
+from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
 from backend.loraid.allocation import (EXPERT_CHOICES, allocate, allocation_table, compact_ranges,
                                        default_blocks_per_loraid, describe_units)
 from backend.loraid.capacity import Capacity, capacity, human_bytes
-from backend.loraid.cli_args import add_loraid_arguments, add_multiplier_argument, resolve_loraids, resolve_multipliers
+from backend.loraid.cli_args import add_loraid_arguments, add_multiplier_argument, flatten_appended, resolve_loraids
 from backend.loraid.model_facts import facts_for
 from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
+from backend.loraid.report_settings import REPORT_FILE, InterferenceSettings
 
 DEFAULT_RANK = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model type (e.g. wan2.1-t2v-14b) or a transformer checkpoint file/folder")
+    add_setting_arguments(parser, InterferenceSettings, ["model"])  # also the allocation table's model
     parser.add_argument("--expert", choices=EXPERT_CHOICES,
                         help="Wan2.2 A14B expert(s); default both (the same slice in each expert, one file each)")
     add_loraid_arguments(parser)
@@ -32,11 +36,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                       f"{DEFAULT_RANK})")
     parser.add_argument("--workspace", help="workspace folder: show which registered file owns each ID")
     parser.add_argument("--rescan", action="store_true", help="rebuild the workspace registry from its loras/ folder")
-    parser.add_argument("--report", nargs="+", metavar="FILE", help="interference report over these LoRA files")
+    fields = InterferenceSettings.field_info()
+    parser.add_argument("--report", nargs="+", metavar="FILE", help=fields["report"]["help"])
     add_multiplier_argument(parser)
-    parser.add_argument("--probes", type=int, default=3, help="probe inputs for function-space cross-talk")
-    parser.add_argument("--device", default="cpu", help="device for function-space runs (cpu, cuda)")
+    add_setting_arguments(parser, InterferenceSettings, [name for name in fields
+                                                         if name not in ("report", "model", "multiplier")])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def report_settings(args: argparse.Namespace) -> InterferenceSettings:
+    """The command line's report options as settings; a wrong value is one sentence naming its flag."""
+    values = {name: getattr(args, name) for name in InterferenceSettings.model_fields}
+    values["multiplier"] = flatten_appended(args.multiplier)
+    return checked(InterferenceSettings, values)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from backend.fileio import atomic_write_text
+    from backend.jobs.protocol import JobContext
+    from backend.loraid.report import format_report, interference_report
+
+    settings = report_settings(args)
+    ctx = JobContext.from_env()
+    ctx.emit("start", kind="interference report", files=settings.report)
+
+    def step(done: int, total: int, what: str) -> None:
+        ctx.emit("progress", step=done, total=total)
+        print(f"interference: {done}/{total} {what}", file=sys.stderr, flush=True)
+
+    report = interference_report(settings.report, settings.model, settings.multipliers(), settings.probes,
+                                 device=settings.device, on_step=step)
+    text = json.dumps(report, indent=2) if args.json else format_report(report)
+    if ctx.job_dir is not None:
+        atomic_write_text(ctx.job_dir / REPORT_FILE, text + "\n")
+    print(text)
+    ctx.emit("end", status="succeeded")
+    ctx.close()
+    return 0
 
 
 def _table(args: argparse.Namespace) -> dict:
@@ -130,12 +166,7 @@ def _rescan(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.report:
-        from backend.loraid.report import format_report, interference_report
-
-        multipliers = resolve_multipliers(len(args.report), args.multiplier)
-        report = interference_report(args.report, args.model, multipliers, args.probes, device=args.device)
-        print(json.dumps(report, indent=2) if args.json else format_report(report))
-        return 0
+        return _run_report(args)
     if args.rescan:
         if not args.workspace:
             raise UserError("--rescan needs --workspace DIR (the workspace whose loras/ folder to scan).")

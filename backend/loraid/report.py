@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ from backend.loraid.module_names import blocks_of
 from backend.loraid.overlap import find_overlaps
 
 PROBE_TIMESTEPS = (250.0, 500.0, 750.0, 900.0)
+StepHook = Callable[[int, int, str], None]
 
 
 def _load(paths: Sequence[str | Path]) -> list[tuple[str, Any, str | None]]:
@@ -111,21 +112,43 @@ def _checkpoint_for(facts: ModelFacts, expert: str | None) -> Path | None:
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
+class Steps:
+    """The report's count of done measurements: one per pair in weight space, two per pair (both ways) in function
+    space; `on_step(done, total, what)` hears each."""
+
+    def __init__(self, total: int, on_step: StepHook | None) -> None:
+        self.done, self.total, self.on_step = 0, total, on_step
+
+    def advance(self, what: str, count: int = 1) -> None:
+        self.done += count
+        if self.on_step is not None:
+            self.on_step(self.done, self.total, what)
+
+
+def _measures_function_space(model: str | Path | None) -> bool:
+    return model is not None and bool(facts_for(model).checkpoints)
+
+
 def interference_report(paths: Sequence[str | Path], model: str | Path | None = None,
                         multipliers: Sequence[float] | None = None, probes: int = 3,
-                        dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict[str, Any]:
-    """JSON-ready report: files, overlaps, weight space per pair, function space per pair (or why not)."""
+                        dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        on_step: StepHook | None = None) -> dict[str, Any]:
+    """JSON-ready report: files, overlaps, weight space per pair, function space per pair (or why not).
+    `on_step(done, total, what)` is called after each measurement (a job's progress)."""
     loaded = _load(paths)
     multipliers = list(multipliers) if multipliers else [1.0] * len(loaded)
     files = [{"file": label, "loraid": f.info["loraid"], "expert": expert, "modules": len(f.modules),
               "blocks": compact_ranges(f.blocks), "nonfinite_tensors": list(f.nonfinite)} for label, f, expert in loaded]
     pairs = [(i, j) for i, j in combinations(range(len(loaded)), 2)
              if _same_transformer(loaded[i][2], loaded[j][2])]
+    steps = Steps(len(pairs) * (3 if _measures_function_space(model) else 1), on_step)
+    steps.advance("files read", 0)
     coverages = {label: set(f.modules) for label, f, _ in loaded}
     weight_pairs = []
     for i, j in pairs:
         (label_a, file_a, _), (label_b, file_b, _) = loaded[i], loaded[j]
         pair = weight_space_pair(label_a, label_b, _module_parts(file_a), _module_parts(file_b))
+        steps.advance(f"weight space {label_a} / {label_b}")
         shared_blocks = sorted(blocks_of(coverages[label_a]) & blocks_of(coverages[label_b]))
         weight_pairs.append({"a": label_a, "b": label_b, "shared_modules": len(pair.modules),
                              "shared_blocks": shared_blocks, "total_cosine": pair.total_cosine,
@@ -136,21 +159,21 @@ def interference_report(paths: Sequence[str | Path], model: str | Path | None = 
         "overlaps": {"module": [asdict(c) for c in find_overlaps(coverages, "module")],
                      "block": [asdict(c) for c in find_overlaps(coverages, "block")]},
         "weight_space": weight_pairs,
-        "function_space": _function_space(loaded, pairs, model, multipliers, probes, dtype, device),
+        "function_space": _function_space(loaded, pairs, model, multipliers, probes, dtype, device, steps),
     }
     return report
 
 
-def _function_space(loaded, pairs, model, multipliers, probes, dtype, device) -> dict[str, Any]:
+def _function_space(loaded, pairs, model, multipliers, probes, dtype, device, steps: Steps) -> dict[str, Any]:
     if model is None:
-        return {"available": False, "reason": "no --model given, so only weight space was measured", "pairs": []}
+        return {"available": False, "reason": "no model given, so only weight space was measured", "pairs": []}
     if not Path(__file__).resolve().parents[1].joinpath("adapters", "network.py").is_file():
         return {"available": False, "reason": "the adapter engine is not installed; weight space only", "pairs": []}
     facts = facts_for(model)
     if not facts.checkpoints:
         return {"available": False, "pairs": [],
-                "reason": f"`{model}` is a model type without weights; pass a checkpoint path to --model to "
-                          f"measure cross-talk on the model"}
+                "reason": f"`{model}` is a model type without weights; choose a checkpoint as the model to "
+                          f"measure cross-talk on it"}
     from backend.models.loading import load_transformer
 
     results, skipped, loaded_models = [], [], {}
@@ -160,6 +183,7 @@ def _function_space(loaded, pairs, model, multipliers, probes, dtype, device) ->
         checkpoint = _checkpoint_for(facts, expert)
         if checkpoint is None:
             skipped.append(f"{loaded[i][0]} / {loaded[j][0]}: no expert recorded for an expert-pair model")
+            steps.advance(f"cross-talk {loaded[i][0]} / {loaded[j][0]} skipped", 2)
             continue
         if checkpoint not in loaded_models:
             transformer = load_transformer(checkpoint, dtype=dtype).to(device)
@@ -169,6 +193,7 @@ def _function_space(loaded, pairs, model, multipliers, probes, dtype, device) ->
         for (on, f_on, m_on), (by, f_by, m_by) in (((label_a, file_a, multipliers[i]), (label_b, file_b, multipliers[j])),
                                                     ((label_b, file_b, multipliers[j]), (label_a, file_a, multipliers[i]))):
             results.append(asdict(cross_talk(model_fn, f_on, f_by, probe_inputs, m_on, m_by, (on, by))))
+            steps.advance(f"cross-talk of {by} on {on}")
     return {"available": True, "model": facts.label, "probes": probes, "pairs": results, "skipped": skipped}
 
 

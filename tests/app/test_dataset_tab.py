@@ -14,7 +14,7 @@ from backend.data.sample_dataset import write_sample_dataset
 from backend.jobs import JobManager
 from backend.workspace import Workspace
 from ui.context import AppContext
-from ui.dataset_panel import ALL_FOLDERS, FORM_FIELDS, DatasetPanel, form_values
+from ui.dataset_panel import ALL_FOLDERS, CACHE_FIELDS, FORM_FIELDS, DatasetPanel, form_values
 from ui.tabs.dataset import wire
 
 MISSING = "concept_a/images/a_002.png"
@@ -47,6 +47,13 @@ def page_form(**changes) -> list:
                                      source_fps=16.0))
     values.update({f"form.{key}": value for key, value in changes.items()})
     return [values[f"form.{name}"] for name in FORM_FIELDS]
+
+
+def cache_options(**changes) -> list:
+    """The cache options in input order, as the page starts them on a machine without a GPU."""
+    values = {"device": "cpu", "dtype": "auto", "batch_size": 1, "skip_existing": True, "i2v": False,
+              "vae_tiling": False, "max_sequence_length": 512, **changes}
+    return [values[name] for name in CACHE_FIELDS]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -197,11 +204,12 @@ def test_caching_starts_only_from_the_written_toml(panel, workspace):
     scan, shown = scanned(panel, workspace)
     path = workspace.demo_dataset / "fresh.toml"
     with pytest.warns(UserWarning):
-        refused = panel.start_cache("latents", str(path), shown["toml"], "cpu")
+        refused = panel.start_cache("latents", str(path), shown["toml"], *cache_options())
     assert refused == {"cache_status": f"⚠ {path} has not been written yet; click Write TOML before caching."}
     panel.write_toml(str(path), shown["toml"])
     with pytest.warns(UserWarning):
-        refused = panel.start_cache("latents", str(path), shown["toml"].replace("64, 64", "96, 96"), "cpu")
+        refused = panel.start_cache("latents", str(path), shown["toml"].replace("64, 64", "96, 96"),
+                                    *cache_options())
     assert "differs from fresh.toml on disk; click Write TOML first" in refused["cache_status"]
     assert panel.ctx.jobs.list() == []
 

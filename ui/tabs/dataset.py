@@ -16,7 +16,8 @@ Stable elem_ids (browser tests drive the tab through these):
   frames:    #dataset-frames-video #dataset-frames-run #dataset-frames-message #dataset-frames #dataset-frames-strip
   TOML:      #dataset-toml-path #dataset-toml-generate #dataset-toml-load #dataset-toml (editable code)
              #dataset-toml-write #dataset-toml-message
-  cache:     #dataset-cache-device #dataset-cache-latents #dataset-cache-text #dataset-cache-status #dataset-cache-log
+  cache:     #dataset-cache-<option> (device, dtype, batch-size, skip-existing, i2v, vae-tiling,
+             max-sequence-length, each with #...-error under it) #dataset-cache-latents #dataset-cache-text #dataset-cache-status #dataset-cache-log
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ import gradio as gr
 from backend.data.caption_edits import BULK_OPERATIONS
 from backend.data.dataset_folder import dataset_folder_choices
 from backend.data.dataset_form import DatasetForm, existing_form
+from backend.system.devices import default_device, device_choices
 from ui import dataset_views as views
 from ui.context import AppContext
-from ui.dataset_panel import ALL_FOLDERS, FORM_FIELDS, OUTPUTS, DatasetPanel, form_values
+from ui.dataset_panel import ALL_FOLDERS, CACHE_FIELDS, FORM_FIELDS, OUTPUTS, DatasetPanel, cache_form, form_values
 
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="dataset-tab", concurrency_limit=1, show_progress="hidden")
@@ -60,17 +62,6 @@ def _file_text(path) -> str:
         return path.read_text(encoding="utf-8") if path.is_file() else ""
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def device_choice() -> str:
-    return device_choices()[-1]
-
-
-def device_choices() -> list[str]:
-    """cpu, and cuda only where this machine has a GPU (a job would otherwise fail only once it runs)."""
-    import torch
-
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def form_component(name: str, info: dict, value):
@@ -191,9 +182,9 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         toml_message = gr.Markdown("", elem_id="dataset-toml-message")
 
     gr.Markdown("#### Cache (run once before training)")
+    cache_options = cache_form(start={"device": default_device()}, choices={"device": device_choices()})
+    cache_options.build()
     with gr.Row():
-        device = gr.Radio(device_choices(), value=device_choice(), label="Device", scale=1,
-                          elem_id="dataset-cache-device")
         cache_latents = gr.Button("Cache latents", variant="primary", scale=0, min_width=160,
                                   elem_id="dataset-cache-latents")
         cache_text = gr.Button("Cache text", variant="primary", scale=0, min_width=160, elem_id="dataset-cache-text")
@@ -236,11 +227,14 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
        dict(toml=toml, toml_message=toml_message))
     on(load.click, panel.load_toml, [toml_path], dict(toml=toml, toml_message=toml_message))
     on(write.click, panel.write_toml, [toml_path, toml], dict(toml_message=toml_message))
+    cache_slots = {f"cache_problem.{name}": cache_options.slots[name] for name in CACHE_FIELDS}
     cache_outputs = dict(cache_view=cache_view, cache_status=cache_status, cache_log=cache_log,
-                         cache_progress=cache_progress, timer=timer)
-    on(cache_latents.click, functools.partial(panel.start_cache, "latents"), [toml_path, toml, device],
-       cache_outputs)
-    on(cache_text.click, functools.partial(panel.start_cache, "text"), [toml_path, toml, device], cache_outputs)
+                         cache_progress=cache_progress, timer=timer, **cache_slots)
+    for what, button in (("latents", cache_latents), ("text", cache_text)):
+        on(button.click, functools.partial(panel.start_cache, what), [toml_path, toml, *cache_options.inputs],
+           cache_outputs)
+    for name in CACHE_FIELDS:
+        on(cache_options.widgets[name].change, panel.check_cache, [toml_path, *cache_options.inputs], cache_slots)
     on(timer.tick, panel.poll_cache, [cache_view], cache_outputs)
 
 

@@ -2,7 +2,6 @@
 and run the interference report as a job. All computing is in `backend.loraid`; this module builds widgets."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -15,18 +14,40 @@ from backend.loraid.blockmap import allocation_map, files_map
 from backend.loraid.capacity import capacity, human_bytes
 from backend.loraid.model_facts import ModelFacts, facts_for
 from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
-from backend.loraid.registry import LoraidRegistry
+from backend.jobs import Job
+from backend.jobs.progress import read_progress
+from backend.loraid.lora_paths import lora_names, resolve_lora_paths
+from backend.loraid.owners import taken_ids
+from backend.loraid.report_settings import REPORT_FILE, InterferenceSettings
 from backend.models.registry import MODEL_KINDS
-from backend.train.outputs import running_owners
+from backend.system.devices import default_device, device_choices
 from ui.blockmap_html import block_map_html
 from ui.context import AppContext
-from ui.widgets import report_error
+from ui.settings_form import SettingsForm
+from ui.widgets import progress_bar, report_error
 
 DEFAULT_RANK = 32
 POLL_SECONDS = 1.0
 CAPACITY_HEADERS = ["ID", "owns", "modules", "LoRA params", "fp32 file", "bf16/fp16 file", "of slice", "of model",
                     "taken by"]
 _GROUP = dict(concurrency_id="loraid-tab", concurrency_limit=1, show_progress="hidden")
+REPORT_KIND = "blockmap-report"
+REPORT_FIELDS = ["multiplier", "probes", "device"]  # files and model have the tab's own widgets
+
+
+def report_form(start: dict | None = None, choices: dict | None = None) -> SettingsForm:
+    return SettingsForm(InterferenceSettings, REPORT_FIELDS, "loraid-report", start, choices)
+
+
+def report_bar(job: Job) -> str:
+    """The report job's count of measurements (done of all, ETA) as a bar, from the progress events it writes."""
+    return progress_bar(read_progress(job.events_path), job.status, "report-progress")
+
+
+def report_text(job: Job) -> str:
+    """The report the job wrote; its log when it wrote none (an error)."""
+    path = job.dir / REPORT_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -35,27 +56,6 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
              (f"Workspace demo A14B pair ({ctx.workspace.demo_a14b})", str(ctx.workspace.demo_a14b))]
     return [d for d in demos if Path(d[1]).exists()] + [(f"{kind.label} ({name})", name)
                                                          for name, kind in MODEL_KINDS.items()]
-
-
-def lora_choices(ctx: AppContext) -> list[str]:
-    folder = ctx.workspace.loras
-    return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
-def resolve_lora_paths(ctx: AppContext, names: list[str] | None, typed: str | None) -> list[Path]:
-    """Dropdown names (in the workspace's loras/) plus typed paths (one per line; relative to the workspace)."""
-    paths = [ctx.workspace.loras / name for name in names or []]
-    for line in (typed or "").splitlines():
-        text = line.strip().strip('"')
-        if text:
-            path = Path(text).expanduser()
-            paths.append(path if path.is_absolute() else ctx.workspace.root / path)
-    for path in paths:
-        if not path.is_file():
-            raise UserError(f"The LoRA file {path} does not exist; pick a file from the list or check the path.")
-        if path.suffix != ".safetensors":
-            raise UserError(f"{path.name} is not a .safetensors file; LoRA files are read from .safetensors only.")
-    return list(dict.fromkeys(p.resolve() for p in paths))
 
 
 @dataclass(frozen=True)
@@ -79,31 +79,23 @@ class Choice:
                                 self.facts.name)
 
 
-def slice_owners(ctx: AppContext, allocation) -> list[str]:
-    """Who holds a slice: runs training it now (their reservation), then the registered LoRA files."""
-    registry = LoraidRegistry.for_workspace(ctx.workspace)
-    return [*running_owners(allocation, [ctx.workspace.loras]), *(e.name for e in registry.owners(allocation))]
-
-
 def id_choices(ctx: AppContext, table) -> list[tuple[str, int]]:
     """The ID picker: each ID with its owners, so a slice in use (also by a running run) reads as taken."""
-    choices = []
-    for allocation in table:
-        owners = slice_owners(ctx, allocation)
-        choices.append((f"{allocation.loraid} (taken by {', '.join(owners)})" if owners else str(allocation.loraid),
-                        allocation.loraid))
-    return choices
+    taken = taken_ids(ctx.workspace, table)
+    return [(f"{a.loraid} (taken by {', '.join(taken[a.loraid])})" if a.loraid in taken else str(a.loraid), a.loraid)
+            for a in table]
 
 
 def capacity_rows(ctx: AppContext, choice: Choice, rank: int) -> list[list[str]]:
+    table = choice.table()
+    taken = taken_ids(ctx.workspace, table)
     rows = []
-    for allocation in choice.table():
+    for allocation in table:
         cap = capacity(choice.facts.dims, allocation, rank)
-        taken = ", ".join(slice_owners(ctx, allocation)) or "free"
         rows.append([str(allocation.loraid), describe_units(allocation), str(cap.modules),
                      f"{cap.lora_parameters:,}", human_bytes(cap.file_bytes["fp32"]),
                      human_bytes(cap.file_bytes["bf16"]), f"{cap.fraction_of_allocated:.2%}",
-                     f"{cap.fraction_of_model:.1%}", taken])
+                     f"{cap.fraction_of_model:.1%}", ", ".join(taken.get(allocation.loraid, [])) or "free"])
     return rows
 
 
@@ -167,7 +159,7 @@ class LoraidPanel:
     def files(self, model, names, typed):
         """(file grid, conflicts)."""
         try:
-            paths = resolve_lora_paths(self.ctx, names, typed)
+            paths = resolve_lora_paths(self.ctx.workspace, names, typed)
             if not paths:
                 return "", conflicts_html([], [], 0)
             facts = facts_for(model)
@@ -179,39 +171,71 @@ class LoraidPanel:
                                                          len(paths))
 
     def refresh_files(self, names):
-        choices = lora_choices(self.ctx)
+        choices = lora_names(self.ctx.workspace)
         return gr.update(choices=choices, value=[n for n in names or [] if n in choices])
 
-    def run_report(self, model, names, typed):
-        """(job id, status, report text, timer)."""
+    def run_report(self, model, names, typed, *values):
+        """(job id, status, bar, report text, timer, *problem slots): start the report job, or say what is wrong
+        (a wrong option beside it) and clear the previous report."""
+        form = report_form()
+        given = form.values(values)
         try:
-            paths = resolve_lora_paths(self.ctx, names, typed)
+            paths = resolve_lora_paths(self.ctx.workspace, names, typed)
             if len(paths) < 2:
                 raise UserError("The interference report compares LoRAs: pick two or more files first.")
             facts_for(model)  # a bad model is reported here, not minutes later in the job log
-            argv = [sys.executable, "-m", "backend", "blockmap", "--report", *map(str, paths), "--model", str(model)]
-            job = self.ctx.jobs.submit(argv, kind="blockmap-report", title="Interference report",
-                                       settings={"files": [str(p) for p in paths], "model": str(model)})
         except UserError as exc:
-            return None, report_error(exc), gr.skip(), gr.Timer(active=False)
-        return job.id, f"Interference report job {job.id}: {job.status}…", "", gr.Timer(active=True)
+            return None, f"⚠ {report_error(exc)}", "", "", gr.Timer(active=False), *form.slot_updates({})
+        settings_values = {"report": [str(p) for p in paths], "model": str(model), **given}
+        problems = form.problems(InterferenceSettings, settings_values)
+        if problems:
+            return (None, "Not started: fix the report option marked ⚠ above.", "", "", gr.Timer(active=False),
+                    *form.slot_updates(problems))
+        settings = InterferenceSettings(**settings_values)
+        try:
+            job = self.ctx.jobs.submit(settings.job_argv(), kind=REPORT_KIND, title=settings.job_title(),
+                                       settings=settings.model_dump())
+        except UserError as exc:
+            return None, f"⚠ {report_error(exc)}", "", "", gr.Timer(active=False), *form.slot_updates({})
+        return (job.id, self._status(job), report_bar(job), "", gr.Timer(active=True), *form.slot_updates({}))
+
+    def check_report(self, names, typed, *values):
+        """Each report option's problem beside it, as the report would see it with the files picked so far (the
+        page's check while editing; the files themselves are checked at Run)."""
+        form = report_form()
+        try:
+            paths = [str(path) for path in resolve_lora_paths(self.ctx.workspace, names, typed)]
+        except UserError:
+            paths = []
+        given = {"report": paths if len(paths) >= 2 else ["first", "second"], **form.values(values)}
+        return tuple(form.slot_updates(form.problems(InterferenceSettings, given)))
+
+    def _status(self, job: Job) -> str:
+        if not job.is_finished:
+            count = read_progress(job.events_path).line()
+            return f"Interference report job {job.id}: {job.status}…" + (f" {count} measurements" if count else "")
+        if job.status == "succeeded":
+            return f"Interference report job {job.id} finished."
+        return f"Interference report job {job.id} ended ({job.status}); its log below says why."
 
     def poll_report(self, job_id):
-        """(status, report text, timer) for the report job; the timer stops once it has finished."""
+        """(job id, status, bar, report text, timer) for the report job; a page just opened follows one still
+        running. The timer stops once it has finished."""
         if not job_id:
-            return gr.skip(), gr.skip(), gr.Timer(active=False)
+            running = next((job for job in self.ctx.jobs.list() if job.kind == REPORT_KIND and not job.is_finished),
+                           None)
+            if running is None:
+                return None, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+            job_id = running.id
         try:
             self.ctx.jobs.refresh()  # starts it if it was queued
             job = self.ctx.jobs.get(job_id)
         except UserError as exc:  # deleted in the Jobs tab meanwhile
-            return str(exc), gr.skip(), gr.Timer(active=False)
+            return None, str(exc), "", gr.skip(), gr.Timer(active=False)
         if not job.is_finished:
-            return f"Interference report job {job.id}: {job.status}…", gr.skip(), gr.skip()
-        log, _ = self.ctx.jobs.read_log(job.id)
-        if job.status == "succeeded":
-            return f"Interference report job {job.id} finished.", log, gr.Timer(active=False)
-        return (f"Interference report job {job.id} ended ({job.status}); its log says why.", log,
-                gr.Timer(active=False))
+            return job.id, self._status(job), report_bar(job), gr.skip(), gr.skip()
+        text = report_text(job) if job.status == "succeeded" else self.ctx.jobs.read_log(job.id)[0]
+        return job.id, self._status(job), report_bar(job), text, gr.Timer(active=False)
 
 
 def build(ctx: AppContext, tab: gr.Tab) -> None:
@@ -249,21 +273,24 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     gr.Markdown("#### LoRA files: who changes which block")
     with gr.Row():
-        files = gr.Dropdown(lora_choices(ctx), value=[], multiselect=True, scale=3, elem_id="loraid-files",
+        files = gr.Dropdown(lora_names(ctx.workspace), value=[], multiselect=True, scale=3, elem_id="loraid-files",
                             label=f"LoRA files in {ctx.workspace.loras}")
         refresh = gr.Button("Refresh list", scale=0, min_width=120, elem_id="loraid-files-refresh")
         typed = gr.Textbox("", lines=2, scale=3, elem_id="loraid-file-paths",
                            label="Other LoRA files (one path per line)")
     conflicts = gr.HTML("", elem_id="loraid-conflicts")
     file_grid = gr.HTML("", elem_id="loraid-file-grid")
+    options = report_form(start={"device": default_device()}, choices={"device": device_choices()})
+    options.build(per_row=3)
     with gr.Row():
         report_button = gr.Button("Run interference report", variant="primary", scale=0,
                                   min_width=220, elem_id="loraid-report-run")
         report_status = gr.Markdown("", elem_id="loraid-report-status")
+    report_progress = gr.HTML("", elem_id="loraid-report-progress")
     report = gr.Textbox("", label="Interference report", lines=14, max_lines=30, interactive=False,
                         buttons=["copy"], elem_id="loraid-report")
     report_job = gr.State(None)
-    timer = gr.Timer(POLL_SECONDS, active=False)
+    timer = gr.Timer(POLL_SECONDS)  # its first tick follows a report job still running (a reloaded page)
 
     settings = [model, blocks, expert, split, rank, loraid]
     allocation_outputs = [grid, capacity_table, message, loraid, network_args, cli]
@@ -277,6 +304,10 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         control.change(panel.files, inputs=file_inputs, outputs=file_outputs, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=files, **_GROUP).then(
         panel.allocation, inputs=settings, outputs=allocation_outputs, **_GROUP)  # "taken by" follows new files
-    report_button.click(panel.run_report, inputs=file_inputs, outputs=[report_job, report_status, report, timer],
-                        **_GROUP)
-    timer.tick(panel.poll_report, inputs=report_job, outputs=[report_status, report, timer], **_GROUP)
+    report_outputs = [report_job, report_status, report_progress, report, timer]
+    report_button.click(panel.run_report, inputs=[*file_inputs, *options.inputs],
+                        outputs=[*report_outputs, *options.outputs], **_GROUP)
+    for name in REPORT_FIELDS:
+        options.widgets[name].change(panel.check_report, inputs=[files, typed, *options.inputs],
+                                     outputs=options.outputs, **_GROUP)
+    timer.tick(panel.poll_report, inputs=report_job, outputs=report_outputs, **_GROUP)
