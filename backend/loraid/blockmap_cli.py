@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rescan", action="store_true", help="rebuild the workspace registry from its loras/ folder")
     fields = InterferenceSettings.field_info()
     parser.add_argument("--report", nargs="+", metavar="FILE", help=fields["report"]["help"])
-    add_multiplier_argument(parser)
+    add_multiplier_argument(parser, help=fields["multiplier"]["help"])
     add_setting_arguments(parser, InterferenceSettings, [name for name in fields
                                                          if name not in ("report", "model", "multiplier")])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")

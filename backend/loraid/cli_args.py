@@ -48,9 +48,10 @@ def add_loraid_arguments(parser: argparse.ArgumentParser, allocation_options: bo
                                  f"inside each block, so 3x more IDs fit")
 
 
-def add_multiplier_argument(parser: argparse.ArgumentParser, flag: str = "--multiplier") -> None:
+def add_multiplier_argument(parser: argparse.ArgumentParser, flag: str = "--multiplier", help: str | None = None) -> None:
     parser.add_argument(flag, type=float, nargs="+", action="append", default=None, metavar="M",
-                        help="LoRA strength(s): one value applies to all, else one per LoRA (both forms accepted)")
+                        help=help or "LoRA strength(s): one value applies to all, else one per LoRA (both forms "
+                                     "accepted)")
 
 
 def resolve_loraids(args: argparse.Namespace | Sequence | None) -> list[int]:

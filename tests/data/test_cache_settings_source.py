@@ -1,0 +1,156 @@
+"""The cache jobs' options are declared once, in LatentCacheSettings / TextCacheSettings: the `cache` command line,
+the Dataset tab's cache widgets and a cache job's argv come from their fields, and a field added to a model reaches
+all three."""
+from __future__ import annotations
+
+import argparse
+
+import gradio as gr
+import pytest
+
+from backend.config.settings import add_model_arguments, setting
+from backend.data.cache_cli import add_arguments, settings_from
+from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings, LatentCacheSettings, TextCacheSettings
+from backend.data.sample_dataset import write_sample_dataset
+from backend.jobs import JobManager
+from backend.system.devices import default_device, device_choices
+from backend.workspace import Workspace
+from ui.context import AppContext
+from ui.dataset_panel import CACHE_FIELDS, DatasetPanel
+from ui.settings_form import SettingsForm
+from ui.tabs import dataset as dataset_tab
+from ui.tabs.jobs import selfcheck_argv
+
+SHARED = ["dataset_config", "workspace", "device", "dtype", "batch_size", "skip_existing"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser
+
+
+def test_the_models_list_every_cache_option_with_what_a_form_needs():
+    assert list(CacheSettings.model_fields) == SHARED
+    assert list(LatentCacheSettings.model_fields) == [*SHARED, "vae", "model_kind", "i2v", "vae_tiling"]
+    assert list(TextCacheSettings.model_fields) == [*SHARED, "text_encoder", "tokenizer", "max_sequence_length"]
+    for model in CACHE_SETTINGS.values():
+        for name, info in model.field_info().items():
+            assert info["label"] and info["help"] and info["group"], name
+
+
+def test_the_command_line_takes_its_flags_help_defaults_and_choices_from_the_models():
+    actions = {action.dest: action for action in _parser()._actions}
+    for model in CACHE_SETTINGS.values():
+        for name, info in model.field_info().items():
+            action = actions[name]
+            assert action.help == info["help"], name
+            if name == "dataset_config":
+                assert action.required
+                continue
+            assert action.default == info["default"] and action.choices == info["choices"], name
+    assert actions["skip_existing"].option_strings == ["--skip_existing", "--no-skip_existing"]  # on by default
+    assert actions["i2v"].option_strings == ["--i2v"]  # off by default
+
+
+@pytest.mark.parametrize("settings", [
+    LatentCacheSettings(dataset_config="/d/-my set.toml", workspace="/w", dtype="bfloat16", batch_size=3,
+                        skip_existing=False, i2v=True, vae_tiling=True, vae="/m/vae", model_kind="wan2.2-ti2v-5b"),
+    LatentCacheSettings(dataset_config="d.toml"),
+    TextCacheSettings(dataset_config="d.toml", max_sequence_length=77, tokenizer="/m/tok", batch_size=2)])
+def test_a_cache_jobs_argv_gives_back_its_settings_through_the_real_parser(settings):
+    argv = settings.job_argv()
+    assert argv[1:5] == ["-m", "backend", "cache", settings.WHAT]
+    assert settings_from(_parser().parse_args(argv[4:])) == settings
+
+
+def test_wrong_cache_options_are_one_sentence_naming_the_flag():
+    with pytest.raises(Exception, match=r"^--batch_size is 0; it must be at least 1\.$"):
+        settings_from(_parser().parse_args(["latents", "--dataset_config", "d.toml", "--batch_size", "0"]))
+    with pytest.raises(Exception, match=r"^--max_sequence_length is -1; it must be at least 1\.$"):
+        settings_from(_parser().parse_args(["text", "--dataset_config", "d.toml", "--max_sequence_length", "-1"]))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_folders()
+    write_sample_dataset(ws.demo_dataset)
+    return ws
+
+
+def test_the_dataset_tab_builds_its_cache_widgets_from_the_models(workspace):
+    with gr.Blocks() as page:
+        with gr.Tab("Dataset") as tab:
+            dataset_tab.build(AppContext(workspace, JobManager(workspace.jobs)), tab)
+    by_id = {block.elem_id: block for block in page.blocks.values() if getattr(block, "elem_id", None)}
+    for name in CACHE_FIELDS:
+        model = next(m for m in (CacheSettings, *CACHE_SETTINGS.values()) if name in m.model_fields)
+        info = model.field_info()[name]
+        widget = by_id[f"dataset-cache-{name.replace('_', '-')}"]
+        assert (widget.label, widget.info) == (info["label"], info["help"]), name
+        assert widget.value == (default_device() if name == "device" else info["default"]), name
+        assert f"dataset-cache-{name.replace('_', '-')}-error" in by_id
+    assert [choice[1] for choice in by_id["dataset-cache-device"].choices] == device_choices()
+
+
+def cache_values(**changes) -> list:
+    values = {"device": "cpu", "dtype": "auto", "batch_size": 1, "skip_existing": True, "i2v": False,
+              "vae_tiling": False, "max_sequence_length": 512, **changes}
+    return [values[name] for name in CACHE_FIELDS]
+
+
+def _written_toml(workspace) -> tuple[str, str]:
+    path = workspace.demo_dataset / "dataset.toml"
+    return str(path), path.read_text(encoding="utf-8")
+
+
+def test_a_cache_job_started_from_the_tab_runs_the_models_argv(workspace):
+    manager = JobManager(workspace.jobs, max_concurrent=1)
+    panel = DatasetPanel(AppContext(workspace, manager))
+    blocker = manager.submit(selfcheck_argv(400, 0.05), kind="selfcheck", title="holds the only slot")
+    try:
+        path, text = _written_toml(workspace)
+        started = panel.start_cache("text", path, text, *cache_values(batch_size=2.0, max_sequence_length=64))
+        job = manager.get(started["cache_view"].job_id)
+        assert job.status == "queued" and job.kind == "cache"
+        expected = TextCacheSettings(dataset_config=path, workspace=str(workspace.root), batch_size=2,
+                                     max_sequence_length=64)
+        assert job.argv == expected.job_argv()
+        assert settings_from(_parser().parse_args(job.argv[4:])) == expected
+        assert job.settings == {"what": "text", **expected.model_dump()}
+        manager.cancel(job.id)
+    finally:
+        manager.stop(blocker.id)
+
+
+def test_wrong_cache_options_are_shown_beside_them_and_start_nothing(workspace):
+    panel = DatasetPanel(AppContext(workspace, JobManager(workspace.jobs)))
+    path, text = _written_toml(workspace)
+    out = panel.start_cache("latents", path, text, *cache_values(batch_size=2.5, max_sequence_length=0))
+    assert out["cache_status"] == "Not started: fix the cache option marked ⚠ above."
+    assert out["cache_problem.batch_size"]["value"] == ("⚠ Batch size is 2.5, not a whole number; enter a whole "
+                                                        "number such as 2.")
+    assert out["cache_problem.max_sequence_length"]["visible"] is False  # the latents do not use it
+    assert panel.ctx.jobs.list() == []
+    checked = panel.check_cache(path, *cache_values(max_sequence_length=0))
+    assert checked["cache_problem.max_sequence_length"]["value"] == ("⚠ Text length (tokens) is 0; it must be at "
+                                                                     "least 1.")
+    assert [name for name in CACHE_FIELDS if checked[f"cache_problem.{name}"]["visible"]] == ["max_sequence_length"]
+
+
+class _WithOffload(LatentCacheSettings):
+    offload: str = setting("none", label="Offload", group="Run", choices=["none", "cpu"], help="an added field")
+
+
+def test_a_field_added_to_a_model_reaches_the_command_line_the_form_and_the_argv():
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser, _WithOffload, ["offload"])
+    assert parser.parse_args([]).offload == "none"
+    assert "--offload=cpu" in _WithOffload(dataset_config="d.toml", offload="cpu").job_argv()
+    form = SettingsForm(_WithOffload, ["offload"], "x")
+    with gr.Blocks():
+        form.build()
+    assert form.widgets["offload"].label == "Offload" and form.widgets["offload"].value == "none"
+    assert form.problems(_WithOffload, {"dataset_config": "d.toml", "offload": "disk"}) == {
+        "offload": "Offload is 'disk'; choose one of none, cpu."}
