@@ -3,12 +3,17 @@ declared (their labels, help, groups, choices, defaults and rules), and what the
 from __future__ import annotations
 
 from backend.config.settings import Settings
+from backend.data.cache_settings import LatentCacheSettings, TextCacheSettings
 from backend.generate.settings import GenerateSettings
+from backend.loraid.report_settings import InterferenceSettings
 from backend.train.settings import TrainSettings
 
 JOB_SETTINGS: dict[str, type[Settings]] = {
     "train": TrainSettings,
     "generate": GenerateSettings,
+    "cache-latents": LatentCacheSettings,
+    "cache-text": TextCacheSettings,
+    "interference": InterferenceSettings,
 }
 
 

@@ -10,7 +10,8 @@ import pytest
 from backend.config.job_settings import JOB_SETTINGS, settings_model
 from backend.config.settings import Settings, add_setting_arguments, setting
 
-JOB_TYPES = ("dataset", "cache", "train", "merge", "merge-loras", "ema", "generate", "interference")
+JOB_TYPES = ("dataset", "cache-latents", "cache-text", "train", "merge", "merge-loras", "ema", "generate",
+             "interference")
 MODELS = sorted(JOB_SETTINGS.items())
 
 

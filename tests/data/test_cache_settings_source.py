@@ -8,7 +8,7 @@ import argparse
 import gradio as gr
 import pytest
 
-from backend.config.settings import add_model_arguments, setting
+from backend.config.settings import add_setting_arguments, setting
 from backend.data.cache_cli import add_arguments, settings_from
 from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings, LatentCacheSettings, TextCacheSettings
 from backend.data.sample_dataset import write_sample_dataset
@@ -40,17 +40,18 @@ def test_the_models_list_every_cache_option_with_what_a_form_needs():
 
 
 def test_the_command_line_takes_its_flags_help_defaults_and_choices_from_the_models():
-    actions = {action.dest: action for action in _parser()._actions}
+    actions = {}
+    for action in _parser()._actions:  # the first flag of a setting is the model's; later ones are old spellings
+        actions.setdefault(action.dest, action)
     for model in CACHE_SETTINGS.values():
         for name, info in model.field_info().items():
             action = actions[name]
             assert action.help == info["help"], name
-            if name == "dataset_config":
-                assert action.required
-                continue
             assert action.default == info["default"] and action.choices == info["choices"], name
-    assert actions["skip_existing"].option_strings == ["--skip_existing", "--no-skip_existing"]  # on by default
+    assert actions["skip_existing"].option_strings == ["--no_skip_existing"]  # on by default
     assert actions["i2v"].option_strings == ["--i2v"]  # off by default
+    for old_spelling, value in (("--skip_existing", True), ("--no-skip_existing", False)):
+        assert _parser().parse_args(["text", "--dataset_config", "d.toml", old_spelling]).skip_existing is value
 
 
 @pytest.mark.parametrize("settings", [
@@ -65,6 +66,8 @@ def test_a_cache_jobs_argv_gives_back_its_settings_through_the_real_parser(setti
 
 
 def test_wrong_cache_options_are_one_sentence_naming_the_flag():
+    with pytest.raises(Exception, match=r"^--dataset_config is empty; give the dataset TOML to cache\.$"):
+        settings_from(_parser().parse_args(["latents"]))
     with pytest.raises(Exception, match=r"^--batch_size is 0; it must be at least 1\.$"):
         settings_from(_parser().parse_args(["latents", "--dataset_config", "d.toml", "--batch_size", "0"]))
     with pytest.raises(Exception, match=r"^--max_sequence_length is -1; it must be at least 1\.$"):
@@ -145,7 +148,7 @@ class _WithOffload(LatentCacheSettings):
 
 def test_a_field_added_to_a_model_reaches_the_command_line_the_form_and_the_argv():
     parser = argparse.ArgumentParser()
-    add_model_arguments(parser, _WithOffload, ["offload"])
+    add_setting_arguments(parser, _WithOffload, ["offload"])
     assert parser.parse_args([]).offload == "none"
     assert "--offload=cpu" in _WithOffload(dataset_config="d.toml", offload="cpu").job_argv()
     form = SettingsForm(_WithOffload, ["offload"], "x")
