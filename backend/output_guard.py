@@ -101,8 +101,9 @@ def protected_reason(path: Path, workspace: Workspace | None, inputs: Iterable[P
 
 def check_output_file(path: Path, *, workspace: Workspace | None, inputs: Iterable[Path] = (),
                       overwrite: bool = False, outside_confirmed: bool = True, lora_output: bool = False,
-                      suffix: str | None = ".safetensors") -> Path:
-    """Raise a UserError unless `path` may be written; returns it resolved."""
+                      suffix: str | None = ".safetensors", command_line: bool = True) -> Path:
+    """Raise a UserError unless `path` may be written; returns it resolved (`command_line`: the message may name the
+    command line's flag too; a form's message names its own controls only)."""
     path = Path(path)
     if suffix and path.suffix.lower() != suffix:
         raise UserError(f"The output {path.name} must end in {suffix}; add it to the name.")
@@ -118,8 +119,9 @@ def check_output_file(path: Path, *, workspace: Workspace | None, inputs: Iterab
         raise UserError(f"{reason}, so it cannot be the output; write the result under a new name.")
     if path.exists() and not overwrite:
         free = free_name(path.parent, path.stem, (path.suffix,))
-        raise UserError(f"{path} already exists; type another output name or tick “Overwrite” (--overwrite on the "
-                        f"command line); {free}{path.suffix} is free.")
+        flag = " (--overwrite on the command line)" if command_line else ""
+        raise UserError(f"{path} already exists; type another output name or tick “Overwrite”{flag}; "
+                        f"{free}{path.suffix} is free.")
     return path
 
 
@@ -145,7 +147,8 @@ def output_message(typed: str, *, workspace: Workspace | None, base: Path | None
         root = base or (workspace.root if workspace is not None else Path.cwd())
         path = typed_path(typed, root, "The output path")
         check_output_file(path, workspace=workspace, inputs=inputs, overwrite=overwrite,
-                          outside_confirmed=outside_confirmed, lora_output=lora_output, suffix=suffix)
+                          outside_confirmed=outside_confirmed, lora_output=lora_output, suffix=suffix,
+                          command_line=False)
     except UserError as exc:
         return str(exc)
     return None

@@ -1,8 +1,9 @@
-"""What the Merge and EMA tabs share: following one compose job (status, progress from its events, its log, the
-summary of what it wrote; a page that opens while such a job runs picks it up again, since jobs outlive the page),
-and an inline error message."""
+"""What the Merge and EMA tabs share: following one compose job (status, a progress bar with counts and ETA from its
+events, its log, the summary of what it wrote; a page that opens while such a job runs picks it up again, since jobs
+outlive the page), widgets described by their settings model's fields, and a problem shown beside its field."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -10,11 +11,14 @@ from typing import Callable
 
 import gradio as gr
 
+from backend.config.settings import Settings
 from backend.errors import UserError
 from backend.jobs import Job
+from backend.jobs.progress import read_progress
 from backend.output_guard import check_folder
 from ui.context import AppContext
 from ui.log_view import LogView
+from ui.widgets import progress_bar
 
 ERROR_PREFIX = "error: "
 
@@ -24,7 +28,7 @@ class FollowedJob:
     job_id: str | None = None
     outputs: list[str] = field(default_factory=list)
     events_offset: int = 0
-    progress: str = ""
+    part: str = ""  # which part of the job the bar counts (a pair merge counts each expert in turn)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class JobState:
     log: str
     finished: bool
     succeeded: bool
+    bar: str = ""  # the job's progress bar (count, share, ETA)
 
 
 OUTSIDE_LABEL = "Confirm: write outside the workspace"
@@ -57,14 +62,19 @@ def failure_sentence(log: str) -> str | None:
     return lines[-1] if lines else None
 
 
-def _progress(ctx: AppContext, followed: FollowedJob) -> str:
+def _part(ctx: AppContext, followed: FollowedJob) -> str:
+    """The part of the job its newest progress event counts (e.g. `high-noise`), from the events read so far."""
     events, followed.events_offset = ctx.jobs.read_events(followed.job_id, followed.events_offset)
     for event in events:
-        if event.get("event") == "progress" and event.get("total"):
-            part = f"{event['part']}: " if event.get("part") and event["part"] != "merge" else ""
-            share = event["step"] / event["total"]
-            followed.progress = f"{part}{event['step']}/{event['total']} tensors ({share:.0%})"
-    return followed.progress
+        if event.get("event") == "progress" and event.get("part") not in (None, "merge"):
+            followed.part = f"({event['part']})"
+    return followed.part
+
+
+def job_bar(job: Job) -> str:
+    """The job's count of what it has done (tensors, modules) as a bar with its ETA, like the Dataset tab's cache
+    bar and the Jobs table's progress column."""
+    return progress_bar(read_progress(job.events_path), job.status, "compose-progress")
 
 
 def job_state(ctx: AppContext, followed: FollowedJob) -> JobState:
@@ -76,13 +86,13 @@ def job_state(ctx: AppContext, followed: FollowedJob) -> JobState:
         return JobState(str(exc), "", True, False)
     view = LogView(job.id)
     view.append(ctx.jobs.read_log(job.id)[0])
-    progress = _progress(ctx, followed)
+    part, bar = _part(ctx, followed), job_bar(job)
     if not job.is_finished:
-        return JobState(f"Job {job.id}: {job.status}… {progress}".rstrip(), view.text, False, False)
+        return JobState(f"Job {job.id}: {job.status}… {part}".rstrip(), view.text, False, False, bar)
     if job.status == "succeeded":
-        return JobState(f"Job {job.id} succeeded.", view.text, True, True)
+        return JobState(f"Job {job.id} succeeded.", view.text, True, True, bar)
     reason = failure_sentence(view.text) or "its log says why"
-    return JobState(f"Job {job.id} ended ({job.status}): {reason}", view.text, True, False)
+    return JobState(f"Job {job.id} ended ({job.status}): {reason}", view.text, True, False, bar)
 
 
 def error_html(message: str) -> str:
@@ -90,17 +100,62 @@ def error_html(message: str) -> str:
 
 
 def tick(ctx: AppContext, followed: FollowedJob, kinds: tuple[str, ...], summarize: Callable[[list[str]], str]):
-    """(followed job, status, log, summary, timer) for a tab's timer; the timer stops once the job has finished."""
+    """(followed job, status, log, summary, progress bar, timer) for a tab's timer; the timer stops once the job has
+    finished."""
     if followed.job_id is None:
         job = newest_active(ctx, kinds)
         if job is None:
-            return followed, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+            return followed, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
         followed = follow_job(job)
     state = job_state(ctx, followed)
     if not state.finished:
-        return followed, state.status, state.log, gr.skip(), gr.skip()
+        return followed, state.status, state.log, gr.skip(), state.bar, gr.skip()
     summary = summarize(followed.outputs) if state.succeeded else ""
-    return followed, state.status, state.log, summary, gr.Timer(active=False)
+    return followed, state.status, state.log, summary, state.bar, gr.Timer(active=False)
+
+
+def refused(followed: FollowedJob, status: str, *slots):
+    """A run that did not start: the status says why, and the last run's log, summary and bar are cleared so no old
+    result stands beside the new problem; `slots` are the field problems' updates."""
+    return (followed, status, "", "", "", gr.Timer(active=False), *slots)
+
+
+NOT_STARTED = "⚠ Not started: fix the field marked ⚠."
+
+
+def shown(model: type[Settings], name: str, **overrides) -> dict:
+    """A widget's label and hint (the field's help) from the settings model, by field name."""
+    info = model.field_info()[name]
+    return {"label": info["label"], "info": info["help"], **overrides}
+
+
+def start(model: type[Settings], name: str):
+    """A field's starting value in the form: the model's default."""
+    return model.field_info()[name]["default"]
+
+
+def problem_slot(elem_id: str) -> gr.Markdown:
+    """Where a field's problem shows, right under it (hidden while there is none)."""
+    return gr.Markdown("", visible=False, elem_id=elem_id, elem_classes=["field-error"])
+
+
+def slot(problem: str | None):
+    """A problem slot showing `problem` (one sentence), or hidden."""
+    return gr.update(value=f"⚠ {problem}" if problem else "", visible=bool(problem))
+
+
+def whole_number_problem(label: str, value, minimum: int, empty: str | None) -> str | None:
+    """A number field that takes whole numbers: `empty` says what an empty field means (None: it may not be)."""
+    if value is None or value == "":
+        return None if empty else f"{label} is empty; type a whole number of at least {minimum}."
+    if not math.isfinite(float(value)):
+        return f"{label} is {value}, not a number; type a whole number of at least {minimum}."
+    if float(value) != int(float(value)):
+        return f"{label} is {value}, not a whole number; type a whole number such as {int(float(value))}."
+    if int(float(value)) < minimum:
+        hint = f", or leave it empty for {empty}" if empty else ""
+        return f"{label} is {int(float(value))}; type a whole number of at least {minimum}{hint}."
+    return None
 
 
 def summary_markdown(outputs: list[str], read_summary: Callable[[Path], list[str]],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -67,24 +67,32 @@ def check_compatible(loras: Sequence[LoraFile]) -> None:
                             f"; average checkpoints of one run.")
 
 
-def average_factors(loras: Sequence[LoraFile], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+Progress = Callable[[int, int], None]  # (done, total): modules or tensors averaged so far
+
+
+def average_factors(loras: Sequence[LoraFile], weights: Sequence[float],
+                    progress: Progress | None = None) -> dict[str, torch.Tensor]:
     out = {}
-    for key, tensor in loras[0].tensors.items():
+    keys = loras[0].tensors
+    for done, (key, tensor) in enumerate(keys.items(), 1):
         if key.endswith(".alpha"):
             out[key] = tensor.float()
-            continue
-        total = torch.zeros(tensor.shape, dtype=torch.float64)
-        for lora, weight in zip(loras, weights):
-            total += float(weight) * lora.tensors[key].double()
-        out[key] = total.float()
+        else:
+            total = torch.zeros(tensor.shape, dtype=torch.float64)
+            for lora, weight in zip(loras, weights):
+                total += float(weight) * lora.tensors[key].double()
+            out[key] = total.float()
+        if progress:
+            progress(done, len(keys))
     return out
 
 
-def average_deltas(loras: Sequence[LoraFile], weights: Sequence[float]) -> tuple[dict[str, torch.Tensor], dict]:
+def average_deltas(loras: Sequence[LoraFile], weights: Sequence[float],
+                   progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Averaged ΔW per module, refactored to the input rank and alpha; (tensors, relative error per module)."""
     first = loras[0]
     out, errors = {}, {}
-    for module in first.modules:
+    for done, module in enumerate(first.modules, 1):
         parts = first.parts(module)
         if first.module_algos[module] not in ("lora", "locon") or "dora_scale" in parts:
             raise UserError(f"`{module}` is {first.module_algos[module]}: the delta space re-factorizes into plain "
@@ -100,6 +108,8 @@ def average_deltas(loras: Sequence[LoraFile], weights: Sequence[float]) -> tuple
         out[f"{prefix}.lora_down.weight"], out[f"{prefix}.lora_up.weight"] = factors.down, factors.up
         out[f"{prefix}.alpha"] = torch.tensor(float(alpha))
         errors[module] = factors.relative_error
+        if progress:
+            progress(done, len(first.modules))
     return out, errors
 
 
@@ -131,8 +141,9 @@ def _weights(run: RunCheckpoints, method: str, gamma: float | None, beta: float 
 
 def post_hoc_ema(inputs: Sequence[str | Path], out: str | Path, *, sigma_rel: float | None = None,
                  beta: float | None = None, beta2: float | None = None, uniform: bool = False,
-                 space: str = "factors", precision: str = "same") -> EmaResult:
-    """Average a run's checkpoints into `out` (power EMA with σ_rel 0.2 unless another rule is given)."""
+                 space: str = "factors", precision: str = "same", progress: Progress | None = None) -> EmaResult:
+    """Average a run's checkpoints into `out` (power EMA with σ_rel 0.2 unless another rule is given); `progress`
+    hears of each tensor (factors space) or module (delta space) averaged."""
     if space not in SPACES:
         raise UserError(f"Unknown averaging space `{space}`; use factors or delta.")
     if precision not in PRECISIONS:
@@ -145,9 +156,9 @@ def post_hoc_ema(inputs: Sequence[str | Path], out: str | Path, *, sigma_rel: fl
     check_compatible(loras)
     errors: dict[str, float] = {}
     if space == "factors":
-        tensors = average_factors(loras, weights)
+        tensors = average_factors(loras, weights, progress)
     else:
-        tensors, errors = average_deltas(loras, weights)
+        tensors, errors = average_deltas(loras, weights, progress)
     newest = loras[-1]
     resolved_sigma = (0.2 if sigma_rel is None else sigma_rel) if method == "power" else None
     record = {"method": method, "space": space, "sigma_rel": resolved_sigma, "gamma": gamma, "beta": beta,

@@ -1,39 +1,36 @@
 """`python -m backend ema RUN_DIR_OR_FILES --sigma_rel 0.2 --out FILE [--beta B --beta2 B2] [--uniform]
-[--space factors|delta]`: post-hoc EMA of a run's checkpoints (see backend/compose/ema*.py for the exact rules)."""
+[--rule power|beta|uniform] [--space factors|delta]`: post-hoc EMA of a run's checkpoints (options: EmaSettings in
+backend/compose/settings.py; the exact rules: backend/compose/ema*.py)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from backend.compose.ema import PRECISIONS, SPACES, post_hoc_ema
+from backend.compose.ema import post_hoc_ema
 from backend.compose.output_names import check_output
-from backend.jobs.protocol import JobContext
+from backend.compose.settings import EmaSettings, ema_from_flags
+from backend.config.settings import add_setting_arguments
+from backend.jobs.protocol import JobContext, every_percent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_FILES",
-                        help="a run folder (its *.safetensors, sub-folders included) or checkpoint files")
-    parser.add_argument("--out", required=True, help="EMA LoRA file to write (.safetensors)")
-    parser.add_argument("--sigma_rel", type=float, default=None,
-                        help="power EMA width, 0 < σ_rel < 0.2887 (default 0.2 when no other rule is given)")
-    parser.add_argument("--beta", type=float, default=None, help="beta EMA: decay at the second checkpoint")
-    parser.add_argument("--beta2", type=float, default=None, help="beta EMA: decay at the last checkpoint "
-                                                                  "(linear in between; default --beta)")
-    parser.add_argument("--uniform", action="store_true", help="plain mean of the checkpoints")
-    parser.add_argument("--space", default="factors", choices=SPACES,
-                        help="factors: average stored tensors (fast); delta: average ΔW = B·A exactly and "
-                             "re-factorize to the input rank by SVD (LoRA / LoCon)")
-    parser.add_argument("--precision", default="same", choices=PRECISIONS, help="saved weight dtype")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    inputs = EmaSettings.model_fields["inputs"]
+    parser.add_argument("inputs", nargs="+", metavar=inputs.json_schema_extra["metavar"], help=inputs.description)
+    # no rule and no rule values given: the rule follows from the values that are given (ema_from_flags)
+    add_setting_arguments(parser, EmaSettings, [name for name in EmaSettings.model_fields if name != "inputs"],
+                          rule=None, sigma_rel=None, beta=None)
+    parser.add_argument("--uniform", dest="rule", action="store_const", const="uniform",
+                        help="plain mean of the checkpoints (the same as --rule uniform)")
 
 
 def run(args: argparse.Namespace) -> int:
+    args = ema_from_flags(vars(args))
     inputs = [Path(p) for p in args.inputs]
     check_output(Path(args.out), args.overwrite, [p for p in inputs if p.is_file()], lora_output=True)
     ctx = JobContext.from_env()
     ctx.emit("start", inputs=args.inputs)
-    result = post_hoc_ema(args.inputs, args.out, sigma_rel=args.sigma_rel, beta=args.beta, beta2=args.beta2,
-                          uniform=args.uniform, space=args.space, precision=args.precision)
+    result = post_hoc_ema(args.inputs, args.out, **args.rule_values(), space=args.space, precision=args.precision,
+                          progress=every_percent(ctx, "modules" if args.space == "delta" else "tensors"))
     for note in result.notes:
         print(note if note.startswith("warning:") else f"note: {note}")
         if note.startswith("warning:"):

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from backend.compose.ema import PRECISIONS, SPACES, averaging_rule, check_compatible
+from backend.compose.ema import averaging_rule, check_compatible
 from backend.compose.ema_inputs import EMA_KEY, find_checkpoints
-from backend.compose.ema_weights import beta_weights, power_weights, uniform_weights
+from backend.compose.ema_weights import beta_weights, gamma_from_sigma_rel, power_weights, uniform_weights
 from backend.compose.merge_plan import display_path
 from backend.compose.output_names import check_output
+from backend.compose.settings import RULE_VALUES, RULES, EmaSettings
 from backend.errors import UserError
 from backend.models.checkpoint import read_safetensors_header
 from backend.models.registry import EXPERT_STEMS
@@ -25,7 +26,7 @@ from backend.models.registry import EXPERT_STEMS
 STATE_FOLDER_SUFFIX = "-state"
 _SAVED = re.compile(r"^(?P<name>.+)-(?:step|epoch)\d{6}$")
 DELTA_ALGOS = ("lora", "locon")
-RULES = ("power", "beta", "uniform")
+LABELS = {name: info["label"] for name, info in EmaSettings.field_info().items()}
 
 
 @dataclass(frozen=True)
@@ -109,71 +110,58 @@ def discover(inputs: Sequence[Path]) -> Discovered:
                       list(run.notes))
 
 
-@dataclass(frozen=True)
-class Rule:
-    """The averaging rule as the user set it; `rule` is one of RULES."""
-    rule: str = "power"
-    sigma_rel: float | None = 0.2
-    beta: float | None = None
-    beta2: float | None = None
-
-    def cli_values(self) -> dict:
-        if self.rule not in RULES:
-            raise UserError(f"Unknown averaging rule `{self.rule}`; use power, beta or uniform.")
-        if self.rule == "power":
-            if self.sigma_rel is None:
-                raise UserError("σ_rel is empty; type the EMA width, e.g. 0.2 (typical values are 0.05-0.25).")
-            return {"sigma_rel": self.sigma_rel, "beta": None, "beta2": None, "uniform": False}
-        if self.rule == "beta":
-            if self.beta is None:
-                raise UserError("β is empty; type the decay at the second checkpoint, e.g. 0.95.")
-            return {"sigma_rel": None, "beta": self.beta, "beta2": self.beta2, "uniform": False}
-        return {"sigma_rel": None, "beta": None, "beta2": None, "uniform": True}
-
-    def weights(self, steps: Sequence[int]) -> tuple[list[float], float | None]:
-        """(the weight of each checkpoint, γ for the power EMA) exactly as the `ema` job computes them."""
-        values = self.cli_values()
-        method, gamma = averaging_rule(values["sigma_rel"], values["beta"], values["beta2"], values["uniform"])
-        if method == "uniform":
-            return uniform_weights(len(steps)), None
-        if method == "beta":
-            return beta_weights(len(steps), values["beta"], values["beta2"]), None
-        return power_weights(steps, gamma), gamma
+def rule_problems(rule: str, sigma_rel: float | None, beta: float | None,
+                  beta2: float | None) -> dict[str, str]:
+    """{field: sentence} for each empty or out-of-range value of the chosen rule, worded with the fields' labels (a
+    form shows each beside its field); the values of the other rules are not looked at."""
+    if rule not in RULES:
+        return {"rule": f"Unknown averaging rule `{rule}`; use power, beta or uniform."}
+    checks = {"sigma_rel": (lambda: gamma_from_sigma_rel(sigma_rel), "type the EMA width, e.g. 0.2 (typical values "
+                                                                      "are 0.05-0.25)"),
+              "beta": (lambda: beta_weights(2, beta), "type the decay at the second checkpoint, e.g. 0.95"),
+              "beta2": (lambda: beta_weights(2, 0.5, beta2), None)}
+    values = {"sigma_rel": sigma_rel, "beta": beta, "beta2": beta2}
+    problems = {}
+    for name in RULE_VALUES[rule]:
+        check, when_empty = checks[name]
+        if values[name] is None:
+            if when_empty:
+                problems[name] = f"{LABELS[name]} is empty; {when_empty}."
+            continue
+        try:
+            check()
+        except UserError as exc:
+            problems[name] = str(exc)
+    return problems
 
 
-@dataclass(frozen=True)
-class EmaRequest:
-    inputs: list[Path]
-    out: Path
-    rule: Rule
-    space: str = "factors"
-    precision: str = "same"
-    overwrite: bool = False
+def rule_problem(rule: str, sigma_rel: float | None, beta: float | None, beta2: float | None) -> str | None:
+    """The first of `rule_problems`, or None."""
+    return next(iter(rule_problems(rule, sigma_rel, beta, beta2).values()), None)
 
-    def check(self) -> Discovered:
-        """Raise a UserError for bad input (nothing is written); returns the checkpoints the job will average."""
-        if not self.inputs:
-            raise UserError("No checkpoints are chosen; pick a run or type a run folder or checkpoint files.")
-        if self.space not in SPACES:
-            raise UserError(f"Unknown averaging space `{self.space}`; use factors or delta.")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"Unknown precision `{self.precision}`; use one of {', '.join(PRECISIONS)}.")
-        self.rule.cli_values()
-        found = discover(self.inputs)
-        self.rule.weights(found.steps)
-        if self.space == "delta" and not found.delta_space_ok:
-            raise UserError(f"The checkpoints are {found.algo}: the delta space re-factorizes into plain LoRA "
-                            f"factors, so choose the factors space.")
-        check_output(self.out, self.overwrite, found.files, lora_output=True)
-        return found
 
-    def arguments(self) -> list[str]:
-        values = self.rule.cli_values()
-        args = ["ema", *map(str, self.inputs), "--out", str(self.out), "--space", self.space,
-                "--precision", self.precision]
-        if values["uniform"]:
-            return args + ["--uniform"]
-        if values["beta"] is not None:
-            args += ["--beta", repr(values["beta"])]
-            return args + (["--beta2", repr(values["beta2"])] if values["beta2"] is not None else [])
-        return args + ["--sigma_rel", repr(values["sigma_rel"])]
+def rule_weights(settings: EmaSettings, steps: Sequence[int]) -> tuple[list[float], float | None]:
+    """(the weight of each checkpoint, γ for the power EMA) exactly as the `ema` job computes them."""
+    problem = rule_problem(settings.rule, settings.sigma_rel, settings.beta, settings.beta2)
+    if problem:
+        raise UserError(problem)
+    values = settings.rule_values()
+    method, gamma = averaging_rule(values["sigma_rel"], values["beta"], values["beta2"], values["uniform"])
+    if method == "uniform":
+        return uniform_weights(len(steps)), None
+    if method == "beta":
+        return beta_weights(len(steps), values["beta"], values["beta2"]), None
+    return power_weights(steps, gamma), gamma
+
+
+def check_request(settings: EmaSettings) -> Discovered:
+    """Raise a UserError for bad input (nothing is written); returns the checkpoints the job will average."""
+    if not settings.inputs:
+        raise UserError("No checkpoints are chosen; pick a run or type a run folder or checkpoint files.")
+    found = discover([Path(p) for p in settings.inputs])
+    rule_weights(settings, found.steps)
+    if settings.space == "delta" and not found.delta_space_ok:
+        raise UserError(f"The checkpoints are {found.algo}: the delta space re-factorizes into plain LoRA "
+                        f"factors, so choose the factors space.")
+    check_output(Path(settings.out), settings.overwrite, found.files, lora_output=True)
+    return found

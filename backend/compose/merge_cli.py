@@ -8,28 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backend.compose.merge_dit import OUTPUT_DTYPES, MergeResult, merge_into_dit
+from backend.compose.merge_dit import MergeResult, merge_into_dit
 from backend.compose.output_names import check_output
+from backend.compose.settings import MergeSettings
+from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
-from backend.jobs.protocol import JobContext
-from backend.loraid.cli_args import add_multiplier_argument, resolve_multipliers
+from backend.jobs.protocol import JobContext, every_percent
+from backend.loraid.cli_args import resolve_multipliers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dit", required=True, help="base DiT checkpoint (.safetensors file or shard folder)")
-    parser.add_argument("--lora", nargs="+", required=True, metavar="FILE", help="LoRA file(s) to fold in")
-    add_multiplier_argument(parser)
-    parser.add_argument("--out", required=True, help="merged checkpoint to write (.safetensors)")
-    parser.add_argument("--dit_high_noise", default=None, help="Wan2.2 A14B: the high-noise expert checkpoint")
-    parser.add_argument("--lora_high_noise", nargs="+", default=None, metavar="FILE",
-                        help="LoRA file(s) for the high-noise expert")
-    add_multiplier_argument(parser, "--multiplier_high_noise")
-    parser.add_argument("--out_high_noise", default=None, help="merged high-noise checkpoint to write")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the weights still stream from disk)")
-    parser.add_argument("--dtype", default="same", choices=list(OUTPUT_DTYPES),
-                        help="output dtype of floating-point tensors (default: as in the base)")
-    parser.add_argument("--allow_overlap", action="store_true", help="merge LoRAs that change the same weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_setting_arguments(parser, MergeSettings)
 
 
 def _summary(result: MergeResult, label: str) -> str:
@@ -39,12 +28,9 @@ def _summary(result: MergeResult, label: str) -> str:
 
 
 def _one(args, ctx: JobContext, dit, loras, multipliers, out, expert, label) -> MergeResult:
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 100) == 0:
-            ctx.emit("progress", step=done, total=total, part=label)
-
     result = merge_into_dit(dit, loras, resolve_multipliers(len(loras), multipliers), out, device=args.device,
-                            dtype=args.dtype, allow_overlap=args.allow_overlap, expert=expert, progress=progress)
+                            dtype=args.dtype, allow_overlap=args.allow_overlap, expert=expert,
+                            progress=every_percent(ctx, "tensors", part=label))
     for warning in result.warnings:
         print(f"warning: {warning}")
         ctx.emit("warning", message=warning)
@@ -54,6 +40,7 @@ def _one(args, ctx: JobContext, dit, loras, multipliers, out, expert, label) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    args = MergeSettings.from_mapping(vars(args), "command line")
     high = [args.dit_high_noise, args.lora_high_noise, args.out_high_noise]
     if any(high) and not all(high):
         raise UserError("For the high-noise expert give all of --dit_high_noise, --lora_high_noise and "

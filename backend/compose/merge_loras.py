@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -106,8 +106,10 @@ def svd_module(contributors: Sequence[tuple], module: str, rank: int) -> tuple[P
 
 
 def merge_loras(lora_paths: Sequence[str | Path], multipliers: Sequence[float], out: str | Path,
-                rank: int | None = None, allow_overlap: bool = False, precision: str = "fp32") -> LoraMergeResult:
-    """Write one LoRA file equal to Σ multiplier·LoRA (exact concatenation, or SVD to `rank` when given)."""
+                rank: int | None = None, allow_overlap: bool = False, precision: str = "fp32",
+                progress: Callable[[int, int], None] | None = None) -> LoraMergeResult:
+    """Write one LoRA file equal to Σ multiplier·LoRA (exact concatenation, or SVD to `rank` when given);
+    `progress(done, total)` hears of each module merged."""
     if len(lora_paths) < 2:
         raise UserError("Merging LoRAs needs at least two files; pass them with --lora.")
     if len(multipliers) != len(lora_paths):
@@ -119,13 +121,17 @@ def merge_loras(lora_paths: Sequence[str | Path], multipliers: Sequence[float], 
     contributors = _contributors(loras, multipliers)
     tensors: dict[str, torch.Tensor] = {}
     ranks, energy = {}, {}
-    for module, group in contributors.items():
+    for done, (module, group) in enumerate(contributors.items(), 1):
+        if progress:
+            progress(done - 1, len(contributors))
         if rank is None:
             parts = concat_module(group)
         else:
             parts, energy[module] = svd_module(group, module, rank)
         ranks[module] = parts["lora_down.weight"].shape[0]
         tensors.update({f"{lora_key_prefix(module)}.{suffix}": value for suffix, value in parts.items()})
+    if progress:
+        progress(len(contributors), len(contributors))
     method = "concat" if rank is None else "svd"
     records = [lora_record(lora, m) for lora, m in zip(loras, multipliers)]
     allocation = union_allocation(loras)

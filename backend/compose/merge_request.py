@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from backend.compose.merge_dit import OUTPUT_DTYPES, open_checkpoint
+from backend.compose.merge_dit import open_checkpoint
 from backend.compose.merge_plan import Pick, conflicts_per_transformer, roles
 from backend.compose.output_names import check_output
+from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.errors import UserError
 from backend.loraid.file_coverage import coverage_of_file
 from backend.loraid.overlap import overlap_message
@@ -21,8 +22,8 @@ from backend.models.names import lora_key_prefix
 from backend.models.registry import EXPERT_STEMS
 
 FORCE_HINT = "tick “Allow overlap” to merge them anyway (their changes add up on the shared weights)"
-LORA_PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("cpu", "cuda")
+_DIT = MergeSettings.field_info()  # the starting values of the options a request does not set
+_LORAS = MergeLorasSettings.field_info()
 
 
 def expert_output(out: Path, expert: str) -> Path:
@@ -65,10 +66,10 @@ class DitMerge:
     base: Path | None
     out: Path
     base_high: Path | None = None  # set for a Wan2.2 A14B pair: `base` is then the low-noise expert
-    dtype: str = "same"
-    device: str = "cpu"
-    allow_overlap: bool = False
-    overwrite: bool = False
+    dtype: str = _DIT["dtype"]["default"]
+    device: str = _DIT["device"]["default"]
+    allow_overlap: bool = _DIT["allow_overlap"]["default"]
+    overwrite: bool = _DIT["overwrite"]["default"]
 
     @property
     def pair(self) -> bool:
@@ -94,13 +95,10 @@ class DitMerge:
                  for role, path in self.bases().items()}
         if self.pair and bases["high"].resolve() == bases["low"].resolve():
             raise UserError("The high-noise and low-noise experts are the same file; pick each expert's checkpoint.")
-        if self.dtype not in OUTPUT_DTYPES:
-            raise UserError(f"Unknown output dtype `{self.dtype}`; use one of {', '.join(OUTPUT_DTYPES)}.")
-        if self.device not in DEVICES:
-            raise UserError(f"Unknown device `{self.device}`; use cpu or cuda.")
         outputs = self.outputs()
         if not outputs:
             raise UserError("No LoRA goes on either expert; set each row's expert to high, low or both.")
+        self.settings()  # the options' own rules (choices)
         warnings = check_overlaps(self.picks, self.pair, self.allow_overlap)
         inputs = [*bases.values(), *(pick.path for pick in self.picks)]
         for role, out in outputs.items():
@@ -108,34 +106,39 @@ class DitMerge:
             _check_targets(bases[role], self.on(role))
         return warnings
 
-    def arguments(self) -> list[str]:
-        """The arguments after `python -m backend`."""
+    def settings(self) -> MergeSettings:
+        """The `merge` job's settings: the low-noise expert (or the single model) first, the high-noise one in the
+        `_high_noise` fields."""
         outputs, bases = self.outputs(), self.bases()
         first = "low" if "low" in outputs else next(iter(outputs))
-        args = ["merge", "--dit", str(bases[first]), "--lora", *self._files(first), "--multiplier",
-                *self._strengths(first), "--out", str(outputs[first])]
+        values = {"dit": str(bases[first]), "lora": self._files(first), "multiplier": self._strengths(first),
+                  "out": str(outputs[first])}
         if self.pair and first == "low" and "high" in outputs:
-            args += ["--dit_high_noise", str(bases["high"]), "--lora_high_noise", *self._files("high"),
-                     "--multiplier_high_noise", *self._strengths("high"), "--out_high_noise", str(outputs["high"])]
-        args += ["--dtype", self.dtype, "--device", self.device]
-        args += ["--overwrite"] if self.overwrite else []
-        return args + (["--allow_overlap"] if self.allow_overlap else [])
+            values |= {"dit_high_noise": str(bases["high"]), "lora_high_noise": self._files("high"),
+                       "multiplier_high_noise": self._strengths("high"), "out_high_noise": str(outputs["high"])}
+        options = {"dtype": self.dtype, "device": self.device, "allow_overlap": self.allow_overlap,
+                   "overwrite": self.overwrite}
+        return MergeSettings.from_mapping(values | options, "The merge")
+
+    def arguments(self) -> list[str]:
+        """The arguments after `python -m backend`."""
+        return ["merge", *self.settings().flag_arguments()]
 
     def _files(self, role: str) -> list[str]:
         return [str(pick.path) for pick in self.on(role)]
 
-    def _strengths(self, role: str) -> list[str]:
-        return [repr(pick.multiplier) for pick in self.on(role)]
+    def _strengths(self, role: str) -> list[float]:
+        return [pick.multiplier for pick in self.on(role)]
 
 
 @dataclass(frozen=True)
 class LoraMerge:
     picks: list[Pick]
     out: Path
-    rank: int | None = None  # None: exact (ranks concatenated); else resized by SVD
-    precision: str = "fp32"
-    allow_overlap: bool = False
-    overwrite: bool = False
+    rank: int | None = _LORAS["rank"]["default"]  # None: exact (ranks concatenated); else resized by SVD
+    precision: str = _LORAS["precision"]["default"]
+    allow_overlap: bool = _LORAS["allow_overlap"]["default"]
+    overwrite: bool = _LORAS["overwrite"]["default"]
 
     def outputs(self) -> dict[str, Path]:
         return {"model": self.out}
@@ -144,18 +147,19 @@ class LoraMerge:
         if len(self.picks) < 2:
             raise UserError(f"Merging LoRAs into one needs at least two files; {len(self.picks)} "
                             f"{'is' if len(self.picks) == 1 else 'are'} picked.")
-        if self.rank is not None and self.rank < 1:
-            raise UserError(f"The rank must be a whole number of at least 1, got {self.rank}; leave it empty for an "
-                            f"exact merge.")
-        if self.precision not in LORA_PRECISIONS:
-            raise UserError(f"Unknown precision `{self.precision}`; use one of {', '.join(LORA_PRECISIONS)}.")
+        self.settings()  # the options' own rules (rank, precision)
         warnings = check_overlaps(self.picks, False, self.allow_overlap)
         check_output(self.out, self.overwrite, [pick.path for pick in self.picks], lora_output=True)
         return warnings
 
+    def settings(self) -> MergeLorasSettings:
+        if self.rank is not None and (isinstance(self.rank, bool) or self.rank < 1):
+            raise UserError(f"The rank must be a whole number of at least 1, got {self.rank}; leave it empty for an "
+                            f"exact merge.")
+        return MergeLorasSettings.from_mapping(
+            {"lora": [str(pick.path) for pick in self.picks], "multiplier": [pick.multiplier for pick in self.picks],
+             "out": str(self.out), "rank": self.rank, "precision": self.precision, "allow_overlap": self.allow_overlap,
+             "overwrite": self.overwrite}, "The merge")
+
     def arguments(self) -> list[str]:
-        args = ["merge-loras", "--lora", *(str(p.path) for p in self.picks), "--multiplier",
-                *(repr(p.multiplier) for p in self.picks), "--out", str(self.out), "--precision", self.precision]
-        args += ["--rank", str(self.rank)] if self.rank is not None else []
-        args += ["--overwrite"] if self.overwrite else []
-        return args + (["--allow_overlap"] if self.allow_overlap else [])
+        return ["merge-loras", *self.settings().flag_arguments()]

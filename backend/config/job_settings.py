@@ -2,6 +2,7 @@
 declared (their labels, help, groups, choices, defaults and rules), and what the umbrella test walks."""
 from __future__ import annotations
 
+from backend.compose.settings import EmaSettings, MergeLorasSettings, MergeSettings
 from backend.config.settings import Settings
 from backend.data.cache_settings import LatentCacheSettings, TextCacheSettings
 from backend.generate.settings import GenerateSettings
@@ -10,6 +11,9 @@ from backend.train.settings import TrainSettings
 
 JOB_SETTINGS: dict[str, type[Settings]] = {
     "train": TrainSettings,
+    "merge": MergeSettings,
+    "merge-loras": MergeLorasSettings,
+    "ema": EmaSettings,
     "generate": GenerateSettings,
     "cache-latents": LatentCacheSettings,
     "cache-text": TextCacheSettings,

@@ -6,8 +6,11 @@ arguments (`--name value`), so a UI form, a preset and the CLI can never drift a
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,11 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from backend.errors import UserError
 
 
-def setting(default: Any, *, label: str, help: str, group: str, choices: list | None = None, **constraints) -> Any:
-    """Declare one setting with what a form needs to show it."""
+def setting(default: Any, *, label: str, help: str, group: str, choices: list | None = None,
+            metavar: str | None = None, **constraints) -> Any:
+    """Declare one setting with what a form needs to show it (and, for the command line, the metavar of its value).
+    `...` as the default makes the setting required (a job cannot run without it)."""
     extra = {"label": label, "group": group}
     if choices is not None:
         extra["choices"] = list(choices)
+    if metavar is not None:
+        extra["metavar"] = metavar
+    if isinstance(default, list):  # a fresh list per instance
+        return Field(default_factory=lambda: list(default), description=help, json_schema_extra=extra, **constraints)
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
@@ -49,7 +58,7 @@ class Settings(BaseModel):
             extra = field.json_schema_extra or {}
             info[name] = {"label": extra.get("label", name), "help": field.description or "",
                           "group": extra.get("group", "Other"), "choices": extra.get("choices"),
-                          "default": field.default}
+                          "default": None if field.is_required() else field.get_default(call_default_factory=True)}
         return info
 
     @classmethod
@@ -152,6 +161,25 @@ class Settings(BaseModel):
                 args += [f"--{name}", str(value)]
         return args
 
+    def flag_arguments(self, *, leave_out: tuple[str, ...] = (), only_changed: bool = False) -> list[str]:
+        """The argv that `add_setting_arguments`' flags read back: `--name=value` (`=` so a value may start with a
+        dash), a switch as `--name` (on) or `--no_name` (off) when it differs from its default, a list as
+        `--name V1 V2 ...`; None and empty lists are left out."""
+        values = self.changed_fields() if only_changed else self.model_dump()
+        fields = type(self).model_fields
+        args: list[str] = []
+        for name, value in values.items():
+            if name in leave_out or value is None or value == []:
+                continue
+            if isinstance(value, bool):
+                if value != bool(fields[name].default):
+                    args.append(f"--{name}" if value else f"--no_{name}")
+            elif isinstance(value, (list, tuple)):
+                args += [f"--{name}", *(str(item) for item in value)]
+            else:
+                args.append(f"--{name}={value}")
+        return args
+
     @classmethod
     def parse_cli_overrides(cls, argv: list[str]) -> dict:
         """`--name value [value...]` pairs into a dict of raw values that pydantic then validates."""
@@ -202,61 +230,56 @@ def _coerce_cli_values(cls: type[Settings], name: str, values: list[str], previo
     return value
 
 
+class _Extend(argparse.Action):
+    """`--name A B` and `--name A --name B` both give [A, B]; the first use replaces the default list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest, None)
+        fresh = items is None or items is self.default
+        setattr(namespace, self.dest, list(values) if fresh else [*items, *values])
+
+
 def add_setting_arguments(group, cls: type[Settings], names: list[str] | None = None, **defaults: Any) -> None:
     """One argparse `--name` per field of `cls` (all, or `names`): its type, choices, help and default come from the
     field, so the command line cannot drift from the model; `defaults` names the few flags whose absence means
-    something of its own (e.g. `seed=None`: pick a random seed). A true/false field is a switch: `--name` turns on
-    one that is off by default, `--no_name` turns off one that is on; a list field takes its values after the flag."""
-    import types
-    import typing
-
+    something of its own (e.g. `seed=None`: pick a random seed). A required field is a required flag. A true/false
+    field is a switch: `--name` turns on one that is off by default, `--no_name` turns off one that is on; a list
+    field takes one or more values and may be repeated (`--lora A --lora B`)."""
     for name in names or list(cls.model_fields):
         field = cls.model_fields[name]
         kind = field.annotation
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None`: the flag takes an int
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         extra = field.json_schema_extra or {}
-        default = defaults.get(name, field.default)
-        text = (field.description or "").replace("%", "%%") or None  # argparse formats help with %
+        required = field.is_required() and name not in defaults
+        default = defaults.get(name, None if required else field.get_default(call_default_factory=True))
+        common = dict(help=(field.description or "").replace("%", "%%") or None)  # argparse formats help with %
+        if extra.get("metavar"):
+            common["metavar"] = extra["metavar"]
         if kind is bool:
+            common.pop("metavar", None)
             if default:
-                group.add_argument(f"--no_{name}", dest=name, action="store_false", default=True, help=text)
+                group.add_argument(f"--no_{name}", dest=name, action="store_false", default=True, **common)
             else:
-                group.add_argument(f"--{name}", action="store_true", default=default, help=text)
+                group.add_argument(f"--{name}", action="store_true", default=default, **common)
             continue
         many = typing.get_origin(kind) is list
         item = (typing.get_args(kind) or (str,))[0] if many else kind
         if typing.get_origin(item) is typing.Literal:
             item = type(typing.get_args(item)[0])
-        group.add_argument(f"--{name}", type=item if item in (int, float) else str, nargs="*" if many else None,
-                           default=list(default) if many and default is not None else default,
-                           choices=extra.get("choices"), help=text)
+        group.add_argument(f"--{name}", type=item if item in (int, float) else str, default=default,
+                           required=required, choices=extra.get("choices"),
+                           **(dict(nargs="+", action=_Extend) if many else {}), **common)
 
 
 def command_arguments(settings: Settings, names: list[str] | None = None) -> list[str]:
-    """The argv part that gives back `settings` through the flags `add_setting_arguments` makes: `--name=value` (a
-    value may start with a dash), lists as `--name v1 v2`, switches as `--name` / `--no_name` where the value is not
-    the default; None means "not given"."""
-    cls = type(settings)
-    args: list[str] = []
-    for name in names or list(cls.model_fields):
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            default = bool(cls.model_fields[name].default)
-            if value != default:
-                args.append(f"--{name}" if value else f"--no_{name}")
-        elif isinstance(value, (list, tuple)):
-            args += [f"--{name}", *map(str, value)] if value else []
-        else:
-            args.append(f"--{name}={value}")
-    return args
+    """The argv part that gives back `settings` (all fields, or `names`) through the flags `add_setting_arguments`
+    makes (see `Settings.flag_arguments`)."""
+    leave_out = tuple(name for name in type(settings).model_fields if names and name not in names)
+    return settings.flag_arguments(leave_out=leave_out)
 
 
 def _field_kind(cls: type[Settings], name: str):
-    import typing
-
     kind = cls.model_fields[name].annotation
     options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
     return options[0] if options and typing.get_origin(kind) is not list else kind

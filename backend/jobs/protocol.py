@@ -53,7 +53,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from backend.fileio import atomic_write_json
 
@@ -138,6 +138,16 @@ class JobContext:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def every_percent(ctx: JobContext, unit: str, **fields: Any) -> Callable[[int, int], None]:
+    """A `progress(done, total)` callback for a job's loop: a `progress` event at each whole percent and at the end
+    (what the Jobs table and the tabs' bars count), naming what is counted (`unit`) and any `fields`."""
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 100) == 0:
+            ctx.emit("progress", step=done, total=total, unit=unit, **fields)
+
+    return progress
 
 
 # The runner's side of the stop flag. Its content says when the stop was asked and how long the job may take.

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from backend.compose.settings import MergeSettings
 from backend.errors import UserError
 from backend.models.registry import get_model_kind
 from backend.train.command import train_argv, write_run_config
@@ -79,7 +80,8 @@ def merge_argv(plans: list[SlicePlan], workspace: Workspace, out: str, python: s
     loras = [str(output_folder(resolve_settings(plan.settings, workspace), workspace) /
                  f"{plan.settings.output_name}.safetensors") for plan in plans]
     target = Path(out) if Path(out).is_absolute() else workspace.root / out
-    return [python, "-m", "backend", "merge", "--dit", str(base), "--lora", *loras, "--out", str(target)]
+    merge = MergeSettings(dit=str(base), lora=loras, out=str(target))
+    return [python, "-m", "backend", "merge", *merge.flag_arguments()]
 
 
 def submit_slices(manager, settings, workspace: Workspace, loraids: list[int], devices: list[str] | None = None,

@@ -23,7 +23,7 @@ from backend.models.loading import save_transformer_original
 from backend.workspace import Workspace
 from tests.demo_files import save_demo_lora
 from ui.context import AppContext
-from ui.merge_ema_common import FollowedJob
+from ui.merge_ema_common import NOT_STARTED, FollowedJob
 from ui.tabs.ema import EmaPanel, run_choices
 from ui.tabs.merge import MergePanel
 
@@ -62,7 +62,7 @@ def until_finished(panel, followed: FollowedJob, timeout_s: float = 60) -> tuple
 
 
 def run_merge(panel: MergePanel, table, base, out, *, allow=False, base_high="", mode="dit"):
-    return panel.run(mode, table, base, base_high, out, "same", "cpu", 0, "fp32", allow, False, FollowedJob())
+    return panel.run(mode, table, base, base_high, out, "same", "cpu", None, "fp32", allow, False, FollowedJob())
 
 
 def test_merge_refuses_bad_input_with_one_sentence_and_writes_nothing(ctx):
@@ -134,17 +134,19 @@ def test_merge_and_ema_outputs_outside_the_workspace_wait_for_the_confirm_box(ct
     merge = MergePanel(context)
     rows, _ = merge.rows("loras", ["dan.safetensors", "eve.safetensors"], "", [], "")
     out = elsewhere / "both.safetensors"
-    args = ("loras", rows, "", "", str(out), "same", "cpu", 0, "fp32", False, False, FollowedJob())
-    _, status, *_ = merge.run(*args)
-    assert status == (f"⚠ {elsewhere} is outside the workspace {ws.root}; confirm writing there, or choose a folder "
-                      "inside the workspace.")
+    args = ("loras", rows, "", "", str(out), "same", "cpu", None, "fp32", False, False, FollowedJob())
+    shown = merge.run(*args)
+    outside = (f"⚠ {elsewhere} is outside the workspace {ws.root}; confirm writing there, or choose a folder "
+               "inside the workspace.")
+    assert shown[1] == NOT_STARTED and shown[-1] == {"value": outside, "visible": True, "__type__": "update"}
     for step in (10, 20):
         save_demo_lora(model, ws.loras / f"far-step{step:06d}.safetensors", 4, 2, step, step=step)
     ema = EmaPanel(context)
     inputs = ema.find("loras/far", "", "", "")[0]
     ema_out = elsewhere / "far-ema.safetensors"
     ema_args = (inputs, "power", 0.2, 0.95, 0.95, "factors", "same", str(ema_out), False, FollowedJob())
-    assert ema.run(*ema_args)[1] == status
+    refused = ema.run(*ema_args)
+    assert refused[1] == NOT_STARTED and refused[-1]["value"] == outside
     assert context.jobs.list() == [] and not elsewhere.exists()
 
     followed, *_ = merge.run(*args, True)  # confirmed
@@ -200,7 +202,8 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     assert notes.startswith("3 lora checkpoints, ordered by the training step in their metadata.")
     assert "run.safetensors holds the same weights as run-step000040.safetensors" in notes
     assert out == suggested == str(ws.loras / "run-ema.safetensors")
-    rows, message = panel.weights(inputs, "power", 0.2, 0.95, 0.95)
+    rows, message, *slots = panel.weights(inputs, "power", 0.2, 0.95, 0.95)
+    assert [update["visible"] for update in slots] == [False, False, False]
     assert [row[1:3] for row in rows] == [["loras/run-step000010.safetensors", 10],
                                           ["loras/run-step000020.safetensors", 20],
                                           ["loras/run-step000040.safetensors", 40]]
@@ -209,9 +212,15 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     expected = [(s / 40) ** (gamma + 1) - (p / 40) ** (gamma + 1) for p, s in ((0, 10), (10, 20), (20, 40))]
     assert [row[3] for row in rows] == pytest.approx(expected, abs=1e-6)
 
-    bad = panel.run(inputs, "power", 0.5, 0.95, 0.95, "factors", "same", out, False, FollowedJob())
-    assert bad[1].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")
-    assert bad[2:4] == ("", "")  # the previous run's log and summary are not left beside the error
+    _, message, *slots = panel.weights(inputs, "power", 0.5, 0.95, 0.95)
+    assert message == "" and slots[0]["value"].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")
+    bad = panel.run(inputs, "power", 0.5, 0.95, 0.95, "factors", "same", "", False, FollowedJob())
+    assert bad[1] == NOT_STARTED
+    assert bad[2:5] == ("", "", "")  # the previous run's log, summary and bar are not left beside the problem
+    sigma_slot, beta_slot, beta2_slot, out_slot = bad[6:]
+    assert sigma_slot["value"].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")  # the range first
+    assert out_slot["value"] == "⚠ The output path is empty; type where the EMA LoRA goes (a .safetensors name)."
+    assert not beta_slot["visible"] and not beta2_slot["visible"]
     empty = panel.run(panel.find(None, "", "", "")[0], "power", 0.2, 0.95, 0.95, "factors", "same", out, False,
                       FollowedJob())
     assert empty[1] == "⚠ No checkpoints are chosen; pick a run or type a run folder or checkpoint files."

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from backend.__main__ import main
-from backend.compose.ema_plan import EmaRequest, Rule, discover, list_runs, run_name
+from backend.compose.ema_plan import check_request, discover, list_runs, rule_problem, rule_problems, rule_weights, run_name
+from backend.compose.settings import EmaSettings
 from backend.compose.ema_weights import gamma_from_sigma_rel
 from backend.compose.summaries import ema_summary
 from backend.errors import UserError
@@ -60,21 +61,21 @@ def test_weights_shown_match_closed_forms_and_the_job(tmp_path, kit, model):
     assert [p.name for p in found.files] == [p.name for p in even] and found.steps == [100, 200, 300, 400]
     assert found.steps_known and found.algo == "lora" and found.delta_space_ok
     assert any("holds the same weights as even-step000400" in note for note in found.notes)
-    weights, gamma = Rule("power", 0.2).weights(found.steps)
+    weights, gamma = rule_weights(_ema(rule="power", sigma_rel=0.2), found.steps)
     assert gamma == pytest.approx(gamma_from_sigma_rel(0.2))
     closed = [(t ** (gamma + 1) - (t - 1) ** (gamma + 1)) / 4 ** (gamma + 1) for t in range(1, 5)]
     assert weights == pytest.approx(closed, abs=1e-12)
-    assert Rule("uniform").weights(found.steps) == ([0.25] * 4, None)
-    beta_weights, _ = Rule("beta", None, 0.9).weights(found.steps)
+    assert rule_weights(_ema(rule="uniform"), found.steps) == ([0.25] * 4, None)
+    beta_weights, _ = rule_weights(_ema(rule="beta", beta=0.9), found.steps)
     assert beta_weights == pytest.approx([0.9 ** 3, 0.1 * 0.9 ** 2, 0.1 * 0.9, 0.1])
 
     uneven = save_run(kit, model, tmp_path / "uneven", "u", [10, 20, 40])
-    weights, gamma = Rule("power", 0.15).weights(discover(uneven).steps)
+    weights, gamma = rule_weights(_ema(sigma_rel=0.15), discover(uneven).steps)
     cumulative = [0.0] + [(s / 40) ** (gamma + 1) for s in (10, 20, 40)]
     assert weights == pytest.approx([b - a for a, b in zip(cumulative, cumulative[1:])], abs=1e-12)
     out = tmp_path / "u-ema.safetensors"
-    request = EmaRequest([tmp_path / "uneven"], out, Rule("power", 0.15), space="delta")
-    assert [p.name for p in request.check().files] == [p.name for p in uneven]
+    request = _ema([tmp_path / "uneven"], out, sigma_rel=0.15, space="delta")
+    assert [p.name for p in check_request(request).files] == [p.name for p in uneven]
     assert main(request.arguments()) == 0
     lines = ema_summary(out)
     assert lines[0] == (f"Post-hoc EMA of 3 checkpoints: power EMA, σ_rel 0.15 (γ = {gamma:.4f}), delta space, "
@@ -88,23 +89,42 @@ def test_weights_shown_match_closed_forms_and_the_job(tmp_path, kit, model):
 def test_rule_and_request_checks(tmp_path, kit, model):
     run = save_run(kit, model, tmp_path / "run", "r", [1, 2])
     out = tmp_path / "r-ema.safetensors"
-    for rule, message in ((Rule("power", 0.3), "between 0 and 1/√12"), (Rule("power", None), "σ_rel is empty"),
-                          (Rule("beta", None, None), "β is empty"), (Rule("beta", None, 1.2), r"β \(beta\) must be at"),
-                          (Rule("median"), "Unknown averaging rule `median`")):
+    for rule, message in ((dict(sigma_rel=0.3), "between 0 and 1/√12"),
+                          (dict(rule="beta", beta=1.2), r"β \(beta\) must be at"),
+                          (dict(rule="beta", beta=0.9, beta2=-0.1), r"β2 \(beta2\) must be at")):
         with pytest.raises(UserError, match=message):
-            EmaRequest(run, out, rule).check()
+            check_request(_ema(run, out, **rule))
     with pytest.raises(UserError, match="No checkpoints are chosen"):
-        EmaRequest([], out, Rule()).check()
+        check_request(_ema([], out))
     with pytest.raises(UserError, match="at least two different checkpoints; found 1"):
-        EmaRequest(run[:1], out, Rule()).check()
+        check_request(_ema(run[:1], out))
     dora = save_run(kit, model, tmp_path / "dora", "d", [1, 2], args=["use_dora=True"])
     with pytest.raises(UserError, match="checkpoints are dora: .* choose the factors space"):
-        EmaRequest(dora, out, Rule(), space="delta").check()
+        check_request(_ema(dora, out, space="delta"))
     out.write_bytes(b"earlier")
     with pytest.raises(UserError, match="already exists"):
-        EmaRequest(run, out, Rule()).check()
+        check_request(_ema(run, out))
     assert out.read_bytes() == b"earlier"
     with pytest.raises(UserError, match="is one of the inputs"):
-        EmaRequest(run, run[0], Rule(), overwrite=True).check()
-    assert EmaRequest(run, out, Rule("beta", None, 0.9, 0.8)).arguments()[-4:] == ["--beta", "0.9", "--beta2", "0.8"]
-    assert EmaRequest(run, out, Rule("uniform")).arguments()[-1] == "--uniform"
+        check_request(_ema(run, run[0], overwrite=True))
+    beta = _ema(run, out, rule="beta", beta=0.9, beta2=0.8, sigma_rel=0.1).arguments()
+    assert "--beta=0.9" in beta and "--beta2=0.8" in beta and not any("sigma_rel" in arg for arg in beta)
+    uniform = _ema(run, out, rule="uniform", beta2=0.8).arguments()
+    assert "--rule=uniform" in uniform and not any(arg.startswith(("--sigma", "--beta")) for arg in uniform)
+
+
+def test_an_empty_or_out_of_range_value_of_the_chosen_rule_is_one_sentence():
+    assert rule_problem("power", None, None, None) == ("σ_rel is empty; type the EMA width, e.g. 0.2 (typical "
+                                                       "values are 0.05-0.25).")
+    assert rule_problem("beta", 0.2, None, None).startswith("β is empty; type the decay at the second checkpoint")
+    assert "between 0 and 1/√12" in rule_problem("power", 0.5, None, None)
+    assert rule_problem("beta", 0.5, 0.9, None) is None  # σ_rel belongs to the power rule, not looked at
+    assert rule_problem("uniform", None, None, None) is None
+    assert rule_problem("median", 0.2, None, None) == "Unknown averaging rule `median`; use power, beta or uniform."
+    both = rule_problems("beta", 0.2, 1.5, -1.0)  # each wrong value at its own field
+    assert both == {"beta": "β (beta) must be at least 0 and below 1, got 1.5; e.g. 0.95.",
+                    "beta2": "β2 (beta2) must be at least 0 and below 1, got -1.0; e.g. 0.95."}
+
+
+def _ema(inputs=("unused",), out="unused.safetensors", **values) -> EmaSettings:
+    return EmaSettings(inputs=[str(p) for p in inputs], out=str(out), **values)

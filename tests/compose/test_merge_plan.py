@@ -125,7 +125,8 @@ def test_dit_request_checks_refuse_before_anything_is_written(setup):
                                            r"“Allow overlap”"),
              (DitMerge([a], base, root / "m.ckpt"), "must end in .safetensors"),
              (DitMerge([a], base, base), "is one of the inputs"),
-             (DitMerge([a], base, out, dtype="fp8"), "Unknown output dtype `fp8`")]
+             (DitMerge([a], base, out, dtype="fp8"), r"The merge: setting `dtype` = 'fp8' is invalid"),
+             (DitMerge([a], base, out, device="tpu"), r"The merge: setting `device` = 'tpu' is invalid")]
     for request, message in cases:
         with pytest.raises(UserError, match=message):
             request.check()
@@ -193,7 +194,7 @@ def test_pair_arguments_give_each_expert_its_loras(setup, kit):
     assert "(high-noise expert)" in merge_summary(outputs["high"])[0]
     only_high = DitMerge([Pick(files["a"], 1.0, "high")], low_base, root / "h.safetensors", high_base)
     assert only_high.outputs() == {"high": root / "h-high_noise.safetensors"}
-    assert only_high.arguments()[:3] == ["merge", "--dit", str(high_base)]
+    assert only_high.arguments()[:2] == ["merge", f"--dit={high_base}"]
     with pytest.raises(UserError, match="high-noise and low-noise experts are the same file"):
         DitMerge([Pick(files["a"], 1.0, "high")], low_base, out, low_base).check()
 

@@ -22,8 +22,8 @@ def _actions(model: type[Settings]) -> dict[str, argparse.Action]:
     return {action.dest: action for action in parser._actions}
 
 
-def test_the_registry_covers_the_train_and_generate_jobs_and_only_known_job_types():
-    assert {"train", "generate"} <= set(JOB_SETTINGS)
+def test_the_registry_covers_the_train_compose_and_generate_jobs_and_only_known_job_types():
+    assert {"train", "merge", "merge-loras", "ema", "generate"} <= set(JOB_SETTINGS)
     assert set(JOB_SETTINGS) <= set(JOB_TYPES)
     assert all(issubclass(model, Settings) for model in JOB_SETTINGS.values())
     assert settings_model("train") is JOB_SETTINGS["train"]
@@ -63,12 +63,29 @@ def test_the_command_line_flags_carry_each_fields_help_choices_and_default(job_t
         assert action.default == info["default"], f"{job_type}.{name}"
 
 
+def _required_values(model: type[Settings]) -> dict:
+    """A value for each required field (a job cannot run without these, so the command line asks for them)."""
+    sample = {str: "x.safetensors", int: 1, float: 0.5}
+    values = {}
+    for name, field in model.model_fields.items():
+        if field.is_required():
+            kind = field.annotation
+            values[name] = [sample[typing.get_args(kind)[0]]] if typing.get_origin(kind) is list else sample[kind]
+    return values
+
+
 @pytest.mark.parametrize("job_type, model", MODELS, ids=[job for job, _ in MODELS])
-def test_parsing_no_flags_gives_the_models_defaults(job_type, model):
+def test_the_models_defaults_and_the_flags_they_give_read_back_through_the_command_line(job_type, model):
     parser = argparse.ArgumentParser()
     add_setting_arguments(parser, model)
-    parsed = vars(parser.parse_args([]))
-    assert {name: parsed[name] for name in model.model_fields} == model.model_construct().model_dump(), job_type
+    required = _required_values(model)
+    for name in required:
+        assert {action.dest: action for action in parser._actions}[name].required, f"{job_type}.{name}"
+    settings = model(**required)
+    given = [arg for name, value in required.items()
+             for arg in ([f"--{name}", *map(str, value)] if isinstance(value, list) else [f"--{name}={value}"])]
+    assert model(**vars(parser.parse_args(given))) == settings, job_type
+    assert model(**vars(parser.parse_args(settings.flag_arguments()))) == settings, job_type
 
 
 class _Switches(Settings):
@@ -78,15 +95,25 @@ class _Switches(Settings):
     sizes: list[int] = setting([4], label="Sizes", group="Output", help="sizes to try")
     mode: typing.Literal["fast", "exact"] = setting("fast", label="Mode", group="Output", choices=["fast", "exact"],
                                                    help="how to do it")
+    out: str = setting(..., label="Output", group="Output", help="where it goes")
 
 
-def test_switches_lists_and_choices_parse_as_a_user_types_them():
+def test_switches_lists_choices_and_required_flags_parse_as_a_user_types_them():
     parser = argparse.ArgumentParser()
     add_setting_arguments(parser, _Switches)
-    assert vars(parser.parse_args([])) == {"loud": False, "colour": True, "tags": [], "sizes": [4], "mode": "fast"}
-    parsed = parser.parse_args(["--loud", "--no_colour", "--tags", "a", "b", "--sizes", "8", "16", "--mode", "exact"])
-    assert vars(parsed) == {"loud": True, "colour": False, "tags": ["a", "b"], "sizes": [8, 16], "mode": "exact"}
-    assert _Switches(**vars(parsed)).sizes == [8, 16]
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--mode", "slow"])
+    assert vars(parser.parse_args(["--out", "o"])) == {"loud": False, "colour": True, "tags": [], "sizes": [4],
+                                                       "mode": "fast", "out": "o"}
+    parsed = parser.parse_args(["--loud", "--no_colour", "--tags", "a", "b", "--sizes", "8", "--sizes", "16",
+                                "--mode", "exact", "--out=-dash"])
+    expected = {"loud": True, "colour": False, "tags": ["a", "b"], "sizes": [8, 16], "mode": "exact", "out": "-dash"}
+    assert vars(parsed) == expected
+    assert parser.parse_args(["--out", "o"]).sizes == [4]  # the default list is not grown by an earlier parse
+    settings = _Switches(**expected)
+    assert settings.flag_arguments() == ["--loud", "--no_colour", "--tags", "a", "b", "--sizes", "8", "16",
+                                         "--mode=exact", "--out=-dash"]
+    assert _Switches(**vars(parser.parse_args(settings.flag_arguments()))) == settings
+    for wrong in (["--out", "o", "--mode", "slow"], []):  # not a choice; the required flag missing
+        with pytest.raises(SystemExit):
+            parser.parse_args(wrong)
     assert "100% volume" in parser.format_help()
+    assert _Switches.field_info()["out"]["default"] is None

@@ -1,6 +1,6 @@
 """EMA tab: post-hoc EMA over the checkpoints a run saved, as a job; the checkpoints and the weight each gets are
-shown before running. Discovery, weights, checks and the summary come from `backend.compose` (ema_plan, summaries);
-this module builds widgets."""
+shown before running. The options' labels, hints, starting values and choices come from `EmaSettings`; discovery,
+weights, checks and the summary from `backend.compose` (ema_plan, summaries); this module builds widgets."""
 from __future__ import annotations
 
 import sys
@@ -9,22 +9,24 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend.compose.ema import PRECISIONS
-from backend.compose.ema_plan import Discovered, EmaRequest, Rule, discover, list_runs, run_name
+from backend.compose.ema_plan import (Discovered, check_request, discover, list_runs, rule_problems, rule_weights,
+                                     run_name)
 from backend.compose.merge_plan import display_path, typed_paths, workspace_path
 from backend.compose.output_names import ema_stem, free_path
+from backend.compose.settings import RULE_VALUES, EmaSettings
 from backend.compose.summaries import ema_summary
 from backend.errors import UserError
+from backend.output_guard import output_message
 from ui.context import AppContext
-from ui.merge_ema_common import (OUTSIDE_LABEL, FollowedJob, confirm_outside, error_html, follow_job,
-                                 summary_markdown, tick)
-from ui.widgets import report_error
+from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
+                                 problem_slot, refused, shown, slot, start, summary_markdown, tick)
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
-RULES = [("Power EMA (σ_rel, EDM2)", "power"), ("Beta EMA (musubi's --beta / --beta2)", "beta"),
-         ("Plain mean", "uniform")]
-SPACES = [("factors: average the stored tensors (fast, musubi-compatible)", "factors"),
-          ("delta: average ΔW = B·A exactly, re-factorize to the input rank", "delta")]
+RULE_NAMES = {"power": "Power EMA (σ_rel, EDM2)", "beta": "Beta EMA (musubi's β / β2)", "uniform": "Plain mean"}
+SPACE_NAMES = {"factors": "factors: average the stored tensors (fast, musubi-compatible)",
+               "delta": "delta: average ΔW = B·A exactly, re-factorize to the input rank"}
+RULE_FIELDS = ("sigma_rel", "beta", "beta2")  # each has its problem slot; the chosen rule's are checked
+FIELDS = EmaSettings.field_info()
 JOB_KINDS = ("ema",)
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="ema-tab", concurrency_limit=1, show_progress="hidden")
@@ -55,8 +57,9 @@ class EmaPanel:
         self.ctx = ctx
 
     def on_rule(self, rule):
-        return gr.update(visible=rule == "power"), gr.update(visible=rule == "beta"), \
-            gr.update(visible=rule == "beta")
+        """Show the chosen rule's values only (a hidden field's problem is hidden with it)."""
+        shown_now = [gr.update(visible=name in RULE_VALUES.get(rule, ())) for name in RULE_FIELDS]
+        return *shown_now, *(gr.update(visible=False) for _ in RULE_FIELDS)
 
     def refresh(self, run):
         choices = run_choices(self.ctx)
@@ -87,42 +90,66 @@ class EmaPanel:
         return Inputs(paths, found), notes_markdown(found), gr.skip() if keep_typed else suggestion, suggestion
 
     def weights(self, inputs: Inputs, rule, sigma_rel, beta, beta2):
-        """(checkpoint rows with weights, rule message): what the job will compute, before it runs."""
+        """(checkpoint rows with weights, rule message, σ_rel / β / β2 problems): what the job will compute, before
+        it runs; a wrong value of the chosen rule is shown beside its field."""
+        problems = rule_problems(rule, sigma_rel, beta, beta2)
+        slots = [slot(problems.get(name)) for name in RULE_FIELDS]
         found = inputs.found
         if found is None:
-            return [], ""
+            return [], "", *slots
         root = self.ctx.workspace.root
-        try:
-            weights, gamma = Rule(rule, sigma_rel, beta, beta2).weights(found.steps)
-        except UserError as exc:
+        if problems:
             rows = [[i, display_path(root, p), s, ""] for i, (p, s) in enumerate(zip(found.files, found.steps), 1)]
-            return rows, error_html(str(exc))
+            return rows, "", *slots
+        weights, gamma = rule_weights(self.settings(inputs, rule, sigma_rel, beta, beta2), found.steps)
         rows = [[i, display_path(root, path), step, round(weight, 6)]
                 for i, (path, step, weight) in enumerate(zip(found.files, found.steps, weights), 1)]
         message = f"γ = {gamma:.4f}; the weights sum to {sum(weights):.6f}." if gamma is not None else \
             f"The weights sum to {sum(weights):.6f}."
-        return rows, message
+        return rows, message, *slots
+
+    def settings(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space=FIELDS["space"]["default"],
+                 precision=FIELDS["precision"]["default"], out="", overwrite=False) -> EmaSettings:
+        """The job's settings from the form, by field name (only the chosen rule's values are kept)."""
+        values = {"rule": rule, "sigma_rel": sigma_rel, "beta": beta, "beta2": beta2}
+        used = {name: value for name, value in values.items() if name == "rule" or name in RULE_VALUES[rule]}
+        return EmaSettings.from_mapping({"inputs": [str(p) for p in inputs.paths], "out": out, "space": space,
+                                         "precision": precision, "overwrite": bool(overwrite),
+                                         **{k: v for k, v in used.items() if v is not None}}, "The EMA")
+
+    def out_problem(self, inputs: Inputs, out, overwrite, outside) -> str | None:
+        """The output field's problem (empty, not a name, an input, an existing file without Overwrite, outside the
+        workspace without the confirm box), worded for this form."""
+        if not out or not str(out).strip():
+            return "The output path is empty; type where the EMA LoRA goes (a .safetensors name)."
+        files = inputs.found.files if inputs.found else inputs.paths
+        return output_message(out, workspace=self.ctx.workspace, inputs=files, overwrite=bool(overwrite),
+                              outside_confirmed=bool(outside), lora_output=True)
+
+    def check_out(self, inputs: Inputs, out, overwrite, outside):
+        return slot(self.out_problem(inputs, out, overwrite, outside) if out and str(out).strip() else None)
 
     def run(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite, followed,
             outside=False):
-        """(followed job, status, log, summary, timer); `outside`: the user confirmed an output outside the
-        workspace."""
+        """(followed job, status, log, summary, bar, timer, σ_rel / β / β2 / output problems); `outside`: the user
+        confirmed an output outside the workspace. Every wrong field is shown beside it, the rule's values first."""
+        problems = rule_problems(rule, sigma_rel, beta, beta2)
+        out_problem = self.out_problem(inputs, out, overwrite, outside)
+        slots = [*(slot(problems.get(name)) for name in RULE_FIELDS), slot(out_problem)]
+        if problems or out_problem:
+            return refused(followed, NOT_STARTED, *slots)
         try:
-            if not out or not str(out).strip():
-                raise UserError("The output path is empty; type where the EMA LoRA goes (a .safetensors name).")
             target = workspace_path(self.ctx.workspace.root, out).resolve()
-            confirm_outside(self.ctx, target, outside)
-            request = EmaRequest(inputs.paths, target, Rule(rule, sigma_rel, beta, beta2), space, precision,
-                                 bool(overwrite))
-            found = request.check()
+            settings = self.settings(inputs, rule, sigma_rel, beta, beta2, space, precision, str(target), overwrite)
+            found = check_request(settings)
             job = self.ctx.jobs.submit(
-                [sys.executable, "-m", "backend", *request.arguments()], kind="ema",
+                [sys.executable, "-m", "backend", *settings.arguments()], kind="ema",
                 title=f"Post-hoc EMA of {len(found.files)} checkpoints",
-                settings={"inputs": [str(p) for p in request.inputs], "rule": rule, "space": space,
-                          "outputs": [str(target)]})
+                settings={"inputs": settings.inputs, "rule": rule, "space": space, "outputs": [str(target)]})
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", "", "", gr.Timer(active=False)  # no stale results
-        return follow_job(job), f"Job {job.id}: {job.status}…", "", "", gr.Timer(active=True)
+            return refused(followed, f"⚠ {exc}", *slots)
+        return (follow_job(job), f"Job {job.id}: {job.status}…", "", "", job_bar(job), gr.Timer(active=True),
+                *slots)
 
     def tick(self, followed: FollowedJob):
         return tick(self.ctx, followed, JOB_KINDS, self.summary)
@@ -149,27 +176,37 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         typed = gr.Textbox("", lines=2, scale=3, elem_id="ema-paths",
                            label="Or a run folder / checkpoint files (one per line, relative to the workspace)")
     notes = gr.Markdown("Pick a run or type a run folder or checkpoint files.", elem_id="ema-notes")
-    with gr.Row():
-        rule = gr.Radio(RULES, value="power", label="Averaging rule", elem_id="ema-rule", scale=2)
-        sigma_rel = gr.Number(0.2, step=0.01, label="σ_rel (0 < σ_rel < 0.2887)", elem_id="ema-sigma-rel", scale=1)
-        beta = gr.Number(0.95, step=0.01, label="β (decay at the second checkpoint)", elem_id="ema-beta", scale=1,
-                         visible=False)
-        beta2 = gr.Number(0.95, step=0.01, label="β2 (decay at the last checkpoint)", elem_id="ema-beta2", scale=1,
-                          visible=False)
+    with gr.Row(equal_height=False):
+        rule = gr.Radio([(RULE_NAMES[choice], choice) for choice in FIELDS["rule"]["choices"]],
+                        value=start(EmaSettings, "rule"), **shown(EmaSettings, "rule"), elem_id="ema-rule", scale=2)
+        rule_widgets, rule_slots = {}, {}
+        for name in RULE_FIELDS:
+            with gr.Column(scale=1, min_width=160):
+                rule_widgets[name] = gr.Number(start(EmaSettings, name), step=0.01, **shown(EmaSettings, name),
+                                               visible=name in RULE_VALUES[rule.value],
+                                               elem_id=f"ema-{name.replace('_', '-')}")
+                rule_slots[name] = problem_slot(f"ema-{name.replace('_', '-')}-error")
+    sigma_rel, beta, beta2 = (rule_widgets[name] for name in RULE_FIELDS)
     table = gr.Dataframe(headers=CHECKPOINT_HEADERS, value=[], interactive=False, wrap=True,
                          label="Checkpoints and the weight each gets", elem_id="ema-checkpoints")
     weight_message = gr.Markdown("", elem_id="ema-weight-message")
     with gr.Row():
-        space = gr.Radio(SPACES, value="factors", label="Averaging space", elem_id="ema-space", scale=3)
-        precision = gr.Dropdown(list(PRECISIONS), value="same", label="Saved precision", elem_id="ema-precision",
-                                scale=1)
-    with gr.Row():
-        out = gr.Textbox("", scale=4, label="Output LoRA file", elem_id="ema-out")
-        overwrite = gr.Checkbox(False, label="Overwrite", scale=0, min_width=120, elem_id="ema-overwrite")
+        space = gr.Radio([(SPACE_NAMES[choice], choice) for choice in FIELDS["space"]["choices"]],
+                         value=start(EmaSettings, "space"), **shown(EmaSettings, "space"), elem_id="ema-space",
+                         scale=3)
+        precision = gr.Dropdown(FIELDS["precision"]["choices"], value=start(EmaSettings, "precision"),
+                                **shown(EmaSettings, "precision"), elem_id="ema-precision", scale=1)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            out = gr.Textbox("", **shown(EmaSettings, "out"), elem_id="ema-out")
+            out_slot = problem_slot("ema-out-error")
+        overwrite = gr.Checkbox(start(EmaSettings, "overwrite"), **shown(EmaSettings, "overwrite"), scale=0,
+                                min_width=120, elem_id="ema-overwrite")
         outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="ema-outside")
     with gr.Row():
         run_button = gr.Button("Run EMA", variant="primary", scale=0, min_width=160, elem_id="ema-run-button")
         status = gr.Markdown("", elem_id="ema-status")
+    progress = gr.HTML("", elem_id="ema-progress")
     summary = gr.Markdown("", elem_id="ema-summary")
     log = gr.Textbox("", label="Job log", lines=8, max_lines=16, interactive=False, autoscroll=True,
                      elem_id="ema-log")
@@ -179,15 +216,22 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     timer = gr.Timer(POLL_SECONDS, active=True)  # the first tick picks up an EMA job that runs already
 
     rule_inputs = [inputs, rule, sigma_rel, beta, beta2]
+    slots = [rule_slots[name] for name in RULE_FIELDS]
+    weight_outputs = [table, weight_message, *slots]
+    out_inputs = [inputs, out, overwrite, outside]
     find_args = dict(fn=panel.find, inputs=[run, typed, out, suggested], outputs=[inputs, notes, out, suggested],
                      **_GROUP)
-    run.change(**find_args).then(panel.weights, inputs=rule_inputs, outputs=[table, weight_message], **_GROUP)
-    typed.blur(**find_args).then(panel.weights, inputs=rule_inputs, outputs=[table, weight_message], **_GROUP)
-    rule.change(panel.on_rule, inputs=rule, outputs=[sigma_rel, beta, beta2], **_GROUP)
+    run.change(**find_args).then(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP).then(
+        panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
+    typed.blur(**find_args).then(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP).then(
+        panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
+    rule.change(panel.on_rule, inputs=rule, outputs=[sigma_rel, beta, beta2, *slots], **_GROUP)
     for control in (rule, sigma_rel, beta, beta2):
-        control.change(panel.weights, inputs=rule_inputs, outputs=[table, weight_message], **_GROUP)
+        control.change(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP)
+    gr.on([out.blur, overwrite.change, outside.change], panel.check_out, inputs=out_inputs, outputs=out_slot,
+          **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh, inputs=run, outputs=run, **_GROUP)
     run_button.click(panel.run, inputs=[inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite,
                                         followed, outside],
-                     outputs=[followed, status, log, summary, timer], **_GROUP)
-    timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, timer], **_GROUP)
+                     outputs=[followed, status, log, summary, progress, timer, *slots, out_slot], **_GROUP)
+    timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, progress, timer], **_GROUP)

@@ -1,7 +1,8 @@
 """Merge tab: fold LoRAs into a base DiT (a Wan2.2 A14B pair too), or merge LoRAs into one LoRA, as a job.
 
-Checks, names and summaries come from `backend.compose` (merge_plan, merge_request, output_names, summaries); this
-module builds widgets and turns them into a request."""
+The options' labels, hints, starting values and choices come from `MergeSettings` / `MergeLorasSettings`; checks,
+names and summaries from `backend.compose` (merge_plan, merge_request, output_names, summaries); this module builds
+widgets and turns them into a request."""
 from __future__ import annotations
 
 import sys
@@ -11,22 +12,26 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from backend.compose.merge_dit import OUTPUT_DTYPES
 from backend.compose.merge_plan import (TABLE_HEADERS, display_path, lora_files, overlap_lines, picks_from_rows,
                                         table_rows, workspace_path)
-from backend.compose.merge_request import LORA_PRECISIONS, DitMerge, LoraMerge
+from backend.compose.merge_request import DitMerge, LoraMerge
 from backend.compose.output_names import (MERGED_DIT_FOLDER, PAIR_VARIANTS, free_path, high_noise_partner,
                                           merged_dit_stem, merged_lora_stem)
+from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.compose.summaries import merge_summary
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
+from backend.output_guard import output_message
 from ui.context import AppContext
-from ui.merge_ema_common import (OUTSIDE_LABEL, FollowedJob, confirm_outside, error_html, follow_job,
-                                 summary_markdown, tick)
+from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
+                                 problem_slot, refused, shown, slot, start, summary_markdown, tick,
+                                 whole_number_problem)
 from ui.widgets import report_error
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
 JOB_KINDS = ("merge", "merge-loras")
+PAIR_OUTPUT_HINT = f"{MergeSettings.field_info()['out']['help']}; a Wan2.2 A14B pair writes NAME-high_noise and " \
+                   "NAME-low_noise"
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="merge-tab", concurrency_limit=1, show_progress="hidden")
 
@@ -60,7 +65,13 @@ def lora_choices(ctx: AppContext) -> list[str]:
 
 
 def device_choices() -> list[str]:
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    """The model's devices this machine has (cuda only with a GPU)."""
+    return [d for d in MergeSettings.field_info()["device"]["choices"] if d != "cuda" or torch.cuda.is_available()]
+
+
+def rank_problem(rank) -> str | None:
+    return whole_number_problem(MergeLorasSettings.field_info()["rank"]["label"], rank, 1,
+                                "an exact merge (ranks concatenated)")
 
 
 def overlap_html(lines: list[str], count: int) -> str:
@@ -102,8 +113,10 @@ class MergePanel:
         return str(partner) if partner else ""
 
     def on_mode(self, mode):
+        """The options of the chosen merge, and the output's hint from that merge's model."""
         dit = mode == "dit"
-        return gr.update(visible=dit), gr.update(visible=not dit)
+        hint = PAIR_OUTPUT_HINT if dit else MergeLorasSettings.field_info()["out"]["help"]
+        return gr.update(visible=dit), gr.update(visible=not dit), gr.update(info=hint)
 
     def rows(self, mode, names, typed, table, base_high):
         """(table rows, file message) for the picked files."""
@@ -138,23 +151,53 @@ class MergePanel:
         root = self.ctx.workspace.root
         pair = self._pair(mode, base_high)
         picks = picks_from_rows(root, table, pair)
-        if not out or not str(out).strip():
-            raise UserError("The output path is empty; type where the merged file goes (a .safetensors name).")
         target = self._path(out)
         if mode == "loras":
-            exact = rank in (None, "") or int(rank) == 0
-            return LoraMerge(picks, target, None if exact else int(rank), precision, bool(allow), bool(overwrite))
+            return LoraMerge(picks, target, None if rank in (None, "") else int(rank), precision, bool(allow),
+                             bool(overwrite))
         return DitMerge(picks, self._path(base), target, self._path(base_high) if pair else None, dtype, device,
                         bool(allow), bool(overwrite))
 
+    def out_problem(self, mode, table, base, base_high, out, overwrite, outside) -> str | None:
+        """The output field's problem, worded for this form: empty, not a name, an input, a model where a LoRA goes,
+        an existing file without Overwrite (each file of a pair), outside the workspace without the confirm box."""
+        if not out or not str(out).strip():
+            return "The output path is empty; type where the merged file goes (a .safetensors name)."
+        try:
+            request = self.request(mode, table, base, base_high, out, "same", "cpu", None, "fp32", False, overwrite)
+        except UserError:  # the picks' own problem is the Run button's to report
+            request = None
+        outputs = list(request.outputs().values()) if request is not None else []
+        inputs = [pick.path for pick in request.picks] if request is not None else []
+        if isinstance(request, DitMerge):
+            inputs += [path for path in request.bases().values() if path is not None]
+        for path in outputs or [self._path(out)]:
+            problem = output_message(str(path), workspace=self.ctx.workspace, inputs=inputs,
+                                     overwrite=bool(overwrite), outside_confirmed=bool(outside),
+                                     lora_output=mode == "loras")
+            if problem:
+                return problem
+        return None
+
+    def check_out(self, mode, table, base, base_high, out, overwrite, outside):
+        return slot(self.out_problem(mode, table, base, base_high, out, overwrite, outside)
+                    if out and str(out).strip() else None)
+
+    def check_rank(self, rank):
+        return slot(rank_problem(rank))
+
     def run(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite, followed,
             outside=False):
-        """(followed job, status, log, summary, timer); `outside`: the user confirmed an output outside the
-        workspace."""
+        """(followed job, status, log, summary, bar, timer, rank problem, output problem); `outside`: the user
+        confirmed an output outside the workspace. Every wrong field is shown beside it."""
+        rank_wrong = rank_problem(rank) if mode == "loras" else None
+        out_wrong = self.out_problem(mode, table, base, base_high, out, overwrite, outside)
+        slots = [slot(rank_wrong), slot(out_wrong)]
+        if rank_wrong or out_wrong:
+            return refused(followed, NOT_STARTED, *slots)
         try:
             request = self.request(mode, table, base, base_high, out, dtype, device, rank, precision, allow,
                                    overwrite)
-            confirm_outside(self.ctx, request.out, outside)
             warnings = request.check()
             arguments = request.arguments()
             job = self.ctx.jobs.submit(
@@ -163,9 +206,10 @@ class MergePanel:
                           "multipliers": [pick.multiplier for pick in request.picks],
                           "outputs": [str(path) for path in request.outputs().values()]})
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", "", "", gr.Timer(active=False)  # no stale results
+            return refused(followed, f"⚠ {exc}", *slots)  # no stale results beside the new problem
         note = "".join(f"  \n⚠ Allowed overlap: {warning}." for warning in warnings)
-        return follow_job(job), f"Job {job.id}: {job.status}…{note}", "", "", gr.Timer(active=True)
+        return (follow_job(job), f"Job {job.id}: {job.status}…{note}", "", "", job_bar(job), gr.Timer(active=True),
+                *slots)
 
     def tick(self, followed: FollowedJob):
         return tick(self.ctx, followed, JOB_KINDS, self.summary)
@@ -202,33 +246,40 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                          label="Picked LoRAs (edit multiplier; on an A14B pair also expert: high, low or both)",
                          elem_id="merge-table")
     overlap = gr.HTML("", elem_id="merge-overlap")
-    allow = gr.Checkbox(False, label="Allow overlap (merge LoRAs that change the same weights; their changes add up)",
+    allow = gr.Checkbox(start(MergeSettings, "allow_overlap"), **shown(MergeSettings, "allow_overlap"),
                         elem_id="merge-allow-overlap")
     bases = base_choices(ctx)
     with gr.Group(visible=True) as dit_options:
         with gr.Row():
             base = gr.Dropdown(bases, value=bases[0][1] if bases else None, allow_custom_value=True, scale=3,
-                               label="Base DiT checkpoint (Wan2.2 A14B: the low-noise expert; or type a path)",
-                               elem_id="merge-base")
+                               **shown(MergeSettings, "dit"), elem_id="merge-base")
             base_high = gr.Dropdown(high_choices(ctx), value="", allow_custom_value=True, scale=3,
-                                    label="High-noise expert (Wan2.2 A14B pair only)", elem_id="merge-base-high")
+                                    **shown(MergeSettings, "dit_high_noise"), elem_id="merge-base-high")
         with gr.Row():
-            dtype = gr.Radio(list(OUTPUT_DTYPES), value="same", label="Output dtype (same: as in the base)",
-                             elem_id="merge-dtype")
-            device = gr.Dropdown(device_choices(), value="cpu", label="Compute on", elem_id="merge-device")
-    with gr.Row(visible=False) as lora_options:
-        rank = gr.Number(0, precision=0, minimum=0, label="Rank (0: exact, ranks concatenated; else resized by SVD)",
-                         elem_id="merge-rank")
-        precision = gr.Radio(list(LORA_PRECISIONS), value="fp32", label="Saved precision", elem_id="merge-precision")
+            dtype = gr.Radio(MergeSettings.field_info()["dtype"]["choices"], value=start(MergeSettings, "dtype"),
+                             **shown(MergeSettings, "dtype"), elem_id="merge-dtype")
+            device = gr.Dropdown(device_choices(), value=start(MergeSettings, "device"),
+                                 **shown(MergeSettings, "device"), elem_id="merge-device")
+    with gr.Row(visible=False, equal_height=False) as lora_options:
+        with gr.Column():
+            rank = gr.Number(start(MergeLorasSettings, "rank"), **shown(MergeLorasSettings, "rank"),
+                             elem_id="merge-rank")  # no rounding: the check refuses 2.5 beside the field
+            rank_slot = problem_slot("merge-rank-error")
+        precision = gr.Radio(MergeLorasSettings.field_info()["precision"]["choices"],
+                             value=start(MergeLorasSettings, "precision"), **shown(MergeLorasSettings, "precision"),
+                             elem_id="merge-precision")
     first_output = panel.suggestion("dit", base.value, "", [])
-    with gr.Row():
-        out = gr.Textbox(first_output, scale=4, label="Output file (a pair writes NAME-high_noise / NAME-low_noise)",
-                         elem_id="merge-out")
-        overwrite = gr.Checkbox(False, label="Overwrite", scale=0, min_width=120, elem_id="merge-overwrite")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            out = gr.Textbox(first_output, **shown(MergeSettings, "out", info=PAIR_OUTPUT_HINT), elem_id="merge-out")
+            out_slot = problem_slot("merge-out-error")
+        overwrite = gr.Checkbox(start(MergeSettings, "overwrite"), **shown(MergeSettings, "overwrite"), scale=0,
+                                min_width=120, elem_id="merge-overwrite")
         outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="merge-outside")
     with gr.Row():
         run_button = gr.Button("Run merge", variant="primary", scale=0, min_width=160, elem_id="merge-run")
         status = gr.Markdown("", elem_id="merge-status")
+    progress = gr.HTML("", elem_id="merge-progress")
     summary = gr.Markdown("", elem_id="merge-summary")
     log = gr.Textbox("", label="Job log", lines=8, max_lines=16, interactive=False, autoscroll=True,
                      elem_id="merge-log")
@@ -238,17 +289,22 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     row_inputs = [mode, files, typed, table, base_high]
     review_inputs, review_outputs = [mode, table, base, base_high, out, suggested], [overlap, out, suggested]
+    out_inputs = [mode, table, base, base_high, out, overwrite, outside]
     files.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
     typed.blur(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
-    mode.change(panel.on_mode, inputs=mode, outputs=[dit_options, lora_options], **_GROUP).then(
+    mode.change(panel.on_mode, inputs=mode, outputs=[dit_options, lora_options, out], **_GROUP).then(
         panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP).then(
         panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
     base.change(panel.on_base, inputs=base, outputs=base_high, **_GROUP).then(
         panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
     base_high.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
-    table.change(panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
+    table.change(panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP).then(
+        panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
+    rank.change(panel.check_rank, inputs=rank, outputs=rank_slot, **_GROUP)
+    gr.on([out.blur, overwrite.change, outside.change], panel.check_out, inputs=out_inputs, outputs=out_slot,
+          **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
     run_button.click(panel.run, inputs=[mode, table, base, base_high, out, dtype, device, rank, precision, allow,
                                         overwrite, followed, outside],
-                     outputs=[followed, status, log, summary, timer], **_GROUP)
-    timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, timer], **_GROUP)
+                     outputs=[followed, status, log, summary, progress, timer, rank_slot, out_slot], **_GROUP)
+    timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, progress, timer], **_GROUP)
