@@ -1,7 +1,9 @@
 """The Merge and EMA tabs in a real browser, on a workspace of their own: an overlapping pick is warned about before
 running; two demo LoRAs on disjoint LORAIDs are merged into the demo DiT as a job (one strength edited in the table)
 and the file equals a merge done directly through the backend; then post-hoc EMA over a run's three checkpoints runs
-as a job, its weights shown before running equal the closed form, and the EMA LoRA appears in loras/."""
+as a job, its weights shown before running equal the closed form, and the EMA LoRA appears in loras/. Both tabs show
+their job's count in a bar (the merge's while the job is paused), and refuse a bad output name, an empty output and
+an out-of-range σ_rel beside the field."""
 from __future__ import annotations
 
 import json
@@ -16,6 +18,8 @@ from safetensors.torch import load_file
 from backend.compose.merge_dit import merge_into_dit
 from backend.models.loading import load_transformer
 from tests.demo_files import save_demo_lora
+from tests.e2e.test_dataset_tab import frozen_at_first_progress
+from ui.merge_ema_common import NOT_STARTED
 
 REPO = Path(__file__).resolve().parents[2]
 MERGE_SCREENSHOT = REPO / "docs" / "screenshot-merge.png"
@@ -92,9 +96,24 @@ def test_merge_and_ema_tabs_run_jobs(demo_workspace_copy: Path, start_app, open_
     expect(overlap).to_contain_text("No overlap")
     edit_cell(page, "#merge-table", 1, 6, "0.7")
     out = ws / "outputs" / "merged" / "demo-t2v+alice+bob.safetensors"
-    expect(page.locator("#merge-out textarea")).to_have_value(str(out))
+    out_box = page.locator("#merge-out textarea")
+    expect(out_box).to_have_value(str(out))
+    out_box.fill(str(out.with_name("bad*name.safetensors")))  # a name no system takes is refused at the field
+    out_box.blur()
+    expect(page.locator("#merge-out-error")).to_contain_text("The output file name bad*name contains *")
     page.locator("#merge-run").click()
+    expect(page.locator("#merge-status")).to_have_text(NOT_STARTED)
+    out_box.fill(str(out))
+    out_box.blur()
+    expect(page.locator("#merge-out-error")).to_be_hidden()
+    page.locator("#merge-run").click()
+    bar = page.locator("#merge-progress .compose-progress")
+    with frozen_at_first_progress(ws / "jobs", total=10 ** 6) as step:  # the count shows while the job cannot move
+        expect(bar).to_have_attribute("data-step", str(step))
     expect(page.locator("#merge-status")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    total = bar.get_attribute("data-total")
+    assert int(total) > step
+    expect(bar).to_have_attribute("data-step", total)
     summary = page.locator("#merge-summary")
     expect(summary).to_contain_text("Merged 2 LoRAs into transformer.safetensors")
     expect(summary).to_contain_text("bob.safetensors × 0.7: LORAID 3")
@@ -125,9 +144,28 @@ def test_merge_and_ema_tabs_run_jobs(demo_workspace_copy: Path, start_app, open_
         expect(checkpoints.locator(f'[data-testid="cell-{row}-3"]')).to_have_text(f"{weight:.6f}".rstrip("0"))
     ema_out = loras / "run-ema.safetensors"
     expect(page.locator("#ema-out textarea")).to_have_value(str(ema_out))
-    page.locator("#ema-space").get_by_text("delta:", exact=False).click()
+    # an out-of-range σ_rel and an empty output: each said beside its field, σ_rel's as soon as it is typed
+    sigma = page.locator("#ema-sigma-rel input")
+    sigma.fill("0.5")
+    sigma.press("Enter")
+    expect(page.locator("#ema-sigma-rel-error")).to_contain_text("σ_rel (sigma_rel) must be between 0 and 1/√12")
+    page.locator("#ema-out textarea").fill("")
+    page.locator("#ema-run-button").click()
+    expect(page.locator("#ema-status")).to_have_text(NOT_STARTED)
+    expect(page.locator("#ema-out-error")).to_contain_text("The output path is empty")
+    expect(page.locator("#ema-sigma-rel-error")).to_contain_text("must be between 0 and 1/√12")
+    assert "--" not in page.locator("#ema-out-error").inner_text() + page.locator("#ema-status").inner_text()
+    sigma.fill("0.2")
+    sigma.press("Enter")
+    expect(page.locator("#ema-sigma-rel-error")).to_be_hidden()
+    page.locator("#ema-out textarea").fill(str(ema_out))
+    page.locator("#ema-space").get_by_label("delta").check()
     page.locator("#ema-run-button").click()
     expect(page.locator("#ema-status")).to_contain_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    ema_bar = page.locator("#ema-progress .compose-progress")
+    expect(ema_bar).to_have_attribute("data-status", "succeeded")
+    assert int(ema_bar.get_attribute("data-total")) > 0
+    expect(ema_bar).to_have_attribute("data-step", ema_bar.get_attribute("data-total"))
     ema_summary = page.locator("#ema-summary")
     expect(ema_summary).to_contain_text("Post-hoc EMA of 3 checkpoints: power EMA, σ_rel 0.2")
     expect(ema_summary).to_contain_text("delta space")

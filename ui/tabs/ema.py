@@ -23,8 +23,6 @@ from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
 RULE_NAMES = {"power": "Power EMA (σ_rel, EDM2)", "beta": "Beta EMA (musubi's β / β2)", "uniform": "Plain mean"}
-SPACE_NAMES = {"factors": "factors: average the stored tensors (fast, musubi-compatible)",
-               "delta": "delta: average ΔW = B·A exactly, re-factorize to the input rank"}
 RULE_FIELDS = ("sigma_rel", "beta", "beta2")  # each has its problem slot; the chosen rule's are checked
 FIELDS = EmaSettings.field_info()
 JOB_KINDS = ("ema",)
@@ -191,9 +189,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                          label="Checkpoints and the weight each gets", elem_id="ema-checkpoints")
     weight_message = gr.Markdown("", elem_id="ema-weight-message")
     with gr.Row():
-        space = gr.Radio([(SPACE_NAMES[choice], choice) for choice in FIELDS["space"]["choices"]],
-                         value=start(EmaSettings, "space"), **shown(EmaSettings, "space"), elem_id="ema-space",
-                         scale=3)
+        space = gr.Radio(FIELDS["space"]["choices"], value=start(EmaSettings, "space"), **shown(EmaSettings, "space"),
+                         elem_id="ema-space", scale=3)
         precision = gr.Dropdown(FIELDS["precision"]["choices"], value=start(EmaSettings, "precision"),
                                 **shown(EmaSettings, "precision"), elem_id="ema-precision", scale=1)
     with gr.Row(equal_height=False):
