@@ -180,6 +180,49 @@ def cross_talk(model_fn: ModelFn, a: Any, b: Any, probes: Sequence[Any], multipl
     return CrossTalk(names[0], names[1], added / own if own > 0 else None, added, own)
 
 
+CROSS_TALK_SMALL, CROSS_TALK_LARGE = 0.1, 0.5  # the verdict's bounds on ‖f_AB − f_A‖ / ‖f_A − f_0‖
+COSINE_ALIGNED = 0.5  # |cos ΔW| from which two updates of the same modules count as (anti-)aligned
+COSINE_INDEPENDENT = 0.1  # and below which as nearly independent
+
+
+CROSS_TALK_SCALE = (f"small under {CROSS_TALK_SMALL:g}, noticeable under {CROSS_TALK_LARGE:g}, "
+                    f"large from {CROSS_TALK_LARGE:g}")
+
+
+def cross_talk_level(ratio: float | None) -> str | None:
+    """small / noticeable / large on CROSS_TALK_SCALE; None when the ratio is undefined."""
+    if ratio is None:
+        return None
+    return "small" if ratio < CROSS_TALK_SMALL else "noticeable" if ratio < CROSS_TALK_LARGE else "large"
+
+
+def cross_talk_verdict(ratio: float | None, on: str, by: str) -> str:
+    """What the cross-talk of `by` on `on` means for the user, in one sentence."""
+    level = cross_talk_level(ratio)
+    if level is None:
+        return f"not judged: {on} changes nothing on the probes"
+    if level == "small":
+        return f"small: loading {by} beside {on} leaves {on}'s effect nearly as it is"
+    if level == "noticeable":
+        return (f"noticeable: {by} shifts {on}'s effect; check {on}'s prompts with both loaded, or lower {by}'s "
+                "multiplier")
+    return (f"large: {by} moves {on}'s output at least half as much as {on} itself does; expect {on} to look "
+            f"different with both loaded, or lower {by}'s multiplier")
+
+
+def weight_verdict(cosine: float | None) -> str:
+    """What the cosine of two LoRAs' ΔW over the modules they share means, in words."""
+    if cosine is None:
+        return "not judged: one of them changes nothing there"
+    if cosine >= COSINE_ALIGNED:
+        return "aligned: they push these weights the same way, so together their effect there adds up"
+    if cosine <= -COSINE_ALIGNED:
+        return "opposed: they push these weights opposite ways, so together they partly cancel there"
+    if abs(cosine) < COSINE_INDEPENDENT:
+        return "nearly independent directions, but they still change the same weights"
+    return "partly aligned: they change the same weights in related directions"
+
+
 STATEMENT = ("Disjoint blocks guarantee independent weights, not independent outputs: merging or loading one LoRA "
              "never changes another's tensors, but every block processes every input, so a LoRA's blocks still "
              "act on features another LoRA's prompts produce. Cross-talk measures how much.")

@@ -16,7 +16,8 @@ import torch
 
 from backend.errors import UserError
 from backend.loraid.allocation import compact_ranges
-from backend.loraid.interference import STATEMENT, ModelFn, cross_talk, weight_space_pair
+from backend.loraid.interference import (CROSS_TALK_SCALE, STATEMENT, ModelFn, cross_talk, cross_talk_level,
+                                         cross_talk_verdict, weight_space_pair, weight_verdict)
 from backend.loraid.model_facts import ModelFacts, facts_for
 from backend.loraid.module_names import blocks_of
 from backend.loraid.overlap import find_overlaps
@@ -204,6 +205,23 @@ def _number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def verdict_lines(report: dict[str, Any]) -> list[str]:
+    """The report's answer in a few lines: do the LoRAs share weights, and how much does one move another's output."""
+    sharing = [f"{p['a']} / {p['b']}" for p in report["weight_space"] if p["shared_modules"]]
+    lines = [f"{len(sharing)} pair(s) change the same weights ({', '.join(sharing)}): merging or loading one changes "
+             "what the other trained; train them on different LORAIDs to keep them apart." if sharing else
+             "No two of them change the same weights: merging or loading one never changes another's tensors."]
+    function = report["function_space"]
+    judged = [item for item in function.get("pairs", []) if item["ratio"] is not None]
+    if not function["available"]:
+        lines.append("Cross-talk was not measured (see Function space below).")
+    elif judged:
+        worst = max(judged, key=lambda item: item["ratio"])
+        lines.append(f"Largest cross-talk: {worst['by']} on {worst['on']}, {_number(worst['ratio'])} "
+                     f"({CROSS_TALK_SCALE}): {cross_talk_verdict(worst['ratio'], worst['on'], worst['by'])}.")
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = ["LoRA files"]
     for f in report["files"]:
@@ -213,7 +231,7 @@ def format_report(report: dict[str, Any]) -> str:
         if f.get("nonfinite_tensors"):
             lines.append(f"    warning: {len(f['nonfinite_tensors'])} tensors hold NaN or infinite values (first: "
                          f"{f['nonfinite_tensors'][0]}); its numbers below are not meaningful")
-    lines += ["", "Weight space"]
+    lines += ["", "Verdict", *[f"  {line}" for line in verdict_lines(report)], "", "Weight space"]
     for pair in report["weight_space"]:
         if not pair["shared_modules"]:
             blocks = (f" (they share blocks {compact_ranges(pair['shared_blocks'])} through different modules)"
@@ -223,7 +241,7 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         where = f"block{'s' if len(pair['shared_blocks']) > 1 else ''} {compact_ranges(pair['shared_blocks'])}"
         lines.append(f"  {pair['a']} / {pair['b']}: {pair['shared_modules']} shared modules in {where}, "
-                     f"cosine of ΔW over them {_number(pair['total_cosine'])}")
+                     f"cosine of ΔW over them {_number(pair['total_cosine'])}: {weight_verdict(pair['total_cosine'])}")
         for module in pair["modules"][:8]:
             out = module["output_overlap"] or {}
             inp = module["input_overlap"] or {}
@@ -238,10 +256,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  not measured: {function['reason']}")
     else:
         lines.append(f"  cross-talk on {function['model']} over {function['probes']} probe inputs "
-                     f"(‖f_AB − f_A‖ / ‖f_A − f_0‖):")
+                     f"(‖f_AB − f_A‖ / ‖f_A − f_0‖; {CROSS_TALK_SCALE}):")
         for item in function["pairs"]:
             lines.append(f"    {item['by']} on {item['on']}: {_number(item['ratio'])}  "
-                         f"(added {_number(item['added_change'])}, own {_number(item['own_change'])})")
+                         f"(added {_number(item['added_change'])}, own {_number(item['own_change'])}): "
+                         f"{cross_talk_level(item['ratio']) or 'not judged'}")
         lines += [f"  skipped {note}" for note in function.get("skipped", [])]
     lines += ["", report["statement"]]
     return "\n".join(lines)

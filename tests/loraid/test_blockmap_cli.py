@@ -83,6 +83,9 @@ def test_report_weight_space_only_without_a_model(tmp_path, capsys, kit):
     assert main(["blockmap", "--report", *map(str, files), "--model", "wan2.1-t2v-1.3b"]) == 0
     text = capsys.readouterr().out
     assert "not independent outputs" in text and "model type without weights" in text
+    verdict = text.split("Verdict\n", 1)[1].split("\n\n", 1)[0]  # b changes a's blocks.1.ffn.0
+    assert "1 pair(s) change the same weights (a.safetensors / b.safetensors)" in verdict
+    assert "Cross-talk was not measured" in verdict
 
 
 def test_report_function_space_on_a_checkpoint(tmp_path, capsys, kit):
@@ -97,6 +100,18 @@ def test_report_function_space_on_a_checkpoint(tmp_path, capsys, kit):
     assert function["available"] and [(p["on"], p["by"]) for p in function["pairs"]] == [
         ("a.safetensors", "b.safetensors"), ("b.safetensors", "a.safetensors")]
     assert all(p["ratio"] > 0 for p in function["pairs"])
+    assert main(["blockmap", "--report", *map(str, files), "--model", str(checkpoint), "--probes", "2",
+                 "--multiplier", "1.0", "0.5"]) == 0
+    text = capsys.readouterr().out
+    worst = max(function["pairs"], key=lambda p: p["ratio"])  # the verdict names the largest, judged on 0.1 / 0.5
+    level = "small" if worst["ratio"] < 0.1 else "noticeable" if worst["ratio"] < 0.5 else "large"
+    verdict = text.split("Verdict\n", 1)[1].split("\n\n", 1)[0]
+    assert "No two of them change the same weights" in verdict
+    assert f"Largest cross-talk: {worst['by']} on {worst['on']}, {worst['ratio']:.3g}" in verdict
+    assert f": {level}: " in verdict
+    for pair in function["pairs"]:
+        other = "small" if pair["ratio"] < 0.1 else "noticeable" if pair["ratio"] < 0.5 else "large"
+        assert f"{pair['by']} on {pair['on']}: {pair['ratio']:.3g}" in text and text.count(f"): {other}") >= 1
 
 
 def test_report_needs_two_files(tmp_path, capsys, kit):
