@@ -100,6 +100,8 @@ class TrainPanel:
             updates["loraid"] = gr.update(choices=loraid_choices(check.settings, self._taken(check.settings)))
             updates["loraid:allocation"] = allocation_text(check.settings, check.allocation,
                                                            check.notes.get("loraid", ""))
+        if widgets.get("command:ours"):  # the Command panel, once shown, follows the form
+            updates.update(self.commands(check.settings, widgets))
         return updates
 
     def validate(self, widgets: dict[str, Any]) -> dict[str, Any]:
@@ -227,16 +229,27 @@ class TrainPanel:
     def show_command(self, widgets: dict[str, Any]) -> dict[str, Any]:
         try:
             settings = self.settings(widgets)
-            processes = self._processes(widgets)
-        except UserError as exc:
-            return {"run:message": report_error(exc)}
+            self._processes(widgets)
+        except UserError as exc:  # the commands of earlier settings go too: they are not these settings'
+            return {**self.commands(None, {}), "run:message": report_error(exc)}
+        return {**self.commands(settings, widgets),
+                "run:message": "The commands for these settings are shown under Command."}
+
+    def commands(self, settings: TrainSettings | None, widgets: dict[str, Any]) -> dict[str, Any]:
+        """The Command panel for `settings`; emptied, with a note saying why, when the form cannot run."""
+        try:
+            processes = self._processes(widgets) if settings is not None else None
+        except UserError:
+            settings = None
+        if settings is None:
+            return {"command:ours": "", "command:toml": "", "command:musubi": "",
+                    "command:notes": "No command while a setting needs attention; fix the form and it shows here."}
         musubi = musubi_command(settings, self.ctx.workspace)
         notes = "\n".join(f"- {note}" for note in musubi.notes)
         return {"command:ours": shown_command("run.toml", self.ctx.workspace, processes, settings),
                 "command:toml": run_toml(settings), "command:musubi": musubi.text(),
                 "command:notes": f"Start saves the TOML as `runs/<time>-{settings.output_name}.toml` in the "
-                                 f"workspace.\n\nmusubi-tuner notes:\n{notes}" if notes else "",
-                "run:message": "The commands for these settings are shown under Command."}
+                                 f"workspace.\n\nmusubi-tuner notes:\n{notes}" if notes else ""}
 
     def _processes(self, widgets: dict[str, Any]) -> int:
         value = widgets.get("run:processes")

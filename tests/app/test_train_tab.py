@@ -127,6 +127,22 @@ def test_every_field_round_trips_through_the_preset_json_and_the_trainer_toml(pa
     assert "--network_args use_dora=True use_rslora=True" in shown["command:musubi"]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the toast that goes with the refused Show command
+def test_the_command_panel_follows_the_form_once_shown(panel, workspace):
+    form = {**demo_form(panel), "run:processes": 1}
+    assert "command:toml" not in panel.validate(form)  # not shown yet: nothing is computed
+    shown = {**form, **panel.show_command(form)}
+    assert "max_train_steps = 300" in shown["command:toml"]
+    changed = panel.validate({**shown, "max_train_steps": 42})
+    assert "max_train_steps = 42" in changed["command:toml"] and "max_train_steps = 300" not in changed["command:toml"]
+    assert "--max_train_steps 42" in changed["command:musubi"]
+    broken = panel.validate({**shown, "max_train_steps": 2.5})  # refused at the field: no command of other settings
+    assert broken["command:toml"] == broken["command:ours"] == broken["command:musubi"] == ""
+    assert "fix the form" in broken["command:notes"]
+    refused = panel.show_command({**shown, "run:processes": 0})
+    assert refused["command:toml"] == "" and "Processes is 0" in refused["run:message"]
+
+
 def test_recipe_and_paste_change_the_network_args_lines(panel):
     form = demo_form(panel)
     assert panel.validate(form)["net:text"] == ""

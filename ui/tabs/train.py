@@ -81,7 +81,7 @@ class Wiring:
 def input_names(components: dict[str, Any]) -> list[str]:
     """What the handlers read: the form, the builder, the preset controls, the processes and the run session."""
     extra = ("preset", "preset:name", "preset:replace", "preset:file", "run:processes", "run:session", "loraid",
-             "net:recipe", "net:paste", OUTSIDE, DELETE_ASKED)
+             "net:recipe", "net:paste", OUTSIDE, DELETE_ASKED, "command:ours")
     return [name for name in components if name in FIELDS or name in extra
             or (name.startswith("net:") and name[4:] in BUILDER_KEYS)]
 
@@ -216,7 +216,8 @@ def _monitor_widgets(c: dict) -> None:
 
 
 WIDGETS = [*(n for n in FIELDS if n not in OWN_WIDGETS), "loraid", *(net_key(key) for key in BUILDER_KEYS), OUTSIDE]
-CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid", "loraid:allocation"]
+COMMANDS = ["command:ours", "command:toml", "command:musubi", "command:notes"]
+CHECKS = [*(error_key(name) for name in FIELDS), "summary", "net:text", "loraid", "loraid:allocation", *COMMANDS]
 PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
 RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
 OUTPUTS = {  # handler -> the names it may update
@@ -224,7 +225,7 @@ OUTPUTS = {  # handler -> the names it may update
     "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
     "delete_preset": [*PRESETS, DELETE_ASKED], "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
     "refresh_datasets": ["dataset_config"],
-    "show_command": ["command:ours", "command:toml", "command:musubi", "command:notes", "run:message"],
+    "show_command": [*COMMANDS, "run:message"],
     "start": [*CHECKS, *RUN], "queue": [*CHECKS, *RUN], "stop": RUN, "resume": RUN,
     "tick": [*RUN, *WIDGETS, *CHECKS, "preset:message"],
 }
