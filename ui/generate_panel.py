@@ -13,7 +13,7 @@ import gradio as gr
 
 from backend.errors import UserError
 from backend.generate.lora_catalog import catalog, conflict_lines, resolve_lora, summarize
-from backend.generate.model_options import kind_options, model_options, read_model
+from backend.generate.model_options import DEMO_NOTE, is_tiny_demo, kind_options, model_options, read_model
 from backend.generate.request import GenerateRequest
 from backend.generate.results import GeneratedResult, list_results, read_result
 from backend.generate.settings import validate_values
@@ -157,9 +157,10 @@ class GeneratePanel:
         except UserError as exc:
             return f"⚠ {exc}"
         if pick.demo:
-            return ""
+            return f"ℹ {DEMO_NOTE}"
         experts = " (an expert pair: high-noise, then low-noise)" if pick.is_pair else ""
-        return f"{len(pick.dit)} file{'s' * (len(pick.dit) != 1)}{experts}, model type {pick.model_kind or 'detected'}."
+        files = f"{len(pick.dit)} file{'s' * (len(pick.dit) != 1)}{experts}, model type {pick.model_kind or 'detected'}."
+        return f"{files}  \nℹ {DEMO_NOTE}" if is_tiny_demo(pick) else files
 
     def is_pair(self, model, model_kind) -> bool:
         """Whether the chosen model is an A14B expert pair (its own fields apply); an unreadable choice shows them."""

@@ -168,6 +168,18 @@ def read_model(ws: Workspace, value: str | None, model_kind: str | None = None) 
     return ModelPick(dit=paths, model_kind=kind)
 
 
+DEMO_NOTE = ("A tiny demo model with random weights: what it makes is coloured noise, as expected. It shows the "
+             "whole workflow in seconds on a CPU, not picture quality; pick a real Wan checkpoint for real videos.")
+
+
+def is_tiny_demo(pick: ModelPick) -> bool:
+    """A demo model, or a file shaped like one (e.g. a LoRA merged into the demo DiT)."""
+    if pick.demo:
+        return True
+    fits = [kinds_matching(read_checkpoint_shapes(path), path.name) for path in pick.dit]
+    return bool(fits) and all(kinds and all(kind.startswith("demo-") for kind in kinds) for kinds in fits)
+
+
 def pick_from_record(model: dict) -> ModelPick:
     """The model of a result's sidecar (`record["model"]`), unchecked: its files may have moved since."""
     if model.get("model") in DEMO_MODELS:

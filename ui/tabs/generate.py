@@ -30,7 +30,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     gr.Markdown("### Generate\nText-to-video (one frame makes an image) on the demo models, a merged model or your own "
                 "checkpoint, with any LoRAs at their own strengths. LoRAs on disjoint LORAIDs never change each "
                 "other's weights; overlapping ones are flagged before you run. Each run is a job; results land in "
-                f"`{ctx.workspace.outputs}` with a JSON record of every setting.")
+                f"`{ctx.workspace.outputs}` with a JSON record of every setting. The demo models are tiny and random: "
+                "their videos are coloured noise, as expected.")
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(DEFAULTS.prompt, lines=3, **shown("prompt"), elem_id="gen-prompt",
@@ -47,7 +48,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         model_kind = gr.Dropdown(panel.kind_choices(), value=DEFAULTS.model_kind, scale=2,
                                  label="Model type (for your own files)", elem_id="gen-model-kind")
         refresh = gr.Button("Refresh lists", scale=0, min_width=130, elem_id="gen-refresh")
-    model_message = gr.Markdown("", elem_id="gen-model-message")
+    model_message = gr.Markdown(panel.model_message(models[0][1], DEFAULTS.model_kind) if models else "",
+                                elem_id="gen-model-message")
     with gr.Accordion("Other model parts (empty: the workspace's)", open=False):
         with gr.Row():
             vae = gr.Textbox("", label="VAE folder", elem_id="gen-vae")
