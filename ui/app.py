@@ -54,7 +54,8 @@ def build_app(workspace: Workspace, manager: JobManager) -> gr.Blocks:
             header_status = gr.Markdown(current_status_line, elem_id="system-status")
         gr.Timer(STATUS_POLL_SECONDS).tick(current_status_line, outputs=header_status, show_progress="hidden",
                                            concurrency_id="system-status")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
+            ctx.links["tabs"] = tabs  # a tab may switch to another (the Jobs tab's "Open in Train tab")
             for name, label, module in TABS:
                 with gr.Tab(label, id=name, elem_id=f"tab-{name}") as tab:
                     module.build(ctx, tab)

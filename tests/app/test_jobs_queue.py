@@ -1,5 +1,5 @@
 """The Jobs tab's queue and history handlers with real job processes: filters, reorder, cancel, a job's settings
-and events, and "open as preset" for a training job."""
+and events, and "Open in Train tab" (saved as a preset) for a training job."""
 from __future__ import annotations
 
 import json
@@ -106,6 +106,17 @@ def test_open_a_training_job_as_a_preset(workspace):
     with pytest.warns(UserWarning, match="already exists"):
         shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))
     assert sorted(p.name for p in workspace.presets.iterdir()) == ["dora slice 2.json", f"job-{train_job.id}.json"]
+
+    *outputs, opened, tabs = panel.open_in_train(SessionView.of(train_job.id), "")  # again: its own preset replaced
+    assert shown(tuple(outputs))["message"] == (f"Opened job {train_job.id}'s settings in the Train tab (saved as "
+                                                f"user preset `job-{train_job.id}`).")
+    assert (opened["key"], opened["job"]) == (f"user:job-{train_job.id}", train_job.id)
+    assert tabs.selected == "train"  # the page switches to the Train tab, whose form loads opened["key"]
+    *_, again, _ = panel.open_in_train(SessionView.of(train_job.id), "")
+    assert again != opened  # a second open changes the value, so the Train tab loads it again
+    with pytest.warns(UserWarning, match="only training jobs"):
+        *outputs, opened, tabs = panel.open_in_train(SessionView.of(other.id), "")
+    assert isinstance(opened, type(gr.skip())) and isinstance(tabs, type(gr.skip()))
 
 
 def test_a_running_job_shows_its_moving_count_in_the_table(workspace):

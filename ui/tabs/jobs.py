@@ -1,5 +1,6 @@
 """Jobs tab: every job in the workspace (filtered by kind and status), its live log, settings and events; stop /
-re-run / delete, the queue (move a queued job up or down, cancel it), and "open as preset" for a training job.
+re-run / delete, the queue (move a queued job up or down, cancel it), and "Open in Train tab" for a training job
+(its settings saved as a user preset and loaded into the Train tab's form, which the page then shows).
 
 All events of this tab share one concurrency group, so a timer tick never interleaves with a click
 (a tick that finished after a click could otherwise bring back the previous selection).
@@ -13,12 +14,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import gradio as gr
 
-from backend.config.presets import PresetStore
+from backend.config.presets import PresetRef, PresetStore
 from backend.errors import UserError
 from backend.jobs import STATUSES, Job
 from backend.jobs.progress import read_progress
@@ -28,6 +30,7 @@ from ui.log_view import LogView
 from ui.widgets import format_duration, format_moment, report_error
 
 TABLE_HEADERS = ["id", "kind", "title", "status", "progress", "created", "duration", "queue"]
+COLUMN_WIDTHS = ["17%", "10%", "26%", "8%", "13%", "12%", "8%", "6%"]  # the table fits the page; titles wrap
 ALL = "all"
 SHOWN_EVENTS = 200
 TRAIN_KIND = "train"
@@ -218,19 +221,34 @@ class JobsPanel:
             return current, f"Cancelled queued job {job_id}; it will not start."
         return self._act(view, action)
 
+    def _save_preset(self, view: SessionView, name: str) -> tuple[Job, PresetRef]:
+        """A training job's settings as a user preset: `name`, or `job-<id>` (replaced: it is the same job's)."""
+        job = self.ctx.jobs.get(self._require_selection(view))
+        if job.kind != TRAIN_KIND:
+            raise UserError(f"Job {job.id} is a {job.kind} job; only training jobs have settings the Train tab "
+                            "can load.")
+        settings = TrainSettings.from_mapping(job.settings, f"job {job.id}'s settings")
+        store = PresetStore(self.ctx.workspace.presets, TrainSettings)
+        typed = (name or "").strip()
+        return job, store.save(typed or f"job-{job.id}", settings, replace=not typed)
+
     def open_as_preset(self, view: SessionView, name: str) -> tuple:
         """Save a training job's settings as a user preset (the Train tab's preset list then offers it)."""
         def action(current: SessionView):
-            job = self.ctx.jobs.get(self._require_selection(current))
-            if job.kind != TRAIN_KIND:
-                raise UserError(f"Job {job.id} is a {job.kind} job; only training jobs have settings the Train tab "
-                                "can load.")
-            settings = TrainSettings.from_mapping(job.settings, f"job {job.id}'s settings")
-            store = PresetStore(self.ctx.workspace.presets, TrainSettings)
-            ref = store.save((name or "").strip() or f"job-{job.id}", settings)
+            job, ref = self._save_preset(current, name)
             return current, (f"Saved job {job.id}'s settings as user preset `{ref.name}`; pick it in the Train tab's "
                              "preset list and press Load.")
         return self._act(view, action)
+
+    def open_in_train(self, view: SessionView, name: str) -> tuple:
+        """`open_as_preset`, then the preset to open in the Train tab and that tab shown: OUTPUTS + (opened, tabs)."""
+        try:
+            job, ref = self._save_preset(view, name)
+        except UserError as exc:
+            return (*self._outputs(view, report_error(exc), log_changed=False), gr.skip(), gr.skip())
+        message = f"Opened job {job.id}'s settings in the Train tab (saved as user preset `{ref.name}`)."
+        opened = {"key": ref.key, "job": job.id, "at": time.time()}  # a new value each time: the Train tab reacts
+        return (*self._outputs(view, message, log_changed=False), opened, gr.Tabs(selected="train"))
 
     def delete(self, view: SessionView) -> tuple:
         """Two presses: the first asks (a running job is refused at once), the second deletes."""
@@ -266,6 +284,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         status_filter = gr.Dropdown([ALL, *STATUSES], value=ALL, label="Status", scale=1,
                                     elem_id="jobs-filter-status")
     table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, wrap=True, max_height=420,
+                         column_widths=COLUMN_WIDTHS,
                          label="Jobs (newest first) — click a row to show its log", elem_id="jobs-table")
     with gr.Group():
         with gr.Row(equal_height=True):
@@ -278,8 +297,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
             up_button = gr.Button("Move up in queue", elem_id="jobs-move-up", scale=0, min_width=150)
             down_button = gr.Button("Move down in queue", elem_id="jobs-move-down", scale=0, min_width=150)
             cancel_button = gr.Button("Cancel queued job", elem_id="jobs-cancel", scale=0, min_width=150)
-            preset_name = gr.Textbox("", label="Preset name (empty: job-<id>)", scale=2, elem_id="jobs-preset-name")
-            preset_button = gr.Button("Save as Train preset", elem_id="jobs-open-preset", scale=0, min_width=150)
+            preset_name = gr.Textbox("", label="Save as preset (empty: job-<id>)", scale=2, elem_id="jobs-preset-name")
+            preset_button = gr.Button("Open in Train tab", elem_id="jobs-open-preset", scale=0, min_width=150)
         folder = gr.Textbox(label="Job folder", interactive=False, elem_id="job-folder")
         command = gr.Textbox(label="Command", interactive=False, elem_id="job-command")
         log = gr.Textbox(label="Log", lines=16, max_lines=16, autoscroll=True, interactive=False,
@@ -303,4 +322,6 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     up_button.click(panel.move_up, inputs=view, outputs=outputs, **_GROUP)
     down_button.click(panel.move_down, inputs=view, outputs=outputs, **_GROUP)
     cancel_button.click(panel.cancel, inputs=view, outputs=outputs, **_GROUP)
-    preset_button.click(panel.open_as_preset, inputs=[view, preset_name], outputs=outputs, **_GROUP)
+    opened = ctx.links["train:opened-preset"]  # the Train tab (built first) loads the preset this holds
+    preset_button.click(panel.open_in_train, inputs=[view, preset_name], outputs=[*outputs, opened, ctx.links["tabs"]],
+                        **_GROUP)
