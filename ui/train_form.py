@@ -23,6 +23,8 @@ GROUP_ORDER = ["Model", "Dataset", "Network", "Optimizer", "Training", "Memory",
                "Distributed"]
 OWN_WIDGETS = ("network_args", "loraid")  # built by ui/train_network.py
 FIELDS = TrainSettings.field_info()
+PATH_FIELDS = ("dit", "dit_high_noise", "vae", "text_encoder", "dataset_config", "network_weights", "output_dir",
+               "resume", "sample_prompts", "logging_dir")  # given twice the width of the fields beside them
 
 
 def elem_id(name: str) -> str:
@@ -135,7 +137,7 @@ class Form:
         for start in range(0, len(names), per_row):
             with gr.Row(equal_height=False):
                 for name in names[start:start + per_row]:
-                    with gr.Column(min_width=260):
+                    with gr.Column(min_width=260, scale=2 if name in PATH_FIELDS else 1):  # paths shown whole
                         self.components[name] = _widget(name, widget_value(name, getattr(settings, name)),
                                                         workspace)
                         self.add_error_slot(name, errors.get(name, ""))

@@ -35,6 +35,7 @@ from ui.widgets import report_error
 
 DELETE_ASKED = "preset:delete-asked"  # the preset a first Delete press asked about
 OUTSIDE = "output:outside"  # the checkbox that confirms an output folder outside the workspace
+OPENED = "preset:opened"  # {"key", "job"}: a job's settings the Jobs tab saved as a preset, to load here
 EXPORT_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-exports"
 
 
@@ -163,7 +164,32 @@ class TrainPanel:
             updates = self.fill(settings, widgets)
         except UserError as exc:  # network_args the builder cannot show
             return self._refused(UserError(f"preset `{self.store.ref(key).name}`: {exc}"))
-        return {**updates, "preset:message": f"Loaded preset `{self.store.ref(key).name}`."}
+        described = self.store.description(key)
+        return {**updates, "preset:message": f"Loaded preset `{self.store.ref(key).name}`."
+                                             + (f"  \n{described}" if described else "")}
+
+    def open_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """Load the preset the Jobs tab made from a job's settings, and say whose settings the form now shows."""
+        opened = widgets.get(OPENED) or {}
+        if not opened.get("key"):
+            return {}
+        updates = self.load_preset({**widgets, "preset": opened["key"]})
+        if not any(name in updates for name in FIELDS):  # refused: the message says why, the form is kept
+            return updates
+        name = self.store.ref(opened["key"]).name
+        return {**updates, **self._preset_refresh(opened["key"]),
+                "preset:message": f"The form shows the settings of job {opened['job']} (user preset `{name}`); "
+                                  "change what you like and press **Start training**."}
+
+    def describe_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
+        """What the chosen preset is for (its description), before it is loaded."""
+        key = widgets.get("preset")
+        try:
+            name = self.store.ref(key).name
+        except UserError as exc:
+            return self._refused(exc)
+        described = self.store.description(key)
+        return {"preset:message": f"`{name}`: {described or 'no description.'}  \nPress **Load** to fill the form."}
 
     def save_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -113,6 +113,15 @@ class PresetStore:
         ref = self.ref(key)
         return self.read_file(ref.path, f"preset `{ref.name}`")
 
+    def description(self, key: str) -> str:
+        """The preset's own description ("" when it has none or cannot be read: loading it says why)."""
+        try:
+            data = json.loads(self.ref(key).path.read_text(encoding="utf-8"))
+        except (UserError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return ""
+        text = data.get("description") if isinstance(data, dict) else None
+        return text.strip() if isinstance(text, str) else ""
+
     def read_file(self, path: Path, source: str | None = None):
         path = Path(path)
         source = source or path.name

@@ -23,7 +23,7 @@ from ui.tabs.train import OUTPUTS
 from ui.context import AppContext
 from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
-from ui.train_panel import DELETE_ASKED, OUTSIDE, TrainPanel
+from ui.train_panel import DELETE_ASKED, OPENED, OUTSIDE, TrainPanel
 from ui.train_run import RunSession
 from tests.demo_files import cache_concept_a
 
@@ -141,6 +141,28 @@ def test_the_command_panel_follows_the_form_once_shown(panel, workspace):
     assert "fix the form" in broken["command:notes"]
     refused = panel.show_command({**shown, "run:processes": 0})
     assert refused["command:toml"] == "" and "Processes is 0" in refused["run:message"]
+
+
+def test_a_job_opened_from_the_jobs_tab_fills_the_form(panel, workspace):
+    settings = TrainSettings(network_type="dora", network_dim=12, max_train_steps=77, output_name="from-a-job",
+                             dataset_config="datasets/demo/concept_a/dataset.toml")
+    ref = panel.store.save("job-x", settings, replace=True)
+    try:
+        form = demo_form(panel)
+        opened = panel.open_preset({**form, OPENED: {"key": ref.key, "job": "x"}})
+        assert set(opened) <= set(OUTPUTS["open_preset"])
+        assert panel.read({**form, **widgets_of(opened)}).settings == settings
+        assert opened["preset"]["value"] == ref.key
+        assert "The form shows the settings of job x (user preset `job-x`)" in opened["preset:message"]
+        assert panel.open_preset({**form, OPENED: None}) == {}
+    finally:
+        ref.path.unlink()
+
+
+def test_choosing_a_preset_shows_its_description_and_load_repeats_it(panel):
+    lora = json.loads((Path(__file__).resolve().parents[2] / "presets" / "lora.json").read_text())["description"]
+    assert panel.describe_preset({"preset": "shipped:lora"})["preset:message"].startswith(f"`lora`: {lora}")
+    assert panel.load_preset({"preset": "shipped:lora"})["preset:message"] == f"Loaded preset `lora`.  \n{lora}"
 
 
 def test_recipe_and_paste_change_the_network_args_lines(panel):

@@ -4,7 +4,7 @@ picker, the commands, and a live view of the training job (progress, ETA, loss a
 Widgets are kept in one name -> component dict; every handler (ui/train_panel.py) receives values by name and
 returns updates by name. Stable elem_ids for browser tests:
 
-    presets   train-preset (dropdown), train-preset-load, train-preset-name, train-preset-replace,
+    presets   train-preset (dropdown; choosing one shows its description), train-preset-load, train-preset-name, train-preset-replace,
               train-preset-save, train-preset-rename, train-preset-delete, train-preset-import (file upload),
               train-preset-export (button), train-preset-export-file, train-preset-message
     form      train-<field> for every TrainSettings field (e.g. train-max_train_steps, train-network_type,
@@ -33,7 +33,7 @@ from ui import moe_panel
 from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
-from ui.train_panel import DELETE_ASKED, OUTSIDE, TrainPanel, preset_choices
+from ui.train_panel import DELETE_ASKED, OPENED, OUTSIDE, TrainPanel, preset_choices
 from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, RunSession, chart_label, first_loss_frame,
                           lr_frame)
 
@@ -81,7 +81,7 @@ class Wiring:
 def input_names(components: dict[str, Any]) -> list[str]:
     """What the handlers read: the form, the builder, the preset controls, the processes and the run session."""
     extra = ("preset", "preset:name", "preset:replace", "preset:file", "run:processes", "run:session", "loraid",
-             "net:recipe", "net:paste", OUTSIDE, DELETE_ASKED, "command:ours")
+             "net:recipe", "net:paste", OUTSIDE, DELETE_ASKED, "command:ours", OPENED)
     return [name for name in components if name in FIELDS or name in extra
             or (name.startswith("net:") and name[4:] in BUILDER_KEYS)]
 
@@ -104,18 +104,22 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         with gr.Column(scale=2, min_width=380, elem_id="train-run-column"):  # stays in view (CSS: sticky)
             _run_controls(c)
             _monitor_widgets(c)
+    c[OPENED] = ctx.links["train:opened-preset"] = gr.State(None)  # set by the Jobs tab's "Open in Train tab"
     moe_panel.build(ctx)  # the LoRA-MoE mode: its own widgets, handlers and jobs (ui/moe_panel.py)
     wiring = Wiring(c)
     _wire(wiring, c, panel)
 
 
 def _preset_widgets(c: dict, panel: TrainPanel) -> None:
-    """One line (preset, Load, message); saving, renaming, deleting, importing and exporting are one click away."""
+    """One line (preset, Load), its message under it; saving, renaming, deleting, importing and exporting are one
+    click away."""
     with gr.Row(equal_height=True, elem_id="train-presets"):
         c["preset"] = gr.Dropdown(preset_choices(panel.store), value=INITIAL_PRESET, label="Preset", scale=2,
                                   min_width=220, elem_id="train-preset")
         c["preset:load"] = gr.Button("Load", variant="primary", scale=0, min_width=90, elem_id="train-preset-load")
-        c["preset:message"] = gr.Markdown("", elem_id="train-preset-message")
+    described = panel.store.description(INITIAL_PRESET)  # the page's width for it: a description takes two lines
+    c["preset:message"] = gr.Markdown(f"The form starts from preset `{INITIAL_PRESET.split(':')[1]}`: {described}"
+                                      if described else "", elem_id="train-preset-message")
     with gr.Accordion("Manage presets: save, rename, delete, import, export", open=False,
                       elem_id="train-preset-manage"):
         with gr.Row():
@@ -222,7 +226,8 @@ PRESETS = ["preset", "preset:message", "preset:file", "preset:exported"]
 RUN = [*RUN_OUTPUTS, "run:message", "run:queue"]
 OUTPUTS = {  # handler -> the names it may update
     "validate": CHECKS, "on_model_kind": [*MODEL_FIELDS, *CHECKS], "on_network_type": [net_key("use_dora"), *CHECKS], "apply_recipe": [*WIDGETS, *CHECKS], "apply_paste": [*WIDGETS, *CHECKS],
-    "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
+    "load_preset": [*WIDGETS, *CHECKS, *PRESETS], "describe_preset": ["preset:message"],
+    "open_preset": [*WIDGETS, *CHECKS, *PRESETS], "save_preset": PRESETS, "rename_preset": PRESETS,
     "delete_preset": [*PRESETS, DELETE_ASKED], "export_preset": PRESETS, "import_preset": PRESETS, "refresh_presets": PRESETS,
     "refresh_datasets": ["dataset_config"],
     "show_command": [*COMMANDS, "run:message"],
@@ -230,7 +235,9 @@ OUTPUTS = {  # handler -> the names it may update
     "tick": [*RUN, *WIDGETS, *CHECKS, "preset:message"],
 }
 TRIGGERS = {"apply_recipe": ("net:recipe", "input"), "apply_paste": ("net:paste-apply", "click"),
-            "load_preset": ("preset:load", "click"), "save_preset": ("preset:save", "click"),
+            "load_preset": ("preset:load", "click"), "describe_preset": ("preset", "input"),
+            "open_preset": (OPENED, "change"),
+            "save_preset": ("preset:save", "click"),
             "rename_preset": ("preset:rename", "click"), "delete_preset": ("preset:delete", "click"),
             "export_preset": ("preset:export", "click"), "import_preset": ("preset:file", "upload"),
             "refresh_presets": ("preset", "focus"), "refresh_datasets": ("dataset_config", "focus"),
