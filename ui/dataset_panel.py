@@ -3,7 +3,7 @@ a name left out keeps what the page shows. All work is done by `backend.data`; a
 beside the control (and a toast), and the previous scan, plan and files stay as they were."""
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import gradio as gr
 
@@ -51,7 +51,7 @@ def gallery_items(scan: FolderScan) -> list[tuple]:
     items = []
     for entry in scan.entries[:GALLERY_LIMIT]:
         try:
-            items.append((thumbnail(entry.item.path), entry.name))
+            items.append((thumbnail(entry.item.path), PurePosixPath(entry.name).name))  # the table has the path
         except MediaError:
             continue
     return items
@@ -211,8 +211,8 @@ class DatasetPanel:
     def buckets(self, scan: FolderScan | None, *values) -> dict:
         try:
             return self._buckets(_require_scan(scan), read_form(dict(zip(FORM_FIELDS, values))))
-        except UserError as exc:
-            return {"buckets_message": f"⚠ {report_error(exc)}"}
+        except UserError as exc:  # the tables of other settings go: they would sit beside this error as its answer
+            return {"buckets_message": f"⚠ {report_error(exc)}", "buckets": [], "dropped": []}
 
     def _frames(self, scan: FolderScan, name: str | None, form: DatasetForm) -> dict:
         if not name:
@@ -231,8 +231,8 @@ class DatasetPanel:
     def frames(self, scan: FolderScan | None, name: str | None, *values) -> dict:
         try:
             return self._frames(_require_scan(scan), name, read_form(dict(zip(FORM_FIELDS, values))))
-        except UserError as exc:
-            return {"frames_message": f"⚠ {report_error(exc)}"}
+        except UserError as exc:  # as for buckets: no table of other settings beside the error
+            return {"frames_message": f"⚠ {report_error(exc)}", "frames": [], "frames_strip": ""}
 
     # ---- the TOML ------------------------------------------------------------------------------------------
 

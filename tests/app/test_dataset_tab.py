@@ -91,6 +91,7 @@ def test_scanning_the_demo_shows_counts_the_missing_caption_and_a_valid_toml(pan
     clip_row = next(row for row in shown["items"] if row[0] == "concept_b/videos/b_clip_002.mp4")
     assert clip_row[1:4] == ["video", "64x64", "17 @ 16 fps, 1.06 s"]
     assert len(shown["gallery"]) == 18
+    assert [caption for _, caption in shown["gallery"]] == [row[0].rsplit("/", 1)[1] for row in shown["items"]]
     assert shown["scope"]["choices"] == [ALL_FOLDERS, "concept_a/images (images)", "concept_a/videos (videos)",
                                          "concept_b/images (images)", "concept_b/videos (videos)"]
     assert shown["form.resolution_width"] == 64 and shown["form.target_frames"] == "1, 17"
@@ -146,13 +147,13 @@ def test_bad_resolution_and_frame_settings_are_one_sentence(panel, workspace):
     with pytest.warns(UserWarning):
         shown = panel.buckets(scan, *page_form(resolution_width=100))
     assert shown == {"buckets_message": "⚠ dataset form: [general]: resolution width 100 is not a multiple of 16; "
-                                        "use 96 or 112."}
+                                        "use 96 or 112.", "buckets": [], "dropped": []}  # no stale table beside it
     shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 18"))
     assert shown["frames_message"].endswith("target_frames are rounded down to 4n+1 as musubi-tuner does (18 -> 17).")
     with pytest.warns(UserWarning):
         shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 0"))
     assert shown == {"frames_message": "⚠ dataset form: [[datasets]] #1: target_frames value 0 is not a frame count; "
-                                       "use 1 or more."}
+                                       "use 1 or more.", "frames": [], "frames_strip": ""}
     with pytest.warns(UserWarning):
         shown = panel.frames(scan, "concept_a/images/a_000.png", *page_form())
     assert "is an image; frame extraction applies to videos only" in shown["frames_message"]

@@ -104,9 +104,9 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     summary = gr.Markdown("Click **Scan** to list the folder's images and videos.", elem_id="dataset-summary")
     problems = gr.Markdown("", elem_id="dataset-problems")
 
-    gr.Markdown("#### Captions")
-    gallery = gr.Gallery(label="Thumbnails (click one to edit its caption)", columns=10, height=260,
-                         allow_preview=False, elem_id="dataset-gallery")
+    gr.Markdown("#### Captions\nClick a thumbnail or a row of the table to edit that file's caption.")
+    gallery = gr.Gallery(label="Thumbnails", show_label=False, columns=10, height=260, object_fit="contain",
+                         allow_preview=False, elem_id="dataset-gallery")  # no label over the first row
     items = gr.Dataframe(headers=views.ITEM_HEADERS, value=[], interactive=False, wrap=True, max_height=320,
                          column_widths=["28%", "7%", "8%", "17%", "40%"],
                          label="Files (click a row to edit its caption)", elem_id="dataset-items")
