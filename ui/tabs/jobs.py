@@ -305,7 +305,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                          elem_id="job-log", buttons=["copy"])
         with gr.Row():
             settings = gr.Code("", language="json", label="Settings", elem_id="job-settings")
-            events = gr.Code("", language=None, label=f"Events (the newest {SHOWN_EVENTS})", elem_id="job-events")
+            events = gr.Code("", language=None, label=f"Events (the newest {SHOWN_EVENTS})", elem_id="job-events",
+                             wrap_lines=True)
 
     outputs = [view, table, status, result, folder, command, log, message]
     details = dict(fn=panel.details, inputs=view, outputs=[view, settings, events], **_GROUP)

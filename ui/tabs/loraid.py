@@ -30,6 +30,7 @@ DEFAULT_RANK = 32
 POLL_SECONDS = 1.0
 CAPACITY_HEADERS = ["ID", "owns", "modules", "LoRA params", "fp32 file", "bf16/fp16 file", "of slice", "of model",
                     "taken by"]
+CAPACITY_WIDTHS = ["5%", "9%", "8%", "9%", "9%", "10%", "7%", "7%", "36%"]  # fits the page; owners wrap
 _GROUP = dict(concurrency_id="loraid-tab", concurrency_limit=1, show_progress="hidden")
 REPORT_KIND = "blockmap-report"
 REPORT_FIELDS = ["multiplier", "probes", "device"]  # files and model have the tab's own widgets
@@ -262,12 +263,14 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     message = gr.Markdown(shown[2], elem_id="loraid-message")
     grid = gr.HTML(shown[0], elem_id="loraid-grid", label="Allocation")
     capacity_table = gr.Dataframe(shown[1], headers=CAPACITY_HEADERS, interactive=False, wrap=True,
+                                  column_widths=CAPACITY_WIDTHS,
                                   label="Capacity per LORAID", elem_id="loraid-capacity")
     with gr.Row():
-        loraid = gr.Dropdown(shown[3]["choices"], value=shown[3]["value"], label="LORAID", scale=0, min_width=220,
-                             elem_id="loraid-id")
+        loraid = gr.Dropdown(shown[3]["choices"], value=shown[3]["value"], label="LORAID", scale=2, min_width=220,
+                             elem_id="loraid-id")  # wide enough for "1 (taken by NAME)"
         network_args = gr.Code(shown[4], language=None, label="network_args entries and TOML line (this app or "
-                                                          "musubi-tuner)", elem_id="loraid-network-args", scale=3)
+                                                          "musubi-tuner)", elem_id="loraid-network-args", scale=3,
+                               wrap_lines=True)
         cli = gr.Textbox(shown[5], label="Training arguments (this app; the second line also works for musubi-tuner)",
                          lines=2, interactive=False, buttons=["copy"], elem_id="loraid-cli-args", scale=3)
 

@@ -163,9 +163,11 @@ def _form_widgets(c: dict, ctx: AppContext, settings: TrainSettings, net_values:
                                        elem_id="train-processes")
         c["command:show"] = gr.Button("Show command", scale=0, min_width=140, elem_id="train-show-command")
     with gr.Accordion("Command", open=False):
-        c["command:ours"] = gr.Code("", language="shell", label="This app", elem_id="train-command")
+        c["command:ours"] = gr.Code("", language="shell", label="This app", elem_id="train-command",
+                                    wrap_lines=True)
         c["command:toml"] = gr.Code("", language=None, label="run.toml", elem_id="train-toml")
-        c["command:musubi"] = gr.Code("", language="shell", label="musubi-tuner equivalent", elem_id="train-musubi")
+        c["command:musubi"] = gr.Code("", language="shell", label="musubi-tuner equivalent", elem_id="train-musubi",
+                                      wrap_lines=True)
         c["command:notes"] = gr.Markdown("", elem_id="train-command-notes")
 
 
@@ -189,7 +191,7 @@ def _network_widgets(c: dict, form: Form, shown: dict, settings: TrainSettings, 
             form.add_error_slot("loraid", check.errors.get("loraid", ""))
         c["loraid:allocation"] = gr.Markdown(shown.get("loraid:allocation", ""), elem_id="train-loraid-allocation")
     build_builder(c, net_values)
-    c["net:text"] = gr.Code(shown.get("net:text", ""), language=None, interactive=False, lines=4,
+    c["net:text"] = gr.Code(shown.get("net:text", ""), language=None, interactive=False, lines=4, wrap_lines=True,
                             label="network_args (paste into musubi-tuner's --network_args or TOML; includes the "
                                   "network type and the LORAID slice)", elem_id="train-network-args")
     form.add_error_slot("network_args", check.errors.get("network_args", ""))
