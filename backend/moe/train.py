@@ -27,6 +27,7 @@ from backend.train.loop import DTYPES, timestep_sampler
 from backend.train.networks import ExpertPlan
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
+from backend.models.partial_checkpoint import keep_activations
 from backend.train.progress import Progress
 from backend.workspace import Workspace
 
@@ -58,6 +59,7 @@ def build(s, workspace: Workspace | None):
         model.requires_grad_(False)
         if s.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+            keep_activations(model, s.uncheckpointed_blocks)
         models[label] = model
         networks[label] = MoeNetwork.create(model, spec, name=label).inject()
         stage1[label] = stage1_fingerprint(path)

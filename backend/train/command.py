@@ -194,6 +194,9 @@ def musubi_command(settings, workspace: Workspace | None) -> MusubiCommand:
         if getattr(s, name):
             argv += [f"--{name}", getattr(s, name)]
     argv += ["--output_dir", s.output_dir or (str(workspace.loras) if workspace else "<output folder>")]
+    if s.gradient_checkpointing and s.uncheckpointed_blocks:
+        notes.append(f"uncheckpointed_blocks={s.uncheckpointed_blocks} has no musubi-tuner flag: there every block is "
+                     f"checkpointed (slower, less memory).")
     if s.compile == "on":
         notes.append("compile (torch.compile of the blocks) has no musubi-tuner flag here; it is left out.")
     if s.save_precision != "fp32":

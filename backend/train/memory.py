@@ -25,6 +25,7 @@ import torch
 from backend.errors import UserError
 from backend.models.activation_offload import offload_activations
 from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
+from backend.models.partial_checkpoint import keep_activations
 from backend.models.registry import pixels_per_token
 from backend.train.memory_plan import (
     TrainRun,
@@ -64,6 +65,16 @@ def check_offload_settings(settings, num_blocks: int, label: str) -> None:
     if settings.offload_activations and not settings.gradient_checkpointing:
         raise UserError("offload_activations moves the block inputs that gradient checkpointing keeps, and "
                         "checkpointing is off; turn gradient_checkpointing on or offload_activations off.")
+    kept = settings.uncheckpointed_blocks if settings.gradient_checkpointing else 0
+    if kept > num_blocks:
+        raise UserError(f"uncheckpointed_blocks={kept} does not fit the {label}, which has {num_blocks} blocks; use a "
+                        f"number from 0 to {num_blocks}.")
+    if kept and settings.blocks_to_swap + kept > num_blocks:
+        raise UserError(f"blocks_to_swap={settings.blocks_to_swap} and uncheckpointed_blocks={kept} overlap in the "
+                        f"{num_blocks} blocks of the {label} (swapped blocks must be checkpointed); lower one of them.")
+    if kept and settings.offload_activations:
+        raise UserError("offload_activations saves memory and uncheckpointed_blocks spends it; turn one of them off "
+                        "(uncheckpointed_blocks=0 with offload_activations).")
 
 
 # (diffusers backend name, the module it needs, the least CUDA compute capability), fastest first.
@@ -111,6 +122,8 @@ def apply_memory_settings(model, settings, device=None, log=lambda *_: None) -> 
     model.to(device)  # the swapped blocks stay in CPU memory
     if settings.offload_activations:
         offload_activations(model, device)
+    if settings.gradient_checkpointing:
+        keep_activations(model, settings.uncheckpointed_blocks)
     backend, why = resolve_attention(settings)
     if backend is not None:
         model.set_attention_backend(backend)
@@ -121,7 +134,8 @@ def apply_memory_settings(model, settings, device=None, log=lambda *_: None) -> 
     log(f"torch.compile of the blocks: {'on' if compile_blocks else 'off'} ({why})")
 
 
-PLANNED = ("gradient_checkpointing", "fp8_base", "fp8_scaled", "offload_activations", "blocks_to_swap")
+PLANNED = ("gradient_checkpointing", "uncheckpointed_blocks", "fp8_base", "fp8_scaled", "offload_activations",
+           "blocks_to_swap")
 
 
 def largest_bucket_tokens(dataset, spatial: int = 16) -> int:

@@ -100,6 +100,7 @@ def tokens_for(frames: int, height: int, width: int, spatial: int = 16, temporal
 @dataclass(frozen=True)
 class TrainChoice:
     gradient_checkpointing: bool = False
+    uncheckpointed_blocks: int = 0  # with checkpointing: the last blocks that keep their activations
     fp8_scaled: bool = False
     fp8_base: bool = False
     offload_activations: bool = False
@@ -169,12 +170,14 @@ def train_parts(run: TrainRun, choice: TrainChoice) -> dict[str, int]:
                                       + shape.outer_params * value)
     adapters = run.network_copies * adapter_params(shape, run.rank) * (
         FP32 + FP32 + OPTIMIZER_STATE_BYTES.get(run.optimizer, 8))
+    every_activation = tokens * (SAVED_DIM_VALUES * shape.dim + SAVED_FFN_VALUES * shape.ffn_dim) * value  # per block
     if choice.gradient_checkpointing:
-        kept_blocks = OFFLOAD_IN_FLIGHT if choice.offload_activations else shape.num_blocks
-        saved = kept_blocks * tokens * shape.dim * value
+        kept = choice.uncheckpointed_blocks
+        inputs = OFFLOAD_IN_FLIGHT if choice.offload_activations else shape.num_blocks - kept
+        saved = inputs * tokens * shape.dim * value + kept * every_activation
         peak = tokens * (BLOCK_PEAK_DIM_VALUES * shape.dim + BLOCK_PEAK_FFN_VALUES * shape.ffn_dim) * value
     else:
-        saved = shape.num_blocks * tokens * (SAVED_DIM_VALUES * shape.dim + SAVED_FFN_VALUES * shape.ffn_dim) * value
+        saved = shape.num_blocks * every_activation
         peak = tokens * (BLOCK_PEAK_DIM_VALUES * shape.dim + BLOCK_PEAK_FFN_VALUES * shape.ffn_dim) * value // 2
     dequantised = shape.dim * shape.ffn_dim * (BF16 + FP32) if fp8 else 0
     parts = {"weights": weights, "adapters+optimizer": adapters, "saved activations": saved, "block peak": peak,
@@ -202,6 +205,18 @@ def fewest_swapped(fits, most: int) -> int | None:
     return low
 
 
+def most_kept(fits, most: int) -> int:
+    """The largest k in 0..most with fits(k) true (fits shrinks as k grows), by bisection; fits(0) is assumed."""
+    low, high = 0, most
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def plan_training(run: TrainRun, budget: int) -> Plan:
     """The cheapest savers (in speed) that make `run` fit `budget` bytes; `fits` False when nothing does."""
     choice, reasons = TrainChoice(), []
@@ -217,6 +232,12 @@ def plan_training(run: TrainRun, budget: int) -> Plan:
                        f"{run.tokens:,} tokens")
     else:
         reasons.append("gradient checkpointing off: every activation fits")
+    if choice.gradient_checkpointing and over(choice) <= 0:
+        kept = most_kept(lambda k: over(replace(choice, uncheckpointed_blocks=k)) <= 0, shape.num_blocks - 1)
+        if kept:
+            choice = replace(choice, uncheckpointed_blocks=kept)
+            reasons.append(f"the last {kept} of {shape.num_blocks} blocks keep their activations (no recomputation "
+                           f"in backward): they fit beside the rest")
     if over(choice) > 0:
         before = train_parts(run, choice)["weights"]
         choice = replace(choice, fp8_scaled=True)

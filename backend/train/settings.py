@@ -127,6 +127,10 @@ class TrainSettings(Settings):
         help="bf16 on GPUs that support it; 'no' on CPU.")
     gradient_checkpointing: bool = setting(False, label="Gradient checkpointing", group="Memory",
                                            help="Recompute block activations in backward: less memory, ~30% slower.")
+    uncheckpointed_blocks: int = setting(
+        0, label="Blocks without checkpointing", group="Memory", ge=0,
+        help="With gradient checkpointing on, the last N blocks keep their activations instead of recomputing them "
+             "in backward: faster, more memory. memory=auto keeps as many as fit.")
     fp8_base: bool = setting(False, label="fp8 base", group="Memory",
                              help="Store the frozen base weights in fp8 (adapters stay fp32).")
     fp8_scaled: bool = setting(False, label="fp8 scaled base", group="Memory",

@@ -42,7 +42,7 @@ EVERY_FIELD_CHANGED = TrainSettings(
     sigmoid_scale=1.5, logit_mean=0.2, logit_std=0.8, min_timestep=10, max_timestep=990,
     weighting_scheme="logit_normal", mixed_precision="bf16", gradient_checkpointing=True, fp8_base=True,
     memory="manual", memory_limit_gb=20.5, fp8_scaled=True, max_data_loader_n_workers=5,
-    blocks_to_swap=2, offload_activations=True, attn_mode="flash", compile="on", output_dir="out",
+    blocks_to_swap=2, offload_activations=True, uncheckpointed_blocks=3, attn_mode="flash", compile="on", output_dir="out",
     output_name="round-trip",
     save_every_n_steps=50, save_every_n_epochs=2, save_last_n_steps=3, save_last_n_epochs=4, save_precision="bf16",
     save_state=True, overwrite_output=True, nonfinite_loss="skip", resume="loras/x-state", sample_prompts="prompts.txt", sample_every_n_steps=25,

@@ -95,6 +95,17 @@ def test_training_plan_table(card, label):
     if plan.fits and choice.blocks_to_swap:  # the fewest blocks: one fewer would not fit
         fewer = TrainChoice(**{**choice.__dict__, "blocks_to_swap": choice.blocks_to_swap - 1})
         assert sum(train_parts(run, fewer).values()) > budget
+    low, high = KEPT.get((card, label), (0, 0))
+    assert low <= choice.uncheckpointed_blocks <= high, plan.reasons
+    if choice.uncheckpointed_blocks:  # the most blocks without recomputation: one more would not fit
+        more = TrainChoice(**{**choice.__dict__, "uncheckpointed_blocks": choice.uncheckpointed_blocks + 1})
+        assert sum(train_parts(run, more).values()) > budget
+        assert not (choice.fp8_scaled or choice.offload_activations or choice.blocks_to_swap)
+
+
+# (card GiB, model) -> blocks that keep their activations (the others are checkpointed), where checkpointing alone
+# leaves memory spare; 1.3B keeps ~3.4 GiB per such block at this shape, 14B ~13 GiB.
+KEPT = {(80, "1.3B"): (15, 24), (48, "1.3B"): (7, 13), (24, "1.3B"): (1, 5), (80, "14B"): (1, 4)}
 
 
 def test_small_bucket_on_a_big_card_needs_nothing():
