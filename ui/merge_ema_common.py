@@ -18,6 +18,7 @@ from backend.jobs.progress import read_progress
 from backend.output_guard import check_folder
 from ui.context import AppContext
 from ui.log_view import LogView
+from ui.settings_form import widget
 from ui.widgets import progress_bar
 
 ERROR_PREFIX = "error: "
@@ -124,7 +125,8 @@ NOT_STARTED = "⚠ Not started: fix the field marked ⚠."
 
 
 def shown(model: type[Settings], name: str, **overrides) -> dict:
-    """A widget's label and hint (the field's help) from the settings model, by field name."""
+    """A widget's label and hint (the field's help) from the settings model, by field name, for the widgets the
+    model cannot describe alone (a picker of the workspace's files, choices with longer names)."""
     info = model.field_info()[name]
     return {"label": info["label"], "info": info["help"], **overrides}
 
@@ -134,14 +136,15 @@ def start(model: type[Settings], name: str):
     return model.field_info()[name]["default"]
 
 
+def option(model: type[Settings], name: str, elem_id: str, choices: list | None = None):
+    """The widget of one option, all from its field (label, hint, starting value, choices; `choices` narrows them
+    to what this machine has)."""
+    return widget(model, name, start(model, name), elem_id, choices)
+
+
 def problem_slot(elem_id: str) -> gr.Markdown:
-    """Where a field's problem shows, right under it (hidden while there is none)."""
+    """Where a field's problem shows, right under it (hidden while there is none; `slot_update` fills it)."""
     return gr.Markdown("", visible=False, elem_id=elem_id, elem_classes=["field-error"])
-
-
-def slot(problem: str | None):
-    """A problem slot showing `problem` (one sentence), or hidden."""
-    return gr.update(value=f"⚠ {problem}" if problem else "", visible=bool(problem))
 
 
 def whole_number_problem(label: str, value, minimum: int, empty: str | None) -> str | None:

@@ -15,6 +15,7 @@ from backend.compose.merge_dit import open_checkpoint
 from backend.compose.merge_plan import Pick, conflicts_per_transformer, roles
 from backend.compose.output_names import check_output
 from backend.compose.settings import MergeLorasSettings, MergeSettings
+from backend.config.field_checks import label_of
 from backend.errors import UserError
 from backend.loraid.file_coverage import coverage_of_file
 from backend.loraid.overlap import overlap_message
@@ -98,7 +99,8 @@ class DitMerge:
         outputs = self.outputs()
         if not outputs:
             raise UserError("No LoRA goes on either expert; set each row's expert to high, low or both.")
-        self.settings()  # the options' own rules (choices)
+        for problem in self.settings().rules(label_of(MergeSettings)).values():  # choices, then this machine's
+            raise UserError(problem)
         warnings = check_overlaps(self.picks, self.pair, self.allow_overlap)
         inputs = [*bases.values(), *(pick.path for pick in self.picks)]
         for role, out in outputs.items():

@@ -14,8 +14,7 @@ from backend.compose.ema_weights import SIGMA_REL_LIMIT, beta_weights, gamma_fro
 from backend.compose.merge_dit import OUTPUT_DTYPES
 from backend.config.settings import Settings, setting
 from backend.errors import UserError
-
-DEVICES = ("cpu", "cuda")
+from backend.system.devices import DEVICES, device_problem
 LORA_PRECISIONS = ("fp32", "bf16", "fp16")
 RULES = ("power", "beta", "uniform")
 RULE_VALUES = {"power": ("sigma_rel",), "beta": ("beta", "beta2"), "uniform": ()}  # the fields each rule reads
@@ -65,6 +64,11 @@ class MergeSettings(_ComposeSettings):
                                                         "the base)")
     allow_overlap: bool = _allow_overlap()
     overwrite: bool = _overwrite()
+
+    def rules(self, name_of) -> dict[str, str]:
+        """What this machine refuses (a cuda device without a GPU), worded with `name_of` (a label or a flag)."""
+        problem = device_problem(self.device, name_of("device"))
+        return {"device": problem} if problem else {}
 
 
 class MergeLorasSettings(_ComposeSettings):

@@ -142,10 +142,18 @@ class JobContext:
 
 def every_percent(ctx: JobContext, unit: str, **fields: Any) -> Callable[[int, int], None]:
     """A `progress(done, total)` callback for a job's loop: a `progress` event at each whole percent and at the end
-    (what the Jobs table and the tabs' bars count), naming what is counted (`unit`) and any `fields`."""
+    (what the Jobs table and the tabs' bars count), naming what is counted (`unit`) and any `fields`; and a line in
+    the job's log at each tenth (`low-noise: 40/120 tensors (33%)`)."""
+    printed = [-1]
+
     def progress(done: int, total: int) -> None:
         if done == total or done % max(1, total // 100) == 0:
             ctx.emit("progress", step=done, total=total, unit=unit, **fields)
+        tenth = done * 10 // max(1, total)
+        if tenth > printed[0]:
+            printed[0] = tenth
+            part = f"{fields['part']}: " if fields.get("part") else ""
+            print(f"{part}{done}/{total} {unit} ({done / max(1, total):.0%})", flush=True)
 
     return progress
 

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from backend.__main__ import main
-from backend.compose.ema_plan import check_request, discover, list_runs, rule_problem, rule_problems, rule_weights, run_name
+from backend.compose.ema_plan import (check_request, discover, list_runs, rule_problem, rule_problems, rule_weights,
+                                     run_name)
 from backend.compose.settings import EmaSettings
 from backend.compose.ema_weights import gamma_from_sigma_rel
 from backend.compose.summaries import ema_summary

@@ -92,8 +92,8 @@ def test_the_command_line_takes_its_flags_help_choices_and_defaults_from_the_mod
 def test_the_forms_widgets_take_label_hint_start_and_choices_from_the_model(tmp_path):
     merge = _page(tmp_path / "m", merge_tab.build)
     ema = _page(tmp_path / "e", ema_tab.build)
-    for model, widgets, by_id in ((MergeSettings, MERGE_WIDGETS, merge), (MergeLorasSettings, MERGE_LORAS_WIDGETS, merge),
-                                  (EmaSettings, EMA_WIDGETS, ema)):
+    for model, widgets, by_id in ((MergeSettings, MERGE_WIDGETS, merge),
+                                  (MergeLorasSettings, MERGE_LORAS_WIDGETS, merge), (EmaSettings, EMA_WIDGETS, ema)):
         assert set(widgets) | FROM_TABLES[model] == set(model.model_fields), model.__name__
         for name, elem_id in widgets.items():
             info, widget = model.field_info()[name], by_id[elem_id]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -107,6 +108,7 @@ def test_merge_and_ema_tabs_run_jobs(demo_workspace_copy: Path, start_app, open_
     out_box.blur()
     expect(page.locator("#merge-out-error")).to_be_hidden()
     page.locator("#merge-run").click()
+    expect(page.locator("#merge-status")).to_contain_text(re.compile(r"Job \S+: (queued|running)"))
     bar = page.locator("#merge-progress .compose-progress")
     with frozen_at_first_progress(ws / "jobs", total=10 ** 6) as step:  # the count shows while the job cannot move
         expect(bar).to_have_attribute("data-step", str(step))

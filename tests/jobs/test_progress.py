@@ -43,3 +43,23 @@ def test_only_the_tail_is_read_and_a_cut_or_half_written_line_is_ignored(tmp_pat
 def test_nothing_counted_yet():
     assert JobProgress().line() == ""
     assert read_progress(__import__("pathlib").Path("/nonexistent/events.jsonl")).counted is False
+
+
+def test_a_loops_progress_callback_writes_what_the_bars_count_and_log_lines(tmp_path, capsys):
+    from backend.jobs.protocol import JobContext, every_percent
+
+    events_path = tmp_path / "events.jsonl"
+    ctx = JobContext(events_path=events_path)
+    progress = every_percent(ctx, "tensors", part="high-noise")
+    for done in range(1, 251):
+        progress(done, 250)
+    ctx.close()
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    assert [e["step"] for e in events] == list(range(2, 251, 2))  # one per whole percent of 250, the last included
+    assert all(e["event"] == "progress" and e["total"] == 250 and e["unit"] == "tensors" and e["part"] == "high-noise"
+               for e in events)
+    shown = read_progress(events_path)
+    assert (shown.step, shown.total) == (250, 250)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "high-noise: 1/250 tensors (0%)" and lines[-1] == "high-noise: 250/250 tensors (100%)"
+    assert len(lines) == 11  # the first count, then one line per tenth

@@ -19,7 +19,8 @@ from backend.errors import UserError
 from backend.output_guard import output_message
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 problem_slot, refused, shown, slot, start, summary_markdown, tick)
+                                 option, problem_slot, refused, shown, start, summary_markdown, tick)
+from ui.settings_form import slot_update
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
 RULE_NAMES = {"power": "Power EMA (σ_rel, EDM2)", "beta": "Beta EMA (musubi's β / β2)", "uniform": "Plain mean"}
@@ -55,7 +56,7 @@ class EmaPanel:
         self.ctx = ctx
 
     def on_rule(self, rule):
-        """Show the chosen rule's values only (a hidden field's problem is hidden with it)."""
+        """Show the chosen rule's values only (their columns), and no problem of the values no longer used."""
         shown_now = [gr.update(visible=name in RULE_VALUES.get(rule, ())) for name in RULE_FIELDS]
         return *shown_now, *(gr.update(visible=False) for _ in RULE_FIELDS)
 
@@ -91,7 +92,7 @@ class EmaPanel:
         """(checkpoint rows with weights, rule message, σ_rel / β / β2 problems): what the job will compute, before
         it runs; a wrong value of the chosen rule is shown beside its field."""
         problems = rule_problems(rule, sigma_rel, beta, beta2)
-        slots = [slot(problems.get(name)) for name in RULE_FIELDS]
+        slots = [slot_update(problems.get(name)) for name in RULE_FIELDS]
         found = inputs.found
         if found is None:
             return [], "", *slots
@@ -125,7 +126,7 @@ class EmaPanel:
                               outside_confirmed=bool(outside), lora_output=True)
 
     def check_out(self, inputs: Inputs, out, overwrite, outside):
-        return slot(self.out_problem(inputs, out, overwrite, outside) if out and str(out).strip() else None)
+        return slot_update(self.out_problem(inputs, out, overwrite, outside) if out and str(out).strip() else None)
 
     def run(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite, followed,
             outside=False):
@@ -133,7 +134,7 @@ class EmaPanel:
         confirmed an output outside the workspace. Every wrong field is shown beside it, the rule's values first."""
         problems = rule_problems(rule, sigma_rel, beta, beta2)
         out_problem = self.out_problem(inputs, out, overwrite, outside)
-        slots = [*(slot(problems.get(name)) for name in RULE_FIELDS), slot(out_problem)]
+        slots = [*(slot_update(problems.get(name)) for name in RULE_FIELDS), slot_update(out_problem)]
         if problems or out_problem:
             return refused(followed, NOT_STARTED, *slots)
         try:
@@ -177,28 +178,25 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     with gr.Row(equal_height=False):
         rule = gr.Radio([(RULE_NAMES[choice], choice) for choice in FIELDS["rule"]["choices"]],
                         value=start(EmaSettings, "rule"), **shown(EmaSettings, "rule"), elem_id="ema-rule", scale=2)
-        rule_widgets, rule_slots = {}, {}
-        for name in RULE_FIELDS:
-            with gr.Column(scale=1, min_width=160):
-                rule_widgets[name] = gr.Number(start(EmaSettings, name), step=0.01, **shown(EmaSettings, name),
-                                               visible=name in RULE_VALUES[rule.value],
-                                               elem_id=f"ema-{name.replace('_', '-')}")
+        rule_widgets, rule_slots, rule_columns = {}, {}, []
+        for name in RULE_FIELDS:  # only the chosen rule's values are shown
+            with gr.Column(scale=1, min_width=160, visible=name in RULE_VALUES[rule.value]) as column:
+                rule_widgets[name] = option(EmaSettings, name, f"ema-{name.replace('_', '-')}")
                 rule_slots[name] = problem_slot(f"ema-{name.replace('_', '-')}-error")
+            rule_columns.append(column)
     sigma_rel, beta, beta2 = (rule_widgets[name] for name in RULE_FIELDS)
     table = gr.Dataframe(headers=CHECKPOINT_HEADERS, value=[], interactive=False, wrap=True,
                          label="Checkpoints and the weight each gets", elem_id="ema-checkpoints")
     weight_message = gr.Markdown("", elem_id="ema-weight-message")
     with gr.Row():
-        space = gr.Radio(FIELDS["space"]["choices"], value=start(EmaSettings, "space"), **shown(EmaSettings, "space"),
-                         elem_id="ema-space", scale=3)
-        precision = gr.Dropdown(FIELDS["precision"]["choices"], value=start(EmaSettings, "precision"),
-                                **shown(EmaSettings, "precision"), elem_id="ema-precision", scale=1)
+        space = option(EmaSettings, "space", "ema-space")
+        precision = option(EmaSettings, "precision", "ema-precision")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             out = gr.Textbox("", **shown(EmaSettings, "out"), elem_id="ema-out")
             out_slot = problem_slot("ema-out-error")
-        overwrite = gr.Checkbox(start(EmaSettings, "overwrite"), **shown(EmaSettings, "overwrite"), scale=0,
-                                min_width=120, elem_id="ema-overwrite")
+        with gr.Column(scale=0, min_width=120):
+            overwrite = option(EmaSettings, "overwrite", "ema-overwrite")
         outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="ema-outside")
     with gr.Row():
         run_button = gr.Button("Run EMA", variant="primary", scale=0, min_width=160, elem_id="ema-run-button")
@@ -222,7 +220,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
     typed.blur(**find_args).then(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP).then(
         panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
-    rule.change(panel.on_rule, inputs=rule, outputs=[sigma_rel, beta, beta2, *slots], **_GROUP)
+    rule.change(panel.on_rule, inputs=rule, outputs=[*rule_columns, *slots], **_GROUP)
     for control in (rule, sigma_rel, beta, beta2):
         control.change(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP)
     gr.on([out.blur, overwrite.change, outside.change], panel.check_out, inputs=out_inputs, outputs=out_slot,

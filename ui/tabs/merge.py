@@ -10,7 +10,6 @@ from html import escape
 from pathlib import Path
 
 import gradio as gr
-import torch
 
 from backend.compose.merge_plan import (TABLE_HEADERS, display_path, lora_files, overlap_lines, picks_from_rows,
                                         table_rows, workspace_path)
@@ -22,11 +21,12 @@ from backend.compose.summaries import merge_summary
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.output_guard import output_message
+from backend.system.devices import device_choices
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 problem_slot, refused, shown, slot, start, summary_markdown, tick,
+                                 option, problem_slot, refused, shown, summary_markdown, tick,
                                  whole_number_problem)
-from ui.widgets import report_error
+from ui.settings_form import slot_update
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
 JOB_KINDS = ("merge", "merge-loras")
@@ -62,11 +62,6 @@ def high_choices(ctx: AppContext) -> list[tuple[str, str]]:
 def lora_choices(ctx: AppContext) -> list[str]:
     folder = ctx.workspace.loras
     return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
-def device_choices() -> list[str]:
-    """The model's devices this machine has (cuda only with a GPU)."""
-    return [d for d in MergeSettings.field_info()["device"]["choices"] if d != "cuda" or torch.cuda.is_available()]
 
 
 def rank_problem(rank) -> str | None:
@@ -143,7 +138,7 @@ class MergePanel:
             report = overlap_html(overlap_lines(picks, pair), len(picks))
             suggestion = self.suggestion(mode, base, base_high, picks)
         except UserError as exc:
-            return error_html(report_error(exc)), gr.skip(), gr.skip()
+            return error_html(str(exc)), gr.skip(), gr.skip()
         keep_typed = out and out.strip() and out.strip() != suggested
         return report, gr.skip() if keep_typed else suggestion, suggestion
 
@@ -180,11 +175,11 @@ class MergePanel:
         return None
 
     def check_out(self, mode, table, base, base_high, out, overwrite, outside):
-        return slot(self.out_problem(mode, table, base, base_high, out, overwrite, outside)
+        return slot_update(self.out_problem(mode, table, base, base_high, out, overwrite, outside)
                     if out and str(out).strip() else None)
 
     def check_rank(self, rank):
-        return slot(rank_problem(rank))
+        return slot_update(rank_problem(rank))
 
     def run(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite, followed,
             outside=False):
@@ -192,7 +187,7 @@ class MergePanel:
         confirmed an output outside the workspace. Every wrong field is shown beside it."""
         rank_wrong = rank_problem(rank) if mode == "loras" else None
         out_wrong = self.out_problem(mode, table, base, base_high, out, overwrite, outside)
-        slots = [slot(rank_wrong), slot(out_wrong)]
+        slots = [slot_update(rank_wrong), slot_update(out_wrong)]
         if rank_wrong or out_wrong:
             return refused(followed, NOT_STARTED, *slots)
         try:
@@ -246,8 +241,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                          label="Picked LoRAs (edit multiplier; on an A14B pair also expert: high, low or both)",
                          elem_id="merge-table")
     overlap = gr.HTML("", elem_id="merge-overlap")
-    allow = gr.Checkbox(start(MergeSettings, "allow_overlap"), **shown(MergeSettings, "allow_overlap"),
-                        elem_id="merge-allow-overlap")
+    allow = option(MergeSettings, "allow_overlap", "merge-allow-overlap")
     bases = base_choices(ctx)
     with gr.Group(visible=True) as dit_options:
         with gr.Row():
@@ -256,25 +250,20 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
             base_high = gr.Dropdown(high_choices(ctx), value="", allow_custom_value=True, scale=3,
                                     **shown(MergeSettings, "dit_high_noise"), elem_id="merge-base-high")
         with gr.Row():
-            dtype = gr.Radio(MergeSettings.field_info()["dtype"]["choices"], value=start(MergeSettings, "dtype"),
-                             **shown(MergeSettings, "dtype"), elem_id="merge-dtype")
-            device = gr.Dropdown(device_choices(), value=start(MergeSettings, "device"),
-                                 **shown(MergeSettings, "device"), elem_id="merge-device")
+            dtype = option(MergeSettings, "dtype", "merge-dtype")
+            device = option(MergeSettings, "device", "merge-device", device_choices())
     with gr.Row(visible=False, equal_height=False) as lora_options:
         with gr.Column():
-            rank = gr.Number(start(MergeLorasSettings, "rank"), **shown(MergeLorasSettings, "rank"),
-                             elem_id="merge-rank")  # no rounding: the check refuses 2.5 beside the field
+            rank = option(MergeLorasSettings, "rank", "merge-rank")  # unrounded: 2.5 is refused beside the field
             rank_slot = problem_slot("merge-rank-error")
-        precision = gr.Radio(MergeLorasSettings.field_info()["precision"]["choices"],
-                             value=start(MergeLorasSettings, "precision"), **shown(MergeLorasSettings, "precision"),
-                             elem_id="merge-precision")
+        precision = option(MergeLorasSettings, "precision", "merge-precision")
     first_output = panel.suggestion("dit", base.value, "", [])
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             out = gr.Textbox(first_output, **shown(MergeSettings, "out", info=PAIR_OUTPUT_HINT), elem_id="merge-out")
             out_slot = problem_slot("merge-out-error")
-        overwrite = gr.Checkbox(start(MergeSettings, "overwrite"), **shown(MergeSettings, "overwrite"), scale=0,
-                                min_width=120, elem_id="merge-overwrite")
+        with gr.Column(scale=0, min_width=120):
+            overwrite = option(MergeSettings, "overwrite", "merge-overwrite")
         outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="merge-outside")
     with gr.Row():
         run_button = gr.Button("Run merge", variant="primary", scale=0, min_width=160, elem_id="merge-run")
