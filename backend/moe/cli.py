@@ -5,6 +5,7 @@
     moe train  --config moe.toml [--workspace W] [--name value ...]               # stage 2 (seed flags accepted)
     moe export --moe FILE --expert NAME --out expert.safetensors                  # one expert as a plain LoRA
     moe demo   --workspace W --out_dir D                                         # the whole demo + its measures
+    moe route  --moe FILE --prompt P [--workspace W] [--steps N] [--hint NAME] [--json]   # gates before a run
     moe stage1-args --blocks "last 8" --ffn_blocks "last 3" --rank_q 8 --rank_kvo 4 --rank_ffn 4 --num_blocks 40
 """
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 from backend.errors import UserError
 from backend.jobs.protocol import JobContext
 
-ACTIONS = ("merge", "train", "export", "stage1-args", "demo")
+ACTIONS = ("merge", "train", "export", "stage1-args", "demo", "route")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=ACTIONS, help="merge: fold stage 1 into the DiT files; train: stage 2; "
-                                                         "export: one expert as a LoRA; stage1-args: network_args")
+                                                         "export: one expert as a LoRA; stage1-args: network_args; "
+                                                         "route: the router's gates for a prompt")
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="the action's options (`moe ACTION --help`)")
 
 
@@ -163,9 +165,55 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _route(argv: list[str]) -> int:
+    import json
+
+    from backend.data import encoders
+    from backend.generate.settings import SAMPLERS, GenerateSettings
+    from backend.moe.files import load_moe
+    from backend.moe.route import denoising_timesteps, format_routing, prompt_embedding, route_prompt
+    from backend.workspace import Workspace
+
+    defaults = GenerateSettings()
+    parser = argparse.ArgumentParser(prog="python -m backend moe route",
+                                     description="The gates a LoRA-MoE router chooses for a prompt, per noise expert, "
+                                                 "at the steps of a run with these settings (no transformer loaded).")
+    parser.add_argument("--moe", required=True, help="the LoRA-MoE file")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--workspace", default=None, help="workspace: its text encoder and tokenizer by default")
+    parser.add_argument("--text_encoder", default=None, help="UMT5 encoder folder (default: the workspace's)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the workspace's)")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default=defaults.sampler)
+    parser.add_argument("--flow_shift", type=float, default=defaults.flow_shift)
+    parser.add_argument("--boundary_ratio", type=float, default=None,
+                        help="high/low-noise split (default: the file's model kind's)")
+    parser.add_argument("--hint", default=None, metavar="NAME", help="the expert a run would be forced to")
+    parser.add_argument("--router_ema", type=float, default=None, help="gate smoothing β (default: the file's)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="starting noise (routers reading latents)")
+    parser.add_argument("--width", type=int, default=defaults.width)
+    parser.add_argument("--height", type=int, default=defaults.height)
+    parser.add_argument("--frames", type=int, default=defaults.frames)
+    parser.add_argument("--json", action="store_true", help="print the routing as JSON")
+    args = parser.parse_args(argv)
+    moe = load_moe(args.moe)
+    ws = Workspace(args.workspace) if args.workspace else None
+    encoder_dir = args.text_encoder or (ws and ws.text_encoder)
+    tokenizer_dir = args.tokenizer or (ws and ws.tokenizer)
+    if not encoder_dir or not tokenizer_dir:
+        raise UserError("no text encoder; pass --text_encoder DIR --tokenizer DIR (or --workspace W for its own).")
+    tokenizer, text_encoder = encoders.load_text_encoder(encoder_dir, tokenizer_dir)
+    text = prompt_embedding(text_encoder, tokenizer, args.prompt)
+    routing = route_prompt(moe, text, denoising_timesteps(args.sampler, args.flow_shift, args.steps),
+                           boundary_ratio=args.boundary_ratio, hint=args.hint, router_ema=args.router_ema,
+                           seed=args.seed, size=(args.frames, args.height, args.width))
+    print(json.dumps(routing) if args.json else format_routing(routing))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     action = {"merge": _merge, "train": _train, "export": _export, "stage1-args": _stage1_args,
-              "demo": _demo}[args.action]
+              "demo": _demo, "route": _route}[args.action]
     try:
         return action(list(args.rest))
     except UserError as exc:
