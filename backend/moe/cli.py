@@ -151,15 +151,15 @@ def _stage1_args(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from backend.moe.demo import run_demo
+    from backend.moe.demo import STAGE1_STEPS, STAGE2_STEPS, run_demo
     from backend.workspace import Workspace
 
     parser = argparse.ArgumentParser(prog="python -m backend moe demo",
                                      description="Stage 1 -> merge -> stage 2 on the demo workspace, then measure.")
     parser.add_argument("--workspace", required=True, help="a demo workspace with the demo dataset cached")
     parser.add_argument("--out_dir", required=True, help="folder for the LoRA, the merged pair and the MoE file")
-    parser.add_argument("--stage1_steps", type=int, default=10)
-    parser.add_argument("--stage2_steps", type=int, default=40)
+    parser.add_argument("--stage1_steps", type=int, default=STAGE1_STEPS)
+    parser.add_argument("--stage2_steps", type=int, default=STAGE2_STEPS)
     args = parser.parse_args(argv)
     run_demo(Workspace(args.workspace), Path(args.out_dir), args.stage1_steps, args.stage2_steps)
     return 0

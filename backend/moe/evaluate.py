@@ -4,7 +4,11 @@ For expert e and the items labelled c (fixed noise seeds and timesteps, one tran
     change[e][c] = mean ‖f_e(x) − f_0(x)‖ / ‖f_0(x)‖      (how much the expert moves the prediction)
     gain[e][c]   = mean (L_0 − L_e) / L_0                  (how much it lowers the flow-matching loss)
 where f_0 is the (stage-1-merged) model without experts and L the flow-matching error. A specialised expert has
-its largest change and gain on its own label. Also: the router's agreement with the labels on the items.
+its largest gain on its own label, and on each label the expert of that label has the largest gain. The gain is
+the measure of specialisation: it counts only the change of the output towards the label's data. The change
+counts any movement, useful or not, and some items move more than others under any expert (on the demo an expert
+that lowers only its own concept's loss can still move the other concept's outputs more), so it is reported, not
+judged on.
 """
 from __future__ import annotations
 

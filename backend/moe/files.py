@@ -5,9 +5,13 @@ Keys, per transformer label L (`single`, `high`, `low`):
     lora_moe.L.<lora_unet_...>.lora_down.weight [E, r, in]   lora_moe.L.<lora_unet_...>.lora_up.weight [E, out, r]
     lora_moe.L.<lora_unet_...>.alpha (0-dim)                  lora_moe.L.router.net.{0,2}.{weight,bias}
     lora_moe.L.gate.knots [K]
+    DoRA experts (format 2): lora_moe.L.<lora_unet_...>.dora_scale [E, out, 1], each expert's magnitude in ComfyUI's
+    convention (dora_scale ∘ (W + ΔW_e) / ||W||_row) on the weight it was trained on, so an exported expert is an
+    ordinary DoRA LoRA file; loading turns them back into magnitudes over ||W + ΔW_e|| on the model at hand.
 Header `loraid_studio.lora_moe` (JSON): format_version, spec (experts, ranks, routing), labels, model_kind, step,
 router_ema, and `stage1`: per label the DiT file it was trained on and the fingerprint of the stage-1 merge that
-DiT records (sha256 of its `loraid_studio.merge` header), so a mismatch can be named at load time.
+DiT records (sha256 of its `loraid_studio.merge` header), so a mismatch can be named at load time. DoRA files also
+hold `dora_base`: per label the fingerprint of the weights the scales were computed on (adapters/dora_base.py).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from backend.moe.network import MoeNetwork, MoeSpec
 
 HEADER_KEY = "loraid_studio.lora_moe"
 PREFIX = "lora_moe."
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: DoRA experts (`dora_scale`); LoRA-only files are still written as 1
+DORA_CONVENTION = "base_norm"  # ComfyUI's reading of `dora_scale` (as adapters/network.py saves ordinary DoRA files)
 
 
 @dataclass
@@ -69,6 +74,8 @@ def network_tensors(network: MoeNetwork) -> dict[str, torch.Tensor]:
         tensors[f"{head}{prefix}.lora_down.weight"] = adapter.lora_down.detach()
         tensors[f"{head}{prefix}.lora_up.weight"] = adapter.lora_up.detach()
         tensors[f"{head}{prefix}.alpha"] = torch.tensor(adapter.scale * adapter.rank, dtype=torch.float32)
+        if adapter.use_dora:
+            tensors[f"{head}{prefix}.dora_scale"] = adapter.base_norm_scales()
     for name, value in network.router.state_dict().items():
         tensors[f"{head}router.{name}"] = value.detach()
     tensors[f"{head}gate.knots"] = network.gate.knots.detach()
@@ -77,13 +84,18 @@ def network_tensors(network: MoeNetwork) -> dict[str, torch.Tensor]:
 
 def save_moe(path: str | Path, networks: dict[str, MoeNetwork], *, model_kind: str, step: int, stage1: dict,
              router_ema: float = 0.0, extra: dict | None = None) -> Path:
+    from backend.adapters.dora_base import base_fingerprint
+
     spec = next(iter(networks.values())).spec
     tensors = {}
     for network in networks.values():
         tensors.update(network_tensors(network))
-    header = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "labels": list(networks),
+    header = {"format_version": 2 if spec.use_dora else 1, "spec": spec.to_dict(), "labels": list(networks),
               "model_kind": model_kind, "step": int(step), "router_ema": float(router_ema), "stage1": stage1,
               **(extra or {})}
+    if spec.use_dora:
+        header["dora_base"] = {label: base_fingerprint({a.wan_name: a.target for a in network.adapters.values()})
+                               for label, network in networks.items()}
     metadata = {HEADER_KEY: json.dumps(header, sort_keys=True), "modelspec.architecture": "wan/lora_moe",
                 "modelspec.title": Path(path).stem}
     tensors = {key: value.detach().cpu().float().contiguous() for key, value in tensors.items()}
@@ -142,6 +154,12 @@ def load_into(network: MoeNetwork, moe: MoeFile) -> None:
         adapter.lora_down.copy_(down)
         adapter.lora_up.copy_(up)
         adapter.scale = float(part[f"{prefix}.alpha"]) / adapter.rank
+        if adapter.use_dora:
+            scales = part.get(f"{prefix}.dora_scale")
+            if scales is None or scales.numel() != adapter.magnitude.numel():
+                raise UserError(f"{prefix}: the LoRA-MoE file has no DoRA scales of {adapter.num_experts} experts for "
+                                f"this layer; the file is incomplete or for another model.")
+            adapter.load_base_norm_scales(scales)
     network.router.load_state_dict({k[len("router."):]: v for k, v in part.items() if k.startswith("router.")})
     network.gate.knots.copy_(part["gate.knots"])
 
@@ -163,7 +181,11 @@ def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] 
                  "loraid_studio.lora_moe_expert": {"expert": expert, "index": index, "label": label,
                                                    "source": moe.path.name if moe.path else None,
                                                    "stage1": moe.header.get("stage1", {}).get(label)}}
-        metadata = build_metadata("lora", moe.spec.rank, moe.spec.alpha, list(moe.spec.network_args), None,
+        flags = None
+        if moe.spec.use_dora:
+            flags = {"use_dora": True, "dora_convention": DORA_CONVENTION,
+                     "dora_base": (moe.header.get("dora_base") or {}).get(label)}
+        metadata = build_metadata("lora", moe.spec.rank, moe.spec.alpha, list(moe.spec.network_args), flags,
                                   moe.header.get("model_kind"), step=moe.header.get("step"), extra=extra,
                                   title=f"{expert} ({label})")
         suffix = out.suffix or ".safetensors"
@@ -181,6 +203,8 @@ def export_tensors(moe: MoeFile, expert: str, label: str) -> dict[str, torch.Ten
         tensors[f"{prefix}.lora_down.weight"] = part[f"{prefix}.lora_down.weight"][index].clone()
         tensors[f"{prefix}.lora_up.weight"] = part[f"{prefix}.lora_up.weight"][index].clone()
         tensors[f"{prefix}.alpha"] = part[f"{prefix}.alpha"].clone()
+        if f"{prefix}.dora_scale" in part:
+            tensors[f"{prefix}.dora_scale"] = part[f"{prefix}.dora_scale"][index].reshape(-1, 1).clone()
     return tensors
 
 
@@ -195,7 +219,8 @@ def describe(moe: MoeFile) -> dict:
         per_label[label] = {"modules": len(modules), "ranks": ranks,
                             "gate_tau": None if knots is None else [round(float(v), 4)
                                                                     for v in 2 * torch.sigmoid(knots)]}
-    return {"format": "lora_moe", "experts": list(moe.spec.expert_names), "routing_mode": moe.spec.routing_mode,
+    return {"format": "lora_moe", "experts": list(moe.spec.expert_names), "dora": moe.spec.use_dora,
+            "routing_mode": moe.spec.routing_mode,
             "router_inputs": moe.spec.router_inputs, "top_k": moe.spec.top_k, "rank": moe.spec.rank,
             "alpha": moe.spec.alpha, "network_args": list(moe.spec.network_args), "transformers": per_label,
             "model_kind": moe.header.get("model_kind"), "step": moe.header.get("step"),
@@ -204,7 +229,8 @@ def describe(moe: MoeFile) -> dict:
 
 
 def format_text(info: dict) -> str:
-    lines = [f"LoRA-MoE: {len(info['experts'])} experts ({', '.join(info['experts'])}), routing {info['routing_mode']} "
+    kind = "DoRA experts" if info.get("dora") else "experts"
+    lines = [f"LoRA-MoE: {len(info['experts'])} {kind} ({', '.join(info['experts'])}), routing {info['routing_mode']} "
              f"on {info['router_inputs']}, top-{info['top_k']}, rank {info['rank']} alpha {info['alpha']:g}",
              f"model: {info['model_kind']}, step {info['step']}, {info['parameters']:,} parameters, "
              f"inference router EMA {info['router_ema']}"]

@@ -56,6 +56,10 @@ class MoeSpec:
     def num_experts(self) -> int:
         return len(self.expert_names)
 
+    @property
+    def use_dora(self) -> bool:
+        return NetworkConfig.from_network_args(self.rank, self.alpha, list(self.network_args)).use_dora
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["expert_names"], data["network_args"] = list(self.expert_names), list(self.network_args)
@@ -90,8 +94,8 @@ class MoeNetwork(nn.Module):
     @classmethod
     def create(cls, model: nn.Module, spec: MoeSpec, name: str = "single") -> "MoeNetwork":
         config = NetworkConfig.from_network_args(spec.rank, spec.alpha, list(spec.network_args))
-        if config.family != "lora" or config.use_dora:
-            raise UserError("LoRA-MoE experts are plain LoRA here; remove algo / use_dora from the network_args.")
+        if config.family != "lora":
+            raise UserError("LoRA-MoE experts are LoRA or DoRA (use_dora=True); remove algo from the network_args.")
         layers = adaptable_layers(model)
         names = select_targets(candidate_names(layers, False), config.args.exclude_patterns or (),
                                config.args.include_patterns or ())
@@ -103,7 +107,7 @@ class MoeNetwork(nn.Module):
             rank = config.rank_for(wan_name, False)
             adapters[wan_name] = MoeLoraAdapter(wan_name, layers[wan_name], spec.num_experts, rank,
                                                 alpha_scale(spec.alpha, rank, config.use_rslora), state,
-                                                dropout=config.dropout)
+                                                use_dora=config.use_dora, dropout=config.dropout)
         model_config = model.config
         router = Router(spec.num_experts, spec.router_inputs, int(model_config.text_dim),
                         int(model_config.in_channels), spec.router_hidden, spec.top_k)

@@ -1,7 +1,8 @@
 """The LoRA-MoE workflow in a real browser: on the Train tab's LoRA-MoE mode, stage 1 trains a LoRA with
 per-projection ranks on the last blocks of the demo A14B pair, the merge folds it into both experts, stage 2 trains
 two experts (red / blue, labelled by the captions' tags) with a hint-supervised router; on the Generate tab the
-expert picker forces "blue" on the merged pair and the result shows the routing it used. Waits on job progress."""
+expert picker shows the routing the router would choose for the prompt ("Show routing", before a run), then forces
+"blue" on the merged pair and the result shows the routing it used. Waits on job progress."""
 from __future__ import annotations
 
 import re
@@ -24,6 +25,21 @@ def cache_demo_dataset(workspace: Path) -> None:
     tokenizer, text_encoder = encoders.load_text_encoder(ws.text_encoder, ws.tokenizer)
     cache_text(config, tokenizer, text_encoder, model_id=encoders.model_fingerprint(ws.text_encoder, ws.tokenizer),
                log=lambda *_: None)
+
+
+def expected_routing(workspace: Path, prompt: str, steps: int) -> dict[str, str]:
+    """`moe route` on the stage-2 file, computed here: per noise expert the mean gates as the picker prints them."""
+    from backend.data import encoders
+    from backend.moe.files import load_moe
+    from backend.moe.route import denoising_timesteps, prompt_embedding, route_prompt
+    from backend.workspace import Workspace
+
+    ws = Workspace(workspace)
+    tokenizer, text_encoder = encoders.load_text_encoder(ws.text_encoder, ws.tokenizer)
+    routing = route_prompt(load_moe(ws.loras / "moe.safetensors"), prompt_embedding(text_encoder, tokenizer, prompt),
+                           denoising_timesteps("unipc", 3.0, steps))
+    return {label: ", ".join(f"{name} {value:.2f}" for name, value in part["mean"].items())
+            for label, part in routing["transformers"].items()}
 
 
 def wait_for_stage(page: Page, stage: str) -> None:
@@ -78,11 +94,22 @@ def test_stage1_merge_stage2_and_a_hinted_generation(demo_workspace_copy: Path, 
     box.fill(str(demo_workspace_copy / "loras" / "moe.safetensors"))
     box.press("Enter")
     expect(page.locator("#gen-moe-experts")).to_contain_text("2 experts (red, blue)", timeout=JOB_MS)
-    pick(page, "gen-moe-hint", "blue")
     page.locator("#gen-prompt textarea").fill("loraidA, a red ball")
     for elem_id, value in (("gen-frames", "1"), ("gen-width", "32"), ("gen-height", "32"), ("gen-steps", "2"),
                            ("gen-seed", "5")):
         fill_number(page, elem_id, value)
+
+    # before a run: the gates the router would choose for the prompt, as `moe route` computes them
+    page.locator("#gen-moe-show-routing").click()
+    route = page.locator("#gen-moe-route")
+    expect(route).to_contain_text("the router would choose", timeout=JOB_MS)
+    for label, line in expected_routing(demo_workspace_copy, "loraidA, a red ball", steps=2).items():
+        expect(route).to_contain_text(f"{label}: {line}")
+    pick(page, "gen-moe-hint", "blue")
+    page.locator("#gen-moe-show-routing").click()
+    expect(route).to_contain_text("forced to blue", timeout=JOB_MS)
+    expect(route).to_contain_text("high: red 0.00, blue 1.00")
+    expect(route).to_contain_text("low: red 0.00, blue 1.00")
     page.locator("#gen-run").click()
     expect(page.locator("#gen-status")).to_contain_text("succeeded", timeout=JOB_MS)
     routing = page.locator("#gen-moe-routing")

@@ -1,6 +1,7 @@
 """The demo workflow end to end on CPU: stage 1 -> merge into both A14B experts -> 2-expert stage 2 -> generate.
 
-Checks against independent computations: the merged weights are base + ΔW of the stage-1 LoRA in both experts,
+The experts specialise on held-out items (each lowers its own concept's loss more). Checks against independent
+computations: the merged weights are base + ΔW of the stage-1 LoRA in both experts,
 the router's held-out agreement recomputed here from the saved file, the exported expert read by our LoRA loader,
 a hinted generation recording the forced routing.
 """
@@ -23,7 +24,16 @@ from backend.moe.router import Router
 
 def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
     ws = moe_workspace
-    result = run_demo(ws, tmp_path, stage1_steps=10, stage2_steps=40, log=lambda *_: None)
+    result = run_demo(ws, tmp_path, log=lambda *_: None)
+
+    # the experts specialise: measured on held-out items only, each expert alone lowers the flow-matching loss of
+    # its own concept more than the other concept's, and on each concept its own expert beats the other one
+    # (seeded; the margins measured at the demo settings are 0.015 to 0.020, with seeds 1 and 2 at least 0.0016)
+    gain, margin = result["gain"], 0.003
+    assert min(result["held_out_by_expert"].values()) >= 3
+    for own, other in (("red", "blue"), ("blue", "red")):
+        assert gain[own][own] > gain[own][other] + margin, gain
+        assert gain[own][own] > gain[other][own] + margin, gain
 
     # merge: both experts = base + 1.0 · up @ down · alpha / r on a stage-1 module, other tensors untouched
     lora = load_lora(tmp_path / "moe-demo-stage1-low_noise.safetensors")

@@ -156,7 +156,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     run_button.click(run, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
                      outputs=[followed, status, progress, timer], **_GROUP)
-    moe_generate.wire(moe, tab, selected_settings)
+    moe_generate.wire(moe, tab, selected_settings, widgets)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)
     timer.tick(panel.tick, inputs=followed,
                outputs=[followed, status, progress, gallery, results, selected, selected_settings, timer], **_GROUP)
