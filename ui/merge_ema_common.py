@@ -3,7 +3,6 @@ events, its log, the summary of what it wrote; a page that opens while such a jo
 outlive the page), widgets described by their settings model's fields, and a problem shown beside its field."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -15,7 +14,6 @@ from backend.config.settings import Settings
 from backend.errors import UserError
 from backend.jobs import Job
 from backend.jobs.progress import read_progress
-from backend.output_guard import check_folder
 from ui.context import AppContext
 from ui.log_view import LogView
 from ui.settings_form import widget
@@ -42,11 +40,6 @@ class JobState:
 
 
 OUTSIDE_LABEL = "Confirm: write outside the workspace"
-
-
-def confirm_outside(ctx: AppContext, target: Path, confirmed: bool) -> None:
-    """An output outside the workspace is refused (one sentence) until its confirm box is ticked."""
-    check_folder(Path(target).parent, ctx.workspace, outside_confirmed=bool(confirmed))
 
 
 def follow_job(job: Job) -> FollowedJob:
@@ -145,20 +138,6 @@ def option(model: type[Settings], name: str, elem_id: str, choices: list | None 
 def problem_slot(elem_id: str) -> gr.Markdown:
     """Where a field's problem shows, right under it (hidden while there is none; `slot_update` fills it)."""
     return gr.Markdown("", visible=False, elem_id=elem_id, elem_classes=["field-error"])
-
-
-def whole_number_problem(label: str, value, minimum: int, empty: str | None) -> str | None:
-    """A number field that takes whole numbers: `empty` says what an empty field means (None: it may not be)."""
-    if value is None or value == "":
-        return None if empty else f"{label} is empty; type a whole number of at least {minimum}."
-    if not math.isfinite(float(value)):
-        return f"{label} is {value}, not a number; type a whole number of at least {minimum}."
-    if float(value) != int(float(value)):
-        return f"{label} is {value}, not a whole number; type a whole number such as {int(float(value))}."
-    if int(float(value)) < minimum:
-        hint = f", or leave it empty for {empty}" if empty else ""
-        return f"{label} is {int(float(value))}; type a whole number of at least {minimum}{hint}."
-    return None
 
 
 def summary_markdown(outputs: list[str], read_summary: Callable[[Path], list[str]],

@@ -11,7 +11,7 @@ from pathlib import Path
 from backend.compose.merge_dit import MergeResult, merge_into_dit
 from backend.compose.output_names import check_output
 from backend.compose.settings import MergeSettings
-from backend.config.field_checks import flag_of
+from backend.config.field_checks import checked
 from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
 from backend.jobs.protocol import JobContext, every_percent
@@ -41,9 +41,7 @@ def _one(args, ctx: JobContext, dit, loras, multipliers, out, expert, label) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    args = MergeSettings.from_mapping(vars(args), "command line")
-    for problem in args.rules(flag_of).values():
-        raise UserError(problem)
+    args = checked(MergeSettings, vars(args))  # one sentence naming the flag; cuda only where there is a GPU
     high = [args.dit_high_noise, args.lora_high_noise, args.out_high_noise]
     if any(high) and not all(high):
         raise UserError("For the high-noise expert give all of --dit_high_noise, --lora_high_noise and "

@@ -11,6 +11,7 @@ from pathlib import Path
 from backend.compose.merge_loras import merge_loras
 from backend.compose.output_names import check_output
 from backend.compose.settings import MergeLorasSettings
+from backend.config.field_checks import checked
 from backend.config.settings import add_setting_arguments
 from backend.jobs.protocol import JobContext, every_percent
 from backend.loraid.cli_args import resolve_multipliers
@@ -21,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    args = MergeLorasSettings.from_mapping(vars(args), "command line")
+    args = checked(MergeLorasSettings, vars(args))  # one sentence naming the flag
     check_output(Path(args.out), args.overwrite, [Path(p) for p in args.lora], lora_output=True)
     ctx = JobContext.from_env()
     ctx.emit("start", loras=args.lora)

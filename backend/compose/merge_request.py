@@ -15,7 +15,7 @@ from backend.compose.merge_dit import open_checkpoint
 from backend.compose.merge_plan import Pick, conflicts_per_transformer, roles
 from backend.compose.output_names import check_output
 from backend.compose.settings import MergeLorasSettings, MergeSettings
-from backend.config.field_checks import label_of
+from backend.config.field_checks import checked, label_of
 from backend.errors import UserError
 from backend.loraid.file_coverage import coverage_of_file
 from backend.loraid.overlap import overlap_message
@@ -99,8 +99,7 @@ class DitMerge:
         outputs = self.outputs()
         if not outputs:
             raise UserError("No LoRA goes on either expert; set each row's expert to high, low or both.")
-        for problem in self.settings().rules(label_of(MergeSettings)).values():  # choices, then this machine's
-            raise UserError(problem)
+        self.settings()  # the options' own rules: choices, and what this machine has
         warnings = check_overlaps(self.picks, self.pair, self.allow_overlap)
         inputs = [*bases.values(), *(pick.path for pick in self.picks)]
         for role, out in outputs.items():
@@ -120,7 +119,7 @@ class DitMerge:
                        "multiplier_high_noise": self._strengths("high"), "out_high_noise": str(outputs["high"])}
         options = {"dtype": self.dtype, "device": self.device, "allow_overlap": self.allow_overlap,
                    "overwrite": self.overwrite}
-        return MergeSettings.from_mapping(values | options, "The merge")
+        return checked(MergeSettings, values | options, label_of(MergeSettings))
 
     def arguments(self) -> list[str]:
         """The arguments after `python -m backend`."""
@@ -155,13 +154,10 @@ class LoraMerge:
         return warnings
 
     def settings(self) -> MergeLorasSettings:
-        if self.rank is not None and (isinstance(self.rank, bool) or self.rank < 1):
-            raise UserError(f"The rank must be a whole number of at least 1, got {self.rank}; leave it empty for an "
-                            f"exact merge.")
-        return MergeLorasSettings.from_mapping(
+        return checked(MergeLorasSettings, 
             {"lora": [str(pick.path) for pick in self.picks], "multiplier": [pick.multiplier for pick in self.picks],
              "out": str(self.out), "rank": self.rank, "precision": self.precision, "allow_overlap": self.allow_overlap,
-             "overwrite": self.overwrite}, "The merge")
+             "overwrite": self.overwrite}, label_of(MergeLorasSettings))
 
     def arguments(self) -> list[str]:
         return ["merge-loras", *self.settings().flag_arguments()]

@@ -12,6 +12,7 @@ from backend.compose.ema import PRECISIONS as EMA_PRECISIONS
 from backend.compose.ema import SPACES
 from backend.compose.ema_weights import SIGMA_REL_LIMIT, beta_weights, gamma_from_sigma_rel
 from backend.compose.merge_dit import OUTPUT_DTYPES
+from backend.config.field_checks import checked
 from backend.config.settings import Settings, setting
 from backend.errors import UserError
 from backend.system.devices import DEVICES, device_problem
@@ -151,4 +152,4 @@ def ema_from_flags(values: dict) -> EmaSettings:
     if rule == "beta" and values.get("beta2") is not None and values.get("beta") is None:
         raise UserError("--beta2 needs --beta, the start of the interpolation.")
     values["rule"] = rule
-    return EmaSettings(**{name: value for name, value in values.items() if value is not None})
+    return checked(EmaSettings, {name: value for name, value in values.items() if value is not None})

@@ -234,3 +234,20 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     record = json.loads(safe_open(out, "pt").metadata()["loraid_studio.ema"])
     assert [c["weight"] for c in record["checkpoints"]] == pytest.approx(expected, abs=1e-9)
     assert run_choices(context) == [("run: 4 files in loras/", "loras/run")]  # the result is no checkpoint
+
+
+def test_merge_loras_rank_is_checked_beside_its_field(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = MergePanel(context)
+    save_demo_lora(model, ws.loras / "gus.safetensors", loraid=1, blocks_per_loraid=2, seed=6)
+    save_demo_lora(model, ws.loras / "hal.safetensors", loraid=3, blocks_per_loraid=2, seed=7)
+    rows, _ = panel.rows("loras", ["gus.safetensors", "hal.safetensors"], "", [], "")
+    out = str(ws.loras / "gus+hal.safetensors")
+    for rank, problem in ((2.5, "Rank is 2.5, not a whole number; enter a whole number such as 2."),
+                          (0, "Rank is 0; it must be at least 1.")):
+        assert panel.check_rank(rank)["value"] == f"⚠ {problem}"
+        shown = panel.run("loras", rows, "", "", out, "same", "cpu", rank, "fp32", False, False, FollowedJob())
+        assert shown[1] == NOT_STARTED and shown[6]["value"] == f"⚠ {problem}" and not shown[7]["visible"]
+    assert not panel.check_rank(None)["visible"] and not panel.check_rank(4)["visible"]
+    assert context.jobs.list() == [] and not Path(out).exists()

@@ -125,8 +125,8 @@ def test_dit_request_checks_refuse_before_anything_is_written(setup):
                                            r"“Allow overlap”"),
              (DitMerge([a], base, root / "m.ckpt"), "must end in .safetensors"),
              (DitMerge([a], base, base), "is one of the inputs"),
-             (DitMerge([a], base, out, dtype="fp8"), r"The merge: setting `dtype` = 'fp8' is invalid"),
-             (DitMerge([a], base, out, device="tpu"), r"The merge: setting `device` = 'tpu' is invalid")]
+             (DitMerge([a], base, out, dtype="fp8"), r"^Output dtype is 'fp8'; choose one of same, fp32, bf16, fp16\.$"),
+             (DitMerge([a], base, out, device="tpu"), r"^Compute on is 'tpu'; choose one of cpu, cuda\.$")]
     for request, message in cases:
         with pytest.raises(UserError, match=message):
             request.check()
@@ -202,6 +202,8 @@ def test_pair_arguments_give_each_expert_its_loras(setup, kit):
 def test_lora_merge_arguments_and_checks(setup):
     root, _, files = setup
     out = root / "loras" / "a+b.safetensors"
+    with pytest.raises(UserError, match=r"^Rank is 0; it must be at least 1\.$"):
+        LoraMerge([Pick(files["a"], 1.0), Pick(files["b"], 1.0)], out, rank=0).check()
     with pytest.raises(UserError, match="needs at least two files; 1 is picked"):
         LoraMerge([Pick(files["a"], 1.0)], out).check()
     with pytest.raises(UserError, match="c.safetensors both change block 1"):

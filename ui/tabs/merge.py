@@ -18,14 +18,14 @@ from backend.compose.output_names import (MERGED_DIT_FOLDER, PAIR_VARIANTS, free
                                           merged_dit_stem, merged_lora_stem)
 from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.compose.summaries import merge_summary
+from backend.config.field_checks import field_problems
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.output_guard import output_message
 from backend.system.devices import device_choices
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 option, problem_slot, refused, shown, summary_markdown, tick,
-                                 whole_number_problem)
+                                 option, problem_slot, refused, shown, summary_markdown, tick)
 from ui.settings_form import slot_update
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
@@ -65,8 +65,8 @@ def lora_choices(ctx: AppContext) -> list[str]:
 
 
 def rank_problem(rank) -> str | None:
-    return whole_number_problem(MergeLorasSettings.field_info()["rank"]["label"], rank, 1,
-                                "an exact merge (ranks concatenated)")
+    """The rank field's problem (a whole number of at least 1, or empty), from the model's own check."""
+    return field_problems(MergeLorasSettings, {"rank": None if rank == "" else rank}).get("rank")
 
 
 def overlap_html(lines: list[str], count: int) -> str:
