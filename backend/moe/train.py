@@ -24,6 +24,7 @@ from backend.moe.losses import scheduled_weight
 from backend.moe.network import MoeNetwork
 from backend.moe.objective import MoeDenoiser, Weights, moe_losses
 from backend.train.loop import DTYPES, timestep_sampler
+from backend.train.memory import COMPUTE_DTYPES, check_memory_settings
 from backend.train.networks import ExpertPlan
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
@@ -32,10 +33,12 @@ from backend.train.progress import Progress
 from backend.workspace import Workspace
 
 # Trainer settings stage 2 does not apply yet: the values it accepts (the first one is what to set). Stage 2 runs
-# one process without torch.compile, block swap or fp8 storage; memory="auto" plans nothing here.
+# one process without torch.compile or block swap; memory="auto" plans nothing here. The frozen base may be stored
+# in fp8 as in ordinary training: fp8_scaled (block Linears in fp8 + a per-row scale, set while loading; DoRA
+# experts read the dequantised weight) or fp8_base (diffusers' layerwise casting; not with DoRA).
 NOT_FOR_MOE = {"blocks_to_swap": (0,), "resume": ("",), "save_state": (False,), "network_weights": ("",),
-               "sample_prompts": ("",), "fp8_base": (False,), "fp8_scaled": (False,), "offload_activations": (False,),
-               "compile": ("off", "auto"), "num_machines": (1,)}
+               "sample_prompts": ("",), "offload_activations": (False,), "compile": ("off", "auto"),
+               "num_machines": (1,)}
 
 
 def _refuse(s) -> None:
@@ -45,6 +48,7 @@ def _refuse(s) -> None:
                             f"set it to {accepted[0]!r}.")
     if not s.dataset_config:
         raise UserError("no dataset_config given; pass --dataset_config FILE (a cached dataset TOML).")
+    check_memory_settings(s, s.spec().use_dora)
 
 
 def build(s, workspace: Workspace | None):
@@ -55,13 +59,18 @@ def build(s, workspace: Workspace | None):
     models, networks, stage1 = {}, {}, {}
     for label, expert in zip(plan.labels, plan.experts):
         path = dit_path(s, kind, expert, workspace)
-        model = load_transformer(path, kind.name, dtype=DTYPES[s.mixed_precision], expert=expert)
+        model = load_transformer(path, kind.name, dtype=DTYPES[s.mixed_precision], expert=expert,
+                                 storage="fp8_scaled" if s.fp8_scaled else None,
+                                 work_device="cuda" if torch.cuda.is_available() else None)
         model.requires_grad_(False)
         if s.gradient_checkpointing:
             model.enable_gradient_checkpointing()
             keep_activations(model, s.uncheckpointed_blocks)
         models[label] = model
         networks[label] = MoeNetwork.create(model, spec, name=label).inject()
+        if s.fp8_base:  # after the experts took what they need from the full-precision weights
+            model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                           compute_dtype=COMPUTE_DTYPES[s.mixed_precision])
         stage1[label] = stage1_fingerprint(path)
     return kind, plan, models, networks, stage1
 
