@@ -72,6 +72,9 @@ class MoePanel:
                   "network_dim": int(v["s2:rank"]), "network_alpha": float(v["s2:alpha"]),
                   "network_args": _listing(v["s2:network_args"]), "learning_rate": float(v["s2:lr"]),
                   "max_train_steps": int(v["s2:steps"]), "output_name": v["s2:name"]}
+        if v.get("s2:dora") and not any(arg.replace(" ", "").lower() == "use_dora=true"
+                                        for arg in values["network_args"]):
+            values["network_args"] = [*values["network_args"], "use_dora=True"]
         for path in merged:
             if not path.is_file():
                 raise UserError(f"the merged DiT {path} does not exist; run the merge step first or clear the field.")
@@ -197,6 +200,8 @@ def build(ctx: AppContext) -> None:
                 c["s2:rank"] = gr.Number(4, precision=0, label="Expert rank", elem_id="moe-s2-rank")
                 c["s2:alpha"] = gr.Number(4.0, label="Expert alpha", elem_id="moe-s2-alpha")
                 c["s2:network_args"] = gr.Textbox("rank_q=8", label="network_args", elem_id="moe-s2-network-args")
+                c["s2:dora"] = gr.Checkbox(False, label="DoRA experts (each expert with its own magnitude)",
+                                           elem_id="moe-s2-dora")
                 c["s2:steps"] = gr.Number(40, precision=0, label="Steps", elem_id="moe-s2-steps")
                 c["s2:lr"] = gr.Number(1e-3, label="Learning rate", elem_id="moe-s2-lr")
                 c["s2:name"] = gr.Textbox("moe", label="Output name", elem_id="moe-s2-name")

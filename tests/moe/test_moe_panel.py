@@ -42,6 +42,8 @@ def test_stage2_fields_take_the_merged_pair_high_then_low(tmp_path):
     assert settings.dit_high_noise == str(high) and settings.dit == str(low)
     assert settings.expert_names == ["red", "blue"] and settings.hint_tags == ["loraidA", "loraidB"]
     assert settings.routing_mode == "learned+hint" and settings.network_args == ["rank_q=8"]
-    assert settings.router_lr is None
+    assert settings.router_lr is None and not settings.spec().use_dora
+    dora = MoePanel(None).stage2_settings({**_stage2(f"{high} | {low}"), "s2:dora": True})
+    assert dora.network_args == ["rank_q=8", "use_dora=True"] and dora.spec().use_dora
     with pytest.raises(UserError, match="does not exist; run the merge step"):
         MoePanel(None).stage2_settings(_stage2(str(tmp_path / "missing.safetensors")))
