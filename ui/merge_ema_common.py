@@ -16,7 +16,6 @@ from backend.jobs import Job
 from backend.jobs.progress import read_progress
 from ui.context import AppContext
 from ui.log_view import LogView
-from ui.settings_form import widget
 from ui.widgets import progress_bar
 
 ERROR_PREFIX = "error: "
@@ -122,17 +121,6 @@ def shown(model: type[Settings], name: str, **overrides) -> dict:
     model cannot describe alone (a picker of the workspace's files, choices with longer names)."""
     info = model.field_info()[name]
     return {"label": info["label"], "info": info["help"], **overrides}
-
-
-def start(model: type[Settings], name: str):
-    """A field's starting value in the form: the model's default."""
-    return model.field_info()[name]["default"]
-
-
-def option(model: type[Settings], name: str, elem_id: str, choices: list | None = None):
-    """The widget of one option, all from its field (label, hint, starting value, choices; `choices` narrows them
-    to what this machine has)."""
-    return widget(model, name, start(model, name), elem_id, choices)
 
 
 def problem_slot(elem_id: str) -> gr.Markdown:

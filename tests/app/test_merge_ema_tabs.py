@@ -24,7 +24,9 @@ from backend.workspace import Workspace
 from tests.demo_files import save_demo_lora
 from ui.context import AppContext
 from ui.merge_ema_common import NOT_STARTED, FollowedJob
+from ui.tabs.ema import OPTIONS as EMA_OPTIONS
 from ui.tabs.ema import EmaPanel, run_choices
+from ui.tabs.merge import OPTIONS as MERGE_OPTIONS
 from ui.tabs.merge import MergePanel
 
 
@@ -67,8 +69,22 @@ def until_finished(panel, followed: FollowedJob, stall_s: float = 120) -> tuple:
         time.sleep(0.3)
 
 
+def options(**given) -> list:
+    """The Merge tab's option widgets' values, in the form's order (the model's starting values unless given)."""
+    start = {"allow_overlap": False, "dtype": "same", "device": "cpu", "rank": None, "precision": "fp32",
+             "overwrite": False}
+    return [{**start, **given}[name] for name in MERGE_OPTIONS]
+
+
+def ema_options(**given) -> list:
+    """The EMA tab's option widgets' values, in the form's order (the model's starting values unless given)."""
+    start = {"rule": "power", "sigma_rel": 0.2, "beta": 0.95, "beta2": None, "space": "factors", "precision": "same",
+             "overwrite": False}
+    return [{**start, **given}[name] for name in EMA_OPTIONS]
+
+
 def run_merge(panel: MergePanel, table, base, out, *, allow=False, base_high="", mode="dit"):
-    return panel.run(mode, table, base, base_high, out, "same", "cpu", None, "fp32", allow, False, FollowedJob())
+    return panel.run(mode, table, base, base_high, out, FollowedJob(), False, *options(allow_overlap=allow))
 
 
 def test_merge_refuses_bad_input_with_one_sentence_and_writes_nothing(ctx):
@@ -143,8 +159,8 @@ def test_merge_and_ema_outputs_outside_the_workspace_wait_for_the_confirm_box(ct
     merge = MergePanel(context)
     rows, _ = merge.rows("loras", ["dan.safetensors", "eve.safetensors"], "", [], "")
     out = elsewhere / "both.safetensors"
-    args = ("loras", rows, "", "", str(out), "same", "cpu", None, "fp32", False, False, FollowedJob())
-    shown = merge.run(*args)
+    args = ("loras", rows, "", "", str(out), FollowedJob())
+    shown = merge.run(*args, False, *options())
     outside = (f"⚠ {elsewhere} is outside the workspace {ws.root}; confirm writing there, or choose a folder "
                "inside the workspace.")
     assert shown[1] == NOT_STARTED and shown[-1] == {"value": outside, "visible": True, "__type__": "update"}
@@ -153,14 +169,14 @@ def test_merge_and_ema_outputs_outside_the_workspace_wait_for_the_confirm_box(ct
     ema = EmaPanel(context)
     inputs = ema.find("loras/far", "", "", "")[0]
     ema_out = elsewhere / "far-ema.safetensors"
-    ema_args = (inputs, "power", 0.2, 0.95, 0.95, "factors", "same", str(ema_out), False, FollowedJob())
-    refused = ema.run(*ema_args)
+    ema_args = (inputs, str(ema_out), FollowedJob())
+    refused = ema.run(*ema_args, False, *ema_options())
     assert refused[1] == NOT_STARTED and refused[-1]["value"] == outside
     assert context.jobs.list() == [] and not elsewhere.exists()
 
-    followed, *_ = merge.run(*args, True)  # confirmed
+    followed, *_ = merge.run(*args, True, *options())  # confirmed
     assert until_finished(merge, followed)[1] == f"Job {followed.job_id} succeeded."
-    followed, *_ = ema.run(*ema_args, True)
+    followed, *_ = ema.run(*ema_args, True, *ema_options())
     assert until_finished(ema, followed)[1] == f"Job {followed.job_id} succeeded."
     assert sorted(p.name for p in elsewhere.iterdir()) == ["both.safetensors", "far-ema.safetensors"]
 
@@ -211,8 +227,8 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     assert notes.startswith("3 lora checkpoints, ordered by the training step in their metadata.")
     assert "run.safetensors holds the same weights as run-step000040.safetensors" in notes
     assert out == suggested == str(ws.loras / "run-ema.safetensors")
-    rows, message, *slots = panel.weights(inputs, "power", 0.2, 0.95, 0.95)
-    assert [update["visible"] for update in slots] == [False, False, False]
+    rows, message, *slots = panel.weights(inputs, *ema_options(beta2=0.95))
+    assert [update["visible"] for update in slots] == [False] * len(EMA_OPTIONS)
     assert [row[1:3] for row in rows] == [["loras/run-step000010.safetensors", 10],
                                           ["loras/run-step000020.safetensors", 20],
                                           ["loras/run-step000040.safetensors", 40]]
@@ -221,21 +237,27 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     expected = [(s / 40) ** (gamma + 1) - (p / 40) ** (gamma + 1) for p, s in ((0, 10), (10, 20), (20, 40))]
     assert [row[3] for row in rows] == pytest.approx(expected, abs=1e-6)
 
-    _, message, *slots = panel.weights(inputs, "power", 0.5, 0.95, 0.95)
-    assert message == "" and slots[0]["value"].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")
-    bad = panel.run(inputs, "power", 0.5, 0.95, 0.95, "factors", "same", "", False, FollowedJob())
+    _, message, *slots = panel.weights(inputs, *ema_options(sigma_rel=0.5))
+    slots = dict(zip(EMA_OPTIONS, slots))
+    assert message == "" and slots["sigma_rel"]["value"].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")
+    assert [name for name, slot in slots.items() if slot["visible"]] == ["sigma_rel"]
+    _, _, *slots = panel.weights(inputs, *ema_options(rule="beta", sigma_rel=0.5, beta=None))
+    slots = dict(zip(EMA_OPTIONS, slots))  # the beta rule: its empty β is said, σ_rel is not its value
+    assert [name for name, slot in slots.items() if slot["visible"]] == ["beta"]
+    assert slots["beta"]["value"] == "⚠ β is empty; type the decay at the second checkpoint, e.g. 0.95."
+    bad = panel.run(inputs, "", FollowedJob(), False, *ema_options(sigma_rel=0.5))
     assert bad[1] == NOT_STARTED
     assert bad[2:5] == ("", "", "")  # the previous run's log, summary and bar are not left beside the problem
-    sigma_slot, beta_slot, beta2_slot, out_slot = bad[6:]
+    option_slots, out_slot = dict(zip(EMA_OPTIONS, bad[6:-1])), bad[-1]
+    sigma_slot, beta_slot, beta2_slot = (option_slots[name] for name in ("sigma_rel", "beta", "beta2"))
     assert sigma_slot["value"].startswith("⚠ σ_rel (sigma_rel) must be between 0 and 1/√12")  # the range first
     assert out_slot["value"] == "⚠ The output path is empty; type where the EMA LoRA goes (a .safetensors name)."
     assert not beta_slot["visible"] and not beta2_slot["visible"]
-    empty = panel.run(panel.find(None, "", "", "")[0], "power", 0.2, 0.95, 0.95, "factors", "same", out, False,
-                      FollowedJob())
+    empty = panel.run(panel.find(None, "", "", "")[0], out, FollowedJob(), False, *ema_options())
     assert empty[1] == "⚠ No checkpoints are chosen; pick a run or type a run folder or checkpoint files."
     assert context.jobs.list() == [] and not Path(out).exists()
 
-    followed, status, *_ = panel.run(inputs, "power", 0.2, 0.95, 0.95, "delta", "same", out, False, FollowedJob())
+    followed, status, *_ = panel.run(inputs, out, FollowedJob(), False, *ema_options(space="delta"))
     shown = until_finished(panel, followed)
     assert shown[1] == f"Job {followed.job_id} succeeded."
     assert "delta space, steps from metadata" in shown[3] and "Largest relative truncation error" in shown[3]
@@ -255,8 +277,13 @@ def test_merge_loras_rank_is_checked_beside_its_field(ctx):
     out = str(ws.loras / "gus+hal.safetensors")
     for rank, problem in ((2.5, "Rank is 2.5, not a whole number; enter a whole number such as 2."),
                           (0, "Rank is 0; it must be at least 1.")):
-        assert panel.check_rank(rank)["value"] == f"⚠ {problem}"
-        shown = panel.run("loras", rows, "", "", out, "same", "cpu", rank, "fp32", False, False, FollowedJob())
-        assert shown[1] == NOT_STARTED and shown[6]["value"] == f"⚠ {problem}" and not shown[7]["visible"]
-    assert not panel.check_rank(None)["visible"] and not panel.check_rank(4)["visible"]
+        slots = dict(zip(MERGE_OPTIONS, panel.check_options("loras", *options(rank=rank))))
+        assert slots["rank"]["value"] == f"⚠ {problem}"
+        assert [name for name, slot in slots.items() if slot["visible"]] == ["rank"]
+        shown = panel.run("loras", rows, "", "", out, FollowedJob(), False, *options(rank=rank))
+        ranks_slot, out_slot = shown[6 + MERGE_OPTIONS.index("rank")], shown[-1]
+        assert shown[1] == NOT_STARTED and ranks_slot["value"] == f"⚠ {problem}" and not out_slot["visible"]
+    for fine in (None, 4, 4.0):
+        assert not any(slot["visible"] for slot in panel.check_options("loras", *options(rank=fine)))
+    assert not any(slot["visible"] for slot in panel.check_options("dit", *options(rank=2.5)))  # not a DiT's option
     assert context.jobs.list() == [] and not Path(out).exists()

@@ -15,17 +15,17 @@ from backend.compose.merge_plan import display_path, typed_paths, workspace_path
 from backend.compose.output_names import ema_stem, free_path
 from backend.compose.settings import RULE_VALUES, EmaSettings
 from backend.compose.summaries import ema_summary
+from backend.config.field_checks import checked, label_of
 from backend.errors import UserError
 from backend.output_guard import output_message
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 option, problem_slot, refused, shown, start, summary_markdown, tick)
-from ui.settings_form import slot_update
+                                 problem_slot, refused, shown, summary_markdown, tick)
+from ui.settings_form import SettingsForm, slot_update
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
-RULE_NAMES = {"power": "Power EMA (σ_rel, EDM2)", "beta": "Beta EMA (musubi's β / β2)", "uniform": "Plain mean"}
-RULE_FIELDS = ("sigma_rel", "beta", "beta2")  # each has its problem slot; the chosen rule's are checked
-FIELDS = EmaSettings.field_info()
+RULE_FIELDS = ("sigma_rel", "beta", "beta2")  # the rules' values: only the chosen rule's are shown and checked
+OPTIONS = ["rule", *RULE_FIELDS, "space", "precision", "overwrite"]  # the form's option fields
 JOB_KINDS = ("ema",)
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="ema-tab", concurrency_limit=1, show_progress="hidden")
@@ -54,11 +54,27 @@ def notes_markdown(found: Discovered) -> str:
 class EmaPanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self.form = SettingsForm(EmaSettings, OPTIONS, "ema")
 
     def on_rule(self, rule):
-        """Show the chosen rule's values only (their columns), and no problem of the values no longer used."""
+        """Show the chosen rule's values only, and no problem of the values no longer used."""
         shown_now = [gr.update(visible=name in RULE_VALUES.get(rule, ())) for name in RULE_FIELDS]
         return *shown_now, *(gr.update(visible=False) for _ in RULE_FIELDS)
+
+    def used(self, options: dict) -> dict:
+        """The options the job takes: the chosen rule's values, not the other rules'."""
+        rule = options.get("rule")
+        return {name: value for name, value in options.items()
+                if name not in RULE_FIELDS or name in RULE_VALUES.get(rule, ())}
+
+    def option_problems(self, options: dict) -> dict[str, str]:
+        """{field: sentence} for the options, from the model's checks; the rule's values in their own words (an
+        empty σ_rel says what to type, an out-of-range one its range)."""
+        problems = self.form.problems(EmaSettings, self.used(options))
+        if options.get("rule") in RULE_VALUES:
+            problems.update(rule_problems(options["rule"], options.get("sigma_rel"), options.get("beta"),
+                                          options.get("beta2")))
+        return problems
 
     def refresh(self, run):
         choices = run_choices(self.ctx)
@@ -88,11 +104,12 @@ class EmaPanel:
         keep_typed = out and out.strip() and out.strip() != suggested
         return Inputs(paths, found), notes_markdown(found), gr.skip() if keep_typed else suggestion, suggestion
 
-    def weights(self, inputs: Inputs, rule, sigma_rel, beta, beta2):
-        """(checkpoint rows with weights, rule message, σ_rel / β / β2 problems): what the job will compute, before
-        it runs; a wrong value of the chosen rule is shown beside its field."""
-        problems = rule_problems(rule, sigma_rel, beta, beta2)
-        slots = [slot_update(problems.get(name)) for name in RULE_FIELDS]
+    def weights(self, inputs: Inputs, *values):
+        """(checkpoint rows with weights, rule message, each option's problem): what the job will compute, before it
+        runs; `values`: the option widgets' values in OPTIONS order; a wrong value is shown beside its field."""
+        options = self.form.values(values)
+        problems = self.option_problems(options)
+        slots = self.form.slot_updates(problems)
         found = inputs.found
         if found is None:
             return [], "", *slots
@@ -100,21 +117,18 @@ class EmaPanel:
         if problems:
             rows = [[i, display_path(root, p), s, ""] for i, (p, s) in enumerate(zip(found.files, found.steps), 1)]
             return rows, "", *slots
-        weights, gamma = rule_weights(self.settings(inputs, rule, sigma_rel, beta, beta2), found.steps)
+        weights, gamma = rule_weights(self.settings(inputs, options), found.steps)
         rows = [[i, display_path(root, path), step, round(weight, 6)]
                 for i, (path, step, weight) in enumerate(zip(found.files, found.steps, weights), 1)]
         message = f"γ = {gamma:.4f}; the weights sum to {sum(weights):.6f}." if gamma is not None else \
             f"The weights sum to {sum(weights):.6f}."
         return rows, message, *slots
 
-    def settings(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space=FIELDS["space"]["default"],
-                 precision=FIELDS["precision"]["default"], out="", overwrite=False) -> EmaSettings:
+    def settings(self, inputs: Inputs, options: dict, out: str = "") -> EmaSettings:
         """The job's settings from the form, by field name (only the chosen rule's values are kept)."""
-        values = {"rule": rule, "sigma_rel": sigma_rel, "beta": beta, "beta2": beta2}
-        used = {name: value for name, value in values.items() if name == "rule" or name in RULE_VALUES[rule]}
-        return EmaSettings.from_mapping({"inputs": [str(p) for p in inputs.paths], "out": out, "space": space,
-                                         "precision": precision, "overwrite": bool(overwrite),
-                                         **{k: v for k, v in used.items() if v is not None}}, "The EMA")
+        given = {name: value for name, value in self.used(options).items() if value is not None}
+        return checked(EmaSettings, {"inputs": [str(p) for p in inputs.paths], "out": out, **given},
+                       label_of(EmaSettings))
 
     def out_problem(self, inputs: Inputs, out, overwrite, outside) -> str | None:
         """The output field's problem (empty, not a name, an input, an existing file without Overwrite, outside the
@@ -125,26 +139,29 @@ class EmaPanel:
         return output_message(out, workspace=self.ctx.workspace, inputs=files, overwrite=bool(overwrite),
                               outside_confirmed=bool(outside), lora_output=True)
 
-    def check_out(self, inputs: Inputs, out, overwrite, outside):
+    def check_out(self, inputs: Inputs, out, outside, *values):
+        overwrite = self.form.values(values)["overwrite"]
         return slot_update(self.out_problem(inputs, out, overwrite, outside) if out and str(out).strip() else None)
 
-    def run(self, inputs: Inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite, followed,
-            outside=False):
-        """(followed job, status, log, summary, bar, timer, σ_rel / β / β2 / output problems); `outside`: the user
-        confirmed an output outside the workspace. Every wrong field is shown beside it, the rule's values first."""
-        problems = rule_problems(rule, sigma_rel, beta, beta2)
-        out_problem = self.out_problem(inputs, out, overwrite, outside)
-        slots = [*(slot_update(problems.get(name)) for name in RULE_FIELDS), slot_update(out_problem)]
+    def run(self, inputs: Inputs, out, followed, outside, *values):
+        """(followed job, status, log, summary, bar, timer, each option's problem, the output's problem); `values`:
+        the option widgets' values in OPTIONS order; `outside`: the user confirmed an output outside the workspace.
+        Every wrong field is shown beside it (an out-of-range σ_rel as well as an empty output)."""
+        options = self.form.values(values)
+        problems = self.option_problems(options)
+        out_problem = self.out_problem(inputs, out, options["overwrite"], outside)
+        slots = [*self.form.slot_updates(problems), slot_update(out_problem)]
         if problems or out_problem:
             return refused(followed, NOT_STARTED, *slots)
         try:
             target = workspace_path(self.ctx.workspace.root, out).resolve()
-            settings = self.settings(inputs, rule, sigma_rel, beta, beta2, space, precision, str(target), overwrite)
+            settings = self.settings(inputs, options, str(target))
             found = check_request(settings)
             job = self.ctx.jobs.submit(
                 [sys.executable, "-m", "backend", *settings.arguments()], kind="ema",
                 title=f"Post-hoc EMA of {len(found.files)} checkpoints",
-                settings={"inputs": settings.inputs, "rule": rule, "space": space, "outputs": [str(target)]})
+                settings={"inputs": settings.inputs, "rule": settings.rule, "space": settings.space,
+                          "outputs": [str(target)]})
         except UserError as exc:
             return refused(followed, f"⚠ {exc}", *slots)
         return (follow_job(job), f"Job {job.id}: {job.status}…", "", "", job_bar(job), gr.Timer(active=True),
@@ -175,28 +192,20 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         typed = gr.Textbox("", lines=2, scale=3, elem_id="ema-paths",
                            label="Or a run folder / checkpoint files (one per line, relative to the workspace)")
     notes = gr.Markdown("Pick a run or type a run folder or checkpoint files.", elem_id="ema-notes")
-    with gr.Row(equal_height=False):
-        rule = gr.Radio([(RULE_NAMES[choice], choice) for choice in FIELDS["rule"]["choices"]],
-                        value=start(EmaSettings, "rule"), **shown(EmaSettings, "rule"), elem_id="ema-rule", scale=2)
-        rule_widgets, rule_slots, rule_columns = {}, {}, []
-        for name in RULE_FIELDS:  # only the chosen rule's values are shown
-            with gr.Column(scale=1, min_width=160, visible=name in RULE_VALUES[rule.value]) as column:
-                rule_widgets[name] = option(EmaSettings, name, f"ema-{name.replace('_', '-')}")
-                rule_slots[name] = problem_slot(f"ema-{name.replace('_', '-')}-error")
-            rule_columns.append(column)
-    sigma_rel, beta, beta2 = (rule_widgets[name] for name in RULE_FIELDS)
+    form = panel.form
+    form.build(["rule", *RULE_FIELDS])  # the chosen rule's values show (on_rule)
+    for name in RULE_FIELDS:
+        form.widgets[name].visible = name in RULE_VALUES[form.start["rule"]]
     table = gr.Dataframe(headers=CHECKPOINT_HEADERS, value=[], interactive=False, wrap=True,
                          label="Checkpoints and the weight each gets", elem_id="ema-checkpoints")
     weight_message = gr.Markdown("", elem_id="ema-weight-message")
-    with gr.Row():
-        space = option(EmaSettings, "space", "ema-space")
-        precision = option(EmaSettings, "precision", "ema-precision")
+    form.build(["space", "precision"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             out = gr.Textbox("", **shown(EmaSettings, "out"), elem_id="ema-out")
             out_slot = problem_slot("ema-out-error")
-        with gr.Column(scale=0, min_width=120):
-            overwrite = option(EmaSettings, "overwrite", "ema-overwrite")
+        with gr.Column(scale=0, min_width=140):
+            form.build(["overwrite"])
         outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="ema-outside")
     with gr.Row():
         run_button = gr.Button("Run EMA", variant="primary", scale=0, min_width=160, elem_id="ema-run-button")
@@ -210,23 +219,24 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     followed = gr.State(FollowedJob())
     timer = gr.Timer(POLL_SECONDS, active=True)  # the first tick picks up an EMA job that runs already
 
-    rule_inputs = [inputs, rule, sigma_rel, beta, beta2]
-    slots = [rule_slots[name] for name in RULE_FIELDS]
-    weight_outputs = [table, weight_message, *slots]
-    out_inputs = [inputs, out, overwrite, outside]
+    option_inputs = [inputs, *form.inputs]
+    weight_outputs = [table, weight_message, *form.outputs]
+    out_inputs = [inputs, out, outside, *form.inputs]
+    rule_widgets = [form.widgets[name] for name in RULE_FIELDS]
+    rule_slots = [form.slots[name] for name in RULE_FIELDS]
     find_args = dict(fn=panel.find, inputs=[run, typed, out, suggested], outputs=[inputs, notes, out, suggested],
                      **_GROUP)
-    run.change(**find_args).then(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP).then(
+    run.change(**find_args).then(panel.weights, inputs=option_inputs, outputs=weight_outputs, **_GROUP).then(
         panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
-    typed.blur(**find_args).then(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP).then(
+    typed.blur(**find_args).then(panel.weights, inputs=option_inputs, outputs=weight_outputs, **_GROUP).then(
         panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
-    rule.change(panel.on_rule, inputs=rule, outputs=[*rule_columns, *slots], **_GROUP)
-    for control in (rule, sigma_rel, beta, beta2):
-        control.change(panel.weights, inputs=rule_inputs, outputs=weight_outputs, **_GROUP)
-    gr.on([out.blur, overwrite.change, outside.change], panel.check_out, inputs=out_inputs, outputs=out_slot,
-          **_GROUP)
+    form.widgets["rule"].change(panel.on_rule, inputs=form.widgets["rule"], outputs=[*rule_widgets, *rule_slots],
+                                **_GROUP).then(panel.weights, inputs=option_inputs, outputs=weight_outputs, **_GROUP)
+    gr.on([form.widgets[name].change for name in OPTIONS if name != "rule"], panel.weights, inputs=option_inputs,
+          outputs=weight_outputs, **_GROUP)
+    gr.on([out.blur, form.widgets["overwrite"].change, outside.change], panel.check_out, inputs=out_inputs,
+          outputs=out_slot, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh, inputs=run, outputs=run, **_GROUP)
-    run_button.click(panel.run, inputs=[inputs, rule, sigma_rel, beta, beta2, space, precision, out, overwrite,
-                                        followed, outside],
-                     outputs=[followed, status, log, summary, progress, timer, *slots, out_slot], **_GROUP)
+    run_button.click(panel.run, inputs=[inputs, out, followed, outside, *form.inputs],
+                     outputs=[followed, status, log, summary, progress, timer, *form.outputs, out_slot], **_GROUP)
     timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, progress, timer], **_GROUP)

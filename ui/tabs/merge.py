@@ -18,20 +18,21 @@ from backend.compose.output_names import (MERGED_DIT_FOLDER, PAIR_VARIANTS, free
                                           merged_dit_stem, merged_lora_stem)
 from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.compose.summaries import merge_summary
-from backend.config.field_checks import field_problems
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.output_guard import output_message
 from backend.system.devices import device_choices
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 option, problem_slot, refused, shown, summary_markdown, tick)
-from ui.settings_form import slot_update
+                                 problem_slot, refused, shown, summary_markdown, tick)
+from ui.settings_form import SettingsForm, slot_update
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
 JOB_KINDS = ("merge", "merge-loras")
 PAIR_OUTPUT_HINT = f"{MergeSettings.field_info()['out']['help']}; a Wan2.2 A14B pair writes NAME-high_noise and " \
                    "NAME-low_noise"
+OPTIONS = ["allow_overlap", "dtype", "device", "rank", "precision", "overwrite"]  # the form's option fields
+MODE_MODELS = {"dit": MergeSettings, "loras": MergeLorasSettings}
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="merge-tab", concurrency_limit=1, show_progress="hidden")
 
@@ -64,9 +65,10 @@ def lora_choices(ctx: AppContext) -> list[str]:
     return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
 
 
-def rank_problem(rank) -> str | None:
-    """The rank field's problem (a whole number of at least 1, or empty), from the model's own check."""
-    return field_problems(MergeLorasSettings, {"rank": None if rank == "" else rank}).get("rank")
+def merge_form() -> SettingsForm:
+    """The merges' options, wired by field name: each widget, its problem slot and its value come from the field of
+    MergeSettings (into a DiT) or MergeLorasSettings (rank, precision)."""
+    return SettingsForm((MergeSettings, MergeLorasSettings), OPTIONS, "merge", choices={"device": device_choices()})
 
 
 def overlap_html(lines: list[str], count: int) -> str:
@@ -91,6 +93,7 @@ def job_title(request: DitMerge | LoraMerge) -> str:
 class MergePanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self.form = merge_form()
 
     def _path(self, text: str | None) -> Path | None:
         return workspace_path(self.ctx.workspace.root, text).resolve() if text and str(text).strip() else None
@@ -142,16 +145,27 @@ class MergePanel:
         keep_typed = out and out.strip() and out.strip() != suggested
         return report, gr.skip() if keep_typed else suggestion, suggestion
 
-    def request(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite):
+    def request(self, mode, table, base, base_high, out, options: dict):
+        """The merge the form asks for; `options` by field name."""
         root = self.ctx.workspace.root
         pair = self._pair(mode, base_high)
         picks = picks_from_rows(root, table, pair)
         target = self._path(out)
+        shared = {"allow_overlap": bool(options.get("allow_overlap")), "overwrite": bool(options.get("overwrite"))}
         if mode == "loras":
-            return LoraMerge(picks, target, None if rank in (None, "") else int(rank), precision, bool(allow),
-                             bool(overwrite))
-        return DitMerge(picks, self._path(base), target, self._path(base_high) if pair else None, dtype, device,
-                        bool(allow), bool(overwrite))
+            return LoraMerge(picks, target, options.get("rank"), options.get("precision", "fp32"), **shared)
+        return DitMerge(picks, self._path(base), target, self._path(base_high) if pair else None,
+                        options.get("dtype", "same"), options.get("device", "cpu"), **shared)
+
+    def option_problems(self, mode, options: dict) -> dict[str, str]:
+        """{field: sentence} for the chosen merge's options, from its model's checks (worded with the labels)."""
+        model = MODE_MODELS[mode]
+        return self.form.problems(model, {name: value for name, value in options.items()
+                                          if name in model.model_fields})
+
+    def check_options(self, mode, *values):
+        """Each option's problem beside it, as the user changes them."""
+        return tuple(self.form.slot_updates(self.option_problems(mode, self.form.values(values))))
 
     def out_problem(self, mode, table, base, base_high, out, overwrite, outside) -> str | None:
         """The output field's problem, worded for this form: empty, not a name, an input, a model where a LoRA goes,
@@ -159,7 +173,7 @@ class MergePanel:
         if not out or not str(out).strip():
             return "The output path is empty; type where the merged file goes (a .safetensors name)."
         try:
-            request = self.request(mode, table, base, base_high, out, "same", "cpu", None, "fp32", False, overwrite)
+            request = self.request(mode, table, base, base_high, out, {"overwrite": overwrite})
         except UserError:  # the picks' own problem is the Run button's to report
             request = None
         outputs = list(request.outputs().values()) if request is not None else []
@@ -174,25 +188,23 @@ class MergePanel:
                 return problem
         return None
 
-    def check_out(self, mode, table, base, base_high, out, overwrite, outside):
+    def check_out(self, mode, table, base, base_high, out, outside, *values):
+        overwrite = self.form.values(values)["overwrite"]
         return slot_update(self.out_problem(mode, table, base, base_high, out, overwrite, outside)
-                    if out and str(out).strip() else None)
+                           if out and str(out).strip() else None)
 
-    def check_rank(self, rank):
-        return slot_update(rank_problem(rank))
-
-    def run(self, mode, table, base, base_high, out, dtype, device, rank, precision, allow, overwrite, followed,
-            outside=False):
-        """(followed job, status, log, summary, bar, timer, rank problem, output problem); `outside`: the user
-        confirmed an output outside the workspace. Every wrong field is shown beside it."""
-        rank_wrong = rank_problem(rank) if mode == "loras" else None
-        out_wrong = self.out_problem(mode, table, base, base_high, out, overwrite, outside)
-        slots = [slot_update(rank_wrong), slot_update(out_wrong)]
-        if rank_wrong or out_wrong:
+    def run(self, mode, table, base, base_high, out, followed, outside, *values):
+        """(followed job, status, log, summary, bar, timer, each option's problem, the output's problem); `values`:
+        the option widgets' values in OPTIONS order; `outside`: the user confirmed an output outside the workspace.
+        Every wrong field is shown beside it."""
+        options = self.form.values(values)
+        problems = self.option_problems(mode, options)
+        out_wrong = self.out_problem(mode, table, base, base_high, out, options["overwrite"], outside)
+        slots = [*self.form.slot_updates(problems), slot_update(out_wrong)]
+        if problems or out_wrong:
             return refused(followed, NOT_STARTED, *slots)
         try:
-            request = self.request(mode, table, base, base_high, out, dtype, device, rank, precision, allow,
-                                   overwrite)
+            request = self.request(mode, table, base, base_high, out, options)
             warnings = request.check()
             arguments = request.arguments()
             job = self.ctx.jobs.submit(
@@ -241,7 +253,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                          label="Picked LoRAs (edit multiplier; on an A14B pair also expert: high, low or both)",
                          elem_id="merge-table")
     overlap = gr.HTML("", elem_id="merge-overlap")
-    allow = option(MergeSettings, "allow_overlap", "merge-allow-overlap")
+    form = panel.form
+    form.build(["allow_overlap"])
     bases = base_choices(ctx)
     with gr.Group(visible=True) as dit_options:
         with gr.Row():
@@ -249,21 +262,16 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                                **shown(MergeSettings, "dit"), elem_id="merge-base")
             base_high = gr.Dropdown(high_choices(ctx), value="", allow_custom_value=True, scale=3,
                                     **shown(MergeSettings, "dit_high_noise"), elem_id="merge-base-high")
-        with gr.Row():
-            dtype = option(MergeSettings, "dtype", "merge-dtype")
-            device = option(MergeSettings, "device", "merge-device", device_choices())
-    with gr.Row(visible=False, equal_height=False) as lora_options:
-        with gr.Column():
-            rank = option(MergeLorasSettings, "rank", "merge-rank")  # unrounded: 2.5 is refused beside the field
-            rank_slot = problem_slot("merge-rank-error")
-        precision = option(MergeLorasSettings, "precision", "merge-precision")
+        form.build(["dtype", "device"])
+    with gr.Group(visible=False) as lora_options:
+        form.build(["rank", "precision"])  # the rank unrounded: 2.5 is refused beside the field
     first_output = panel.suggestion("dit", base.value, "", [])
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             out = gr.Textbox(first_output, **shown(MergeSettings, "out", info=PAIR_OUTPUT_HINT), elem_id="merge-out")
             out_slot = problem_slot("merge-out-error")
-        with gr.Column(scale=0, min_width=120):
-            overwrite = option(MergeSettings, "overwrite", "merge-overwrite")
+        with gr.Column(scale=0, min_width=140):
+            form.build(["overwrite"])
         outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="merge-outside")
     with gr.Row():
         run_button = gr.Button("Run merge", variant="primary", scale=0, min_width=160, elem_id="merge-run")
@@ -278,22 +286,23 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     row_inputs = [mode, files, typed, table, base_high]
     review_inputs, review_outputs = [mode, table, base, base_high, out, suggested], [overlap, out, suggested]
-    out_inputs = [mode, table, base, base_high, out, overwrite, outside]
+    out_inputs = [mode, table, base, base_high, out, outside, *form.inputs]
     files.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
     typed.blur(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
     mode.change(panel.on_mode, inputs=mode, outputs=[dit_options, lora_options, out], **_GROUP).then(
         panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP).then(
-        panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
+        panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP).then(
+        panel.check_options, inputs=[mode, *form.inputs], outputs=form.outputs, **_GROUP)
     base.change(panel.on_base, inputs=base, outputs=base_high, **_GROUP).then(
         panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP)
     base_high.change(panel.rows, inputs=row_inputs, outputs=[table, file_message], **_GROUP)
     table.change(panel.review, inputs=review_inputs, outputs=review_outputs, **_GROUP).then(
         panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
-    rank.change(panel.check_rank, inputs=rank, outputs=rank_slot, **_GROUP)
-    gr.on([out.blur, overwrite.change, outside.change], panel.check_out, inputs=out_inputs, outputs=out_slot,
-          **_GROUP)
+    gr.on([form.widgets[name].change for name in OPTIONS], panel.check_options, inputs=[mode, *form.inputs],
+          outputs=form.outputs, **_GROUP)
+    gr.on([out.blur, form.widgets["overwrite"].change, outside.change], panel.check_out, inputs=out_inputs,
+          outputs=out_slot, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
-    run_button.click(panel.run, inputs=[mode, table, base, base_high, out, dtype, device, rank, precision, allow,
-                                        overwrite, followed, outside],
-                     outputs=[followed, status, log, summary, progress, timer, rank_slot, out_slot], **_GROUP)
+    run_button.click(panel.run, inputs=[mode, table, base, base_high, out, followed, outside, *form.inputs],
+                     outputs=[followed, status, log, summary, progress, timer, *form.outputs, out_slot], **_GROUP)
     timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, progress, timer], **_GROUP)
