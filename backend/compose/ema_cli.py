@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args = ema_from_flags(vars(args))
+    args.check_rule()  # an out-of-range σ_rel or β is said before anything about the files
     inputs = [Path(p) for p in args.inputs]
     check_output(Path(args.out), args.overwrite, [p for p in inputs if p.is_file()], lora_output=True)
     ctx = JobContext.from_env()

@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
+from backend.__main__ import main
 from backend.compose import ema_cli, merge_cli, merge_loras_cli
 from backend.compose.merge_plan import Pick
 from backend.compose.merge_request import DitMerge, LoraMerge
@@ -137,7 +138,7 @@ def test_the_argv_a_tab_starts_reads_back_through_the_command_line_as_the_same_s
             ema.model_dump(exclude={"sigma_rel", "beta", "beta2"})
 
 
-def test_the_ema_command_line_keeps_its_rule_flags(tmp_path):
+def test_the_ema_command_line_keeps_its_rule_flags(tmp_path, capsys):
     def read(*argv):
         return ema_from_flags(vars(_parser(ema_cli).parse_args(["run", "--out", "e.safetensors", *argv])))
 
@@ -151,6 +152,9 @@ def test_the_ema_command_line_keeps_its_rule_flags(tmp_path):
             read(*mixed)
     with pytest.raises(UserError, match="--beta2 needs --beta"):
         read("--beta2", "0.9")
+    # an out-of-range σ_rel is said first, before the missing run folder
+    assert main(["ema", str(tmp_path / "missing"), "--out", str(tmp_path / "e.safetensors"), "--sigma_rel", "0.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: σ_rel (sigma_rel) must be between 0 and 1/√12")
 
 
 class _MergeLorasWithSeed(MergeLorasSettings):
