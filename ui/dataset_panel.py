@@ -11,7 +11,7 @@ from backend.data.caption_edits import BulkEdit, CaptionEditPlan, apply_plan, pl
 from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings
 from backend.data.captions import read_caption
 from backend.data.dataset_folder import Entry, FolderScan, resolve_folder, scan_tree
-from backend.data.dataset_form import DatasetForm, existing_form, read_form, render_form_toml
+from backend.data.dataset_form import DatasetForm, FormProblems, existing_form, form_problems, read_form, render_form_toml
 from backend.data.dataset_preview import bucket_summary, cache_counts, windows_by_mode
 from backend.data.frames import rounding_note
 from backend.data.dataset_toml_file import read_toml_text, ready_for_cache, resolve_toml_path, write_dataset_toml
@@ -28,13 +28,15 @@ from ui.widgets import progress_bar, report_error
 
 FORM_FIELDS = list(DatasetForm.model_fields)
 FORM_OUTPUTS = [f"form.{name}" for name in FORM_FIELDS]
+FORM_SLOTS = [f"form_problem.{name}" for name in FORM_FIELDS]
+FIX_THE_FORM = "⚠ Fix the setting marked ⚠ under Settings first."
 CACHE_FIELDS = ["device", "dtype", "batch_size", "skip_existing", "i2v", "vae_tiling", "max_sequence_length"]
 CACHE_SLOTS = [f"cache_problem.{name}" for name in CACHE_FIELDS]
 OUTPUTS = {  # every output a handler may set, by name
     "scan", "summary", "problems", "gallery", "items", "item", "preview", "item_info", "caption", "caption_message",
     "scope", "plan", "changes", "bulk_message", "buckets", "dropped", "buckets_message", "frames_video", "frames",
     "frames_strip", "frames_message", "toml_path", "toml", "toml_message", "cache_view", "cache_status", "cache_log",
-    "cache_progress", "timer", *FORM_OUTPUTS, *CACHE_SLOTS}
+    "cache_progress", "timer", *FORM_OUTPUTS, *FORM_SLOTS, *CACHE_SLOTS}
 ALL_FOLDERS = "all folders"
 GALLERY_LIMIT = 120
 PREVIEW_SIDE = 256
@@ -45,6 +47,18 @@ def form_values(form: DatasetForm) -> dict:
     values = {f"form.{name}": getattr(form, name) for name in FORM_FIELDS}
     values["form.target_frames"] = ", ".join(str(n) for n in form.target_frames)
     return values
+
+
+def form_slot_values(problems: dict[str, str]) -> dict:
+    return {f"form_problem.{name}": slot_update(problems.get(name)) for name in FORM_FIELDS}
+
+
+def failure(message_name: str, exc: UserError) -> dict:
+    """A handler's failure: wrong settings are shown beside their fields (the message only points there); any
+    other problem is one sentence in the message (and a toast)."""
+    if isinstance(exc, FormProblems):
+        return {message_name: FIX_THE_FORM, **form_slot_values(exc.problems)}
+    return {message_name: f"⚠ {report_error(exc)}"}
 
 
 def gallery_items(scan: FolderScan) -> list[tuple]:
@@ -98,7 +112,7 @@ class DatasetPanel:
             form = existing or read_form(dict(zip(FORM_FIELDS, values)))
             scan = scan_tree(root, form.caption_extension)
         except UserError as exc:
-            return {"summary": f"⚠ {report_error(exc)}"}
+            return failure("summary", exc)
         first = (scan.missing_captions or scan.entries)[0].name if scan.entries else None
         videos = [entry.name for entry in scan.entries if entry.item.kind == "video"]
         out = {"scan": scan, "summary": views.summary_markdown(scan), "problems": views.problems_markdown(scan),
@@ -107,7 +121,7 @@ class DatasetPanel:
                "item": gr.update(choices=views.item_choices(scan), value=first),
                "scope": gr.update(choices=[ALL_FOLDERS, *scan.sources_by_label()], value=ALL_FOLDERS),
                "frames_video": gr.update(choices=videos, value=videos[0] if videos else None),
-               **(form_values(existing) if existing else {})}
+               **(form_values(existing) if existing else {}), **form_slot_values({})}
         previews = [("buckets_message", lambda: self._buckets(scan, form)),
                     ("toml_message", lambda: {"toml": render_form_toml(scan, form, root / "dataset.toml"),
                                               "toml_message": note or "Generated from the form; not written yet."})]
@@ -208,11 +222,16 @@ class DatasetPanel:
         return {"buckets": views.bucket_rows(summary), "dropped": [list(row) for row in dropped],
                 "buckets_message": views.bucket_message(summary, (form.resolution_width, form.resolution_height))}
 
+    def check_form(self, *values) -> dict:
+        """Each setting's problem beside it (the page's check while editing)."""
+        return form_slot_values(form_problems(dict(zip(FORM_FIELDS, values))))
+
     def buckets(self, scan: FolderScan | None, *values) -> dict:
         try:
-            return self._buckets(_require_scan(scan), read_form(dict(zip(FORM_FIELDS, values))))
+            return {**self._buckets(_require_scan(scan), read_form(dict(zip(FORM_FIELDS, values)))),
+                    **form_slot_values({})}
         except UserError as exc:  # the tables of other settings go: they would sit beside this error as its answer
-            return {"buckets_message": f"⚠ {report_error(exc)}", "buckets": [], "dropped": []}
+            return {**failure("buckets_message", exc), "buckets": [], "dropped": []}
 
     def _frames(self, scan: FolderScan, name: str | None, form: DatasetForm) -> dict:
         if not name:
@@ -230,9 +249,10 @@ class DatasetPanel:
 
     def frames(self, scan: FolderScan | None, name: str | None, *values) -> dict:
         try:
-            return self._frames(_require_scan(scan), name, read_form(dict(zip(FORM_FIELDS, values))))
+            return {**self._frames(_require_scan(scan), name, read_form(dict(zip(FORM_FIELDS, values)))),
+                    **form_slot_values({})}
         except UserError as exc:  # as for buckets: no table of other settings beside the error
-            return {"frames_message": f"⚠ {report_error(exc)}", "frames": [], "frames_strip": ""}
+            return {**failure("frames_message", exc), "frames": [], "frames_strip": ""}
 
     # ---- the TOML ------------------------------------------------------------------------------------------
 
@@ -242,8 +262,8 @@ class DatasetPanel:
             path = resolve_toml_path(toml_path, self.ctx.workspace.root)
             text = render_form_toml(scan, read_form(dict(zip(FORM_FIELDS, values))), path)
         except UserError as exc:
-            return {"toml_message": f"⚠ {report_error(exc)}"}
-        return {"toml": text, "toml_message": f"Generated from the form; nothing is written until you click "
+            return failure("toml_message", exc)
+        return {**form_slot_values({}), "toml": text, "toml_message": f"Generated from the form; nothing is written until you click "
                                               f"Write TOML ({path})."}
 
     def load_toml(self, toml_path: str) -> dict:

@@ -48,11 +48,18 @@ def _sentence(cls: type[Settings], name: str, error: dict, name_of: NameOf) -> s
     if len(error["loc"]) > 1:  # one value of a list
         item = _KINDS.get((typing.get_args(_field_kind(cls, name)) or (str,))[0], "a value")
         return f"{what} holds {value!r}, which is not {item}; enter {expected(cls, name)} separated by commas."
-    if value is None or value == "":
+    if value is None or value == "" or value == []:
         return f"{what} is empty; enter {expected(cls, name)}."
+    if kind == "multiple_of":
+        step = ctx["multiple_of"]
+        low = int(value // step * step)
+        nearest = f"{low} or {low + step}" if low >= step else f"{low + step}"
+        return f"{what} is {value!r}, not a multiple of {step}; use {nearest}."
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
-        return f"{what} is {value!r}; it must be {words} {ctx[key]}."
+        bound = ctx[key]
+        return f"{what} is {value!r}; it must be {words} {bound:g}." if isinstance(bound, (int, float)) else \
+            f"{what} is {value!r}; it must be {words} {bound}."
     if kind == "int_from_float":
         return f"{what} is {value!r}, not a whole number; enter a whole number such as {int(value)}."
     if kind == "finite_number":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from backend.compose.settings import EmaSettings, MergeLorasSettings, MergeSettings
 from backend.config.settings import Settings
 from backend.data.cache_settings import LatentCacheSettings, TextCacheSettings
+from backend.data.dataset_keys import DatasetKeys
 from backend.generate.settings import GenerateSettings
 from backend.loraid.report_settings import InterferenceSettings
 from backend.train.settings import TrainSettings
@@ -15,6 +16,7 @@ JOB_SETTINGS: dict[str, type[Settings]] = {
     "merge-loras": MergeLorasSettings,
     "ema": EmaSettings,
     "generate": GenerateSettings,
+    "dataset": DatasetKeys,
     "cache-latents": LatentCacheSettings,
     "cache-text": TextCacheSettings,
     "interference": InterferenceSettings,

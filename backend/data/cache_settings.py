@@ -25,7 +25,7 @@ class CacheSettings(Settings):
     device: str = setting("cpu", label="Device", group=RUN, choices=DEVICES, help="where the model runs")
     dtype: str = setting("auto", label="Precision", group=RUN, choices=DTYPE_CHOICES,
                          help="model precision; auto: bfloat16 on cuda, float32 on cpu")
-    batch_size: int = setting(1, label="Batch size", group=RUN, ge=1, help="items encoded together")
+    batch_size: int = setting(1, label="Encode batch size", group=RUN, ge=1, help="items encoded together")
     skip_existing: bool = setting(True, label="Keep current files", group=RUN,
                                   help="keep cache files that are already current (a stopped run continues)")
 

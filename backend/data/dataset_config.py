@@ -14,23 +14,21 @@ from __future__ import annotations
 import difflib
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.config.settings import _field_kind
+from backend.data.dataset_keys import GENERAL, PER_DATASET, RESOLUTION_STEP, SOURCE, VIDEO, DatasetKeys, default, keys_of
 from backend.data.frames import FRAME_EXTRACTION_MODES, round_down_4n1
 from backend.errors import UserError
 
-RESOLUTION_STEP = 16
-DEFAULT_RESOLUTION = (960, 544)
-DEFAULT_CAPTION_EXTENSION = ".txt"
-
-# Keys musubi-tuner accepts in [general] and, overriding them, in each [[datasets]] entry.
-INHERITED_KEYS = ("resolution", "caption_extension", "batch_size", "num_repeats", "enable_bucket",
-                  "bucket_no_upscale")
-SOURCE_KEYS = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
-DATASET_ONLY_KEYS = ("cache_directory", "control_directory", "mask_directory", "expert_label")
-VIDEO_KEYS = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps")
+# Keys musubi-tuner accepts in [general] and, overriding them, in each [[datasets]] entry; the others only in an
+# entry (the video keys only in a video entry). Each key is declared once, in `dataset_keys.DatasetKeys`.
+INHERITED_KEYS = keys_of(GENERAL)
+SOURCE_KEYS = keys_of(SOURCE)
+DATASET_ONLY_KEYS = keys_of(PER_DATASET)
+VIDEO_KEYS = keys_of(VIDEO)
 DATASET_KEYS = SOURCE_KEYS + DATASET_ONLY_KEYS + INHERITED_KEYS + VIDEO_KEYS
 
 # Keys musubi-tuner knows for other architectures: named, so the user learns why they do not apply here.
@@ -54,44 +52,17 @@ FUN_CONTROL = ("Wan2.1 Fun-Control (musubi-tuner's --task t2v-1.3B-FC / t2v-14B-
                "train")
 
 
-@dataclass
-class GeneralSection:
-    """`[general]`: defaults every `[[datasets]]` entry inherits. None = not set."""
-    resolution: tuple[int, int] | None = None
-    caption_extension: str | None = None
-    batch_size: int | None = None
-    num_repeats: int | None = None
-    enable_bucket: bool | None = None
-    bucket_no_upscale: bool | None = None
+def section_class(name: str, keys: tuple[str, ...], doc: str, model: type = DatasetKeys, **namespace: Any) -> type:
+    """A dataclass with one `key: <the key's type in model> | None = None` per key (None = not set)."""
+    return make_dataclass(name, [(key, model.model_fields[key].annotation | None, None) for key in keys],
+                          namespace={"__doc__": doc, **namespace})
 
 
-@dataclass
-class DatasetSection:
-    """One `[[datasets]]` entry as written. Exactly one of the four sources is set."""
-    image_directory: str | None = None
-    image_jsonl_file: str | None = None
-    video_directory: str | None = None
-    video_jsonl_file: str | None = None
-    cache_directory: str | None = None
-    control_directory: str | None = None
-    mask_directory: str | None = None  # LoRA-MoE: per-item ROI masks (<stem>.png, white = region of interest)
-    expert_label: str | None = None  # LoRA-MoE: the expert every item of this dataset belongs to (router hint)
-    resolution: tuple[int, int] | None = None
-    caption_extension: str | None = None
-    batch_size: int | None = None
-    num_repeats: int | None = None
-    enable_bucket: bool | None = None
-    bucket_no_upscale: bool | None = None
-    target_frames: list[int] | None = None
-    frame_extraction: str | None = None
-    frame_stride: int | None = None
-    frame_sample: int | None = None
-    max_frames: int | None = None
-    source_fps: float | None = None
-
-    @property
-    def is_video(self) -> bool:
-        return self.video_directory is not None or self.video_jsonl_file is not None
+GeneralSection = section_class("GeneralSection", INHERITED_KEYS,
+                                "`[general]`: defaults every `[[datasets]]` entry inherits. None = not set.")
+DatasetSection = section_class(
+    "DatasetSection", DATASET_KEYS, "One `[[datasets]]` entry as written. Exactly one of the four sources is set.",
+    is_video=property(lambda self: self.video_directory is not None or self.video_jsonl_file is not None))
 
 
 @dataclass(frozen=True)
@@ -252,28 +223,20 @@ class _Checker:
         return float(value)
 
 
-def _check_inherited(check: _Checker, key: str, value: Any) -> Any:
-    if key == "resolution":
-        return check.resolution(value)
-    if key == "caption_extension":
-        return check.caption_extension(value)
-    if key in ("batch_size", "num_repeats"):
+def _check_value(check: _Checker, key: str, value: Any) -> Any:
+    """One key's value checked by the key's type in `DatasetKeys` (and its own rule where it has one)."""
+    own = {"resolution": check.resolution, "caption_extension": check.caption_extension,
+           "target_frames": check.target_frames, "frame_extraction": check.frame_extraction}
+    if key in own:
+        return own[key](value)
+    kind = _field_kind(DatasetKeys, key)
+    if kind is bool:
+        return check.boolean(key, value)
+    if kind is int:
         return check.integer(key, value)
-    return check.boolean(key, value)
-
-
-def _check_dataset_value(check: _Checker, key: str, value: Any) -> Any:
-    if key in INHERITED_KEYS:
-        return _check_inherited(check, key, value)
-    if key in SOURCE_KEYS or key in DATASET_ONLY_KEYS:
-        return check.string(key, value)
-    if key == "target_frames":
-        return check.target_frames(value)
-    if key == "frame_extraction":
-        return check.frame_extraction(value)
-    if key == "source_fps":
+    if kind is float:
         return check.positive_float(key, value)
-    return check.integer(key, value)  # frame_stride, frame_sample, max_frames
+    return check.string(key, value)
 
 
 # ---- parsing ---------------------------------------------------------------------------------------------------
@@ -289,7 +252,7 @@ def _parse_general(raw: Any, source: str) -> GeneralSection:
                              "cache_directory in each [[datasets]] entry, so set it there.")
         if key not in INHERITED_KEYS:
             raise check.unknown(key, INHERITED_KEYS)
-        values[key] = _check_inherited(check, key, value)
+        values[key] = _check_value(check, key, value)
     return GeneralSection(**values)
 
 
@@ -301,7 +264,7 @@ def _parse_dataset(raw: Any, index: int, source: str) -> DatasetSection:
     for key, value in raw.items():
         if key not in DATASET_KEYS:
             raise check.unknown(key, DATASET_KEYS)
-        values[key] = _check_dataset_value(check, key, value)
+        values[key] = _check_value(check, key, value)
     given_sources = [key for key in SOURCE_KEYS if key in values]
     if not given_sources:
         raise check.fail("no media source; set one of image_directory, image_jsonl_file, video_directory or "
@@ -383,11 +346,12 @@ def parse_dataset_toml(text: str, *, source_name: str = "dataset.toml", base_dir
 
 # ---- resolution of inheritance ----------------------------------------------------------------------------------
 
-def _pick(section: DatasetSection, general: GeneralSection, key: str, default: Any) -> Any:
+def _pick(section: DatasetSection, general: GeneralSection, key: str) -> Any:
+    """The entry's value, else `[general]`'s, else musubi-tuner's default."""
     value = getattr(section, key)
     if value is None:
-        value = getattr(general, key)
-    return default if value is None else value
+        value = getattr(general, key, None)
+    return default(key) if value is None else value
 
 
 def _absolute(config: DatasetConfig, text: str) -> Path:
@@ -400,23 +364,21 @@ def _resolve(config: DatasetConfig, index: int, section: DatasetSection) -> Reso
     source_key = next(key for key in SOURCE_KEYS if getattr(section, key) is not None)
     source = _absolute(config, getattr(section, source_key))
     cache = _absolute(config, section.cache_directory) if section.cache_directory else source
-    frame_extraction = section.frame_extraction or "head"
-    frame_sample = section.frame_sample or 1
+    frame_extraction = _pick(section, g, "frame_extraction")
+    frame_sample = _pick(section, g, "frame_sample")
     if frame_extraction == "uniform" and frame_sample == 1:
         frame_extraction = "head"  # musubi-tuner does the same: one uniform sample is the head window
     return ResolvedDataset(
         index=index, kind="video" if section.is_video else "image", source=source,
         is_jsonl=source_key.endswith("jsonl_file"), cache_directory=cache,
         control_directory=_absolute(config, section.control_directory) if section.control_directory else None,
-        resolution=tuple(_pick(section, g, "resolution", DEFAULT_RESOLUTION)),
-        caption_extension=_pick(section, g, "caption_extension", DEFAULT_CAPTION_EXTENSION),
-        batch_size=_pick(section, g, "batch_size", 1), num_repeats=_pick(section, g, "num_repeats", 1),
-        enable_bucket=_pick(section, g, "enable_bucket", False),
-        bucket_no_upscale=_pick(section, g, "bucket_no_upscale", False),
-        target_frames=tuple(sorted({round_down_4n1(v) for v in section.target_frames or [1]})),
-        frame_extraction=frame_extraction,
-        frame_stride=section.frame_stride or 1, frame_sample=frame_sample, max_frames=section.max_frames or 129,
-        source_fps=section.source_fps,
+        resolution=tuple(_pick(section, g, "resolution")),
+        caption_extension=_pick(section, g, "caption_extension"),
+        batch_size=_pick(section, g, "batch_size"), num_repeats=_pick(section, g, "num_repeats"),
+        enable_bucket=_pick(section, g, "enable_bucket"), bucket_no_upscale=_pick(section, g, "bucket_no_upscale"),
+        target_frames=tuple(sorted({round_down_4n1(v) for v in _pick(section, g, "target_frames")})),
+        frame_extraction=frame_extraction, frame_stride=_pick(section, g, "frame_stride"), frame_sample=frame_sample,
+        max_frames=_pick(section, g, "max_frames"), source_fps=section.source_fps,
         mask_directory=_absolute(config, section.mask_directory) if section.mask_directory else None,
         expert_label=section.expert_label)
 

@@ -1,57 +1,56 @@
 """The Dataset tab's form: the dataset settings a user picks, turned into a musubi-tuner dataset TOML for the
 sources a folder scan found (absolute paths, one `[[datasets]]` entry per folder and kind).
 
-Values are validated by `dataset_config`, so an error names the TOML key it would land in. Cache folders follow
+The fields are musubi-tuner's keys as `dataset_keys.DatasetKeys` declares them; the page's values are checked field
+by field (`form_problems`, worded with the form's labels, shown beside each field), then the TOML is validated by
+`dataset_config` as the file it will be written to. Cache folders follow
 the demo dataset's layout (`concept_a/images` -> `concept_a/cache/images`), so the TOML the tab writes for a
 concept uses the same cache as the concept's own `dataset.toml`.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from backend.config.field_checks import field_problems
 from backend.config.settings import Settings, setting
-from backend.data.dataset_config import (DatasetConfig, DatasetSection, GeneralSection, check_dataset_section,
-                                         check_general_section, load_dataset_config, parse_dataset_toml,
-                                         render_dataset_toml)
+from backend.data.dataset_config import (INHERITED_KEYS, VIDEO_KEYS, DatasetConfig, DatasetSection, GeneralSection,
+                                         check_dataset_section, check_general_section, load_dataset_config,
+                                         parse_dataset_toml, render_dataset_toml)
 from backend.data.dataset_folder import FolderScan, MediaSource
-from backend.data.frames import FRAME_EXTRACTION_MODES
+from backend.data.dataset_keys import GENERAL, RESOLUTION_STEP, default, key_field, value_rules
 from backend.errors import UserError
 
 FORM_SOURCE = "dataset form"
-GENERAL = "Resolution and batches"
-VIDEO = "Video frames"
 
 
 class DatasetForm(Settings):
-    """The settings the tab writes; names are musubi-tuner's keys (resolution split into width and height)."""
-    resolution_width: int = setting(960, label="Width (resolution)", group=GENERAL,
-                                    help="Target width in pixels, a multiple of 16; buckets keep about width x height.")
-    resolution_height: int = setting(544, label="Height (resolution)", group=GENERAL,
-                                     help="Target height in pixels, a multiple of 16.")
-    caption_extension: str = setting(".txt", label="Caption extension", group=GENERAL,
-                                     help="Caption files sit beside each file with this extension.")
-    batch_size: int = setting(1, label="batch_size", group=GENERAL, help="Items per training batch.")
-    num_repeats: int = setting(1, label="num_repeats", group=GENERAL, help="How often each item is seen per epoch.")
-    enable_bucket: bool = setting(True, label="enable_bucket", group=GENERAL,
-                                  help="Group items by aspect ratio instead of cropping all to one size.")
-    bucket_no_upscale: bool = setting(False, label="bucket_no_upscale", group=GENERAL,
-                                      help="Items smaller than the target keep their size (rounded down to 16).")
-    target_frames: list[int] = setting([1], label="target_frames", group=VIDEO,
-                                       help="Clip lengths to cut, each 4n+1 (1, 17, 33, ...).")
-    frame_extraction: str = setting("head", label="frame_extraction", group=VIDEO, choices=FRAME_EXTRACTION_MODES,
-                                    help="head: the start; chunk: back-to-back pieces; slide: every frame_stride "
-                                         "frames; uniform: frame_sample evenly spread; full: the whole clip.")
-    frame_stride: int = setting(1, label="frame_stride (slide)", group=VIDEO, help="Step between slide windows.")
-    frame_sample: int = setting(1, label="frame_sample (uniform)", group=VIDEO, help="Windows spread evenly.")
-    max_frames: int = setting(129, label="max_frames (full)", group=VIDEO, help="Longest clip that full takes.")
-    source_fps: float | None = setting(None, label="source_fps", group=VIDEO,
-                                       help="The clips' frame rate; set it to resample them to Wan's 16 fps.")
+    """The settings the tab writes: musubi-tuner's keys (`DatasetKeys`: label, help, group, limits), with the
+    resolution split into width and height and buckets on to start with."""
+    resolution_width: int = setting(default("resolution")[0], label="Width", group=GENERAL, ge=RESOLUTION_STEP,
+                                    multiple_of=RESOLUTION_STEP,
+                                    help="target width in pixels, a multiple of 16; buckets keep about width x height")
+    resolution_height: int = setting(default("resolution")[1], label="Height", group=GENERAL, ge=RESOLUTION_STEP,
+                                     multiple_of=RESOLUTION_STEP, help="target height in pixels, a multiple of 16")
+    caption_extension: str = key_field("caption_extension")
+    batch_size: int = key_field("batch_size")
+    num_repeats: int = key_field("num_repeats")
+    enable_bucket: bool = key_field("enable_bucket", True)
+    bucket_no_upscale: bool = key_field("bucket_no_upscale")
+    target_frames: list[int] = key_field("target_frames")
+    frame_extraction: str = key_field("frame_extraction")
+    frame_stride: int = key_field("frame_stride")
+    frame_sample: int = key_field("frame_sample")
+    max_frames: int = key_field("max_frames")
+    source_fps: float | None = key_field("source_fps")
+
+    def rules(self, name_of) -> dict[str, str]:
+        return value_rules(self, name_of)
 
     def general_values(self) -> dict:
-        return {"resolution": [self.resolution_width, self.resolution_height],
-                "caption_extension": self.caption_extension, "batch_size": self.batch_size,
-                "num_repeats": self.num_repeats, "enable_bucket": self.enable_bucket,
-                "bucket_no_upscale": self.bucket_no_upscale}
+        """The `[general]` keys: every inherited key, the resolution from width and height."""
+        return {key: [self.resolution_width, self.resolution_height] if key == "resolution" else getattr(self, key)
+                for key in INHERITED_KEYS}
 
     def video_values(self) -> dict:
         """Only the frame keys the chosen mode uses (musubi-tuner ignores the others; full forbids target_frames)."""
@@ -76,21 +75,22 @@ class DatasetForm(Settings):
         return check_dataset_section({"video_directory": "clips", **self.video_values()}, 1, FORM_SOURCE)
 
 
-def parse_target_frames(text: str | None) -> list[int]:
-    """"1, 17, 33" -> [1, 17, 33] (4n+1 is checked later, with the key named)."""
-    parts = [part for part in (text or "").replace(";", ",").replace(" ", ",").split(",") if part]
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        raise UserError(f"target_frames must be whole numbers separated by commas, got {text!r}; "
-                        "write e.g. 1, 17, 33.") from None
-    if not values:
-        raise UserError("target_frames is empty; write at least one clip length, e.g. 1, 17.")
-    return values
+def parse_target_frames(text: str | None) -> list:
+    """"1, 17, 33" -> [1, 17, 33]; a part that is not a whole number stays text, for the form's check to name."""
+    parts = [part for part in re.split(r"[,;\s]+", text or "") if part]
+    return [int(part) if re.fullmatch(r"-?\d+", part) else part for part in parts]
 
 
-def read_form(values: dict) -> DatasetForm:
-    """The form from the page's raw values (numbers may come as floats, blank numbers as None)."""
+class FormProblems(UserError):
+    """The form's wrong fields, {name: sentence} (the message is the first sentence)."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__(next(iter(problems.values())))
+        self.problems = problems
+
+
+def _cleaned(values: dict) -> dict:
+    """The page's raw values as the model takes them (a whole float as an int, blank source_fps as not set)."""
     cleaned = {}
     for key, value in values.items():
         if isinstance(value, float) and value.is_integer() and key != "source_fps":
@@ -99,40 +99,39 @@ def read_form(values: dict) -> DatasetForm:
             value = None
         if key == "target_frames" and isinstance(value, str):
             value = parse_target_frames(value)
-        if value is None and key != "source_fps":
-            label = DatasetForm.field_info()[key]["label"]
-            raise UserError(f"{label} is empty; type a value (default {DatasetForm.field_info()[key]['default']}).")
         cleaned[key] = value
-    return DatasetForm.from_mapping(cleaned, FORM_SOURCE)
+    return cleaned
+
+
+def form_problems(values: dict) -> dict[str, str]:
+    """{field: sentence} for the page's values, worded with the form's labels (empty when they are fine)."""
+    return field_problems(DatasetForm, _cleaned(values))
+
+
+def read_form(values: dict) -> DatasetForm:
+    """The form from the page's raw values (numbers may come as floats, blank numbers as None); FormProblems
+    names every wrong field."""
+    problems = form_problems(values)
+    if problems:
+        raise FormProblems(problems)
+    return DatasetForm(**_cleaned(values))
 
 
 def form_from_config(config: DatasetConfig) -> DatasetForm:
     """The form showing an existing TOML's settings ([general], else the first entry; frames from the first video
     entry); unset keys keep the form's defaults."""
-    defaults = DatasetForm()
     first = config.datasets[0] if config.datasets else DatasetSection()
     video = next((section for section in config.datasets if section.is_video), DatasetSection())
-
-    def pick(key: str, section: DatasetSection, fallback):
-        general = getattr(config.general, key, None)
+    values = {}
+    for key in [*INHERITED_KEYS, *VIDEO_KEYS]:
+        section = video if key in VIDEO_KEYS else first
         value = getattr(section, key)
-        value = value if value is not None else general
-        return fallback if value is None else value
-
-    resolution = pick("resolution", first, (defaults.resolution_width, defaults.resolution_height))
-    return DatasetForm(
-        resolution_width=resolution[0], resolution_height=resolution[1],
-        caption_extension=pick("caption_extension", first, defaults.caption_extension),
-        batch_size=pick("batch_size", first, defaults.batch_size),
-        num_repeats=pick("num_repeats", first, defaults.num_repeats),
-        enable_bucket=pick("enable_bucket", first, defaults.enable_bucket),
-        bucket_no_upscale=pick("bucket_no_upscale", first, defaults.bucket_no_upscale),
-        target_frames=list(video.target_frames or defaults.target_frames),
-        frame_extraction=video.frame_extraction or defaults.frame_extraction,
-        frame_stride=video.frame_stride or defaults.frame_stride,
-        frame_sample=video.frame_sample or defaults.frame_sample,
-        max_frames=video.max_frames or defaults.max_frames,
-        source_fps=video.source_fps)
+        value = getattr(config.general, key, None) if value is None else value
+        if value is not None:
+            values[key] = list(value) if isinstance(value, (list, tuple)) else value
+    if "resolution" in values:
+        values["resolution_width"], values["resolution_height"] = values.pop("resolution")
+    return DatasetForm(**values)
 
 
 def existing_form(folder: Path) -> tuple[DatasetForm | None, str]:

@@ -142,18 +142,29 @@ def test_a_trigger_word_is_previewed_then_applied_on_confirm(panel, workspace):
     assert len(captions) == 17 and all(text.endswith(", sks\n") for text in captions)
 
 
-def test_bad_resolution_and_frame_settings_are_one_sentence(panel, workspace):
+def shown_problems(out: dict) -> dict[str, str]:
+    """The settings' problem slots that show something, by field name."""
+    return {name.removeprefix("form_problem."): update["value"] for name, update in out.items()
+            if name.startswith("form_problem.") and update["visible"]}
+
+
+def test_bad_resolution_and_frame_settings_are_shown_beside_the_field_once(panel, workspace):
     scan, _ = scanned(panel, workspace)
-    with pytest.warns(UserWarning):
-        shown = panel.buckets(scan, *page_form(resolution_width=100))
-    assert shown == {"buckets_message": "⚠ dataset form: [general]: resolution width 100 is not a multiple of 16; "
-                                        "use 96 or 112.", "buckets": [], "dropped": []}  # no stale table beside it
+    shown = panel.buckets(scan, *page_form(resolution_width=100))  # no toast: the field says it
+    assert shown["buckets_message"] == "⚠ Fix the setting marked ⚠ under Settings first."
+    assert shown_problems(shown) == {"resolution_width": "⚠ Width is 100, not a multiple of 16; use 96 or 112."}
+    assert shown["buckets"] == [] and shown["dropped"] == []  # no stale table beside the problem
+    fixed = panel.buckets(scan, *page_form())
+    assert fixed["buckets_message"].startswith("At 64x64") and shown_problems(fixed) == {}
     shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 18"))
     assert shown["frames_message"].endswith("target_frames are rounded down to 4n+1 as musubi-tuner does (18 -> 17).")
-    with pytest.warns(UserWarning):
-        shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 0"))
-    assert shown == {"frames_message": "⚠ dataset form: [[datasets]] #1: target_frames value 0 is not a frame count; "
-                                       "use 1 or more.", "frames": [], "frames_strip": ""}
+    shown = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(target_frames="1, 0", batch_size=0))
+    assert shown_problems(shown) == {
+        "batch_size": "⚠ Batch size is 0; it must be at least 1.",
+        "target_frames": "⚠ Clip lengths holds 0, which is not a frame count; use 1 or more (1, 17, 33, ...)."}
+    assert shown["frames"] == [] and shown["frames_strip"] == ""
+    assert shown_problems(panel.check_form(*page_form(caption_extension="txt"))) == {
+        "caption_extension": "⚠ Caption extension is 'txt'; it must start with a dot, e.g. .txt."}
     with pytest.warns(UserWarning):
         shown = panel.frames(scan, "concept_a/images/a_000.png", *page_form())
     assert "is an image; frame extraction applies to videos only" in shown["frames_message"]

@@ -132,8 +132,8 @@ def test_wrong_cache_options_are_shown_beside_them_and_start_nothing(workspace):
     path, text = _written_toml(workspace)
     out = panel.start_cache("latents", path, text, *cache_values(batch_size=2.5, max_sequence_length=0))
     assert out["cache_status"] == "Not started: fix the cache option marked ⚠ above."
-    assert out["cache_problem.batch_size"]["value"] == ("⚠ Batch size is 2.5, not a whole number; enter a whole "
-                                                        "number such as 2.")
+    assert out["cache_problem.batch_size"]["value"] == ("⚠ Encode batch size is 2.5, not a whole number; enter a "
+                                                        "whole number such as 2.")
     assert out["cache_problem.max_sequence_length"]["visible"] is False  # the latents do not use it
     assert panel.ctx.jobs.list() == []
     checked = panel.check_cache(path, *cache_values(max_sequence_length=0))

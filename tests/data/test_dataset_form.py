@@ -8,10 +8,10 @@ import pytest
 from backend.data.cache_plan import latent_settings
 from backend.data.dataset_config import load_dataset_config
 from backend.data.dataset_folder import scan_tree
-from backend.data.dataset_form import (DatasetForm, existing_form, form_from_config, parse_target_frames, read_form,
-                                       render_form_toml)
+from backend.data.dataset_form import (DatasetForm, FormProblems, existing_form, form_from_config, form_problems,
+                                       parse_target_frames, read_form, render_form_toml)
+from backend.data.dataset_keys import DatasetKeys
 from backend.data.sample_dataset import write_sample_dataset
-from backend.errors import UserError
 from backend.fileio import atomic_write_text
 
 
@@ -79,30 +79,42 @@ def test_a_folder_with_both_kinds_gets_two_cache_folders(tmp_path, make):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"resolution_width": 100.0}, "dataset form: [general]: resolution width 100 is not a multiple of 16; "
-                                  "use 96 or 112."),
-    ({"target_frames": "1, 0"}, "dataset form: [[datasets]] #2: target_frames value 0 is not a frame count; use 1 or "
-                                "more."),
-    ({"batch_size": 0.0}, "dataset form: [general]: batch_size must be at least 1, got 0."),
-    ({"caption_extension": "txt"}, "caption_extension must start with a dot"),
+    ({"resolution_width": 100.0}, "Width is 100, not a multiple of 16; use 96 or 112."),
+    ({"target_frames": "1, 0"}, "Clip lengths holds 0, which is not a frame count; use 1 or more (1, 17, 33, ...)."),
+    ({"batch_size": 0.0}, "Batch size is 0; it must be at least 1."),
+    ({"caption_extension": "txt"}, "Caption extension is 'txt'; it must start with a dot, e.g. .txt."),
+    ({"target_frames": "1, x"}, "Clip lengths holds 'x', which is not a whole number; enter whole numbers separated "
+                                "by commas."),
+    ({"resolution_width": None}, "Width is empty; enter a whole number."),
+    ({"resolution_width": 64.5}, "Width is 64.5, not a whole number; enter a whole number such as 64."),
+    ({"source_fps": -1.0}, "Source frame rate is -1.0; it must be above 0."),
 ])
-def test_bad_values_name_the_toml_key(demo, changes, message):
-    with pytest.raises(UserError) as caught:
-        render_form_toml(scan_tree(demo), read_form(page_values(**changes)), demo / "dataset.toml")
-    assert message in str(caught.value)
+def test_bad_values_are_one_sentence_naming_the_field_as_the_page_shows_it(changes, message):
+    with pytest.raises(FormProblems) as caught:
+        read_form(page_values(**changes))
+    assert str(caught.value) == message
+    assert caught.value.problems == {next(iter(changes)): message}
+    assert form_problems(page_values(**changes)) == {next(iter(changes)): message}
 
 
-def test_page_values_that_cannot_be_read_are_one_sentence():
-    with pytest.raises(UserError, match=r"^target_frames must be whole numbers separated by commas, got '1, x'"):
-        read_form(page_values(target_frames="1, x"))
-    with pytest.raises(UserError, match=r"^target_frames is empty"):
-        parse_target_frames(" , ")
-    with pytest.raises(UserError, match=r"^Width \(resolution\) is empty; type a value \(default 960\)\."):
-        read_form(page_values(resolution_width=None))
-    with pytest.raises(UserError, match=r"setting `resolution_width` = 64.5 is invalid"):
-        read_form(page_values(resolution_width=64.5))
+def test_every_wrong_field_is_named_at_once_and_good_values_read():
+    problems = form_problems(page_values(resolution_width=100.0, batch_size=0.0, frame_extraction="tail"))
+    assert list(problems) == ["resolution_width", "batch_size", "frame_extraction"]
+    assert problems["frame_extraction"] == "Frame extraction is 'tail'; choose one of head, chunk, slide, uniform, full."
     assert parse_target_frames("1;17 33") == [1, 17, 33]
     assert read_form(page_values(source_fps=0)).source_fps is None
+    assert form_problems(page_values()) == {}
+
+
+def test_the_form_takes_its_fields_from_the_dataset_keys():
+    keys, form = DatasetKeys.field_info(), DatasetForm.field_info()
+    for name in form:
+        if name.startswith("resolution_"):
+            continue
+        assert {k: v for k, v in form[name].items() if k != "default"} == {
+            k: v for k, v in keys[name].items() if k != "default"}, name
+        assert DatasetForm.model_fields[name].metadata == DatasetKeys.model_fields[name].metadata, name
+    assert form["enable_bucket"]["default"] is True and keys["enable_bucket"]["default"] is False  # the form's start
 
 
 def test_the_form_shows_an_existing_tomls_settings(demo, tmp_path):

@@ -43,8 +43,10 @@ def test_bucket_no_upscale_drops_items_smaller_than_one_step(folder):
 
 
 def test_bad_settings_are_refused_with_the_key_named(folder):
-    with pytest.raises(UserError, match=r"resolution height 50 is not a multiple of 16; use 48 or 64"):
-        bucket_summary(scan_tree(folder), DatasetForm(resolution_width=48, resolution_height=50))
+    with pytest.raises(UserError, match=r"resolution height 50 is not a multiple of 16; use 48 or 64"):  # unchecked
+        bucket_summary(scan_tree(folder), DatasetForm.model_construct(resolution_width=48, resolution_height=50))
+    with pytest.raises(UserError, match=r"setting `resolution_height` = 50 is invalid"):  # the model refuses it
+        DatasetForm.from_mapping({"resolution_width": 48, "resolution_height": 50})
     with pytest.raises(UserError, match=r"frame_extraction 'heads' is not a mode; did you mean \"head\"\?"):
         windows_by_mode(17, DatasetForm(frame_extraction="heads"))
 

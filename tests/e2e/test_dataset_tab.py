@@ -108,13 +108,16 @@ def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_works
     expect(page.locator("#dataset-bulk-message")).to_have_text("Wrote 18 caption file(s).")
     assert caption_files(dataset) == {name: f"sks, {text}" for name, text in before.items()}
 
-    # buckets: a bad width is one sentence, the demo's 64x64 gives three buckets
+    # buckets: a bad width is one sentence beside the field (no flag, no key), the demo's 64x64 gives three buckets
     width = page.locator("#dataset-form-resolution_width input")
     width.fill("100")
+    width_problem = page.locator("#dataset-form-resolution_width-error")
+    expect(width_problem).to_have_text("⚠ Width is 100, not a multiple of 16; use 96 or 112.")
     page.locator("#dataset-buckets-run").click()
-    expect(page.locator("#dataset-buckets-message")).to_contain_text(
-        "resolution width 100 is not a multiple of 16; use 96 or 112.")
+    expect(page.locator("#dataset-buckets-message")).to_have_text("⚠ Fix the setting marked ⚠ under Settings first.")
+    expect(page.get_by_text("not a multiple of 16")).to_have_count(1)  # one message for one problem
     width.fill("64")
+    expect(width_problem).to_be_hidden()
     page.locator("#dataset-buckets-run").click()
     expect(page.locator("#dataset-buckets-message")).to_have_text("At 64x64: 3 buckets, 18 item(s) kept, "
                                                                   "0 dropped.")
@@ -142,6 +145,18 @@ def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_works
     resolved = load_dataset_config(toml_file).resolved()
     assert [d.source for d in resolved] == [dataset / f"concept_{c}" / kind for c in "ab"
                                             for kind in ("images", "videos")]
+
+    # a cache option the job cannot take is refused beside it and starts nothing
+    jobs_before = sorted((demo_workspace_copy / "jobs").glob("*/job.json"))
+    cache_batch = page.locator("#dataset-cache-batch-size input")
+    cache_batch.fill("2.5")
+    page.locator("#dataset-cache-latents").click()
+    expect(page.locator("#dataset-cache-batch-size-error")).to_have_text(
+        "⚠ Encode batch size is 2.5, not a whole number; enter a whole number such as 2.")
+    expect(page.locator("#dataset-cache-status")).to_have_text("Not started: fix the cache option marked ⚠ above.")
+    assert sorted((demo_workspace_copy / "jobs").glob("*/job.json")) == jobs_before
+    cache_batch.fill("1")
+    expect(page.locator("#dataset-cache-batch-size-error")).to_be_hidden()
 
     # cache latents as a job; its files appear in each dataset's cache folder
     page.locator("#dataset-cache-device").get_by_label("cpu").check()

@@ -73,22 +73,25 @@ def form_component(name: str, info: dict, value):
         return gr.Checkbox(**common)
     if name in ("target_frames", "caption_extension"):
         return gr.Textbox(**common)
-    if "float" in annotation:
-        return gr.Number(**common)
-    return gr.Number(precision=0, **common)
+    return gr.Number(**common)  # no precision: a fraction reaches the check and is refused beside the field
 
 
-def build_form(initial: DatasetForm) -> dict[str, gr.components.Component]:
+def build_form(initial: DatasetForm) -> tuple[dict[str, gr.components.Component], dict[str, gr.Markdown]]:
+    """The settings' widgets (`form.<name>`) and, under each, its problem slot (`form_problem.<name>`)."""
     shown = form_values(initial)
-    components = {}
+    components, slots = {}, {}
     for group, names in DatasetForm.groups().items():
         with gr.Group():
             gr.Markdown(f"**{group}**")
-            with gr.Row():
+            with gr.Row(equal_height=False):
                 for name in names:
-                    components[f"form.{name}"] = form_component(name, DatasetForm.field_info()[name],
-                                                                shown[f"form.{name}"])
-    return components
+                    with gr.Column(min_width=160):
+                        components[f"form.{name}"] = form_component(name, DatasetForm.field_info()[name],
+                                                                    shown[f"form.{name}"])
+                        slots[f"form_problem.{name}"] = gr.Markdown("", visible=False,
+                                                                    elem_id=f"dataset-form-{name}-error",
+                                                                    elem_classes=["field-error"])
+    return components, slots
 
 
 def build(ctx: AppContext, tab: gr.Tab) -> None:
@@ -148,7 +151,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                                label="Captions that change", elem_id="dataset-bulk-changes")
 
     gr.Markdown("#### Settings")
-    form = build_form(initial)
+    form, form_slots = build_form(initial)
     with gr.Row():
         buckets_run = gr.Button("Preview buckets", scale=0, min_width=160, elem_id="dataset-buckets-run")
         buckets_message = gr.Markdown("", elem_id="dataset-buckets-message")
@@ -208,7 +211,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     on(scan_button.click, panel.scan, [folder, *form_inputs],
        dict(**listing, gallery=gallery, scope=scope, plan=plan_state, changes=changes, bulk_message=bulk_message,
             frames_video=frames_video, toml_path=toml_path, toml=toml, toml_message=toml_message,
-            **bucket_outputs, **frame_outputs, **form))
+            **bucket_outputs, **frame_outputs, **form, **form_slots))
     on(item.change, panel.select_item, [scan_state, item], item_outputs)
     items.select(_row_pick, inputs=None, outputs=item, **_GROUP)
     gallery.select(_gallery_pick, inputs=scan_state, outputs=item, **_GROUP)
@@ -220,11 +223,13 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     on(bulk_apply.click, panel.bulk_apply, [scan_state, plan_state, item],
        dict(**listing, plan=plan_state, changes=changes, bulk_message=bulk_message, caption=caption,
             item_info=item_info))
-    on(buckets_run.click, panel.buckets, [scan_state, *form_inputs], bucket_outputs)
-    on(frames_run.click, panel.frames, [scan_state, frames_video, *form_inputs], frame_outputs)
-    on(frames_video.change, panel.frames, [scan_state, frames_video, *form_inputs], frame_outputs)
+    on(buckets_run.click, panel.buckets, [scan_state, *form_inputs], {**bucket_outputs, **form_slots})
+    on(frames_run.click, panel.frames, [scan_state, frames_video, *form_inputs], {**frame_outputs, **form_slots})
+    on(frames_video.change, panel.frames, [scan_state, frames_video, *form_inputs], {**frame_outputs, **form_slots})
     on(generate.click, panel.generate_toml, [scan_state, toml_path, *form_inputs],
-       dict(toml=toml, toml_message=toml_message))
+       dict(toml=toml, toml_message=toml_message, **form_slots))
+    for widget in form_inputs:
+        on(widget.input, panel.check_form, form_inputs, form_slots)
     on(load.click, panel.load_toml, [toml_path], dict(toml=toml, toml_message=toml_message))
     on(write.click, panel.write_toml, [toml_path, toml], dict(toml_message=toml_message))
     cache_slots = {f"cache_problem.{name}": cache_options.slots[name] for name in CACHE_FIELDS}
