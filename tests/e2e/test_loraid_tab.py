@@ -1,5 +1,6 @@
 """The LORAID tab in a real browser: two demo LoRAs on disjoint IDs show both owners and no conflict; an
-overlapping pair shows the conflict naming the shared block; the interference report runs as a job."""
+overlapping pair shows the conflict naming the shared block; a wrong report option is refused beside it; the
+interference report runs as a job with a bar counting its measurements."""
 from __future__ import annotations
 
 import re
@@ -9,6 +10,7 @@ from playwright.sync_api import Page, expect
 
 from backend.models.loading import load_transformer
 from tests.demo_files import save_demo_lora
+from tests.e2e.test_dataset_tab import frozen_at_first_progress
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOT = REPO / "docs" / "screenshot-loraid.png"
@@ -72,8 +74,29 @@ def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_
     page.locator("#loraid-file-paths textarea").fill("")
     expect(conflicts).to_contain_text("CONFLICT: bob.safetensors and carol.safetensors")
 
+    # a report option the job cannot take is refused beside it, in the page's words, and starts nothing
+    probes = page.locator("#loraid-report-probes input")
+    probes.fill("0")
     page.locator("#loraid-report-run").click()
-    expect(page.locator("#loraid-report-status")).to_contain_text("finished", timeout=45_000)
+    expect(page.locator("#loraid-report-probes-error")).to_have_text("⚠ Probe inputs is 0; it must be at least 1.")
+    expect(page.locator("#loraid-report-status")).to_have_text("Not started: fix the report option marked ⚠ above.")
+    probes.fill("2")
+    expect(page.locator("#loraid-report-probes-error")).to_be_hidden()
+
+    # the report runs as a job whose bar counts its measurements: one per pair in weight space, two in function space
+    page.locator("#loraid-report-run").click()
+    bar = page.locator("#loraid-report-progress .report-progress")
+    with frozen_at_first_progress(demo_workspace_copy / "jobs", total=3) as step:  # however fast the machine
+        expect(bar).to_have_attribute("data-step", str(step))
+        expect(bar).to_have_attribute("data-total", "3")
+        expect(page.locator("#loraid-report-status")).to_contain_text(f"running… {step}/3")
+        page.get_by_role("tab", name="Jobs", exact=True).click()  # the Jobs table counts it too
+        expect(page.locator("#jobs-table")).to_contain_text(f"{step}/3")
+        page.get_by_role("tab", name="LORAID", exact=True).click()
+    expect(page.locator("#loraid-report-status")).to_contain_text("finished", timeout=120_000)
+    expect(bar).to_have_attribute("data-total", "3")
+    expect(bar).to_have_attribute("data-step", "3")
+    expect(bar).to_contain_text("3/3 (100%)")
     report = page.locator("#loraid-report textarea")
     expect(report).to_have_value(re.compile(r"bob\.safetensors / carol\.safetensors: 20 shared "
                                                           r"modules in blocks 4-5"))
