@@ -9,15 +9,15 @@ from pathlib import Path
 import gradio as gr
 
 from backend.errors import UserError
+from backend.jobs import Job
+from backend.jobs.progress import read_progress
 from backend.loraid.allocation import allocate, allocation_table, default_blocks_per_loraid, describe_units
 from backend.loraid.blockmap import allocation_map, files_map
 from backend.loraid.capacity import capacity, human_bytes
-from backend.loraid.model_facts import ModelFacts, facts_for
-from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
-from backend.jobs import Job
-from backend.jobs.progress import read_progress
 from backend.loraid.lora_paths import lora_names, resolve_lora_paths
+from backend.loraid.model_facts import ModelFacts, facts_for
 from backend.loraid.owners import taken_ids
+from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
 from backend.loraid.report_settings import REPORT_FILE, InterferenceSettings
 from backend.models.registry import MODEL_KINDS
 from backend.system.devices import default_device, device_choices
@@ -46,7 +46,7 @@ def report_bar(job: Job) -> str:
 
 
 def report_text(job: Job) -> str:
-    """The report the job wrote; its log when it wrote none (an error)."""
+    """The report the job wrote into its folder (empty when it wrote none)."""
     path = job.dir / REPORT_FILE
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
