@@ -272,13 +272,6 @@ def add_setting_arguments(group, cls: type[Settings], names: list[str] | None = 
                            **(dict(nargs="+", action=_Extend) if many else {}), **common)
 
 
-def command_arguments(settings: Settings, names: list[str] | None = None) -> list[str]:
-    """The argv part that gives back `settings` (all fields, or `names`) through the flags `add_setting_arguments`
-    makes (see `Settings.flag_arguments`)."""
-    leave_out = tuple(name for name in type(settings).model_fields if names and name not in names)
-    return settings.flag_arguments(leave_out=leave_out)
-
-
 def _field_kind(cls: type[Settings], name: str):
     kind = cls.model_fields[name].annotation
     options = [arg for arg in typing.get_args(kind) if arg is not type(None)]

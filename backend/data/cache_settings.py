@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from backend.config.field_checks import NameOf
-from backend.config.settings import Settings, command_arguments, setting
+from backend.config.settings import Settings, setting
 from backend.system.devices import DEVICES, device_problem
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -40,7 +40,7 @@ class CacheSettings(Settings):
 
     def job_argv(self) -> list[str]:
         """The command a cache job runs."""
-        return [sys.executable, "-m", "backend", "cache", self.WHAT, *command_arguments(self)]
+        return [sys.executable, "-m", "backend", "cache", self.WHAT, *self.flag_arguments()]
 
     def job_title(self) -> str:
         path = Path(self.dataset_config)

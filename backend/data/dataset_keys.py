@@ -40,7 +40,7 @@ class DatasetKeys(Settings):
                                               "region of interest)")
     expert_label: str | None = setting(None, label="Expert label", group=PER_DATASET,
                                        help="LoRA-MoE: the expert every item of this dataset belongs to")
-    resolution: tuple[int, int] = setting((960, 544), label="Resolution", group=GENERAL,
+    resolution: list[int] = setting([960, 544], label="Resolution", group=GENERAL, min_length=2, max_length=2,
                                           help="target [width, height] in pixels, each a multiple of 16; buckets "
                                                "keep about width x height")
     caption_extension: str = setting(".txt", label="Caption extension", group=GENERAL,
@@ -88,7 +88,7 @@ def keys_of(group: str) -> tuple[str, ...]:
 
 def default(key: str) -> Any:
     """musubi-tuner's value for a key that neither the entry nor `[general]` sets."""
-    return copy.deepcopy(DatasetKeys.model_fields[key].default)
+    return DatasetKeys.model_fields[key].get_default(call_default_factory=True)
 
 
 def key_field(key: str, value: Any = ..., **changes: Any) -> FieldInfo:
@@ -96,7 +96,7 @@ def key_field(key: str, value: Any = ..., **changes: Any) -> FieldInfo:
     (`value`) or shows a part of it under its own label (`changes`: label=, help=)."""
     field = copy.deepcopy(DatasetKeys.model_fields[key])
     if value is not ...:
-        field.default = value
+        field.default, field.default_factory = value, None
     extra = dict(field.json_schema_extra or {})
     if "label" in changes:
         extra["label"] = changes.pop("label")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from backend.config.field_checks import NameOf
-from backend.config.settings import Settings, command_arguments, setting
+from backend.config.settings import Settings, setting
 from backend.system.devices import DEVICES, device_problem
 
 REPORT_FILE = "report.txt"  # a report job writes its text here, in its job folder, for the page to show
@@ -48,7 +48,7 @@ class InterferenceSettings(Settings):
 
     def job_argv(self) -> list[str]:
         """The command a report job runs."""
-        return [sys.executable, "-m", "backend", "blockmap", *command_arguments(self)]
+        return [sys.executable, "-m", "backend", "blockmap", *self.flag_arguments()]
 
     def job_title(self) -> str:
         return f"Interference report: {', '.join(Path(path).name for path in self.report)}"
