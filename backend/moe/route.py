@@ -49,13 +49,13 @@ def boundary_of(moe: MoeFile, boundary_ratio: float | None) -> float | None:
     """The timestep fraction splitting high- from low-noise calls: the one given, else the file's model kind's."""
     if boundary_ratio is not None:
         return boundary_ratio
+    if "single" in moe.labels:
+        return None
     kind = MODEL_KINDS.get(moe.header.get("model_kind") or "")
-    if "high" in moe.labels and "low" in moe.labels:
-        if kind is None or kind.timestep_boundary is None:
-            raise UserError(f"{moe.path.name if moe.path else 'the file'} has high- and low-noise experts but its "
-                            f"model kind `{moe.header.get('model_kind')}` names no boundary; pass --boundary_ratio.")
-        return kind.timestep_boundary
-    return None
+    if kind is None or kind.timestep_boundary is None:
+        raise UserError(f"{moe.path.name if moe.path else 'the file'} has {' and '.join(moe.labels)}-noise experts but "
+                        f"its model kind `{moe.header.get('model_kind')}` names no boundary; pass --boundary_ratio.")
+    return kind.timestep_boundary
 
 
 def latent_channels(moe: MoeFile, label: str, text_dim: int) -> int:

@@ -100,3 +100,17 @@ def test_route_equals_the_router_by_hand_and_the_routing_a_run_records(moe_works
     assert backend_main(["moe", "route", "--moe", str(path), "--prompt", PROMPT, "--workspace", str(ws.root),
                          "--hint", "purple"]) == 2
     assert "there is no expert `purple`; the experts are red, blue, green." in capsys.readouterr().err
+
+
+def test_a_file_with_low_noise_experts_only_routes_the_steps_below_the_boundary(moe_workspace, tmp_path):
+    from backend.moe.files import load_moe
+    from backend.moe.route import denoising_timesteps, route_prompt
+
+    model = load_transformer(expert_file(moe_workspace, "low"), "demo-a14b", expert="low")
+    path = save_moe(tmp_path / "low.safetensors", {"low": MoeNetwork.create(model, SPEC, name="low")},
+                    model_kind="demo-a14b", step=1, stage1={})
+    timesteps = denoising_timesteps("unipc", 3.0, 8)
+    routing = route_prompt(load_moe(path), torch.randn(1, 7, model.config.text_dim), timesteps)
+    steps = [step["timestep"] for step in routing["transformers"]["low"]["steps"]]
+    assert list(routing["transformers"]) == ["low"]
+    assert steps == [round(t, 3) for t in timesteps if t < 875.0] and 0 < len(steps) < 8
