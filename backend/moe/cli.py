@@ -160,8 +160,11 @@ def _demo(argv: list[str]) -> int:
     parser.add_argument("--out_dir", required=True, help="folder for the LoRA, the merged pair and the MoE file")
     parser.add_argument("--stage1_steps", type=int, default=STAGE1_STEPS)
     parser.add_argument("--stage2_steps", type=int, default=STAGE2_STEPS)
+    parser.add_argument("--seed", type=int, default=42, help="training seed of both stages")
+    parser.add_argument("--dora", action="store_true", help="DoRA experts in stage 2")
     args = parser.parse_args(argv)
-    run_demo(Workspace(args.workspace), Path(args.out_dir), args.stage1_steps, args.stage2_steps)
+    run_demo(Workspace(args.workspace), Path(args.out_dir), args.stage1_steps, args.stage2_steps, seed=args.seed,
+             dora=args.dora)
     return 0
 
 

@@ -28,7 +28,7 @@ HOLDOUT = 0.3
 STAGE1_STEPS, STAGE2_STEPS = 150, 60
 
 
-def stage1_settings(workspace: Workspace, out_dir: Path, steps: int = STAGE1_STEPS):
+def stage1_settings(workspace: Workspace, out_dir: Path, steps: int = STAGE1_STEPS, seed: int = 42):
     from backend.moe.stage1 import stage1_network_args
     from backend.train.settings import TrainSettings
 
@@ -36,24 +36,25 @@ def stage1_settings(workspace: Workspace, out_dir: Path, steps: int = STAGE1_STE
     return TrainSettings(model_kind="demo-a14b", expert="low", dataset_config="datasets/demo/dataset.toml",
                          network_dim=4, network_alpha=4.0, network_args=args, learning_rate=5e-3,
                          max_train_steps=steps, timestep_sampling="uniform", output_dir=str(out_dir),
-                         output_name="moe-demo-stage1")
+                         output_name="moe-demo-stage1", seed=seed)
 
 
-def stage2_settings(merged: Path, out_dir: Path, steps: int = STAGE2_STEPS):
+def stage2_settings(merged: Path, out_dir: Path, steps: int = STAGE2_STEPS, seed: int = 42, dora: bool = False):
     from backend.moe.settings import MoeTrainSettings
 
     return MoeTrainSettings(model_kind="demo-a14b", expert="both",
                             dit=str(merged / "moe-demo-stage1-low_noise.safetensors"),
                             dit_high_noise=str(merged / "moe-demo-stage1-high_noise.safetensors"),
                             dataset_config="datasets/demo/dataset.toml", network_dim=4, network_alpha=4.0,
-                            network_args=["rank_q=8"], learning_rate=3e-3, max_train_steps=steps,
+                            network_args=["rank_q=8", *(["use_dora=True"] if dora else [])], learning_rate=3e-3,
+                            max_train_steps=steps,
                             timestep_sampling="uniform", expert_names=EXPERTS, hint_tags=TAGS,
                             routing_mode="learned+hint", router_holdout=HOLDOUT, output_dir=str(out_dir),
-                            output_name="moe-demo")
+                            output_name="moe-demo", seed=seed)
 
 
 def run_demo(workspace: Workspace, out_dir: Path, stage1_steps: int = STAGE1_STEPS,
-             stage2_steps: int = STAGE2_STEPS, log=print) -> dict:
+             stage2_steps: int = STAGE2_STEPS, log=print, seed: int = 42, dora: bool = False) -> dict:
     from backend.data.cached_dataset import CachedDataset
     from backend.models.demo import expert_file
     from backend.models.loading import load_transformer
@@ -66,13 +67,13 @@ def run_demo(workspace: Workspace, out_dir: Path, stage1_steps: int = STAGE1_STE
 
     out_dir = Path(out_dir)
     quiet = lambda *_: None  # noqa: E731
-    train(stage1_settings(workspace, out_dir, stage1_steps), workspace, JobContext(), log=quiet)
+    train(stage1_settings(workspace, out_dir, stage1_steps, seed), workspace, JobContext(), log=quiet)
     stage1 = out_dir / "moe-demo-stage1-low_noise.safetensors"
     merged = out_dir / "merged"
     merge_stage1(Stage1Merge(stage1, merged, expert_file(workspace, "low"), expert_file(workspace, "high")))
     log(f"stage 1: {stage1.name}, merged into {merged}")
     events = out_dir / "stage2-events.jsonl"
-    train_moe(stage2_settings(merged, out_dir, stage2_steps), workspace, JobContext(events_path=events), log=quiet)
+    train_moe(stage2_settings(merged, out_dir, stage2_steps, seed, dora), workspace, JobContext(events_path=events), log=quiet)
     records = [json.loads(line) for line in events.read_text().splitlines()]
     evaluation = next(r for r in records if r["event"] == "router_eval")
     log(f"stage 2: router agreement on {evaluation['items']} held-out items: {evaluation['agreement']:.1%}")
