@@ -29,6 +29,7 @@ RUN_OUTPUTS = ("run:session", "run:job", "run:progress", "run:stats", "run:loss"
                "run:log", "run:timer")
 FOLLOW_SECONDS = 1.0  # poll interval while the followed job runs
 IDLE_SECONDS = 5.0  # and while nothing runs: each poll costs the page CPU in proportion to its size
+SAMPLES_LABEL = "Samples (step: prompt)"
 SAMPLES_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-samples"  # the page serves files from the temp dir
 
 
@@ -98,6 +99,12 @@ def progress_html(progress: RunProgress, status: str) -> str:
             f'style="width:100%"></progress></div>')
 
 
+def samples_label(job: Job) -> str:
+    """The samples' title; a tiny demo model's samples are said to be coloured noise, which is what it draws."""
+    demo = str(job.settings.get("model_kind", "")).startswith("demo-")
+    return SAMPLES_LABEL + (" · the tiny demo model draws coloured noise, as expected" if demo else "")
+
+
 def _sample_gallery(progress: RunProgress) -> list[tuple[str, str]]:
     """Copies of the sample files in a temporary folder (the page serves only files from there)."""
     shown = []
@@ -155,7 +162,7 @@ class RunPanel:
             updates["run:lr"] = gr.update(value=lr_frame(progress), label=chart_label("Learning rate", progress))
         if len(progress.samples) != session.shown_samples:
             session.shown_samples = len(progress.samples)
-            updates["run:samples"] = _sample_gallery(progress)
+            updates["run:samples"] = gr.update(value=_sample_gallery(progress), label=samples_label(job))
         return updates
 
     @staticmethod

@@ -41,3 +41,13 @@ def test_frames_hold_the_logged_points_and_the_title_counts_steps():
     assert lr_frame(progress)["lr"].tolist() == [1e-4] * 3
     assert chart_label("Loss", progress) == "Loss (step 15 of 30)"  # three logged points, fifteen steps
     assert chart_label("Loss", RunProgress()) == "Loss (no steps yet)"
+
+
+def test_the_samples_of_a_demo_model_are_said_to_be_noise():
+    from types import SimpleNamespace
+
+    from ui.train_run import SAMPLES_LABEL, samples_label
+
+    demo = SimpleNamespace(settings={"model_kind": "demo-t2v"})
+    assert samples_label(demo).endswith("draws coloured noise, as expected")
+    assert samples_label(SimpleNamespace(settings={"model_kind": "wan2.1-t2v-1.3b"})) == SAMPLES_LABEL

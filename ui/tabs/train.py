@@ -34,8 +34,8 @@ from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
 from ui.train_panel import DELETE_ASKED, OPENED, OUTSIDE, TrainPanel, preset_choices
-from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, RunSession, chart_label, first_loss_frame,
-                          lr_frame)
+from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, SAMPLES_LABEL, RunSession, chart_label,
+                          first_loss_frame, lr_frame)
 
 INITIAL_PRESET = "shipped:lora"
 _GROUP = dict(concurrency_id="train-tab", concurrency_limit=1, show_progress="hidden",
@@ -215,7 +215,7 @@ def _monitor_widgets(c: dict) -> None:
         c["run:lr"] = gr.LinePlot(lr_frame(empty), x="step", y="lr", label=chart_label("Learning rate", empty),
                                   x_axis_format="d", y_axis_format="~s", height=200, y_lim=[0, None],
                                   elem_id="train-lr-chart")
-    c["run:samples"] = gr.Gallery([], label="Samples (step: prompt)", columns=3, height=200, object_fit="contain",
+    c["run:samples"] = gr.Gallery([], label=SAMPLES_LABEL, columns=3, height=200, object_fit="contain",
                                   elem_id="train-samples")
     c["run:log"] = gr.Textbox("", label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False,
                               buttons=["copy"], elem_id="train-log")
