@@ -3,11 +3,16 @@ caption, write the dataset TOML, cache latents and text; load the LoRA preset, s
 network_args text change; train LORAID 1 on concept A, watch the loss chart, stop, resume and finish; train LORAID 2
 on concept B; see both on the LORAID tab without conflict; merge both into the demo DiT; generate a video with both
 at 1.0 / 0.7; run post-hoc EMA over the first run's checkpoints. Each tab's screenshot goes to docs/journey-*.png
-(the README shows them)."""
+(the README shows them).
+
+All of it while another training runs on the same machine (a job of a second workspace, started through the
+backend before the journey and still running at its end): the journey waits on its jobs' progress, so sharing the
+machine makes it slower, not red."""
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +20,10 @@ from playwright.sync_api import Page, expect
 from safetensors import safe_open
 
 from backend.jobs import JobManager
+from backend.train.command import train_argv, write_run_config
+from backend.train.settings import TrainSettings
+from backend.workspace import Workspace
+from tests.demo_files import cache_concept_a
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "docs"
@@ -23,6 +32,7 @@ STEPS_A = 240  # long enough that the run outlasts the page noticing step 2 and 
 SAVE_EVERY = 20
 STEPS_B = 4
 STALL_S = 120  # a job that writes no event and no log line for this long has stalled
+OTHER_STEPS = 1_000_000  # the training beside the journey: far more than it can reach, it is stopped at the end
 
 
 def screenshot(page: Page, number: int, tab: str) -> None:
@@ -279,15 +289,40 @@ def ema_over_run_a(page: Page, manager: JobManager, ws: Path) -> None:
     screenshot(page, 6, "ema")
 
 
-def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page):
+def start_other_training(source: Path, folder: Path) -> tuple[JobManager, str]:
+    """A long training of concept A in a workspace of its own (a copy of `source`), submitted as the Train tab
+    submits one; returns its job manager and job id once it has logged its first step."""
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("jobs"))
+    ws = Workspace(folder)
+    cache_concept_a(ws)
+    settings = TrainSettings.from_mapping({
+        "dataset_config": "{workspace}/datasets/demo/concept_a/dataset.toml", "output_name": "beside-the-journey",
+        "max_train_steps": OTHER_STEPS, "log_every_n_steps": 1})
+    manager = JobManager(ws.jobs)
+    job = manager.submit(train_argv(write_run_config(settings, ws), ws), kind="train", title="Beside the journey",
+                         settings=settings.model_dump(mode="json"))
+    wait_while_moving(manager, job.id, lambda: logged_step(manager, job.id) > 0 or manager.get(job.id).is_finished)
+    assert not manager.get(job.id).is_finished, f"the other training ended: {manager.get(job.id).error}"
+    return manager, job.id
+
+
+def logged_step(manager: JobManager, job_id: str) -> int:
+    """The last step a training job has logged."""
+    events, _ = manager.read_events(job_id, 0)
+    return max([e["step"] for e in events if e["event"] == "step"], default=0)
+
+
+def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page, tmp_path: Path):
     ws = demo_workspace_copy
     dataset = ws / "datasets" / "demo"
+    other, other_job = start_other_training(ws, tmp_path / "other-workspace")
     (dataset / MISSING_CAPTION).unlink()
     manager = JobManager(ws / "jobs")
     server = start_app(ws)
     page = open_page(server, timeout_ms=30_000)
     expect.set_options(timeout=30_000)
     try:
+        other_from = logged_step(other, other_job)
         for phase, args in ((prepare_dataset, (page, manager, dataset)), (train_concept_a, (page, manager, ws)),
                             (train_concept_b, (page, manager)), (check_loraid_map, (page,)),
                             (merge_both, (page, manager, ws)), (generate_with_both, (page, manager, ws)),
@@ -295,5 +330,12 @@ def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page):
             started = time.monotonic()
             phase(*args)
             print(f"journey: {phase.__name__} {time.monotonic() - started:.1f} s")
+        other.refresh()
+        assert other.get(other_job).status == "running", "the other training did not run beside the whole journey"
+        other_to = logged_step(other, other_job)
+        assert other_to > other_from, "the other training made no progress while the journey ran"
+        print(f"journey: the other training went from step {other_from} to {other_to} meanwhile")
     finally:
         expect.set_options(timeout=5_000)
+        other.stop(other_job, grace_s=5.0)
+        wait_while_moving(other, other_job, lambda: other.get(other_job).is_finished)
