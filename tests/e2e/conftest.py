@@ -5,6 +5,7 @@ FAILS the tests: `./launch.sh test` installs it, and a browser test must never b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 SERVER_START_TIMEOUT_S = 180  # the first start builds the demo workspace
 VIEWPORT = {"width": 1440, "height": 1000}
+STALL_S = 120  # a job that writes no event and no log line for this long has stalled
 
 
 def chromium_path() -> Path:
@@ -106,6 +108,43 @@ class AppServer:
             if all(job.is_finished for job in manager.list()):
                 return
             time.sleep(0.2)
+
+
+def wait_while_moving(manager, job_id: str, done) -> None:
+    """Wait until `done()` is true for as long as the job keeps moving: queued, or writing events or log lines.
+    A busy machine makes this slower, not red; only a job that writes nothing for STALL_S fails it."""
+    job = manager.get(job_id)
+    last, moved = None, time.monotonic()
+    while not done():
+        manager.refresh()
+        job = manager.get(job_id)
+        size = sum(path.stat().st_size for path in (job.events_path, job.log_path) if path.exists())
+        if job.status == "queued" or size != last:
+            last, moved = size, time.monotonic()
+        elif time.monotonic() - moved > STALL_S:
+            raise AssertionError(f"job {job_id} ({job.status}) wrote nothing for {STALL_S} s; its log ends: "
+                                 f"{job.log_path.read_text(errors='replace')[-500:] if job.log_path.exists() else ''}")
+        time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def suspended(jobs_dir: Path, job_id: str):
+    """A running job's processes paused (SIGSTOP) while the block runs, resumed after: whatever the page shows then
+    has to catch up with a job that cannot move, however fast or busy the machine is."""
+    import psutil
+
+    from backend.jobs import JobManager
+
+    process = psutil.Process(JobManager(jobs_dir).get(job_id).pid)
+    paused = [process, *process.children(recursive=True)]
+    for each in paused:
+        each.suspend()
+    try:
+        yield
+    finally:
+        for each in paused:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.resume()
 
 
 @pytest.fixture(scope="session")
