@@ -24,6 +24,7 @@ from backend.train.command import train_argv, write_run_config
 from backend.train.settings import TrainSettings
 from backend.workspace import Workspace
 from tests.demo_files import cache_concept_a
+from tests.e2e.conftest import wait_while_moving
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "docs"
@@ -31,7 +32,6 @@ MISSING_CAPTION = "concept_a/images/a_002.txt"
 STEPS_A = 240  # long enough that the run outlasts the page noticing step 2 and its Stop landing, on a fast or busy machine
 SAVE_EVERY = 20
 STEPS_B = 4
-STALL_S = 120  # a job that writes no event and no log line for this long has stalled
 OTHER_STEPS = 1_000_000  # the training beside the journey: far more than it can reach, it is stopped at the end
 
 
@@ -79,23 +79,6 @@ def newest_job(manager: JobManager) -> str:
     """The id of the newest job: the one the page just said it started."""
     manager.refresh()
     return manager.list()[0].id
-
-
-def wait_while_moving(manager: JobManager, job_id: str, done) -> None:
-    """Wait until `done()` is true for as long as the job keeps moving: queued, or writing events or log lines.
-    A busy machine makes this slower, not red; only a job that writes nothing for STALL_S fails it."""
-    job = manager.get(job_id)
-    last, moved = None, time.monotonic()
-    while not done():
-        manager.refresh()
-        job = manager.get(job_id)
-        size = sum(path.stat().st_size for path in (job.events_path, job.log_path) if path.exists())
-        if job.status == "queued" or size != last:
-            last, moved = size, time.monotonic()
-        elif time.monotonic() - moved > STALL_S:
-            raise AssertionError(f"job {job_id} ({job.status}) wrote nothing for {STALL_S} s; its log ends: "
-                                 f"{job.log_path.read_text(errors='replace')[-500:] if job.log_path.exists() else ''}")
-        time.sleep(0.3)
 
 
 def wait_for_status(manager: JobManager, job_id: str, status: str) -> None:

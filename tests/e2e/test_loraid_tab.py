@@ -8,8 +8,10 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
+from backend.jobs import JobManager
 from backend.models.loading import load_transformer
 from tests.demo_files import save_demo_lora
+from tests.e2e.conftest import wait_while_moving
 from tests.e2e.test_dataset_tab import frozen_at_first_progress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +95,10 @@ def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_
         page.get_by_role("tab", name="Jobs", exact=True).click()  # the Jobs table counts it too
         expect(page.locator("#jobs-table")).to_contain_text(f"{step}/3")
         page.get_by_role("tab", name="LORAID", exact=True).click()
-    expect(page.locator("#loraid-report-status")).to_contain_text("finished", timeout=120_000)
+    manager = JobManager(demo_workspace_copy / "jobs")
+    report_job = manager.list()[0].id  # the workspace's only job
+    wait_while_moving(manager, report_job, lambda: manager.get(report_job).is_finished)  # however busy the machine
+    expect(page.locator("#loraid-report-status")).to_contain_text("finished")
     expect(bar).to_have_attribute("data-total", "3")
     expect(bar).to_have_attribute("data-step", "3")
     expect(bar).to_contain_text("3/3 (100%)")
@@ -101,4 +106,9 @@ def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_
     expect(report).to_have_value(re.compile(r"bob\.safetensors / carol\.safetensors: 20 shared "
                                                           r"modules in blocks 4-5"))
     expect(report).to_have_value(re.compile("cross-talk on"))
+    # the verdict first: the pair that shares weights, and the largest cross-talk judged on the stated bounds
+    expect(report).to_have_value(re.compile(r"Verdict\n  1 pair\(s\) change the same weights \(bob\.safetensors / "
+                                            r"carol\.safetensors\)"))
+    expect(report).to_have_value(re.compile(r"Largest cross-talk: \S+ on \S+, [0-9.e+-]+ \(small under 0\.1, "
+                                            r"noticeable under 0\.5, large from 0\.5\): (small|noticeable|large): "))
     page.screenshot(path=str(SCREENSHOT), full_page=True)
