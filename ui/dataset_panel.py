@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 import gradio as gr
 
 from backend.data.caption_edits import BulkEdit, CaptionEditPlan, apply_plan, plan_bulk_edit, save_caption
-from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings
+from backend.data.cache_settings import CACHE_SETTINGS, CacheSettings, in_workspace
 from backend.data.captions import read_caption
 from backend.data.dataset_folder import Entry, FolderScan, resolve_folder, scan_tree
 from backend.data.dataset_form import DatasetForm, FormProblems, existing_form, form_problems, read_form, render_form_toml
@@ -30,7 +30,8 @@ FORM_FIELDS = list(DatasetForm.model_fields)
 FORM_OUTPUTS = [f"form.{name}" for name in FORM_FIELDS]
 FORM_SLOTS = [f"form_problem.{name}" for name in FORM_FIELDS]
 FIX_THE_FORM = "⚠ Fix the setting marked ⚠ under Settings first."
-CACHE_FIELDS = ["device", "dtype", "batch_size", "skip_existing", "i2v", "vae_tiling", "max_sequence_length"]
+CACHE_FIELDS = ["device", "dtype", "batch_size", "skip_existing", "i2v", "vae_tiling", "max_sequence_length",
+                "model_kind", "vae", "text_encoder", "tokenizer"]
 CACHE_SLOTS = [f"cache_problem.{name}" for name in CACHE_FIELDS]
 OUTPUTS = {  # every output a handler may set, by name
     "scan", "summary", "problems", "gallery", "items", "item", "preview", "item_info", "caption", "caption_message",
@@ -76,10 +77,9 @@ def cache_form(start: dict | None = None, choices: dict | None = None) -> Settin
     return SettingsForm((CacheSettings, *CACHE_SETTINGS.values()), CACHE_FIELDS, "dataset-cache", start, choices)
 
 
-def cache_problems(what: str, values: dict) -> dict[str, str]:
+def cache_problems(what: str, values: dict, root: Path) -> dict[str, str]:
     """The problems of the options one cache job (`what`) uses, worded for the page, by field name."""
-    model = CACHE_SETTINGS[what]
-    return cache_form().problems(model, {name: value for name, value in values.items() if name in model.model_fields})
+    return cache_form().problems(CACHE_SETTINGS[what], in_workspace(what, values, root))
 
 
 def cache_slot_values(problems: dict[str, str]) -> dict:
@@ -286,11 +286,10 @@ class DatasetPanel:
 
     def check_cache(self, toml_path: str, *values) -> dict:
         """Each cache option's problem beside it, as either cache would see it (the page's check while editing)."""
-        given = cache_form().values(values)
-        shared = {"dataset_config": toml_path or "dataset.toml", "workspace": str(self.ctx.workspace.root)}
+        given = {"dataset_config": toml_path or "dataset.toml", **cache_form().values(values)}
         problems = {}
         for what in CACHE_SETTINGS:
-            problems = {**cache_problems(what, {**shared, **given}), **problems}
+            problems = {**cache_problems(what, given, self.ctx.workspace.root), **problems}
         return cache_slot_values(problems)
 
     def start_cache(self, what: str, toml_path: str, editor_text: str, *values) -> dict:
@@ -300,14 +299,13 @@ class DatasetPanel:
             ready_for_cache(path, editor_text)
         except UserError as exc:
             return {"cache_status": f"⚠ {report_error(exc)}"}
-        values = {"dataset_config": str(path), "workspace": str(self.ctx.workspace.root),
-                  **cache_form().values(values)}
-        problems = cache_problems(what, values)
+        values = in_workspace(what, {"dataset_config": str(path), **cache_form().values(values)},
+                              self.ctx.workspace.root)
+        problems = cache_form().problems(CACHE_SETTINGS[what], values)
         if problems:
             return {**cache_slot_values(problems),
                     "cache_status": "Not started: fix the cache option marked ⚠ above."}
-        model = CACHE_SETTINGS[what]
-        settings = model(**{name: value for name, value in values.items() if name in model.model_fields})
+        settings = CACHE_SETTINGS[what](**values)
         try:
             job = self.ctx.jobs.submit(settings.job_argv(), kind="cache", title=settings.job_title(),
                                        settings=settings.job_record())

@@ -77,8 +77,9 @@ class SettingsForm:
             kind = _field_kind(self.owner[name], name)
             if typing.get_origin(kind) is list and isinstance(value, str):
                 value = [part for part in re.split(r"[,;\s]+", value) if part]
-            elif value == "" and kind is not str:
-                value = None
+            elif value == "" and (kind is not str or not self.owner[name].model_fields[name].is_required()
+                                  and self.owner[name].model_fields[name].default is None):
+                value = None  # a blank number, or a blank text whose default is "not given"
             if isinstance(value, float) and kind is int and value.is_integer():
                 value = int(value)
             values[name] = value

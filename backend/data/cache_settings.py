@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from backend.config.field_checks import NameOf
 from backend.config.settings import Settings, setting
+from backend.models.registry import MODEL_KINDS
 from backend.system.devices import DEVICES, device_problem
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -29,6 +30,8 @@ class CacheSettings(Settings):
     skip_existing: bool = setting(True, label="Keep current files", group=RUN,
                                   help="keep cache files that are already current (a stopped run continues)")
 
+    FOLDERS: ClassVar[tuple[str, ...]] = ()  # model folders: each must exist when given
+
     def rules(self, name_of: NameOf) -> dict[str, str]:
         problems = {}
         if not self.dataset_config.strip():
@@ -36,6 +39,11 @@ class CacheSettings(Settings):
         problem = device_problem(self.device, name_of("device"))
         if problem:
             problems["device"] = problem
+        for name in self.FOLDERS:
+            folder = getattr(self, name)
+            if folder and not Path(folder).expanduser().is_dir():
+                problems[name] = (f"{name_of(name)} {folder} is not a folder; give the folder that holds the model's "
+                                  "files, or leave it empty for the workspace's demo model.")
         return problems
 
     def job_argv(self) -> list[str]:
@@ -53,11 +61,13 @@ class CacheSettings(Settings):
 
 class LatentCacheSettings(CacheSettings):
     WHAT: ClassVar[str] = "latents"
+    FOLDERS: ClassVar[tuple[str, ...]] = ("vae",)
 
-    vae: str | None = setting(None, label="VAE folder", group=MODELS, help="AutoencoderKLWan folder (latents)")
-    model_kind: str | None = setting(None, label="Model type", group=MODELS,
+    model_kind: str | None = setting(None, label="Model type", group=MODELS, choices=list(MODEL_KINDS),
                                      help="latents: the model they are for (e.g. wan2.2-ti2v-5b); checks the VAE "
-                                          "fits it")
+                                          "fits it (empty: any)")
+    vae: str | None = setting(None, label="VAE folder", group=MODELS,
+                              help="AutoencoderKLWan folder (latents; empty: the workspace's demo VAE)")
     i2v: bool = setting(False, label="Image-to-video conditioning", group=RUN,
                         help="latents: also cache I2V first-frame conditioning")
     vae_tiling: bool = setting(False, label="Encode in tiles", group=RUN,
@@ -66,10 +76,12 @@ class LatentCacheSettings(CacheSettings):
 
 class TextCacheSettings(CacheSettings):
     WHAT: ClassVar[str] = "text"
+    FOLDERS: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
 
     text_encoder: str | None = setting(None, label="Text encoder folder", group=MODELS,
-                                       help="UMT5EncoderModel folder (text)")
-    tokenizer: str | None = setting(None, label="Tokenizer folder", group=MODELS, help="tokenizer folder (text)")
+                                       help="UMT5EncoderModel folder (text; empty: the workspace's demo encoder)")
+    tokenizer: str | None = setting(None, label="Tokenizer folder", group=MODELS,
+                                    help="tokenizer folder (text; empty: the workspace's demo tokenizer)")
     max_sequence_length: int = setting(512, label="Text length (tokens)", group=RUN, ge=1,
                                        help="text: token length")
 
@@ -82,3 +94,16 @@ def declared_fields() -> dict[type[CacheSettings], list[str]]:
     shared = list(CacheSettings.model_fields)
     return {CacheSettings: shared, **{model: [name for name in model.model_fields if name not in shared]
                                       for model in CACHE_SETTINGS.values()}}
+
+
+def in_workspace(what: str, values: dict, root: Path) -> dict:
+    """The values one cache job (`what`) takes from a form of all cache options, run for the workspace `root`:
+    relative model folders are taken from it (not from the app's working folder), and its demo models are the
+    defaults."""
+    model = CACHE_SETTINGS[what]
+    own = {name: value for name, value in values.items() if name in model.model_fields}
+    for name in model.FOLDERS:
+        folder = own.get(name)
+        if isinstance(folder, str) and folder.strip() and not Path(folder).expanduser().is_absolute():
+            own[name] = str(root / folder.strip())
+    return {**own, "workspace": str(root)}

@@ -52,7 +52,8 @@ def page_form(**changes) -> list:
 def cache_options(**changes) -> list:
     """The cache options in input order, as the page starts them on a machine without a GPU."""
     values = {"device": "cpu", "dtype": "auto", "batch_size": 1, "skip_existing": True, "i2v": False,
-              "vae_tiling": False, "max_sequence_length": 512, **changes}
+              "vae_tiling": False, "max_sequence_length": 512, "model_kind": None, "vae": "", "text_encoder": "",
+              "tokenizer": "", **changes}
     return [values[name] for name in CACHE_FIELDS]
 
 

@@ -4,6 +4,7 @@ all three."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -21,6 +22,7 @@ from ui.settings_form import SettingsForm
 from ui.tabs import dataset as dataset_tab
 from ui.tabs.jobs import selfcheck_argv
 
+HERE = str(Path(__file__).resolve().parent)  # an existing folder: model folders must exist
 SHARED = ["dataset_config", "workspace", "device", "dtype", "batch_size", "skip_existing"]
 
 
@@ -32,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_the_models_list_every_cache_option_with_what_a_form_needs():
     assert list(CacheSettings.model_fields) == SHARED
-    assert list(LatentCacheSettings.model_fields) == [*SHARED, "vae", "model_kind", "i2v", "vae_tiling"]
+    assert list(LatentCacheSettings.model_fields) == [*SHARED, "model_kind", "vae", "i2v", "vae_tiling"]
     assert list(TextCacheSettings.model_fields) == [*SHARED, "text_encoder", "tokenizer", "max_sequence_length"]
     for model in CACHE_SETTINGS.values():
         for name, info in model.field_info().items():
@@ -56,9 +58,9 @@ def test_the_command_line_takes_its_flags_help_defaults_and_choices_from_the_mod
 
 @pytest.mark.parametrize("settings", [
     LatentCacheSettings(dataset_config="/d/-my set.toml", workspace="/w", dtype="bfloat16", batch_size=3,
-                        skip_existing=False, i2v=True, vae_tiling=True, vae="/m/vae", model_kind="wan2.2-ti2v-5b"),
+                        skip_existing=False, i2v=True, vae_tiling=True, vae=HERE, model_kind="wan2.2-ti2v-5b"),
     LatentCacheSettings(dataset_config="d.toml"),
-    TextCacheSettings(dataset_config="d.toml", max_sequence_length=77, tokenizer="/m/tok", batch_size=2)])
+    TextCacheSettings(dataset_config="d.toml", max_sequence_length=77, tokenizer=HERE, batch_size=2)])
 def test_a_cache_jobs_argv_gives_back_its_settings_through_the_real_parser(settings):
     argv = settings.job_argv()
     assert argv[1:5] == ["-m", "backend", "cache", settings.WHAT]
@@ -92,14 +94,16 @@ def test_the_dataset_tab_builds_its_cache_widgets_from_the_models(workspace):
         info = model.field_info()[name]
         widget = by_id[f"dataset-cache-{name.replace('_', '-')}"]
         assert (widget.label, widget.info) == (info["label"], info["help"]), name
-        assert widget.value == (default_device() if name == "device" else info["default"]), name
+        start = default_device() if name == "device" else info["default"]
+        assert widget.value == ("" if start is None and isinstance(widget, gr.Textbox) else start), name
         assert f"dataset-cache-{name.replace('_', '-')}-error" in by_id
     assert [choice[1] for choice in by_id["dataset-cache-device"].choices] == device_choices()
 
 
 def cache_values(**changes) -> list:
     values = {"device": "cpu", "dtype": "auto", "batch_size": 1, "skip_existing": True, "i2v": False,
-              "vae_tiling": False, "max_sequence_length": 512, **changes}
+              "vae_tiling": False, "max_sequence_length": 512, "model_kind": None, "vae": "", "text_encoder": "",
+              "tokenizer": "", **changes}
     return [values[name] for name in CACHE_FIELDS]
 
 
@@ -140,6 +144,34 @@ def test_wrong_cache_options_are_shown_beside_them_and_start_nothing(workspace):
     assert checked["cache_problem.max_sequence_length"]["value"] == ("⚠ Text length (tokens) is 0; it must be at "
                                                                      "least 1.")
     assert [name for name in CACHE_FIELDS if checked[f"cache_problem.{name}"]["visible"]] == ["max_sequence_length"]
+
+
+def test_model_folders_are_taken_from_the_workspace_and_must_exist(workspace):
+    manager = JobManager(workspace.jobs, max_concurrent=1)
+    panel = DatasetPanel(AppContext(workspace, manager))
+    path, text = _written_toml(workspace)
+    missing = panel.start_cache("latents", path, text, *cache_values(vae="models/no-vae"))
+    assert missing["cache_problem.vae"]["value"] == (
+        f"⚠ VAE folder {workspace.root / 'models' / 'no-vae'} is not a folder; give the folder that holds the "
+        "model's files, or leave it empty for the workspace's demo model.")
+    assert manager.list() == []
+    (workspace.root / "models" / "my-vae").mkdir(parents=True)
+    blocker = manager.submit(selfcheck_argv(400, 0.05), kind="selfcheck", title="holds the only slot")
+    try:
+        started = panel.start_cache("latents", path, text, *cache_values(vae="models/my-vae",
+                                                                          model_kind="wan2.2-ti2v-5b"))
+        job = manager.get(started["cache_view"].job_id)
+        parsed = settings_from(_parser().parse_args(job.argv[4:]))
+        assert (parsed.vae, parsed.model_kind, parsed.workspace) == (
+            str(workspace.root / "models" / "my-vae"), "wan2.2-ti2v-5b", str(workspace.root))
+        manager.cancel(job.id)
+        blank = panel.start_cache("text", path, text, *cache_values())
+        job = manager.get(blank["cache_view"].job_id)
+        parsed = settings_from(_parser().parse_args(job.argv[4:]))
+        assert (parsed.text_encoder, parsed.tokenizer) == (None, None)  # the workspace's demo models
+        manager.cancel(job.id)
+    finally:
+        manager.stop(blocker.id)
 
 
 class _WithOffload(LatentCacheSettings):
