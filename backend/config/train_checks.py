@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.adapters.network_config import NetworkConfig
-from backend.data.cached_dataset import CachedDataset
+from backend.data.cached_dataset import CachedDataset, app_rerun
 from backend.data.dataset_config import load_dataset_config
 from backend.errors import UserError
 from backend.loraid.allocation import Allocation, compact_ranges
@@ -226,7 +226,7 @@ def _check_dataset(s: TrainSettings, workspace: Workspace, check: FormCheck, dee
         return
     try:
         if deep:
-            dataset = CachedDataset.from_file(path, seed=s.seed)
+            dataset = CachedDataset.from_file(path, seed=s.seed, rerun=app_rerun)  # deep: the app's Start
             check_latents_fit(dataset, get_model_kind(s.model_kind), s,
                               f"python -m backend cache latents --dataset_config {path}")
         else:

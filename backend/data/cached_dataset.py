@@ -59,13 +59,22 @@ def _text_mismatch(key: str, caption: str, meta: dict) -> str:
     return f"the text cache of {key} was made by another version of the cache command"
 
 
-def _rerun(what: str, config: DatasetConfig) -> str:
-    return f"run `python -m backend cache {what} --dataset_config {config.source_name}`"
+def command_rerun(what: str, config: DatasetConfig, fresh: bool = False) -> str:
+    """How to make the caches again, for the command line."""
+    return (f"run `python -m backend cache {what} --dataset_config {config.source_name}"
+            f"{' --no_skip_existing' if fresh else ''}`")
+
+
+def app_rerun(what: str, config: DatasetConfig, fresh: bool = False) -> str:
+    """How to make the caches again, in the app's words (its Dataset tab)."""
+    keep = ", with Keep current files unticked" if fresh else ""
+    return f"cache its {what} again in the Dataset tab (Cache {what}{keep})"
 
 
 class CachedDataset:
-    def __init__(self, config: DatasetConfig, seed: int = 0) -> None:
-        self.config, self.seed = config, seed
+    def __init__(self, config: DatasetConfig, seed: int = 0, rerun=command_rerun) -> None:
+        """`rerun(what, config, fresh)`: the advice every cache problem ends with (command_rerun or app_rerun)."""
+        self.config, self.seed, self._rerun = config, seed, rerun
         self.datasets = config.resolved()
         self.items: list[CachedItem] = []
         self.warnings: list[str] = []
@@ -75,15 +84,15 @@ class CachedDataset:
         for dataset in self.datasets:
             self.items += self._collect(dataset, lengths)
         if not self.items:
-            raise UserError(f"{config.source_name}: the caches hold no items; {_rerun('latents', config)}.")
+            raise UserError(f"{config.source_name}: the caches hold no items; {self._rerun('latents', config)}.")
         if len(lengths) > 1:
             raise UserError(f"text caches were made with different max_sequence_length values {sorted(lengths)}; "
-                            f"{_rerun('text', config)} --no_skip_existing.")
+                            f"{self._rerun('text', config, fresh=True)}.")
         self.max_sequence_length = lengths.pop()
 
     @classmethod
-    def from_file(cls, dataset_config: str | Path, seed: int = 0) -> "CachedDataset":
-        return cls(load_dataset_config(dataset_config), seed)
+    def from_file(cls, dataset_config: str | Path, seed: int = 0, rerun=command_rerun) -> "CachedDataset":
+        return cls(load_dataset_config(dataset_config), seed, rerun)
 
     # ---- checking the caches -------------------------------------------------------------------------------------
     def _collect(self, dataset: ResolvedDataset, lengths: set[int]) -> list[CachedItem]:
@@ -96,13 +105,13 @@ class CachedDataset:
         if not adopted and manifest["settings"] != latent_settings(dataset):
             changed = [k for k, v in latent_settings(dataset).items() if manifest["settings"].get(k) != v]
             raise UserError(f"{dataset.label}: {', '.join(changed)} changed since the latents were cached; "
-                            f"{_rerun('latents', self.config)}.")
+                            f"{self._rerun('latents', self.config)}.")
         cached_keys = {entry.key for entry in manifest["entries"]} | set(manifest.get("left_out", []))
         uncached = sorted(set(listing) - cached_keys)
         if uncached:
             made = "musubi-tuner's cache was adopted" if adopted else "caching"
             raise UserError(f"{dataset.label}: {len(uncached)} item(s) were added after {made} "
-                            f"(first: {uncached[0]}); {_rerun('latents', self.config)}.")
+                            f"(first: {uncached[0]}); {self._rerun('latents', self.config)}.")
         items = []
         for entry in manifest["entries"]:
             item = listing.get(entry.key)
@@ -119,7 +128,7 @@ class CachedDataset:
                 self._check_musubi_text(dataset, item, text_file, manifest)
             elif text_meta[FINGERPRINT_KEY] != text_fingerprint(item.caption or "", text_meta.get("model", ""), length):
                 raise UserError(f"{dataset.label}: {_text_mismatch(entry.key, item.caption or '', text_meta)}; "
-                                f"{_rerun('text', self.config)}.")
+                                f"{self._rerun('text', self.config)}.")
             lengths.add(length)
             items.append(CachedItem(dataset.index, entry.key, item.caption, entry.bucket, entry.frames, latent_file,
                                     text_file))
@@ -134,16 +143,16 @@ class CachedDataset:
             why = (f"its latents run did not complete ({len(ours)} file(s) but no {MANIFEST_NAME})" if ours
                    else "it holds no latent files" if directory.is_dir() else "the folder does not exist")
             raise UserError(f"{dataset.label}: no complete latent cache in {directory} ({why}); "
-                            f"{_rerun('latents', self.config)}.")
+                            f"{self._rerun('latents', self.config)}.")
         try:
             adoption = adopt(dataset, listing)
         except ValueError as exc:
             raise UserError(f"{dataset.label}: {exc}; re-cache one of them with musubi-tuner or "
-                            f"{_rerun('latents', self.config)}.") from None
+                            f"{self._rerun('latents', self.config)}.") from None
         if not adoption.entries:
             first, why = next(iter(adoption.left_out.items()), ("-", "no item matched"))
             raise UserError(f"{dataset.label}: musubi-tuner's cache in {directory} covers no item of the dataset "
-                            f"({first}: {why}); {_rerun('latents', self.config)}.")
+                            f"({first}: {why}); {self._rerun('latents', self.config)}.")
         record(dataset, latent_settings(dataset), adoption)
         self.notes.append(adoption.line(dataset.label, len(listing)))
         return read_manifest(directory)
@@ -159,14 +168,14 @@ class CachedDataset:
                 caption_path.stat().st_mtime_ns > text_file.stat().st_mtime_ns:
             self.warnings.append(f"{caption_path.name} is newer than its musubi-tuner text cache {text_file.name} "
                                  f"(which records no caption, so the edit cannot be checked); if the caption changed, "
-                                 f"{_rerun('text', self.config)}.")
+                                 f"{self._rerun('text', self.config)}.")
 
     def _usable(self, dataset: ResolvedDataset, path: Path, what: str) -> bool:
         """True when the file exists and reads; a missing/broken file is an error naming it."""
         if path.is_file() and read_metadata(path) is not None:
             return True
         problem = "is missing" if not path.exists() else "cannot be read"
-        raise UserError(f"{dataset.label}: cache file {path.name} {problem}; {_rerun(what, self.config)}.")
+        raise UserError(f"{dataset.label}: cache file {path.name} {problem}; {self._rerun(what, self.config)}.")
 
     # ---- order ---------------------------------------------------------------------------------------------------
     def buckets(self) -> dict[tuple[int, int, int, int], list[CachedItem]]:

@@ -273,7 +273,8 @@ BAD_INPUTS = [
     ("import not a preset", "import_preset", {"preset:file": lambda ws, tmp: write(tmp / "list.json", "[1, 2]")},
      "preset:message", "list.json is not a LORAID Studio preset"),
     ("save bad name", "save_preset", {"preset:name": "../outside"}, "preset:message", "not usable as a file name"),
-    ("start without caches", "start", {}, "error:dataset_config", "no complete latent cache"),
+    ("start without caches", "start", {}, "error:dataset_config",  # the app's words: no command line in the page
+     r"no complete latent cache .*; cache its latents again in the Dataset tab \(Cache latents\)\.$"),
     ("outside not confirmed", "validate", {"output_dir": lambda ws, tmp: str(tmp / "elsewhere")}, "error:output_dir",
      "is outside the workspace .*; confirm writing there"),
     ("zero processes", "show_command", {"run:processes": 0}, "run:message", "Processes is 0; enter a whole number"),
