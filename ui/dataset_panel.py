@@ -103,16 +103,20 @@ class DatasetPanel:
 
     # ---- scanning ------------------------------------------------------------------------------------------
 
-    def scan(self, folder_text: str, *values) -> dict:
+    def scan(self, folder_text: str, last_scan: FolderScan | None, *values) -> dict:
         """Scan the folder; the form takes the settings of its dataset.toml when it has one, and the bucket and
-        frame previews and the TOML editor are filled from the form."""
+        frame previews and the TOML editor are filled from the form. A folder that cannot be scanned changes
+        nothing else, and the message says whose files the page still shows."""
         try:
             root = resolve_folder(folder_text, self.ctx.workspace.root)
             existing, note = existing_form(root)
             form = existing or read_form(dict(zip(FORM_FIELDS, values)))
             scan = scan_tree(root, form.caption_extension)
         except UserError as exc:
-            return failure("summary", exc)
+            refused = failure("summary", exc)
+            if last_scan is not None:
+                refused["summary"] += f"  \nThe files below are still those of the last scan ({last_scan.root})."
+            return refused
         first = (scan.missing_captions or scan.entries)[0].name if scan.entries else None
         videos = [entry.name for entry in scan.entries if entry.item.kind == "video"]
         out = {"scan": scan, "summary": views.summary_markdown(scan), "problems": views.problems_markdown(scan),

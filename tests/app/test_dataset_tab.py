@@ -62,7 +62,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def scanned(panel, workspace):
-    shown = panel.scan(str(workspace.demo_dataset), *page_form())
+    shown = panel.scan(str(workspace.demo_dataset), None, *page_form())
     return shown["scan"], shown
 
 
@@ -75,10 +75,16 @@ def scanned(panel, workspace):
 def test_a_bad_folder_gives_one_sentence_and_keeps_the_scan(panel, workspace, typed, sentence):
     (workspace.models).mkdir(exist_ok=True)
     with pytest.warns(UserWarning):  # the toast
-        shown = panel.scan(typed, *page_form())
+        shown = panel.scan(typed, None, *page_form())
     assert set(shown) == {"summary"}  # nothing else on the page changes, the previous scan state included
     assert shown["summary"].startswith("⚠ ") and sentence in shown["summary"]
     assert shown["summary"].count(". ") == 0  # one sentence
+    last, _ = scanned(panel, workspace)
+    with pytest.warns(UserWarning):
+        after_a_scan = panel.scan(typed, last, *page_form())
+    assert set(after_a_scan) == {"summary"}
+    error, kept = after_a_scan["summary"].split("  \n")  # the error, then whose files the page still shows
+    assert error == shown["summary"] and kept == f"The files below are still those of the last scan ({last.root})."
 
 
 def test_scanning_the_demo_shows_counts_the_missing_caption_and_a_valid_toml(panel, workspace):

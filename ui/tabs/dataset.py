@@ -208,7 +208,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         function, output_list = wire(handler, outputs)
         event(function, inputs=inputs, outputs=output_list, **_GROUP)
 
-    on(scan_button.click, panel.scan, [folder, *form_inputs],
+    on(scan_button.click, panel.scan, [folder, scan_state, *form_inputs],
        dict(**listing, gallery=gallery, scope=scope, plan=plan_state, changes=changes, bulk_message=bulk_message,
             frames_video=frames_video, toml_path=toml_path, toml=toml, toml_message=toml_message,
             **bucket_outputs, **frame_outputs, **form, **form_slots))
