@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from backend.adapters.network import AdapterNetwork
-from backend.moe.files import MoeFile, export_tensors
+from backend.moe.files import MoeFile, export_flags, export_tensors
 from backend.train.timesteps import add_noise, flow_target
 
 TIMESTEPS = (0.1, 0.3, 0.5, 0.7)
@@ -44,7 +44,8 @@ def expert_specificity(model, moe: MoeFile, label: str, batches_by_expert: dict[
     change: dict[str, dict[str, float]] = {}
     gain: dict[str, dict[str, float]] = {}
     for expert in moe.spec.expert_names:
-        network = AdapterNetwork.from_weights(model, export_tensors(moe, expert, label)).inject()
+        network = AdapterNetwork.from_weights(model, export_tensors(moe, expert, label),
+                                              export_flags(moe, label)).inject()
         try:
             change[expert], gain[expert] = {}, {}
             for c, batches in batches_by_expert.items():

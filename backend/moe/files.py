@@ -181,10 +181,7 @@ def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] 
                  "loraid_studio.lora_moe_expert": {"expert": expert, "index": index, "label": label,
                                                    "source": moe.path.name if moe.path else None,
                                                    "stage1": moe.header.get("stage1", {}).get(label)}}
-        flags = None
-        if moe.spec.use_dora:
-            flags = {"use_dora": True, "dora_convention": DORA_CONVENTION,
-                     "dora_base": (moe.header.get("dora_base") or {}).get(label)}
+        flags = export_flags(moe, label)
         metadata = build_metadata("lora", moe.spec.rank, moe.spec.alpha, list(moe.spec.network_args), flags,
                                   moe.header.get("model_kind"), step=moe.header.get("step"), extra=extra,
                                   title=f"{expert} ({label})")
@@ -192,6 +189,14 @@ def export_expert(moe: MoeFile, expert: str, out: str | Path, labels: list[str] 
         path = out if len(labels) == 1 else out.with_name(f"{out.stem}-{EXPERT_STEMS[label]}{suffix}")
         written.append(save_lora(path, tensors, metadata))
     return written
+
+
+def export_flags(moe: MoeFile, label: str) -> dict | None:
+    """The header flags of an exported expert (how a loader reads its `dora_scale`); None for LoRA experts."""
+    if not moe.spec.use_dora:
+        return None
+    return {"use_dora": True, "dora_convention": DORA_CONVENTION,
+            "dora_base": (moe.header.get("dora_base") or {}).get(label)}
 
 
 def export_tensors(moe: MoeFile, expert: str, label: str) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from backend.__main__ import main as backend_main
 from backend.adapters.formats import load_lora
 from backend.adapters.network import AdapterNetwork
 from backend.models import demo_parts
-from backend.moe.files import export_expert, load_into, load_moe, save_moe
+from backend.moe.files import export_expert, export_flags, export_tensors, load_into, load_moe, save_moe
 from backend.moe.network import MoeNetwork, MoeSpec
 from backend.train.timesteps import add_noise, flow_target
 
@@ -138,6 +138,12 @@ def test_round_trip_and_exported_dora_expert_matches_the_hinted_mixture(tmp_path
     plain.remove()
     torch.testing.assert_close(alone, mixed, rtol=1e-4, atol=1e-5)
     assert (alone - base).abs().max() > 1e-3  # the expert does something
+    # the demo's measure applies the expert the same way, straight from the MoE file
+    direct = AdapterNetwork.from_weights(model, export_tensors(moe, "blue", "single"),
+                                         export_flags(moe, "single")).inject()
+    with torch.no_grad():
+        torch.testing.assert_close(_predict(model, x0, text, noise, t), mixed, rtol=1e-4, atol=1e-5)
+    direct.remove()
 
     # ComfyUI's rule on the exported tensors: W' = dora_scale ∘ (W + alpha/r · up @ down) / ||W||_row
     parts = lora.parts("blocks.7.ffn.0")
