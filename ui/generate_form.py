@@ -1,59 +1,58 @@
 """The Generate tab's form as plain values: the widgets' values in one fixed order, turned into a backend
-`GenerateRequest`, and back (a past result's request becomes the values that refill the widgets)."""
+`GenerateRequest`, and back (a past result's request becomes the values that refill the widgets). Its fields are the
+settings models' fields (backend/generate/options.py), by name, plus the few widgets only the page has."""
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, make_dataclass, replace
 from pathlib import Path
 
+from backend.config.settings import Settings
 from backend.errors import UserError
 from backend.generate.lora_catalog import picker_value, resolve_lora
-from backend.generate.memory import MemoryOptions
+from backend.generate.memory import MemoryOptions, memory_problems
 from backend.generate.model_options import AUTO_KIND, read_model
-from backend.generate.request import Companions, GenerateRequest, LoraPick
-from backend.generate.settings import DEMO_START as START
-from backend.generate.settings import GenerateSettings, named
+from backend.generate.options import Companions, LoraOptions, RunOptions
+from backend.generate.request import GenerateRequest, LoraPick
+from backend.generate.settings import DEMO_START, GenerateSettings, settings_problems
 from backend.workspace import Workspace
 
 MAX_LORAS = 12  # multiplier sliders on the page; the command line takes any number
-SAME_GUIDANCE = (None, "", 0)  # a number box sends 0 when it is emptied
 LORA_MODES = [("Merged into the weights (fast steps)", "merged"), ("Hooked adapters (live multipliers)", "hooked")]
 
+# The settings parts this form shows as one widget per field (by the field's name), and the fields it shows of each.
+FORM_PARTS: dict[type[Settings], list[str]] = {
+    GenerateSettings: list(GenerateSettings.model_fields), Companions: list(Companions.model_fields),
+    MemoryOptions: list(MemoryOptions.model_fields), LoraOptions: ["allow_overlap"],
+    RunOptions: ["save_latents", "save_frames"]}
+# The form's own widgets: how it shows what the command line gives as --model / --dit (one model box), --hooked (a
+# choice of two), --lora / --multiplier (a file list and a slider per file), and the seed left to the job.
+OWN_FIELDS = [("model", str, "demo-t2v"), ("model_kind", str, AUTO_KIND), ("random_seed", bool, False),
+              ("lora_mode", str, "merged"), ("lora_files", tuple, ()), ("slot_files", tuple, ())]
+# A number box sends 0 (or nothing) when it is emptied: for these optional settings that means "not set".
+UNSET = {"guidance_scale_2": (None, "", 0), "memory_limit_gb": (None, "", 0), "image": (None, "")}
+START_VALUES = {**DEMO_START.model_dump(), "guidance_scale_2": 0}  # the demo size; 0: the same guidance
 
-@dataclass(frozen=True)
-class GenerateForm:
-    prompt: str = START.prompt
-    negative_prompt: str = START.negative_prompt
-    model: str = "demo-t2v"
-    model_kind: str = AUTO_KIND
-    image: str | None = None
-    vae: str = ""
-    text_encoder: str = ""
-    tokenizer: str = ""
-    image_encoder: str = ""
-    width: float | None = START.width
-    height: float | None = START.height
-    frames: float | None = START.frames
-    fps: float | None = START.fps
-    steps: float | None = START.steps
-    guidance_scale: float | None = START.guidance_scale
-    guidance_scale_2: float | None = 0  # 0 (or empty): the same as guidance_scale
-    flow_shift: float | None = START.flow_shift
-    seed: float | None = START.seed
-    random_seed: bool = False
-    sampler: str = START.sampler
-    lora_mode: str = "merged"
-    allow_overlap: bool = False
-    cpu_offload: bool = False
-    fp8: bool = False
-    vae_tiling: bool = False
-    blocks_to_swap: float | None = 0
-    save_latents: bool = False
-    save_frames: bool = False
-    lora_files: tuple[str, ...] = ()
-    slot_files: tuple[str, ...] = ()  # the files the sliders show, slot by slot
-    multipliers: tuple[float, ...] = field(default=(1.0,) * MAX_LORAS)
+
+def part_of(name: str) -> type[Settings] | None:
+    return next((part for part, names in FORM_PARTS.items() if name in names), None)
+
+
+def _start(part: type[Settings], name: str):
+    if part is GenerateSettings:
+        return START_VALUES[name]
+    value = part.model_fields[name].default
+    return "" if value is None and _kind(part, name) is str else value
+
+
+def _kind(part: type[Settings], name: str) -> type:
+    annotation = part.model_fields[name].annotation
+    return next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+
+
+class _FormMethods:
+    """What the form does with its values; its fields are made from the settings models below."""
 
     @classmethod
     def names(cls) -> list[str]:
@@ -75,24 +74,61 @@ class GenerateForm:
         return replace(self, **changes)
 
     # --- to the backend ---------------------------------------------------------------------------------------
-    def settings(self) -> GenerateSettings:
-        """The generation settings, field by field of GenerateSettings (numbers checked for being whole where the
-        field is a whole number); the form's own conventions: an empty image or low-noise guidance is "not set"."""
+    def _part(self, part: type[Settings], problems: dict[str, str], **own) -> dict:
+        """The values of `part`'s form fields as settings values (a whole number for int fields, a number for
+        float fields, the form's "not set" conventions); a value that cannot be one goes to `problems`."""
         values = {}
-        for name, field in GenerateSettings.model_fields.items():
-            value = getattr(self, name)
-            kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation)
-            if name == "seed" and self.random_seed:
-                values[name] = 0
-            elif name == "guidance_scale_2" and value in SAME_GUIDANCE or name == "image" and not value:
-                values[name] = None
-            elif kind is int:
-                values[name] = _whole(value, named(name))
-            elif kind is float:
-                values[name] = _number(value, named(name))
-            else:
-                values[name] = str(value or "")
+        for name in self.PARTS[part]:
+            value, kind = getattr(self, name), _kind(part, name)
+            try:
+                if name in own:
+                    values[name] = own[name]
+                elif name in UNSET and value in UNSET[name]:
+                    values[name] = None
+                elif kind is bool:
+                    values[name] = bool(value)
+                elif kind is int:
+                    values[name] = _whole(value, part.named(name))
+                elif kind is float:
+                    values[name] = _number(value, part.named(name))
+                else:
+                    values[name] = str(value or "")
+            except UserError as exc:
+                problems[name] = str(exc)
+        return values
+
+    def settings(self) -> GenerateSettings:
+        """The generation settings, field by field of GenerateSettings; raises the first value that is no number."""
+        problems: dict[str, str] = {}
+        values = self._part(GenerateSettings, problems, **({"seed": 0} if self.random_seed else {}))
+        if problems:
+            raise UserError(next(iter(problems.values())))
         return GenerateSettings(**values)
+
+    def memory_options(self) -> MemoryOptions:
+        problems: dict[str, str] = {}
+        values = self._part(MemoryOptions, problems)
+        if problems:
+            raise UserError(next(iter(problems.values())))
+        return MemoryOptions(**values)
+
+    def problems(self) -> dict[str, str]:
+        """Every field that is wrong as it stands, by name, with its one sentence (the prompt may still be empty:
+        it is being written); what needs the workspace (model, LoRA files, folders) is checked on Run."""
+        problems: dict[str, str] = {}
+        generation = self._part(GenerateSettings, problems, **({"seed": 0} if self.random_seed else {}))
+        memory = self._part(MemoryOptions, problems)
+        given = {name: value for name, value in generation.items() if name not in problems}
+        defaults = {name: START_VALUES[name] for name in problems if name in START_VALUES}
+        defaults.pop("guidance_scale_2", None)
+        for name, message in settings_problems(GenerateSettings(**{**defaults, **given})).items():
+            if name in given and name != "prompt":
+                problems.setdefault(name, message)
+        for name, message in memory_problems(MemoryOptions(**{n: v for n, v in memory.items()
+                                                              if n not in problems})).items():
+            problems.setdefault(name, message)
+        order = self.names()
+        return dict(sorted(problems.items(), key=lambda item: order.index(item[0])))
 
     def lora_picks(self, ws: Workspace) -> tuple[LoraPick, ...]:
         files = list(self.lora_files)
@@ -105,33 +141,44 @@ class GenerateForm:
                      for name, multiplier in zip(files, self.multipliers))
 
     def request(self, ws: Workspace) -> GenerateRequest:
-        companions = Companions(**{name: _folder_text(ws, getattr(self, name)) for name in Companions.LABELS})
+        problems = self.problems()
+        if problems:
+            raise UserError(next(iter(problems.values())))
+        companions = Companions(**{name: _folder_text(ws, getattr(self, name)) for name in Companions.model_fields})
+        lora_options = LoraOptions(**self._part(LoraOptions, {}), hooked=self.lora_mode == "hooked")
         return GenerateRequest(
             read_model(ws, self.model, self.model_kind), self.settings(), random_seed=bool(self.random_seed),
-            loras=self.lora_picks(ws), hooked=self.lora_mode == "hooked", allow_overlap=bool(self.allow_overlap),
-            memory=MemoryOptions(cpu_offload=bool(self.cpu_offload), fp8=bool(self.fp8),
-                                 vae_tiling=bool(self.vae_tiling),
-                                 blocks_to_swap=_whole(self.blocks_to_swap or 0, "Blocks to swap")),
-            companions=companions, save_latents=bool(self.save_latents), save_frames=bool(self.save_frames))
+            loras=self.lora_picks(ws), lora_options=lora_options, memory=self.memory_options(), companions=companions,
+            outputs=RunOptions(**self._part(RunOptions, {})))
 
     # --- from a past result -----------------------------------------------------------------------------------
     @classmethod
     def from_request(cls, ws: Workspace, request: GenerateRequest) -> "GenerateForm":
-        s, c = request.settings, request.companions
         files = tuple(picker_value(ws.root, ws.loras, pick.path) for pick in request.loras)[:MAX_LORAS]
         multipliers = tuple(pick.multiplier for pick in request.loras)[:MAX_LORAS]
-        return cls(
-            prompt=s.prompt, negative_prompt=s.negative_prompt, model=request.model.value(ws),
-            model_kind=request.model.model_kind or AUTO_KIND,
-            image=s.image, vae=c.vae or "", text_encoder=c.text_encoder or "", tokenizer=c.tokenizer or "",
-            image_encoder=c.image_encoder or "", width=s.width, height=s.height, frames=s.frames, fps=s.fps,
-            steps=s.steps, guidance_scale=s.guidance_scale, guidance_scale_2=s.guidance_scale_2 or 0,
-            flow_shift=s.flow_shift, seed=s.seed, random_seed=False, sampler=s.sampler,
-            lora_mode="hooked" if request.hooked else "merged", allow_overlap=request.allow_overlap,
-            cpu_offload=request.memory.cpu_offload, fp8=request.memory.fp8, vae_tiling=request.memory.vae_tiling,
-            blocks_to_swap=request.memory.blocks_to_swap,
-            save_latents=request.save_latents, save_frames=request.save_frames, lora_files=files, slot_files=files,
-            multipliers=multipliers + (1.0,) * (MAX_LORAS - len(multipliers)))
+        parts = {GenerateSettings: request.settings, Companions: request.companions, MemoryOptions: request.memory,
+                 LoraOptions: request.lora_options, RunOptions: request.outputs}
+        values = {name: getattr(parts[part], name) for part, names in cls.PARTS.items() for name in names}
+        values.update({name: "" for name, value in request.companions.model_dump().items() if value is None})
+        values.update(guidance_scale_2=request.settings.guidance_scale_2 or 0)
+        return cls(**values, model=request.model.value(ws), model_kind=request.model.model_kind or AUTO_KIND,
+                   random_seed=False, lora_mode="hooked" if request.hooked else "merged", lora_files=files,
+                   slot_files=files, multipliers=multipliers + (1.0,) * (MAX_LORAS - len(multipliers)))
+
+
+def form_class(parts: dict[type[Settings], list[str]]) -> type:
+    """A form with one field per shown setting of `parts` (starting at the model's values, the demo size for the
+    generation settings) and the form's own widgets."""
+    return make_dataclass(
+        "GenerateForm",
+        [*((name, typing.Any, field(default=_start(part, name))) for part, names in parts.items() for name in names),
+         *((name, kind, field(default=default)) for name, kind, default in OWN_FIELDS),
+         ("multipliers", tuple, field(default=(1.0,) * MAX_LORAS))],
+        bases=(_FormMethods,), frozen=True, namespace={"PARTS": parts, "__module__": __name__,
+                                                       "__doc__": "The Generate tab's values, one field per widget."})
+
+
+GenerateForm = form_class(FORM_PARTS)
 
 
 def _number(value, label: str) -> float:

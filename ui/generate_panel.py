@@ -16,7 +16,6 @@ from backend.generate.lora_catalog import catalog, conflict_lines, resolve_lora,
 from backend.generate.model_options import DEMO_NOTE, is_tiny_demo, kind_options, model_options, read_model
 from backend.generate.request import GenerateRequest
 from backend.generate.results import GeneratedResult, list_results, read_result
-from backend.generate.settings import validate_values
 from backend.generate.start_images import keep_start_image
 from backend.jobs import Job
 from backend.jobs.logtext import render_log
@@ -173,12 +172,13 @@ class GeneratePanel:
         """The A14B-only fields (the second guidance scale) show only for an expert pair."""
         return gr.update(visible=self.is_pair(model, model_kind))
 
-    def settings_message(self, *values) -> str:
-        try:
-            validate_values(GenerateForm.from_values(*values).settings())
-        except UserError as exc:
-            return f"⚠ {exc}"
-        return ""
+    def field_errors(self, *values) -> list:
+        """One update per checked setting (FIELD_ERRORS' order): its message under it while it is wrong."""
+        from ui.tabs.generate import FIELD_ERRORS
+
+        problems = GenerateForm.from_values(*values).problems()
+        return [gr.update(value=f"⚠ {problems[name]}" if name in problems else "", visible=name in problems)
+                for name in FIELD_ERRORS]
 
     # --- running ----------------------------------------------------------------------------------------------
     def submit(self, form: GenerateForm) -> tuple[Job, list[str]]:
@@ -202,15 +202,22 @@ class GeneratePanel:
             self.extra_arguments = []
 
     def run(self, followed: FollowedGeneration, *values):
-        """(followed, status, progress, timer)."""
+        """(followed, status, progress, timer, one update per field's error slot). A wrong setting is said once,
+        under the setting; the status then only says that nothing started. No stale bar beside an error."""
+        form = GenerateForm.from_values(*values)
+        slots = self.field_errors(*values)
+        problems = form.problems()
+        if problems:
+            count = f"{len(problems)} settings need" if len(problems) > 1 else "1 setting needs"
+            return followed, f"⚠ Not started: {count} attention; each says why under it.", "", gr.skip(), *slots
         try:
-            job, warnings = self.submit(GenerateForm.from_values(*values))
+            job, warnings = self.submit(form)
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", "", gr.skip()  # no stale bar beside the error
+            return followed, f"⚠ {report_error(exc)}", "", gr.skip(), *slots
         notes = "".join(f"  \n⚠ Allowed overlap: {warning}" for warning in warnings)
         followed = FollowedGeneration(job.id, loaded=True)
-        return followed, f"Job {job.id}: {job.status}…{notes}", progress_html(0, 0, "starting…"), \
-            gr.Timer(active=True)
+        return (followed, f"Job {job.id}: {job.status}…{notes}", progress_html(0, 0, "starting…"),
+                gr.Timer(active=True), *slots)
 
     def stop(self, followed: FollowedGeneration) -> str:
         if followed is None or not followed.job_id:

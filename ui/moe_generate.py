@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from backend.errors import UserError
+from backend.generate.options import MoeOptions
 from backend.moe.files import is_moe_file, load_moe
 from backend.moe.inference import parse_strengths
 from ui.context import AppContext
@@ -35,18 +36,14 @@ def arguments(file: str, hint: str, strengths: str) -> list[str]:
     if not file or file == NONE:
         return []
     moe = load_moe(file)
-    args = ["--moe", str(Path(file).resolve())]
-    if hint and hint != ROUTER:
+    hint = hint if hint and hint != ROUTER else None
+    if hint:
         moe.spec.expert_index(hint)
-        args.append(f"--hint={hint}")
     entries = strengths.replace(",", " ").split()
-    if entries:
-        given = parse_strengths(entries)
-        for name in given:
-            if name != "*":
-                moe.spec.expert_index(name)
-        args += ["--expert_strength", *entries]
-    return args
+    for name in parse_strengths(entries):
+        if name != "*":
+            moe.spec.expert_index(name)
+    return MoeOptions(moe=str(Path(file).resolve()), hint=hint, expert_strength=entries).flag_arguments()
 
 
 def route_argv(workspace: Path, file: str, hint: str, prompt: str, text_encoder: str, tokenizer: str, steps,

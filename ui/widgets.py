@@ -16,8 +16,13 @@ def coming_soon(description_markdown: str, where: Path) -> None:
 
 
 def report_error(exc: Exception) -> str:
-    """Show a user error as one sentence in a toast and return the same sentence for a message box."""
-    message = str(exc).strip() or exc.__class__.__name__
+    """A user error as the one sentence its message box shows (one message per problem: no toast beside the box)."""
+    return str(exc).strip() or exc.__class__.__name__
+
+
+def toast_error(exc: Exception) -> str:
+    """A user error as a toast, for a handler that has no message box of its own to show it in."""
+    message = report_error(exc)
     gr.Warning(message)
     return message
 

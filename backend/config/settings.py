@@ -62,6 +62,13 @@ class Settings(BaseModel):
         return info
 
     @classmethod
+    def named(cls, name: str) -> str:
+        """`Frames (frames)`: the form's label and the setting's name (the command line's flag is `--frames`), so a
+        backend message reads right in the page and on the command line alike."""
+        label = cls.field_info()[name]["label"] if name in cls.model_fields else name
+        return label if name in label else f"{label} ({name})"
+
+    @classmethod
     def groups(cls) -> dict[str, list[str]]:
         grouped: dict[str, list[str]] = {}
         for name, info in cls.field_info().items():

@@ -14,94 +14,28 @@ import random
 import time
 from pathlib import Path
 
-from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
 from backend.output_guard import check_folder
 from backend.generate.engine import GenerateSession, LoraRequest, Stopped, decode_latents
 from backend.generate.memory import MemoryOptions
+from backend.generate.options import (Companions, LoraOptions, ModelSource, MoeOptions, add_job_arguments,
+                                      check_moe_options, named, part_of)
 from backend.generate.outputs import output_stem, read_latents, write_result
-from backend.generate.pipeline import DEMO_MODELS, ModelChoice
+from backend.generate.pipeline import ModelChoice
 from backend.generate.prompts import settings_from_file
 from backend.generate.settings import GenerateSettings, validate
 from backend.jobs.protocol import JobContext
-from backend.loraid.cli_args import add_loraid_arguments, add_multiplier_argument, flatten_appended, resolve_loraids
+from backend.loraid.cli_args import resolve_loraids
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    model = parser.add_argument_group("model")
-    model.add_argument("--workspace", default=None, help="workspace folder: demo models, LoRA registry, outputs")
-    model.add_argument("--model", choices=DEMO_MODELS, default=None, help="a demo model of the workspace")
-    model.add_argument("--dit", nargs="+", default=None, metavar="FILE",
-                       help="your transformer file (two for a Wan2.2 A14B pair: high-noise then low-noise)")
-    model.add_argument("--model_kind", default=None, help="model type (e.g. wan2.2-t2v-a14b) or a config folder")
-    model.add_argument("--vae", default=None, help="AutoencoderKLWan folder (default: the workspace's)")
-    model.add_argument("--text_encoder", default=None, help="UMT5 encoder folder (default: the workspace's)")
-    model.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the workspace's)")
-    model.add_argument("--image_encoder", default=None, help="CLIP vision folder (Wan2.1 I2V only)")
-    model.add_argument("--boundary_ratio", type=float, default=None,
-                       help="where an expert pair switches (fraction of 1000 timesteps; default: the model's)")
-
-    gen = parser.add_argument_group("generation")
-    add_setting_arguments(gen, GenerateSettings, prompt=None, seed=None)  # no seed: a random one, recorded
-    gen.add_argument("--from_file", default=None, metavar="PROMPTS",
-                     help="one prompt per line, musubi options after it (--w --h --f --s --d --g --n)")
-
-    lora = parser.add_argument_group("LoRAs")
-    lora.add_argument("--lora", nargs="+", action="append", default=None, metavar="FILE", help="LoRA file(s)")
-    add_loraid_arguments(lora, allocation_options=False)
-    add_multiplier_argument(lora)
-    lora.add_argument("--allow_overlap", action="store_true", help="apply LoRAs that change the same weights")
-    lora.add_argument("--hooked", action="store_true",
-                      help="keep LoRAs as live adapters instead of merging them into the weights (slower steps, "
-                           "multipliers changeable without reloading)")
-
-    moe = parser.add_argument_group("LoRA-MoE")
-    moe.add_argument("--moe", default=None, metavar="FILE", help="a LoRA-MoE file (experts + router + timestep gate)")
-    moe.add_argument("--hint", default=None, metavar="NAME", help="route every sample to this expert (else the "
-                                                                 "router chooses)")
-    moe.add_argument("--expert_strength", nargs="+", default=None, metavar="NAME=VALUE",
-                     help="scale experts, e.g. red=0.8 (`*=X` for all)")
-    moe.add_argument("--router_ema", type=float, default=None,
-                     help="smooth the router's gates over denoising steps (β in [0, 1); default: the file's)")
-
-    memory = parser.add_argument_group("memory")
-    memory.add_argument("--cpu_offload", action="store_true",
-                        help="keep idle models (text encoder, transformer, VAE) on the CPU and move each to the GPU "
-                             "only while it runs; saves GPU memory, costs a transfer per model per prompt "
-                             "(needs a CUDA GPU and accelerate)")
-    memory.add_argument("--fp8", action="store_true",
-                        help="store transformer weights in fp8 (half of bf16), upcast per layer; costs a small "
-                             "loss of precision and some speed; applied after LoRAs are merged or hooked")
-    memory.add_argument("--blocks_to_swap", type=int, default=0, metavar="N",
-                        help="keep N transformer blocks in CPU memory and copy each to the GPU just before it runs "
-                             "(the next one while the current one computes); saves their weights' GPU memory, "
-                             "costs transfer time per step")
-    memory.add_argument("--fp8_scaled", action="store_true",
-                        help="store the transformer's block weights in fp8 with one scale per output row (half of "
-                             "bf16, closer to it than --fp8); a ComfyUI scaled-fp8 file loads straight into it")
-    memory.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
-                        help="the transformer's weights and compute (text encoder: bf16 on a GPU; VAE: fp32)")
-    memory.add_argument("--memory", choices=["auto", "manual"], default="auto",
-                        help="auto: on a GPU, turn on CPU offload, --fp8_scaled and block swap as the model and the "
-                             "largest video need (each choice is printed); manual: only the options given")
-    memory.add_argument("--memory_limit_gb", type=float, default=None, metavar="GB",
-                        help="plan for, and stay under, this much GPU memory (the whole card, e.g. 24)")
-    memory.add_argument("--vae_tiling", action="store_true",
-                        help="decode the video in tiles; saves VAE memory at large sizes, costs decode time and "
-                             "may show faint seams")
-
-    out = parser.add_argument_group("outputs")
-    out.add_argument("--out_dir", default=None, help="output folder (default: <workspace>/outputs)")
-    out.add_argument("--save_latents", action="store_true", help="also save the final latents (.safetensors)")
-    out.add_argument("--save_frames", action="store_true", help="also save every video frame as a png")
-    out.add_argument("--decode_latents", default=None, metavar="FILE",
-                     help="decode latents saved with --save_latents (needs only the VAE) instead of generating")
+    """The flags of every part of the Generate job (backend/generate/options.py), one group per part."""
+    add_job_arguments(parser)
 
 
 def _base_settings(args: argparse.Namespace) -> GenerateSettings:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
-    given = {name: getattr(args, name) for name in GenerateSettings.model_fields}
-    return GenerateSettings(**{**given, "prompt": args.prompt or "", "seed": seed})
+    return part_of(args, GenerateSettings, prompt=args.prompt or "", seed=seed)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -113,14 +47,15 @@ def _out_dir(args: argparse.Namespace) -> Path:
         from backend.workspace import Workspace
 
         return Workspace(args.workspace).outputs
-    raise UserError("No output folder; pass --out_dir DIR or --workspace W (outputs go to W/outputs).")
+    raise UserError(f"No output folder; give {named('out_dir')} or {named('workspace')} (outputs go to the "
+                    f"workspace's outputs folder).")
 
 
 def _choice(args: argparse.Namespace) -> ModelChoice:
-    return ModelChoice(workspace=Path(args.workspace).expanduser() if args.workspace else None, model=args.model,
-                       dit=tuple(args.dit or ()), model_kind=args.model_kind, vae=args.vae,
-                       text_encoder=args.text_encoder, tokenizer=args.tokenizer, image_encoder=args.image_encoder,
-                       boundary_ratio=args.boundary_ratio)
+    source, parts = part_of(args, ModelSource), part_of(args, Companions)
+    return ModelChoice(workspace=Path(args.workspace).expanduser() if args.workspace else None, model=source.model,
+                       dit=tuple(source.dit), model_kind=source.model_kind, boundary_ratio=source.boundary_ratio,
+                       **parts.model_dump())
 
 
 def _decode_only(args: argparse.Namespace, ctx: JobContext) -> int:
@@ -148,16 +83,17 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     base = _base_settings(args)
     if args.from_file:
         if args.prompt:
-            raise UserError("Pass either --prompt or --from_file, not both.")
+            raise UserError(f"Give either {named('prompt')} or {named('from_file')}, not both.")
         batch = settings_from_file(args.from_file, base)
     else:
         batch = [validate(base)]
-    lora_request = LoraRequest(files=[str(f) for f in flatten_appended(args.lora)], loraids=resolve_loraids(args),
-                               multipliers=flatten_appended(args.multiplier) or None,
-                               allow_overlap=args.allow_overlap, hooked=args.hooked)
-    memory = MemoryOptions(cpu_offload=args.cpu_offload, fp8=args.fp8, vae_tiling=args.vae_tiling,
-                           fp8_scaled=args.fp8_scaled, dtype=args.dtype, memory=args.memory,
-                           memory_limit_gb=args.memory_limit_gb, blocks_to_swap=args.blocks_to_swap)
+    loras = part_of(args, LoraOptions)
+    if any(loraid < 1 for loraid in loras.loraid):
+        raise UserError(f"{named('loraid')} {min(loras.loraid)} is not a LORAID; IDs are whole numbers from 1.")
+    lora_request = LoraRequest(files=list(loras.lora), loraids=resolve_loraids(loras.loraid),
+                               multipliers=list(loras.multiplier) or None,
+                               allow_overlap=loras.allow_overlap, hooked=loras.hooked)
+    memory = part_of(args, MemoryOptions)
     out_dir = _out_dir(args)
     largest = max(batch, key=lambda s: s.frames * s.height * s.width)
     session = GenerateSession(_choice(args), lora_request, memory, image_to_video=args.image is not None,
@@ -191,15 +127,13 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
 
 
 def _moe_request(args: argparse.Namespace):
-    if not args.moe:
-        if args.hint or args.expert_strength:
-            raise UserError("--hint and --expert_strength choose experts of a LoRA-MoE file; add --moe FILE.")
+    options = part_of(args, MoeOptions)
+    check_moe_options(options)
+    if not options.moe:
         return None
     from backend.moe.inference import MoeRequest, parse_strengths
 
-    if args.router_ema is not None and not 0.0 <= args.router_ema < 1.0:
-        raise UserError(f"--router_ema {args.router_ema}: give a β from 0 (no smoothing) up to, not including, 1.")
-    return MoeRequest(args.moe, args.hint, parse_strengths(args.expert_strength), args.router_ema)
+    return MoeRequest(options.moe, options.hint, parse_strengths(options.expert_strength), options.router_ema)
 
 
 def translate_argv(argv: list[str]) -> list[str]:

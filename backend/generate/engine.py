@@ -22,6 +22,7 @@ from backend.generate.loras import PickedLora, by_transformer, check_overlaps, h
 from backend.generate.memory import (DTYPES, WAN_SIZE, MemoryOptions, adapter_device, apply_memory_options,
                                      check_memory_options, folder_bytes, plan_memory)
 from backend.generate.offload import offload_all
+from backend.generate.options import named
 from backend.generate.pipeline import (LoadedModel, ModelChoice, WeightsChoice, check_size, companion_folders,
                                        load_model, ti2v_pipeline, transformer_config)
 from backend.models.fp8_scaled import store_scaled_fp8
@@ -135,8 +136,8 @@ class GenerateSession:
         check_size(settings, self.model.task)
         pipe = self._pipeline_for(settings)
         if settings.guidance_scale_2 is not None and self.model.boundary_ratio is None:
-            raise UserError("--guidance_scale_2 sets the low-noise expert's guidance, and this model has a single "
-                            "transformer; leave it out.")
+            raise UserError(f"{named('guidance_scale_2')} sets the low-noise expert's guidance, and this model has "
+                            f"a single transformer; leave it empty.")
         pipe.scheduler = make_scheduler(settings.sampler, settings.flow_shift)
         if self.moe is not None:
             self.moe.reset()
@@ -174,7 +175,7 @@ class GenerateSession:
         is_image = isinstance(self.pipeline, WanImageToVideoPipeline)
         if self.model.task != "ti2v" or is_image == (settings.image is not None):
             if is_image and settings.image is None:
-                raise UserError("This is an image-to-video model; add a start image (--image).")
+                raise UserError(f"This is an image-to-video model; add a {named('image')}.")
             return self.pipeline
         if self._other_pipeline is None:
             self._other_pipeline = ti2v_pipeline(self.pipeline, image=not is_image)

@@ -15,6 +15,7 @@ import torch
 
 from backend.adapters.formats import LoraFile, load_lora
 from backend.errors import UserError
+from backend.generate.options import named
 from backend.loraid import overlap
 from backend.loraid.cli_args import resolve_multipliers
 from backend.loraid.registry import LoraidRegistry
@@ -80,7 +81,8 @@ def pick_loras(lora_files: list[str], loraids: list[int], multipliers: list[floa
     items: list[tuple[list[Path], int | None]] = [([Path(f).expanduser()], None) for f in lora_files]
     if loraids:
         if workspace is None:
-            raise UserError("--loraid picks LoRAs from a workspace registry; pass --workspace too.")
+            raise UserError(f"{named('loraid')} pick LoRAs from a workspace registry; give the {named('workspace')} "
+                            f"too.")
         registry = LoraidRegistry.for_workspace(workspace)
         items += [(_files_of_loraid(registry, loraid, model_kind), loraid) for loraid in loraids]
     values = resolve_multipliers(len(items), multipliers)

@@ -1,10 +1,13 @@
-"""Memory options of a generation, each a trade of speed or precision for memory (the costs are in `--help`)."""
+"""Memory options of a generation, each a trade of speed or precision for memory (the costs are in each field's
+help)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
 
 import torch
+from pydantic import ConfigDict
 
+from backend.config.settings import Settings, setting
 from backend.errors import UserError
 from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
 from backend.models.registry import pixels_per_token, task_of_config
@@ -13,28 +16,53 @@ FP8_STORAGE = torch.float8_e4m3fn
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+MEMORY_PLANS = ("auto", "manual")
 WAN_SIZE = (81, 480, 832)  # what a session plans for when the caller names no size: Wan's usual clip
 
 
-@dataclass(frozen=True)
-class MemoryOptions:
-    cpu_offload: bool = False
-    fp8: bool = False
-    vae_tiling: bool = False
-    blocks_to_swap: int = 0  # per transformer: this many blocks wait in CPU memory (backend/models/block_swap.py)
-    fp8_scaled: bool = False  # block Linears in fp8 + per-row scales (backend/models/fp8_scaled.py)
-    dtype: str = "bf16"  # the transformer's weights and compute: bf16 | fp32
-    memory: str = "auto"  # auto: the memory plan picks offload / fp8_scaled / block swap on a GPU; manual: as set
-    memory_limit_gb: float | None = None  # plan for, and stay under, this much of the GPU (the whole card)
-    stream_text_encoder: bool = False  # with cpu_offload: the text encoder's layers go to the GPU one at a time
+class MemoryOptions(Settings):
+    """The memory options of a generation, declared once: the `generate` flags, the Generate tab's memory widgets and
+    a job's argv come from these fields (their rules are in `check_memory_options`, one sentence each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=True)  # the check words a bad number
+
+    cpu_offload: bool = setting(False, label="CPU offload", group="Memory",
+                                help="keep idle models (text encoder, transformer, VAE) on the CPU and move each to "
+                                     "the GPU only while it runs; saves GPU memory, costs a transfer per model per "
+                                     "prompt (needs a CUDA GPU and accelerate)")
+    fp8: bool = setting(False, label="fp8 transformer storage", group="Memory",
+                        help="store transformer weights in fp8 (half of bf16), upcast per layer; costs a small loss "
+                             "of precision and some speed; applied after LoRAs are merged or hooked")
+    blocks_to_swap: int = setting(0, label="Blocks to swap", group="Memory", metavar="N",
+                                  help="keep N transformer blocks in CPU memory and copy each to the GPU just before "
+                                       "it runs (the next one while the current one computes); saves their weights' "
+                                       "GPU memory, costs transfer time per step")
+    fp8_scaled: bool = setting(False, label="Scaled fp8 storage", group="Memory",
+                               help="store the transformer's block weights in fp8 with one scale per output row (half "
+                                    "of bf16, closer to it than plain fp8); a ComfyUI scaled-fp8 file loads straight "
+                                    "into it")
+    dtype: str = setting("bf16", label="Transformer precision", group="Memory", choices=list(DTYPES),
+                         help="the transformer's weights and compute (text encoder: bf16 on a GPU; VAE: fp32)")
+    memory: str = setting("auto", label="Memory plan", group="Memory", choices=list(MEMORY_PLANS),
+                          help="auto: on a GPU, turn on CPU offload, scaled fp8 and block swap as the model and the "
+                               "largest video need (each choice is logged); manual: only the options given")
+    memory_limit_gb: float | None = setting(None, label="GPU memory limit (GB)", group="Memory", metavar="GB",
+                                            help="plan for, and stay under, this much GPU memory (the whole card, "
+                                                 "e.g. 24; empty: all of it)")
+    vae_tiling: bool = setting(False, label="VAE tiling", group="Memory",
+                               help="decode the video in tiles; saves VAE memory at large sizes, costs decode time "
+                                    "and may show faint seams")
+    stream_text_encoder: bool = setting(False, label="Stream the text encoder", group="Memory",
+                                        help="with CPU offload: move the text encoder's layers to the GPU one at a "
+                                             "time (the memory plan turns it on when the encoder does not fit)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, values: dict) -> "MemoryOptions":
         """The options a result's record names (unknown keys ignored; a record from before a field has its default)."""
-        known = {f.name: f.default for f in fields(cls)}
+        known = {name: field.default for name, field in cls.model_fields.items()}
         out = {}
         for name, value in values.items():
             if name not in known:
@@ -48,30 +76,43 @@ class MemoryOptions:
 
 
 def check_memory_options(options: MemoryOptions) -> None:
-    """Refuse what cannot work here before anything is loaded."""
+    """Refuse what cannot work here before anything is loaded: the first of `memory_problems`."""
+    problems = memory_problems(options)
+    if problems:
+        raise UserError(next(iter(problems.values())))
+
+
+def memory_problems(options: MemoryOptions) -> dict[str, str]:
+    """Every memory option that cannot work here, by name, each with one sentence naming it as the form does."""
+    named, problems = MemoryOptions.named, {}
     if options.dtype not in DTYPES:
-        raise UserError(f"--dtype {options.dtype} is not offered; choose one of: {', '.join(DTYPES)}.")
-    if options.memory not in ("auto", "manual"):
-        raise UserError(f"--memory {options.memory} is not offered; choose auto or manual.")
+        problems["dtype"] = f"{named('dtype')} `{options.dtype}` is not offered; choose one of: {', '.join(DTYPES)}."
+    if options.memory not in MEMORY_PLANS:
+        problems["memory"] = f"{named('memory')} `{options.memory}` is not offered; choose auto or manual."
     if options.fp8 and options.fp8_scaled:
-        raise UserError("--fp8 and --fp8_scaled are two ways of storing the transformer in fp8; pass one of them "
-                        "(--fp8_scaled is the more precise).")
-    if options.memory_limit_gb is not None and options.memory_limit_gb <= 0:
-        raise UserError(f"--memory_limit_gb {options.memory_limit_gb} is not a size; give the GPU memory to stay "
-                        f"under in GB, e.g. 24.")
+        problems["fp8_scaled"] = (f"{named('fp8')} and {named('fp8_scaled')} are two ways of storing the transformer "
+                                  f"in fp8; turn on one of them (scaled fp8 is the more precise).")
+    if options.memory_limit_gb is not None and not (math.isfinite(options.memory_limit_gb)
+                                                    and options.memory_limit_gb > 0):
+        problems["memory_limit_gb"] = (f"{named('memory_limit_gb')} = {options.memory_limit_gb} is not a size; give "
+                                       f"the GPU memory to stay under in GB, e.g. 24, or leave it empty.")
     if options.cpu_offload:
         try:
             import accelerate  # noqa: F401  (enable_model_cpu_offload needs it)
         except ImportError:
-            raise UserError("--cpu_offload needs the `accelerate` package; install it or leave the option out.") from None
-        if not torch.cuda.is_available():
-            raise UserError("--cpu_offload moves idle models between the GPU and the CPU, and this machine has no "
-                            "CUDA GPU; leave the option out (everything already runs on the CPU).")
+            problems["cpu_offload"] = (f"{named('cpu_offload')} needs the `accelerate` package; install it or turn "
+                                       f"the option off.")
+        if "cpu_offload" not in problems and not torch.cuda.is_available():
+            problems["cpu_offload"] = (f"{named('cpu_offload')} moves idle models between the GPU and the CPU, and "
+                                       f"this machine has no CUDA GPU; turn it off (everything already runs on the "
+                                       f"CPU).")
     if options.stream_text_encoder and not options.cpu_offload:
-        raise UserError("Streaming the text encoder is part of CPU offload; turn --cpu_offload on as well.")
+        problems["stream_text_encoder"] = (f"{named('stream_text_encoder')} is part of CPU offload; turn "
+                                           f"{named('cpu_offload')} on as well.")
     if options.blocks_to_swap < 0:
-        raise UserError(f"--blocks_to_swap {options.blocks_to_swap} is negative; use 0 (no swap) or a number of "
-                        f"blocks.")
+        problems["blocks_to_swap"] = (f"{named('blocks_to_swap')} = {options.blocks_to_swap} is negative; use 0 (no "
+                                      f"swap) or a number of blocks.")
+    return problems
 
 
 def store_in_fp8(transformer: torch.nn.Module) -> None:
@@ -129,8 +170,6 @@ def plan_memory(options: MemoryOptions, config: dict, experts: int, size: tuple[
                 text_encoder_bytes: int, vae_bytes: int, log=print) -> MemoryOptions:
     """memory=auto on a GPU: the options with the plan's storage, CPU offload and block swap, one log line per
     decision; the user's own options otherwise. memory_limit_gb caps PyTorch's allocator either way."""
-    from dataclasses import replace
-
     from backend.train.memory_plan import (GenerateRun, budget_bytes, describe_choice, gib,
                                            plan_generation, shape_from_config, tokens_for)
 
@@ -163,4 +202,4 @@ def plan_memory(options: MemoryOptions, config: dict, experts: int, size: tuple[
               "fp8_scaled": plan.choice.storage == "fp8_scaled" or options.fp8_scaled,
               "fp8": options.fp8 and plan.choice.storage != "fp8_scaled"}
     chosen["blocks_to_swap"] = max(plan.choice.blocks_to_swap, options.blocks_to_swap)
-    return replace(options, **chosen)
+    return options.model_copy(update=chosen)

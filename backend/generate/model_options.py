@@ -12,7 +12,8 @@ from pathlib import Path
 
 from backend.compose.output_names import MERGED_DIT_FOLDER
 from backend.errors import UserError
-from backend.generate.pipeline import DEMO_MODELS, ModelChoice
+from backend.generate.options import DEMO_MODELS, ModelSource
+from backend.generate.pipeline import ModelChoice
 from backend.models.checkpoint import read_checkpoint_shapes
 from backend.models.registry import EXPERT_STEMS, MODEL_KINDS, check_model_kind, get_model_kind, kinds_matching
 from backend.workspace import Workspace
@@ -109,10 +110,8 @@ class ModelPick:
         return MODEL_KINDS[found[0]].task if found else "t2v"
 
     def arguments(self) -> list[str]:
-        if self.demo:
-            return ["--model", self.demo]
-        args = ["--dit", *map(str, self.dit)]
-        return args + ([f"--model_kind={self.model_kind}"] if self.model_kind else [])
+        return ModelSource(model=self.demo, dit=[str(path) for path in self.dit],
+                           model_kind=None if self.demo else self.model_kind).flag_arguments()
 
     def value(self, ws: Workspace) -> str:
         """The text value the model dropdown shows for this pick."""

@@ -15,6 +15,7 @@ import torch
 
 from backend.errors import UserError
 from backend.fileio import atomic_write, atomic_write_json, save_safetensors_atomic
+from backend.generate.options import named
 
 LATENTS_KEY = "latents"
 SETTINGS_KEY = "loraid_studio.generate"
@@ -80,18 +81,18 @@ def read_latents(path: str | Path) -> tuple[torch.Tensor, dict]:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"The latents file {path} does not exist; check --decode_latents.")
+        raise UserError(f"The latents file {path} does not exist; check the {named('decode_latents')}.")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if LATENTS_KEY not in handle.keys():
-                raise UserError(f"{path.name} holds no `{LATENTS_KEY}` tensor; pass a file saved with --save_latents.")
+                raise UserError(f"{path.name} holds no `{LATENTS_KEY}` tensor; give a file saved with {named('save_latents')}.")
             latents = handle.get_tensor(LATENTS_KEY)
     except UserError:
         raise
     except Exception as exc:  # safetensors raises several types for damaged files
         raise UserError(f"{path.name} is not a readable .safetensors latents file ({type(exc).__name__}); "
-                        f"pass a file saved with --save_latents.") from None
+                        f"give a file saved with {named('save_latents')}.") from None
     try:
         record = json.loads(metadata.get(SETTINGS_KEY, "{}"))
     except ValueError:

@@ -14,12 +14,10 @@ from pathlib import Path
 import torch
 
 from backend.errors import UserError
-from backend.generate.settings import named
+from backend.generate.options import DEMO_MODELS, named
 from backend.models.registry import (EXPERTS, MODEL_KINDS, WAN22_LATENT_CHANNELS, get_model_kind, pixels_per_token,
                                      task_of_config)
 from backend.workspace import Workspace
-
-DEMO_MODELS = ("demo-t2v", "demo-a14b", "demo-ti2v")
 
 
 @dataclass(frozen=True)
@@ -56,12 +54,14 @@ class LoadedModel:
     extras: dict = field(default_factory=dict)
 
 
-def _folder(path: str | Path | None, what: str, flag: str) -> Path:
+def _folder(path: str | Path | None, name: str) -> Path:
+    """The folder of the companion setting `name` (vae, text_encoder, ...), which must exist."""
     if path is None:
-        raise UserError(f"No {what} folder was given; pass {flag} DIR (a diffusers / transformers folder).")
+        raise UserError(f"No {named(name)} was given; give a diffusers / transformers folder.")
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise UserError(f"The {what} folder {folder} does not exist; check {flag}.")
+        raise UserError(f"{named(name)} {folder} does not exist; give an existing folder, or leave it empty to use "
+                        f"the workspace's.")
     return folder
 
 
@@ -75,12 +75,11 @@ def companion_folders(choice: ModelChoice, latent_channels: int | None = None) -
     kind = kind if kind in MODEL_KINDS else ("demo-ti2v" if latent_channels == WAN22_LATENT_CHANNELS else None)
     demo_vae = demo_vae_folder(ws, kind) if ws is not None else None
 
-    def pick(given, default, what, flag):
-        return _folder(given if given is not None else default, what, flag)
+    def pick(given, default, name):
+        return _folder(given if given is not None else default, name)
 
-    return (pick(choice.vae, demo_vae, "VAE", "--vae"),
-            pick(choice.text_encoder, ws and ws.text_encoder, "text encoder", "--text_encoder"),
-            pick(choice.tokenizer, ws and ws.tokenizer, "tokenizer", "--tokenizer"))
+    return (pick(choice.vae, demo_vae, "vae"), pick(choice.text_encoder, ws and ws.text_encoder, "text_encoder"),
+            pick(choice.tokenizer, ws and ws.tokenizer, "tokenizer"))
 
 
 @dataclass(frozen=True)
@@ -105,14 +104,14 @@ def _transformers(choice: ModelChoice, weights: WeightsChoice = WeightsChoice())
 
     if choice.model is not None:
         if choice.dit:
-            raise UserError("Pass either --model (a demo model) or --dit (your own files), not both.")
+            raise UserError(f"Give either {named('model')} or {named('dit')} (your own files), not both.")
         if choice.model not in DEMO_MODELS:
             raise UserError(f"Unknown demo model `{choice.model}`; choose one of: {', '.join(DEMO_MODELS)}, "
-                            f"or pass your own files with --dit.")
+                            f"or give your own files as {named('dit')}.")
         ws = Workspace(choice.workspace or ".")
         if not ws.exists():
             raise UserError(f"{ws.root} is not a demo workspace; create it with `python -m backend demo "
-                            f"--workspace {ws.root}` or pass --workspace.")
+                            f"--workspace {ws.root}` or give the {named('workspace')}.")
         kind = get_model_kind(choice.model)
         if not kind.has_experts:
             path = demo_transformer_file(ws, kind.name)
@@ -123,26 +122,26 @@ def _transformers(choice: ModelChoice, weights: WeightsChoice = WeightsChoice())
         pair = {expert: load_transformer(expert_file(ws, expert)) for expert in EXPERTS}
         return pair, kind.task, kind.label, choice.boundary_ratio or kind.timestep_boundary
     if not choice.dit:
-        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b / demo-ti2v or your transformer with "
-                        "--dit FILE.")
+        raise UserError(f"No model was chosen; choose a {named('model')} ({' / '.join(DEMO_MODELS)}) or give "
+                        f"your {named('dit')}.")
     for path in choice.dit:
         if not Path(path).expanduser().exists():
-            raise UserError(f"The transformer file {path} does not exist; check --dit.")
+            raise UserError(f"The transformer file {path} does not exist; check the {named('dit')}.")
     kind = get_model_kind(choice.model_kind) if choice.model_kind in MODEL_KINDS else None
     source = choice.model_kind  # a kind name or a config folder (None: detect)
     if kind is not None and kind.has_experts:
         if len(choice.dit) != 2:
-            raise UserError(f"{kind.label} has two experts; pass --dit HIGH_NOISE_FILE LOW_NOISE_FILE.")
+            raise UserError(f"{kind.label} has two experts; give two {named('dit')}: high-noise, then low-noise.")
         pair = {expert: load_transformer(path, source, expert=expert) for expert, path in zip(EXPERTS, choice.dit)}
         return pair, kind.task, kind.label, choice.boundary_ratio or kind.timestep_boundary
     if len(choice.dit) == 2:
         if choice.boundary_ratio is None:
-            raise UserError("Two --dit files make an expert pair; pass --model_kind of an A14B model or "
-                            "--boundary_ratio to say where the experts switch.")
+            raise UserError(f"Two {named('dit')} make an expert pair; choose an A14B {named('model_kind')} or give "
+                            f"the {named('boundary_ratio')} to say where the experts switch.")
         pair = {expert: load_transformer(path, source) for expert, path in zip(EXPERTS, choice.dit)}
         return pair, _task_of(pair["high"]), "expert pair", choice.boundary_ratio
     if len(choice.dit) > 2:
-        raise UserError(f"--dit takes one file, or two for an expert pair; got {len(choice.dit)}.")
+        raise UserError(f"{named('dit')} takes one file, or two for an expert pair; got {len(choice.dit)}.")
     model = load_transformer(choice.dit[0], source)
     label = kind.label if kind else Path(choice.dit[0]).name
     return {"main": model}, kind.task if kind else _task_of(model), label, None
@@ -164,8 +163,8 @@ def transformer_config(choice: ModelChoice) -> dict:
         kind = get_model_kind(choice.model)
         return kind.config(EXPERTS[0] if kind.has_experts else None)
     if not choice.dit:
-        raise UserError("No model was chosen; pass --model demo-t2v / demo-a14b / demo-ti2v or your transformer with "
-                        "--dit FILE.")
+        raise UserError(f"No model was chosen; choose a {named('model')} ({' / '.join(DEMO_MODELS)}) or give "
+                        f"your {named('dit')}.")
     kind = get_model_kind(choice.model_kind) if choice.model_kind in MODEL_KINDS else None
     expert = EXPERTS[0] if kind is not None and kind.has_experts else None
     folder, _ = resolve_config_dir(choice.dit[0], choice.model_kind, expert)
@@ -203,15 +202,15 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False, weights: Wei
     latent_channels = first.config.out_channels or first.config.in_channels
     vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice, latent_channels)
     if image and not accepts_image(task):
-        raise UserError(f"{label} is a text-to-video model, so it cannot start from --image; pick an I2V model "
-                        f"or leave --image out.")
+        raise UserError(f"{label} is a text-to-video model, so it cannot start from a {named('image')}; pick an "
+                        f"image-to-video model or remove the start image.")
     if not image and task == "i2v":
-        raise UserError(f"{label} is an image-to-video model; pass the start image with --image PATH.")
+        raise UserError(f"{label} is an image-to-video model; give a {named('image')}.")
     vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()
     if vae.config.z_dim != latent_channels:
         wanted = "the Wan2.2 VAE" if latent_channels == WAN22_LATENT_CHANNELS else "the Wan2.1 VAE"
         raise UserError(f"The VAE in {vae_dir} makes {vae.config.z_dim}-channel latents, but {label} denoises "
-                        f"{latent_channels}; pass {wanted} folder with --vae.")
+                        f"{latent_channels}; give {wanted} as the {named('vae')}.")
     with _quiet_progress_bars():
         text_encoder = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True,
                                                         torch_dtype=weights.text_encoder_dtype).eval()
@@ -250,6 +249,6 @@ def _image_encoder_parts(choice: ModelChoice, transformer) -> dict:
         return {}
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
-    folder = _folder(choice.image_encoder, "CLIP image encoder", "--image_encoder")
+    folder = _folder(choice.image_encoder, "image_encoder")
     return {"image_encoder": CLIPVisionModel.from_pretrained(str(folder), local_files_only=True).eval(),
             "image_processor": CLIPImageProcessor.from_pretrained(str(folder), local_files_only=True)}

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from backend.errors import UserError
+from backend.generate.options import named
 from backend.generate.settings import GenerateSettings, validate
 from backend.train.sample_prompts import parse_prompt_line
 
@@ -23,7 +24,7 @@ def settings_from_line(line: str, base: GenerateSettings, source: str) -> Genera
 def settings_from_file(path: str | Path, base: GenerateSettings) -> list[GenerateSettings]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"The prompts file {path} does not exist; check --from_file.")
+        raise UserError(f"The prompts file {path} does not exist; check the {named('from_file')}.")
     batch = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):

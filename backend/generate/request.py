@@ -10,13 +10,14 @@ arguments, and rebuilt from a result's sidecar JSON so its settings can be reuse
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backend.errors import UserError
 from backend.generate.lora_catalog import check_overlaps, summarize
 from backend.generate.memory import MemoryOptions, check_memory_options
 from backend.generate.model_options import ModelPick, pick_from_record
+from backend.generate.options import Companions, LoraOptions, RunOptions, named
 from backend.generate.pipeline import accepts_image, check_size
 from backend.generate.settings import GenerateSettings, validate
 
@@ -28,39 +29,38 @@ class LoraPick:
 
 
 @dataclass(frozen=True)
-class Companions:
-    """The non-transformer parts; None uses the workspace's (the demo VAE, text encoder and tokenizer)."""
-    vae: str | None = None
-    text_encoder: str | None = None
-    tokenizer: str | None = None
-    image_encoder: str | None = None
-
-    LABELS = {"vae": ("VAE", "--vae"), "text_encoder": ("text encoder", "--text_encoder"),
-              "tokenizer": ("tokenizer", "--tokenizer"), "image_encoder": ("CLIP image encoder", "--image_encoder")}
-
-    def given(self) -> dict[str, str]:
-        return {name: value for name, value in asdict(self).items() if value}
-
-
-@dataclass(frozen=True)
 class GenerateRequest:
     model: ModelPick
     settings: GenerateSettings
     random_seed: bool = False  # leave the seed to the job (it picks one and records it)
     loras: tuple[LoraPick, ...] = ()
-    hooked: bool = False
-    allow_overlap: bool = False
+    lora_options: LoraOptions = field(default_factory=LoraOptions)  # how they apply (the files are `loras`)
     memory: MemoryOptions = field(default_factory=MemoryOptions)
     companions: Companions = field(default_factory=Companions)
-    save_latents: bool = False
-    save_frames: bool = False
+    outputs: RunOptions = field(default_factory=RunOptions)  # what is saved beside the video
+
+    @property
+    def hooked(self) -> bool:
+        return self.lora_options.hooked
+
+    @property
+    def allow_overlap(self) -> bool:
+        return self.lora_options.allow_overlap
+
+    @property
+    def save_latents(self) -> bool:
+        return self.outputs.save_latents
+
+    @property
+    def save_frames(self) -> bool:
+        return self.outputs.save_frames
 
     def check(self) -> list[str]:
         """Raise a UserError for the first thing that would make the job fail; returns allowed-overlap warnings."""
         settings = validate(self.settings)
         if settings.guidance_scale_2 is not None and not self.model.is_pair:
-            raise UserError("The low-noise guidance scale is for a Wan2.2 A14B expert pair; leave it empty for a "
-                            "single-transformer model.")
+            raise UserError(f"{named('guidance_scale_2')} is for a Wan2.2 A14B expert pair; leave it empty for a "
+                            f"single-transformer model.")
         task = self.model.task
         check_size(settings, task)
         if settings.image is not None and not accepts_image(task):
@@ -69,10 +69,9 @@ class GenerateRequest:
         if settings.image is None and task == "i2v":
             raise UserError("This is an image-to-video model; add a start image.")
         for name, value in self.companions.given().items():
-            what, flag = Companions.LABELS[name]
             if not Path(value).expanduser().is_dir():
-                raise UserError(f"The {what} folder {value} does not exist; type an existing folder ({flag}) or "
-                                f"leave it empty to use the workspace's.")
+                raise UserError(f"{named(name)} {value} does not exist; type an existing folder or leave it empty to "
+                                f"use the workspace's.")
         check_memory_options(self.memory)
         paths = [Path(pick.path) for pick in self.loras]
         for pick in self.loras:
@@ -88,26 +87,14 @@ class GenerateRequest:
 
     def arguments(self, workspace: Path) -> list[str]:
         """`generate ...` arguments (single values as `--name=value`, so a prompt may start with a dash)."""
-        args = ["generate", f"--workspace={Path(workspace)}", *self.model.arguments(),
-                *self.settings.arguments(leave_out=("seed",) if self.random_seed else ())]
-        args += [f"--{name}={value}" for name, value in self.companions.given().items()]
-        if self.loras:
-            args += ["--lora", *(str(Path(pick.path).resolve()) for pick in self.loras),
-                     "--multiplier", *(repr(float(pick.multiplier)) for pick in self.loras)]
-        if self.memory.dtype != MemoryOptions.dtype:
-            args.append(f"--dtype={self.memory.dtype}")
-        if self.memory.memory != MemoryOptions.memory:
-            args.append(f"--memory={self.memory.memory}")
-        if self.memory.memory_limit_gb is not None:
-            args.append(f"--memory_limit_gb={self.memory.memory_limit_gb:g}")
-        flags = {"--allow_overlap": self.allow_overlap and bool(self.loras), "--hooked": self.hooked,
-                 "--cpu_offload": self.memory.cpu_offload, "--fp8": self.memory.fp8,
-                 "--fp8_scaled": self.memory.fp8_scaled,
-                 "--vae_tiling": self.memory.vae_tiling, "--save_latents": self.save_latents,
-                 "--save_frames": self.save_frames}
-        if self.memory.blocks_to_swap:
-            args.append(f"--blocks_to_swap={self.memory.blocks_to_swap}")
-        return args + [flag for flag, on in flags.items() if on]
+        loras = self.lora_options.model_copy(update={
+            "lora": [str(Path(pick.path).resolve()) for pick in self.loras],
+            "multiplier": [float(pick.multiplier) for pick in self.loras],
+            "allow_overlap": self.allow_overlap and bool(self.loras)})
+        return ["generate", *RunOptions(workspace=str(Path(workspace))).flag_arguments(), *self.model.arguments(),
+                *self.settings.arguments(leave_out=("seed",) if self.random_seed else ()),
+                *self.companions.flag_arguments(), *loras.flag_arguments(),
+                *self.memory.flag_arguments(only_changed=True), *self.outputs.flag_arguments(only_changed=True)]
 
     def job_settings(self) -> dict:
         """What the job record keeps about the request (plain JSON)."""
@@ -132,8 +119,10 @@ class GenerateRequest:
         except (KeyError, TypeError, ValueError, AttributeError):
             raise UserError("This result's settings record is incomplete or damaged, so it cannot be reused; pick "
                             "another result.") from None
-        companions = Companions(**{name: model.get(name) for name in Companions.LABELS if model.get(name)})
+        companions = Companions(**{name: model.get(name) for name in Companions.model_fields if model.get(name)})
         outputs = record.get("outputs") or {}
-        return cls(pick_from_record(model), settings, loras=loras, hooked=record.get("lora_mode") == "hooked",
-                   allow_overlap=bool(record.get("allow_overlap")), memory=memory, companions=companions,
-                   save_latents="latents" in outputs, save_frames="frames" in outputs)
+        return cls(pick_from_record(model), settings, loras=loras,
+                   lora_options=LoraOptions(hooked=record.get("lora_mode") == "hooked",
+                                            allow_overlap=bool(record.get("allow_overlap"))),
+                   memory=memory, companions=companions,
+                   outputs=RunOptions(save_latents="latents" in outputs, save_frames="frames" in outputs))

@@ -54,64 +54,78 @@ class GenerateSettings(Settings):
 
     def arguments(self, *, leave_out: tuple[str, ...] = ()) -> list[str]:
         """`--name=value` for every set field (`=` so a prompt may start with a dash); None means "not given"."""
-        return [f"--{name}={value}" for name, value in self.model_dump().items()
-                if value is not None and name not in leave_out]
+        return self.flag_arguments(leave_out=leave_out)
 
 
 # The Generate tab starts from these (a size and step count the tiny demo models make in seconds on a CPU);
 # the command line starts from the model's own defaults, which suit the real Wan models.
 DEMO_START = GenerateSettings(width=64, height=64, frames=17, steps=10)
-LABELS = {name: info["label"] for name, info in GenerateSettings.field_info().items()}
-
-
-def named(name: str) -> str:
-    """`Frames (frames)`: the form's label and the setting's name (the command line's flag is `--frames`), so a
-    message reads right in the page and on the command line alike."""
-    return f"{LABELS.get(name, name)} ({name})"
+named = GenerateSettings.named  # `Frames (frames)`: the form's label and the setting's name, for messages
 
 
 def validate(settings: GenerateSettings) -> GenerateSettings:
     """Return the settings unchanged, or raise a UserError naming the first wrong value and how to fix it."""
-    if not settings.prompt.strip():
-        raise UserError("The prompt is empty; write what the video should show.")
-    return validate_values(settings)
+    problems = settings_problems(settings)
+    if problems:
+        raise UserError(next(iter(problems.values())))
+    return settings
 
 
 def validate_values(settings: GenerateSettings) -> GenerateSettings:
     """Every rule of `validate` but the prompt's (a form checks these while its prompt is still being written)."""
-    s = settings
+    problems = settings_problems(settings)
+    problems.pop("prompt", None)
+    if problems:
+        raise UserError(next(iter(problems.values())))
+    return settings
+
+
+def settings_problems(settings: GenerateSettings) -> dict[str, str]:
+    """Every wrong field by name, each with one sentence naming it as the form does (the first is what `validate`
+    raises); empty when the settings can run."""
+    s, problems = settings, {}
+
+    def problem(name: str, message: str) -> None:
+        problems.setdefault(name, message)
+
+    if not s.prompt.strip():
+        problem("prompt", "The prompt is empty; write what the video should show.")
     for name in ("guidance_scale", "guidance_scale_2", "flow_shift"):
         value = getattr(s, name)
         if value is not None and not math.isfinite(value):
-            raise UserError(f"{named(name)} = {value} is not a finite number; give a number such as 5.0.")
+            problem(name, f"{named(name)} = {value} is not a finite number; give a number such as 5.0.")
     if s.seed is not None and not 0 <= s.seed <= MAX_SEED:
-        raise UserError(f"{named('seed')} = {s.seed} is outside 0..{MAX_SEED}; give a smaller whole number.")
+        problem("seed", f"{named('seed')} = {s.seed} is outside 0..{MAX_SEED}; give a smaller whole number.")
     if s.frames > MAX_FRAMES:
-        raise UserError(f"{named('frames')} = {s.frames} is more than this app generates ({MAX_FRAMES}); use 81 or fewer for "
-                        "Wan's usual clip length.")
+        problem("frames", f"{named('frames')} = {s.frames} is more than this app generates ({MAX_FRAMES}); use 81 or "
+                          f"fewer for Wan's usual clip length.")
     for name, value in (("width", s.width), ("height", s.height)):
         if value > MAX_SIDE:
-            raise UserError(f"{named(name)} = {value} is larger than {MAX_SIDE}; use Wan's 832x480 or 1280x720.")
+            problem(name, f"{named(name)} = {value} is larger than {MAX_SIDE}; use Wan's 832x480 or 1280x720.")
     if s.frames < 1 or (s.frames - 1) % 4:
         lower = max(1, s.frames - (s.frames - 1) % 4)
-        raise UserError(f"{named('frames')} = {s.frames} is not 4n+1 (1, 5, 9, ..., 81); use {lower} or {lower + 4}.")
+        problem("frames", f"{named('frames')} = {s.frames} is not 4n+1 (1, 5, 9, ..., 81); use {lower} or "
+                          f"{lower + 4}.")
     for name, value in (("width", s.width), ("height", s.height)):
         if value < 16 or value % 16:
             nearest = max(16, round(value / 16) * 16)
-            raise UserError(f"{named(name)} = {value} is not a positive multiple of 16; use {nearest}.")
+            problem(name, f"{named(name)} = {value} is not a positive multiple of 16; use {nearest}.")
     if s.steps < 1:
-        raise UserError(f"{named('steps')} = {s.steps} must be at least 1.")
-    if s.guidance_scale < 1.0 or (s.guidance_scale_2 is not None and s.guidance_scale_2 < 1.0):
-        raise UserError("Guidance scales must be 1.0 or more (1.0 turns classifier-free guidance off).")
+        problem("steps", f"{named('steps')} = {s.steps} must be at least 1.")
+    for name in ("guidance_scale", "guidance_scale_2"):
+        value = getattr(s, name)
+        if value is not None and value < 1.0:
+            problem(name, f"{named(name)} = {value} must be 1.0 or more (1.0 turns classifier-free guidance off).")
     if s.flow_shift <= 0:
-        raise UserError(f"{named('flow_shift')} = {s.flow_shift} must be positive (Wan uses 3.0 at 480p, 5.0 at 720p).")
+        problem("flow_shift", f"{named('flow_shift')} = {s.flow_shift} must be positive (Wan uses 3.0 at 480p, 5.0 "
+                              f"at 720p).")
     if s.sampler not in SAMPLERS:
-        raise UserError(f"Unknown sampler `{s.sampler}`; choose one of: {', '.join(SAMPLERS)}.")
+        problem("sampler", f"Unknown sampler `{s.sampler}`; choose one of: {', '.join(SAMPLERS)}.")
     if s.fps < 1:
-        raise UserError(f"{named('fps')} = {s.fps} must be at least 1.")
+        problem("fps", f"{named('fps')} = {s.fps} must be at least 1.")
     if s.image is not None and not Path(s.image).is_file():
-        raise UserError(f"The start image {s.image} does not exist; check its path.")
-    return s
+        problem("image", f"The start image {s.image} does not exist; check its path.")
+    return problems
 
 
 def make_scheduler(sampler: str, flow_shift: float):

@@ -38,7 +38,9 @@ def parse_strengths(items: list[str] | None) -> dict[str, float]:
         except ValueError:
             value = None
         if not eq or value is None or not name.strip():
-            raise UserError(f"--expert_strength {item}: write NAME=VALUE, e.g. `--expert_strength red=0.8`.")
+            from backend.generate.options import named
+
+            raise UserError(f"{named('expert_strength')} `{item}`: write NAME=VALUE, e.g. `red=0.8`.")
     return out
 
 

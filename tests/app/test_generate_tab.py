@@ -25,6 +25,7 @@ from tests.demo_files import save_demo_lora
 from ui.context import AppContext
 from ui.generate_form import MAX_LORAS, GenerateForm
 from ui.generate_panel import FollowedGeneration, GeneratePanel
+from ui.tabs.generate import FIELD_ERRORS
 
 STATUS, PROGRESS = 1, 2  # positions in run()'s outputs (followed, status, progress, timer)
 
@@ -86,17 +87,41 @@ def until_finished(panel: GeneratePanel, followed: FollowedGeneration, timeout_s
     ({"width": 60}, "Width (width) = 60 is not a positive multiple of 16; use 64."),
     ({"height": 8}, "Height (height) = 8 is not a positive multiple of 16; use 16."),
     ({"steps": 0}, "Steps (steps) = 0 must be at least 1."),
-    ({"guidance_scale": 0.5}, "Guidance scales must be 1.0 or more (1.0 turns classifier-free guidance off)."),
+    ({"guidance_scale": 0.5}, "Guidance scale (guidance_scale) = 0.5 must be 1.0 or more (1.0 turns classifier-free "
+                              "guidance off)."),
     ({"width": 32.5}, "Width (width) must be a whole number, not 32.5."),
+    ({"blocks_to_swap": 1.5}, "Blocks to swap (blocks_to_swap) must be a whole number, not 1.5."),
+    ({"blocks_to_swap": -1}, "Blocks to swap (blocks_to_swap) = -1 is negative; use 0 (no swap) or a number of "
+                             "blocks."),
+    ({"fp8": True, "fp8_scaled": True}, "fp8 transformer storage and Scaled fp8 storage (fp8_scaled) are two "
+                                        "ways of storing the transformer in fp8; turn on one of them (scaled fp8 is "
+                                        "the more precise)."),
 ])
-def test_bad_settings_are_one_sentence_beside_the_form_and_on_run_and_submit_nothing(ctx, changes, sentence):
+def test_a_bad_setting_is_one_sentence_under_its_field_and_run_submits_nothing(ctx, changes, sentence):
     panel = GeneratePanel(ctx)
     bad = form(**changes)
-    assert panel.settings_message(*bad.values()) == f"⚠ {sentence}"
+    name = next(iter(GenerateForm().with_changes(**changes).problems()))
+    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
+    assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
+    assert all(update == gr.update(value="", visible=False) for other, update in slots.items() if other != name)
     shown = run(panel, bad)
-    assert shown[STATUS] == f"⚠ {sentence}"
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why under it."  # said once, there
+    assert dict(zip(FIELD_ERRORS, shown[4:]))[name] == gr.update(value=f"⚠ {sentence}", visible=True)
     assert ctx.jobs.list() == []
-    assert panel.settings_message(*form().values()) == ""
+    assert all(not update["visible"] for update in panel.field_errors(*form().values()))
+
+
+def test_every_wrong_field_shows_its_own_message_at_once(ctx):
+    panel = GeneratePanel(ctx)
+    bad = form(width=33, frames=6, steps=2.5, memory_limit_gb=-2)
+    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
+    wrong = {name: update["value"] for name, update in slots.items() if update["visible"]}
+    assert wrong == {"width": "⚠ Width (width) = 33 is not a positive multiple of 16; use 32.",
+                     "frames": "⚠ Frames (frames) = 6 is not 4n+1 (1, 5, 9, ..., 81); use 5 or 9.",
+                     "steps": "⚠ Steps (steps) must be a whole number, not 2.5.",
+                     "memory_limit_gb": "⚠ GPU memory limit (GB) (memory_limit_gb) = -2.0 is not a size; give the GPU "
+                                        "memory to stay under in GB, e.g. 24, or leave it empty."}
+    assert run(panel, bad)[STATUS] == "⚠ Not started: 4 settings need attention; each says why under it."
 
 
 def test_requests_the_model_cannot_run_are_refused_before_any_job(ctx, tmp_path):
@@ -105,8 +130,8 @@ def test_requests_the_model_cannot_run_are_refused_before_any_job(ctx, tmp_path)
     Image.new("RGB", (16, 16), "red").save(image)
     cases = {
         "The prompt is empty; write what the video should show.": form(prompt="  "),
-        "The low-noise guidance scale is for a Wan2.2 A14B expert pair; leave it empty for a single-transformer "
-        "model.": form(guidance_scale_2=3.0),
+        "Low-noise guidance scale (guidance_scale_2) is for a Wan2.2 A14B expert pair; leave it empty for a "
+        "single-transformer model.": form(guidance_scale_2=3.0),
         "This is a text-to-video model, so it cannot start from an image; remove the start image or pick an "
         "image-to-video model.": form(image=str(image)),
         "No model is chosen; pick a demo model or a merged model, or type a checkpoint path.": form(model=""),
@@ -163,7 +188,7 @@ def test_disjoint_loraids_run_as_one_generate_job_and_its_failure_is_shown_in_on
     loras = ctx.workspace.loras.resolve()
     assert job.kind == "generate" and job.title == "Generate: a red ball bouncing"
     assert job.argv[1:] == [
-        "-m", "backend", "generate", f"--workspace={ctx.workspace.root}", "--model", "demo-t2v",
+        "-m", "backend", "generate", f"--workspace={ctx.workspace.root}", "--model=demo-t2v",
         "--prompt=a red ball bouncing", "--negative_prompt=", "--width=32", "--height=32", "--frames=9", "--fps=16",
         "--steps=2", "--guidance_scale=5.0", "--flow_shift=3.0", "--sampler=unipc", "--seed=7",
         "--lora", str(loras / "alice.safetensors"), str(loras / "bob.safetensors"), "--multiplier", "1.0", "0.7"]
@@ -172,7 +197,8 @@ def test_disjoint_loraids_run_as_one_generate_job_and_its_failure_is_shown_in_on
 
     shown = until_finished(panel, started[0])
     vae = ctx.workspace.vae
-    assert shown[1] == f"Job {job.id} ended (failed): The VAE folder {vae} does not exist; check --vae."
+    assert shown[1] == (f"Job {job.id} ended (failed): VAE folder (vae) {vae} does not exist; give an existing folder, "
+                        f"or leave it empty to use the workspace's.")  # the setting as the form names it, no flag
     assert isinstance(shown[-1], gr.Timer) and shown[-1].active is False
 
 

@@ -19,6 +19,7 @@ from backend.generate.lora_catalog import catalog, check_overlaps, conflict_line
     summarize
 from backend.generate.model_options import ModelPick, model_options, read_model
 from backend.generate.outputs import output_stem, write_result
+from backend.generate.options import LoraOptions, RunOptions
 from backend.generate.request import GenerateRequest, LoraPick
 from backend.generate.results import list_results
 from backend.generate.settings import GenerateSettings
@@ -91,7 +92,7 @@ def test_model_options_and_picks(demo_ws, tmp_path):
     single = read_model(ws, values[4])
     assert (single.model_kind, single.roles, single.arguments()) == (
         None, ["main"], ["--dit", str((merged / "x-low_noise-2.safetensors").resolve())])
-    assert read_model(ws, "demo-a14b").arguments() == ["--model", "demo-a14b"]
+    assert read_model(ws, "demo-a14b").arguments() == ["--model=demo-a14b"]
     with pytest.raises(UserError, match="but Wan2.1 T2V 14B was expected"):
         read_model(ws, values[4], "wan2.1-t2v-14b")
     with pytest.raises(UserError, match="Unknown model type `wan2.1-t2v-14`"):
@@ -113,7 +114,7 @@ def test_arguments_are_what_the_generate_command_parses(demo_ws, lora_files):
                                 width=48, height=32, frames=5, fps=8)
     request = GenerateRequest(ModelPick(demo="demo-a14b"), settings,
                               loras=(LoraPick(lora_files.by_id[1], 1.0), LoraPick(lora_files.by_id[2], -0.25)),
-                              hooked=True, save_latents=True)
+                              lora_options=LoraOptions(hooked=True), outputs=RunOptions(save_latents=True))
     assert request.check() == []
     args = _parsed(request.arguments(demo_ws.root))
     assert (args.prompt, args.negative_prompt, args.seed, args.steps, args.guidance_scale, args.guidance_scale_2,
@@ -121,8 +122,8 @@ def test_arguments_are_what_the_generate_command_parses(demo_ws, lora_files):
         settings.prompt, settings.negative_prompt, 9, 3, 4.0, 2.5, 5.0, "euler", 48, 32, 5, 8)
     assert (args.model, args.hooked, args.save_latents, args.allow_overlap, args.fp8) == (
         "demo-a14b", True, True, False, False)
-    assert args.lora == [[str(lora_files.by_id[1].resolve()), str(lora_files.by_id[2].resolve())]]
-    assert args.multiplier == [[1.0, -0.25]]
+    assert args.lora == [str(lora_files.by_id[1].resolve()), str(lora_files.by_id[2].resolve())]
+    assert args.multiplier == [1.0, -0.25]
     random_seed = GenerateRequest(ModelPick(demo="demo-t2v"), settings.with_overrides(guidance_scale_2=None),
                                   random_seed=True)
     assert _parsed(random_seed.arguments(demo_ws.root)).seed is None

@@ -6,10 +6,12 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.errors import UserError
+from backend.generate.memory import MemoryOptions
+from backend.generate.options import Companions, RunOptions
 from backend.generate.settings import GenerateSettings
 from ui import moe_generate
 from ui.context import AppContext
-from ui.generate_form import LORA_MODES, MAX_LORAS, GenerateForm
+from ui.generate_form import FORM_PARTS, LORA_MODES, MAX_LORAS, GenerateForm, _kind, part_of
 from ui.generate_panel import FollowedGeneration, GeneratePanel
 from ui.widgets import report_error
 
@@ -17,16 +19,48 @@ POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="generate-tab", concurrency_limit=1, show_progress="hidden",
               api_visibility="private")  # a page, not an API: keeps the page quick to load
 DEFAULTS = GenerateForm()
-FIELDS = GenerateSettings.field_info()
+ELEM_IDS = {"negative_prompt": "gen-negative-prompt", "guidance_scale": "gen-guidance", "guidance_scale_2": "gen-guidance-2"}
+# The settings checked as they change, each with its own message slot under it (the prompt is checked on Run, the
+# start image when it is uploaded, the overlap rule beside the LoRA list).
+FIELD_ERRORS = [name for names in FORM_PARTS.values() for name in names
+                if name not in ("prompt", "negative_prompt", "image", "allow_overlap")]
+
+
+def elem_id(name: str) -> str:
+    return ELEM_IDS.get(name, f"gen-{name.replace('_', '-')}")
 
 
 def shown(name: str, info: str | None = None) -> dict:
-    """A settings widget's label and hint, from the model's field."""
-    return {"label": FIELDS[name]["label"], "info": info or FIELDS[name]["help"]}
+    """A settings widget's label and hint, from its model's field."""
+    field = part_of(name).field_info()[name]
+    return {"label": field["label"], "info": info or field["help"]}
+
+
+def setting_widget(name: str, errors: dict, info: str | None = None, visible: bool = True):
+    """The widget of one setting, made from its field (a check box for true/false, a choice for a field with
+    choices, a number box for numbers, else a text box), in a column with its error slot right under it."""
+    part = part_of(name)
+    field = part.field_info()[name]
+    kind = _kind(part, name)
+    common = dict(value=getattr(DEFAULTS, name), **shown(name, info), elem_id=elem_id(name))
+    with gr.Column(min_width=160, scale=1, visible=visible) as column:
+        if kind is bool:
+            widget = gr.Checkbox(**common)
+        elif field["choices"]:
+            widget = gr.Radio(field["choices"], **common)
+        elif kind in (int, float):
+            widget = gr.Number(**common)  # no rounding in the page: 32.5 reaches the whole-number check
+        else:
+            widget = gr.Textbox(**common)
+        errors[name] = gr.Markdown("", visible=False, elem_id=f"{elem_id(name)}-error",
+                                   elem_classes=["gen-field-error"])
+    widget.column = column
+    return widget
 
 
 def build(ctx: AppContext, tab: gr.Tab) -> None:
     panel = GeneratePanel(ctx)
+    errors: dict[str, gr.Markdown] = {}  # one slot under each setting, shown while it is wrong
     gr.Markdown("### Generate\nText-to-video (one frame makes an image) on the demo models, a merged model or your own "
                 "checkpoint, with any LoRAs at their own strengths. LoRAs on disjoint LORAIDs never change each "
                 "other's weights; overlapping ones are flagged before you run. Each run is a job; results land in "
@@ -39,7 +73,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
             negative = gr.Textbox(DEFAULTS.negative_prompt, lines=1, **shown("negative_prompt"),
                                   elem_id="gen-negative-prompt")
         image = gr.Image(None, type="filepath", sources=["upload"], scale=1, height=180, elem_id="gen-image",
-                         label=FIELDS["image"]["label"])
+                         label=shown("image")["label"])
     models = panel.model_choices()
     with gr.Row():
         model = gr.Dropdown(models, value=models[0][1] if models else None, allow_custom_value=True, scale=4,
@@ -50,12 +84,11 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         refresh = gr.Button("Refresh lists", scale=0, min_width=130, elem_id="gen-refresh")
     model_message = gr.Markdown(panel.model_message(models[0][1], DEFAULTS.model_kind) if models else "",
                                 elem_id="gen-model-message")
+    companions = {}
     with gr.Accordion("Other model parts (empty: the workspace's)", open=False):
         with gr.Row():
-            vae = gr.Textbox("", label="VAE folder", elem_id="gen-vae")
-            text_encoder = gr.Textbox("", label="Text encoder folder", elem_id="gen-text-encoder")
-            tokenizer = gr.Textbox("", label="Tokenizer folder", elem_id="gen-tokenizer")
-            image_encoder = gr.Textbox("", label="CLIP image encoder folder (Wan2.1 I2V)", elem_id="gen-image-encoder")
+            for name in FORM_PARTS[Companions]:
+                companions[name] = setting_widget(name, errors)
 
     gr.Markdown("#### LoRAs")
     lora_files = gr.Dropdown(panel.lora_choices(), value=[], multiselect=True, allow_custom_value=True,
@@ -68,40 +101,29 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     with gr.Row():
         lora_mode = gr.Radio(LORA_MODES, value=DEFAULTS.lora_mode, label="How LoRAs are applied",
                              elem_id="gen-lora-mode")
-        allow_overlap = gr.Checkbox(DEFAULTS.allow_overlap, elem_id="gen-allow-overlap",
-                                    label="Allow overlap (apply LoRAs that change the same weights; they add up)")
+        allow_overlap = gr.Checkbox(DEFAULTS.allow_overlap, elem_id="gen-allow-overlap", **shown("allow_overlap"))
 
     moe = moe_generate.build(ctx)
 
     gr.Markdown("#### Settings")
+    widgets: dict = {**companions}
     with gr.Row():
-        width = gr.Number(DEFAULTS.width, precision=0, **shown("width"), elem_id="gen-width")
-        height = gr.Number(DEFAULTS.height, precision=0, **shown("height"), elem_id="gen-height")
-        frames = gr.Number(DEFAULTS.frames, precision=0, **shown("frames"), elem_id="gen-frames")
-        fps = gr.Number(DEFAULTS.fps, precision=0, **shown("fps"), elem_id="gen-fps")
-        steps = gr.Number(DEFAULTS.steps, precision=0, **shown("steps"), elem_id="gen-steps")
+        for name in GenerateSettings.groups()["Size"]:
+            widgets[name] = setting_widget(name, errors)
     with gr.Row():
-        guidance = gr.Number(DEFAULTS.guidance_scale, **shown("guidance_scale"), elem_id="gen-guidance")
-        guidance_2 = gr.Number(DEFAULTS.guidance_scale_2, **shown("guidance_scale_2", "A14B pair; 0: the same as the guidance scale"),
-                               visible=panel.is_pair(model.value, model_kind.value), elem_id="gen-guidance-2")
-        flow_shift = gr.Number(DEFAULTS.flow_shift, **shown("flow_shift"),
-                               elem_id="gen-flow-shift")
-        seed = gr.Number(DEFAULTS.seed, precision=0, **shown("seed"), elem_id="gen-seed")
+        for name in GenerateSettings.groups()["Sampling"]:
+            extra = {"info": "A14B pair; 0: the same as the guidance scale",
+                     "visible": panel.is_pair(model.value, model_kind.value)} if name == "guidance_scale_2" else {}
+            widgets[name] = setting_widget(name, errors, **extra)
         random_seed = gr.Checkbox(DEFAULTS.random_seed, label="Random seed (recorded in the result)",
                                   elem_id="gen-random-seed")
-        sampler = gr.Radio(FIELDS["sampler"]["choices"], value=DEFAULTS.sampler, **shown("sampler"), elem_id="gen-sampler")
+    with gr.Accordion("Memory (auto plans these on a GPU)", open=False, elem_id="gen-memory"):
+        with gr.Row():
+            for name in FORM_PARTS[MemoryOptions]:
+                widgets[name] = setting_widget(name, errors)
     with gr.Row():
-        cpu_offload = gr.Checkbox(DEFAULTS.cpu_offload, elem_id="gen-cpu-offload",
-                                  label="CPU offload (less GPU memory, a transfer per model per prompt; CUDA only)")
-        fp8 = gr.Checkbox(DEFAULTS.fp8, label="fp8 transformer storage (half of bf16, slight precision loss)",
-                          elem_id="gen-fp8")
-        vae_tiling = gr.Checkbox(DEFAULTS.vae_tiling, label="VAE tiling (less memory, slower decode)",
-                                 elem_id="gen-vae-tiling")
-        blocks_to_swap = gr.Number(DEFAULTS.blocks_to_swap, precision=0, minimum=0, elem_id="gen-blocks-to-swap",
-                                   label="Blocks to swap (kept in CPU memory, each copied to the GPU as it runs)")
-        save_latents = gr.Checkbox(DEFAULTS.save_latents, label="Also save latents", elem_id="gen-save-latents")
-        save_frames = gr.Checkbox(DEFAULTS.save_frames, label="Also save frames as png", elem_id="gen-save-frames")
-    settings_message = gr.Markdown("", elem_id="gen-settings-message")
+        for name in FORM_PARTS[RunOptions]:
+            widgets[name] = setting_widget(name, errors)
 
     with gr.Row():
         run_button = gr.Button("Run", variant="primary", scale=0, min_width=140, elem_id="gen-run")
@@ -124,13 +146,9 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     selected = gr.State(None)
     timer = gr.Timer(POLL_SECONDS, active=True)  # the first tick fills the gallery and picks up a running job
 
-    widgets = dict(prompt=prompt, negative_prompt=negative, model=model, model_kind=model_kind, image=image, vae=vae,
-                   text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder, width=width,
-                   height=height, frames=frames, fps=fps, steps=steps, guidance_scale=guidance,
-                   guidance_scale_2=guidance_2, flow_shift=flow_shift, seed=seed, random_seed=random_seed,
-                   sampler=sampler, lora_mode=lora_mode, allow_overlap=allow_overlap, cpu_offload=cpu_offload,
-                   fp8=fp8, vae_tiling=vae_tiling, blocks_to_swap=blocks_to_swap, save_latents=save_latents, save_frames=save_frames,
-                   lora_files=lora_files, slot_files=slot_files)
+    widgets.update(prompt=prompt, negative_prompt=negative, model=model, model_kind=model_kind, image=image,
+                   random_seed=random_seed, lora_mode=lora_mode, allow_overlap=allow_overlap, lora_files=lora_files,
+                   slot_files=slot_files)
     form = [widgets[name] for name in GenerateForm.names()] + sliders
 
     slot_inputs = [model, model_kind, lora_files, slot_files, *sliders]
@@ -139,11 +157,11 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     for control in (model, model_kind):
         control.change(panel.model_message, inputs=[model, model_kind], outputs=model_message, **_GROUP).then(
             panel.lora_slots, inputs=slot_inputs, outputs=slot_outputs, **_GROUP)
-    gr.on([model.change, model_kind.change], panel.pair_fields, inputs=[model, model_kind], outputs=guidance_2,
-          **_GROUP)  # A14B-only fields hidden for single-transformer models
-    checked = [*GenerateSettings.groups()["Size"], *GenerateSettings.groups()["Sampling"], "random_seed"]
-    for control in (widgets[name] for name in checked):  # every field `validate_values` checks, by name
-        control.change(panel.settings_message, inputs=form, outputs=settings_message, **_GROUP)
+    gr.on([model.change, model_kind.change], panel.pair_fields, inputs=[model, model_kind],
+          outputs=widgets["guidance_scale_2"].column, **_GROUP)  # A14B-only fields hidden for other models
+    error_slots = [errors[name] for name in FIELD_ERRORS]
+    for name in [*FIELD_ERRORS, "random_seed"]:  # each setting's own message, next to it, as it changes
+        widgets[name].change(panel.field_errors, inputs=form, outputs=error_slots, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh, inputs=[model, lora_files],
           outputs=[model, lora_files, gallery, results], **_GROUP)
 
@@ -151,11 +169,11 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         try:
             extra = moe_generate.arguments(moe_file, moe_hint, moe_strengths)
         except UserError as exc:
-            return followed_now, f"⚠ {report_error(exc)}", gr.skip(), gr.skip()
+            return followed_now, f"⚠ {report_error(exc)}", "", gr.skip(), *panel.field_errors(*values)
         return panel.run_with(extra, followed_now, *values)
 
     run_button.click(run, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
-                     outputs=[followed, status, progress, timer], **_GROUP)
+                     outputs=[followed, status, progress, timer, *error_slots], **_GROUP)
     moe_generate.wire(moe, tab, selected_settings, widgets)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)
     timer.tick(panel.tick, inputs=followed,
