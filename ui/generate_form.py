@@ -112,10 +112,13 @@ class _FormMethods:
             raise UserError(next(iter(problems.values())))
         return MemoryOptions(**values)
 
-    def problems(self) -> dict[str, str]:
+    def problems(self, ws: Workspace | None = None) -> dict[str, str]:
         """Every field that is wrong as it stands, by name, with its one sentence (the prompt may still be empty:
-        it is being written); what needs the workspace (model, LoRA files, folders) is checked on Run."""
+        it is being written); with the workspace, the model part folders too. The model and the LoRA files have
+        their own messages beside them; the rest of the request is checked on Run."""
         problems: dict[str, str] = {}
+        if ws is not None:
+            problems.update(self.companions(ws).problems())
         generation = self._part(GenerateSettings, problems, **({"seed": 0} if self.random_seed else {}))
         memory = self._part(MemoryOptions, problems)
         given = {name: value for name, value in generation.items() if name not in problems}
@@ -140,11 +143,14 @@ class _FormMethods:
         return tuple(LoraPick(resolve_lora(ws.root, ws.loras, name), float(multiplier))
                      for name, multiplier in zip(files, self.multipliers))
 
+    def companions(self, ws: Workspace) -> Companions:
+        return Companions(**{name: _folder_text(ws, getattr(self, name)) for name in self.PARTS[Companions]})
+
     def request(self, ws: Workspace) -> GenerateRequest:
-        problems = self.problems()
+        problems = self.problems(ws)
         if problems:
             raise UserError(next(iter(problems.values())))
-        companions = Companions(**{name: _folder_text(ws, getattr(self, name)) for name in Companions.model_fields})
+        companions = self.companions(ws)
         lora_options = LoraOptions(**self._part(LoraOptions, {}), hooked=self.lora_mode == "hooked")
         return GenerateRequest(
             read_model(ws, self.model, self.model_kind), self.settings(), random_seed=bool(self.random_seed),

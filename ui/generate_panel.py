@@ -26,6 +26,7 @@ from ui.widgets import report_error
 JOB_KIND = "generate"
 ERROR_PREFIX = "error: "
 _served: set[Path] = set()
+UNREADABLE = "not readable: see the message below the list"
 
 
 def serve_files(paths) -> None:
@@ -125,29 +126,32 @@ class GeneratePanel:
         """(slot files, conflicts, one slider update per slot): multipliers typed for a file stay with it."""
         files = list(files or [])
         kept = dict(zip(slot_files or [], multipliers))
-        problems, readable = [], []
+        lines, problems, infos = self._lora_findings(model, model_kind, files)
+        sliders = [gr.update(visible=True, label=f"{name} multiplier", info=info, value=kept.get(name, 1.0))
+                   for name, info in zip(files, infos)]
+        sliders += [gr.update(visible=False)] * (MAX_LORAS - len(sliders))
+        readable = sum(info is not UNREADABLE for info in infos)
+        return (files, conflicts_html(lines, problems, readable), *sliders[:MAX_LORAS])
+
+    def _lora_findings(self, model, model_kind, files) -> tuple[list[str], list[str], list[str]]:
+        """(conflict lines, problems, one slider hint per file shown): what the list's message says."""
+        problems, readable, infos = [], [], []
         if len(files) > MAX_LORAS:
             problems.append(f"{len(files)} LoRAs are chosen; this tab applies up to {MAX_LORAS} at once (merge some "
                             f"in the Merge tab, or use `python -m backend generate`).")
-        sliders = []
-        for index in range(MAX_LORAS):
-            if index >= len(files):
-                sliders.append(gr.update(visible=False))
-                continue
-            name = files[index]
+        for name in files[:MAX_LORAS]:
             try:
-                info = summarize(resolve_lora(self.ws.root, self.ws.loras, name)).describe()
-                readable.append(resolve_lora(self.ws.root, self.ws.loras, name))
+                path = resolve_lora(self.ws.root, self.ws.loras, name)
+                infos.append(summarize(path).describe())
+                readable.append(path)
             except UserError as exc:
                 problems.append(str(exc))
-                info = "not readable: see the message below the list"
-            sliders.append(gr.update(visible=True, label=f"{name} multiplier", info=info,
-                                     value=kept.get(name, 1.0)))
+                infos.append(UNREADABLE)
         try:
             lines = conflict_lines(readable, self._roles(model, model_kind)) if len(readable) > 1 else []
         except UserError as exc:
             lines, problems = [], problems + [str(exc)]
-        return (files, conflicts_html(lines, problems, len(readable)), *sliders)
+        return lines, problems, infos
 
     # --- live checks ------------------------------------------------------------------------------------------
     def model_message(self, model, model_kind) -> str:
@@ -176,7 +180,7 @@ class GeneratePanel:
         """One update per checked setting (FIELD_ERRORS' order): its message under it while it is wrong."""
         from ui.tabs.generate import FIELD_ERRORS
 
-        problems = GenerateForm.from_values(*values).problems()
+        problems = GenerateForm.from_values(*values).problems(self.ws)
         return [gr.update(value=f"⚠ {problems[name]}" if name in problems else "", visible=name in problems)
                 for name in FIELD_ERRORS]
 
@@ -202,22 +206,29 @@ class GeneratePanel:
             self.extra_arguments = []
 
     def run(self, followed: FollowedGeneration, *values):
-        """(followed, status, progress, timer, one update per field's error slot). A wrong setting is said once,
-        under the setting; the status then only says that nothing started. No stale bar beside an error."""
+        """(followed, status, progress, timer, model message, LoRA list message, one update per field's error slot).
+        A wrong setting, model or LoRA pick is said once, beside it; the status then only says that nothing started.
+        No stale bar beside an error."""
         form = GenerateForm.from_values(*values)
         slots = self.field_errors(*values)
-        problems = form.problems()
+        model = self.model_message(form.model, form.model_kind)
+        lines, lora_problems, _ = self._lora_findings(form.model, form.model_kind, list(form.lora_files))
+        readable = len(form.lora_files) - len(lora_problems)
+        conflicts = conflicts_html(lines, lora_problems, readable)
+        problems = len(form.problems(self.ws)) + model.startswith("⚠") + bool(
+            lora_problems or lines and not form.allow_overlap)
         if problems:
-            count = f"{len(problems)} settings need" if len(problems) > 1 else "1 setting needs"
-            return followed, f"⚠ Not started: {count} attention; each says why under it.", "", gr.skip(), *slots
+            count = f"{problems} settings need" if problems > 1 else "1 setting needs"
+            return (followed, f"⚠ Not started: {count} attention; each says why beside it.", "", gr.skip(), model,
+                    conflicts, *slots)
         try:
             job, warnings = self.submit(form)
         except UserError as exc:
-            return followed, f"⚠ {report_error(exc)}", "", gr.skip(), *slots
+            return followed, f"⚠ {report_error(exc)}", "", gr.skip(), model, conflicts, *slots
         notes = "".join(f"  \n⚠ Allowed overlap: {warning}" for warning in warnings)
         followed = FollowedGeneration(job.id, loaded=True)
         return (followed, f"Job {job.id}: {job.status}…{notes}", progress_html(0, 0, "starting…"),
-                gr.Timer(active=True), *slots)
+                gr.Timer(active=True), model, conflicts, *slots)
 
     def stop(self, followed: FollowedGeneration) -> str:
         if followed is None or not followed.job_id:

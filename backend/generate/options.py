@@ -5,6 +5,8 @@ tab's widgets, the backend's checks and a job's argv all come from these fields 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import ConfigDict
 
 from backend.config.settings import Settings, add_setting_arguments, setting
@@ -48,6 +50,12 @@ class Companions(Settings):
 
     def given(self) -> dict[str, str]:
         return {name: value for name, value in self.model_dump().items() if value}
+
+    def problems(self) -> dict[str, str]:
+        """Each given folder that does not exist, by name, with its one sentence."""
+        return {name: f"{self.named(name)} {value} does not exist; type an existing folder or leave it empty to use "
+                      f"the workspace's." for name, value in self.given().items()
+                if not Path(value).expanduser().is_dir()}
 
 
 class LoraOptions(Settings):

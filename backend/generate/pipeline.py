@@ -202,8 +202,8 @@ def load_model(choice: ModelChoice, scheduler, image: bool = False, weights: Wei
     latent_channels = first.config.out_channels or first.config.in_channels
     vae_dir, encoder_dir, tokenizer_dir = companion_folders(choice, latent_channels)
     if image and not accepts_image(task):
-        raise UserError(f"{label} is a text-to-video model, so it cannot start from a {named('image')}; pick an "
-                        f"image-to-video model or remove the start image.")
+        raise UserError(f"{label} is a text-to-video model, so it cannot start from an image; pick an image-to-video "
+                        f"model or remove the {named('image')}.")
     if not image and task == "i2v":
         raise UserError(f"{label} is an image-to-video model; give a {named('image')}.")
     vae = AutoencoderKLWan.from_pretrained(str(vae_dir), local_files_only=True).eval()

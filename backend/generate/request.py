@@ -68,10 +68,8 @@ class GenerateRequest:
                             "image or pick an image-to-video model.")
         if settings.image is None and task == "i2v":
             raise UserError("This is an image-to-video model; add a start image.")
-        for name, value in self.companions.given().items():
-            if not Path(value).expanduser().is_dir():
-                raise UserError(f"{named(name)} {value} does not exist; type an existing folder or leave it empty to "
-                                f"use the workspace's.")
+        for problem in self.companions.problems().values():
+            raise UserError(problem)
         check_memory_options(self.memory)
         paths = [Path(pick.path) for pick in self.loras]
         for pick in self.loras:

@@ -16,6 +16,7 @@ from backend.workspace import Workspace
 from ui.context import AppContext
 from ui.dataset_panel import ALL_FOLDERS, CACHE_FIELDS, FORM_FIELDS, DatasetPanel, form_values
 from ui.tabs.dataset import wire
+from tests.app.toasts import no_toast
 
 MISSING = "concept_a/images/a_002.png"
 
@@ -74,13 +75,13 @@ def scanned(panel, workspace):
 ])
 def test_a_bad_folder_gives_one_sentence_and_keeps_the_scan(panel, workspace, typed, sentence):
     (workspace.models).mkdir(exist_ok=True)
-    with pytest.warns(UserWarning):  # the toast
+    with no_toast():  # the message box says it, once
         shown = panel.scan(typed, None, *page_form())
     assert set(shown) == {"summary"}  # nothing else on the page changes, the previous scan state included
     assert shown["summary"].startswith("⚠ ") and sentence in shown["summary"]
     assert shown["summary"].count(". ") == 0  # one sentence
     last, _ = scanned(panel, workspace)
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         after_a_scan = panel.scan(typed, last, *page_form())
     assert set(after_a_scan) == {"summary"}
     error, kept = after_a_scan["summary"].split("  \n")  # the error, then whose files the page still shows
@@ -111,7 +112,7 @@ def test_scanning_the_demo_shows_counts_the_missing_caption_and_a_valid_toml(pan
 def test_fixing_the_missing_caption_writes_only_that_file(panel, workspace):
     scan, _ = scanned(panel, workspace)
     before = snapshot(workspace.demo_dataset)
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         refused = panel.save_caption(scan, MISSING, "  ")
     assert refused == {"caption_message": "⚠ The caption for a_002.png is empty; type a caption before saving."}
     assert snapshot(workspace.demo_dataset) == before
@@ -130,7 +131,7 @@ def test_fixing_the_missing_caption_writes_only_that_file(panel, workspace):
 def test_a_trigger_word_is_previewed_then_applied_on_confirm(panel, workspace):
     scan, _ = scanned(panel, workspace)
     before = snapshot(workspace.demo_dataset)
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         assert panel.bulk_apply(scan, None, None)["bulk_message"].startswith("⚠ There is no previewed edit to apply")
     preview = panel.bulk_preview(scan, "trigger word", ALL_FOLDERS, "sks", "", "end", False, True)
     assert preview["bulk_message"] == ("17 of 17 captions would change (add trigger word `sks` at the end); 1 file(s) "
@@ -172,10 +173,10 @@ def test_bad_resolution_and_frame_settings_are_shown_beside_the_field_once(panel
     assert shown["frames"] == [] and shown["frames_strip"] == ""
     assert shown_problems(panel.check_form(*page_form(caption_extension="txt"))) == {
         "caption_extension": "⚠ Caption extension is 'txt'; it must start with a dot, e.g. .txt."}
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         shown = panel.frames(scan, "concept_a/images/a_000.png", *page_form())
     assert "is an image; frame extraction applies to videos only" in shown["frames_message"]
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         assert panel.buckets(None, *page_form())["buckets_message"].startswith("⚠ No folder has been scanned yet")
     frames = panel.frames(scan, "concept_a/videos/a_clip_000.mp4", *page_form(frame_extraction="slide",
                                                                                 frame_stride=8, target_frames="9"))
@@ -195,7 +196,7 @@ def test_a_malformed_toml_edit_is_refused_and_the_file_is_unchanged(panel, works
     scan, shown = scanned(panel, workspace)
     path = workspace.demo_dataset / "dataset.toml"
     before = snapshot(workspace.demo_dataset)
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         refused = panel.write_toml(str(path), edit(shown["toml"]))
     assert refused["toml_message"].startswith("⚠ ") and sentence in refused["toml_message"]
     assert refused["toml_message"].endswith("Nothing was written.")
@@ -214,7 +215,7 @@ def test_writing_the_generated_toml_gives_a_file_the_loader_reads(panel, workspa
     assert config.general.num_repeats == 3
     assert config.resolved()[0].source == workspace.demo_dataset / "concept_a" / "images"
     assert panel.load_toml(str(path)) == {"toml": generated["toml"], "toml_message": f"Loaded {path}."}
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         refused = panel.write_toml("datasets/demo/studio.txt", generated["toml"])
     assert "does not end in .toml" in refused["toml_message"]
 
@@ -222,11 +223,11 @@ def test_writing_the_generated_toml_gives_a_file_the_loader_reads(panel, workspa
 def test_caching_starts_only_from_the_written_toml(panel, workspace):
     scan, shown = scanned(panel, workspace)
     path = workspace.demo_dataset / "fresh.toml"
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         refused = panel.start_cache("latents", str(path), shown["toml"], *cache_options())
     assert refused == {"cache_status": f"⚠ {path} has not been written yet; click Write TOML before caching."}
     panel.write_toml(str(path), shown["toml"])
-    with pytest.warns(UserWarning):
+    with no_toast():  # the message box says it, once
         refused = panel.start_cache("latents", str(path), shown["toml"].replace("64, 64", "96, 96"),
                                     *cache_options())
     assert "differs from fresh.toml on disk; click Write TOML first" in refused["cache_status"]

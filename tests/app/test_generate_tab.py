@@ -27,7 +27,8 @@ from ui.generate_form import MAX_LORAS, GenerateForm
 from ui.generate_panel import FollowedGeneration, GeneratePanel
 from ui.tabs.generate import FIELD_ERRORS
 
-STATUS, PROGRESS = 1, 2  # positions in run()'s outputs (followed, status, progress, timer)
+STATUS, PROGRESS, MODEL_MESSAGE, CONFLICTS, SLOTS = 1, 2, 4, 5, 6  # run()'s outputs: followed, status,
+# progress, timer, the model's message, the LoRA list's message, then the settings' message slots
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,8 @@ def test_a_bad_setting_is_one_sentence_under_its_field_and_run_submits_nothing(c
     assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
     assert all(update == gr.update(value="", visible=False) for other, update in slots.items() if other != name)
     shown = run(panel, bad)
-    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why under it."  # said once, there
-    assert dict(zip(FIELD_ERRORS, shown[4:]))[name] == gr.update(value=f"⚠ {sentence}", visible=True)
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."  # said once, there
+    assert dict(zip(FIELD_ERRORS, shown[SLOTS:]))[name] == gr.update(value=f"⚠ {sentence}", visible=True)
     assert ctx.jobs.list() == []
     assert all(not update["visible"] for update in panel.field_errors(*form().values()))
 
@@ -121,7 +122,7 @@ def test_every_wrong_field_shows_its_own_message_at_once(ctx):
                      "steps": "⚠ Steps (steps) must be a whole number, not 2.5.",
                      "memory_limit_gb": "⚠ GPU memory limit (GB) (memory_limit_gb) = -2.0 is not a size; give the GPU "
                                         "memory to stay under in GB, e.g. 24, or leave it empty."}
-    assert run(panel, bad)[STATUS] == "⚠ Not started: 4 settings need attention; each says why under it."
+    assert run(panel, bad)[STATUS] == "⚠ Not started: 4 settings need attention; each says why beside it."
 
 
 def test_requests_the_model_cannot_run_are_refused_before_any_job(ctx, tmp_path):
@@ -134,13 +135,22 @@ def test_requests_the_model_cannot_run_are_refused_before_any_job(ctx, tmp_path)
         "single-transformer model.": form(guidance_scale_2=3.0),
         "This is a text-to-video model, so it cannot start from an image; remove the start image or pick an "
         "image-to-video model.": form(image=str(image)),
-        "No model is chosen; pick a demo model or a merged model, or type a checkpoint path.": form(model=""),
     }
     for sentence, request in cases.items():
         assert run(panel, request)[STATUS] == f"⚠ {sentence}"
     missing = ctx.workspace.root / "outputs" / "merged" / "gone.safetensors"
-    assert run(panel, form(model="outputs/merged/gone.safetensors"))[STATUS] == (
-        f"⚠ The model file {missing} does not exist; pick a model from the list or check the path.")
+    for model, sentence in (("", "No model is chosen; pick a demo model or a merged model, or type a checkpoint "
+                                 "path."),
+                            ("outputs/merged/gone.safetensors", f"The model file {missing} does not exist; pick a "
+                                                                f"model from the list or check the path.")):
+        shown = run(panel, form(model=model))  # said once, under the model; the status says nothing started
+        assert (shown[STATUS], shown[MODEL_MESSAGE]) == (
+            "⚠ Not started: 1 setting needs attention; each says why beside it.", f"⚠ {sentence}")
+    shown = run(panel, form(vae="no-vae-here"))
+    vae_slot = dict(zip(FIELD_ERRORS, shown[SLOTS:]))["vae"]
+    assert vae_slot["value"] == (f"⚠ VAE folder (vae) {ctx.workspace.root / 'no-vae-here'} does not exist; type an "
+                                 f"existing folder or leave it empty to use the workspace's.")
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
     assert ctx.jobs.list() == [] and not (ctx.workspace.outputs / "start_images").exists()
     started = run(panel, form(guidance_scale_2=3.0, model="demo-a14b"))  # a pair takes the low-noise guidance
     assert started[STATUS].startswith("Job ")
@@ -158,9 +168,11 @@ def test_overlapping_loras_are_flagged_when_picked_and_refused_on_run(ctx):
     assert "Run is refused unless you tick “Allow overlap”" in conflicts
 
     shown = run(panel, form(loras={"bob.safetensors": 1.0, "carol.safetensors": 0.5}))
-    assert shown[STATUS].startswith("⚠ bob.safetensors and carol.safetensors both change blocks 4-5 (modules ")
-    assert shown[STATUS].endswith("; tick “Allow overlap” to apply them anyway (their changes add up on the "
-                                  "shared weights).")
+    assert shown[CONFLICTS] == conflicts  # said once, under the LoRA list; the status says nothing started
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
+    assert ctx.jobs.list() == []
+    gone = run(panel, form(loras={"bob.safetensors": 1.0, "gone.safetensors": 1.0}))
+    assert "gone.safetensors does not exist" in gone[CONFLICTS] and gone[STATUS].startswith("⚠ Not started: 1 ")
     assert ctx.jobs.list() == []
 
     allowed = run(panel, form(loras={"bob.safetensors": 1.0, "carol.safetensors": 0.5}, allow_overlap=True))

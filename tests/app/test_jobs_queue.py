@@ -17,6 +17,7 @@ from backend.train.settings import TrainSettings
 from backend.workspace import Workspace
 from ui.context import AppContext
 from ui.tabs.jobs import TABLE_HEADERS, JobsPanel, SessionView, selfcheck_argv
+from tests.app.toasts import no_toast
 
 OUT = ["view", "table", "status", "result", "folder", "command", "log", "message"]
 QUICK = [sys.executable, "-c", "print('quick job')"]
@@ -59,9 +60,10 @@ def test_filters_queue_order_cancel_and_details(workspace):
         moved = shown(panel.move_up(view))
         assert moved["message"] == f"Job {second.id} is now number 1 of 2 in the queue."
         assert [(row[0], row[TABLE_HEADERS.index("queue")]) for row in moved["table"]] == [(second.id, "1"), (first.id, "2")]
-        with pytest.warns(UserWarning, match="only queued jobs can be moved"):
+        with no_toast():  # the message box says it, once
             refused = shown(panel.move_down(SessionView.of(blocker.id)))
         assert refused["message"].startswith(f"Job {blocker.id} is running")
+        assert "only queued jobs can be moved" in refused["message"]
 
         cancelled = shown(panel.cancel(SessionView.of(first.id, view)))
         assert cancelled["message"] == f"Cancelled queued job {first.id}; it will not start."
@@ -99,12 +101,12 @@ def test_open_a_training_job_as_a_preset(workspace):
     named = shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))
     assert "`dora slice 2`" in named["message"] and store.load("user:dora slice 2") == settings
 
-    with pytest.warns(UserWarning, match="only training jobs"):
+    with no_toast():  # the message box says it, once
         refused = shown(panel.open_as_preset(SessionView.of(other.id), "x"))
     assert refused["message"] == (f"Job {other.id} is a selfcheck job; only training jobs have settings the Train "
                                   "tab can load.")
-    with pytest.warns(UserWarning, match="already exists"):
-        shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))
+    with no_toast():  # the message box says it, once
+        assert "already exists" in shown(panel.open_as_preset(SessionView.of(train_job.id), "dora slice 2"))["message"]
     assert sorted(p.name for p in workspace.presets.iterdir()) == ["dora slice 2.json", f"job-{train_job.id}.json"]
 
     *outputs, opened, tabs = panel.open_in_train(SessionView.of(train_job.id), "")  # again: its own preset replaced

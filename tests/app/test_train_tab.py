@@ -26,6 +26,7 @@ from ui.train_network import GROUPS, net_key
 from ui.train_panel import DELETE_ASKED, OPENED, OUTSIDE, TrainPanel
 from ui.train_run import RunSession
 from tests.demo_files import cache_concept_a
+from tests.app.toasts import no_toast
 
 WIDGET_NAMES = [n for n in FIELDS if n not in OWN_WIDGETS] + ["loraid"] + [net_key(k) for k in BUILDER_KEYS]
 EVERY_FIELD_CHANGED = TrainSettings(
@@ -287,7 +288,6 @@ def visible_errors(updates: dict) -> set[str]:
             if name.startswith("error:") and isinstance(value, dict) and value.get("visible")}
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # the toast (gr.Warning) that goes with an action's message
 @pytest.mark.parametrize("case, handler, change, slot, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_gets_its_own_message_and_changes_nothing(panel, workspace, tmp_path, case, handler, change,
                                                             slot, message):
@@ -430,8 +430,8 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     assert "saves it with its training state" in panel.stop({"run:session": session})["run:message"]
     session, updates = tick_until(panel, session, lambda s, u: s.progress.status == "stopped")
     if manager.get(session.job_id).status == "stopping":  # its end event is written just before it exits
-        with pytest.warns(UserWarning, match="is still stopping"):
-            panel.resume({"run:session": session, "run:processes": 1})
+        with no_toast():  # the message box says it, once
+            assert "is still stopping" in panel.resume({"run:session": session, "run:processes": 1})["run:message"]
     session, updates = tick_until(panel, session, lambda s, u: manager.get(s.job_id).status == "stopped")
     stopped_at = session.progress.step
     assert 2 <= stopped_at < steps and session.progress.latest_state.endswith(f"concept-a-step{stopped_at:06d}-state")
@@ -451,8 +451,8 @@ def test_start_stop_resume_and_finish_a_real_run(cached_workspace, tmp_path):
     assert (cached_workspace.loras / "concept-a.safetensors").is_file()
     assert 'data-status="succeeded"' in updates["run:progress"]
 
-    with pytest.warns(UserWarning, match="finished all its steps"):
-        panel.resume({"run:session": second, "run:processes": 1})
+    with no_toast():  # the message box says it, once
+        assert "finished all its steps" in panel.resume({"run:session": second, "run:processes": 1})["run:message"]
     taken = panel.validate(form)
     assert "LORAID 1 is already taken by loras/concept-a" in taken["error:loraid"]["value"]
     assert taken["loraid"]["choices"][1][0] == (f"1: blocks 0-1 (taken by concept-a-step{stopped_at:06d}.safetensors, "

@@ -12,6 +12,7 @@ from backend.workspace import Workspace
 from ui.app import build_app
 from ui.context import AppContext
 from ui.tabs.jobs import JobsPanel, SessionView
+from tests.app.toasts import no_toast
 
 TABS = [("Dataset", "tab-dataset"), ("Train", "tab-train"), ("LORAID", "tab-loraid"), ("Merge", "tab-merge"),
         ("EMA", "tab-ema"), ("Generate", "tab-generate"), ("Jobs", "tab-jobs")]
@@ -87,7 +88,7 @@ def test_jobs_panel_runs_stops_reruns_and_deletes_a_real_job(workspace):
     assert [row[0] for row in started["table"]] == [job_id]
 
     tick_until(panel, view, lambda shown: "| 2/100" in log_of(view))
-    with pytest.warns(UserWarning, match=f"Job {job_id} is running"):  # gr.Warning: the toast in the page
+    with no_toast():  # the message box says it, once
         refused = outputs(panel.delete(view))
     assert refused["message"].startswith(f"Job {job_id} is running;") and refused["view"] is view
     assert (workspace.jobs / job_id).is_dir()
@@ -120,6 +121,6 @@ def test_jobs_panel_runs_stops_reruns_and_deletes_a_real_job(workspace):
 def test_actions_without_a_selection_explain_what_to_do(workspace):
     panel = JobsPanel(AppContext(workspace, JobManager(workspace.jobs)))
     for action in (panel.stop, panel.rerun, panel.delete):
-        with pytest.warns(UserWarning, match="No job is selected"):
+        with no_toast():  # the message box says it, once
             shown = outputs(action(SessionView()))
         assert shown["message"] == "No job is selected; click a row in the jobs table first."

@@ -1,5 +1,5 @@
 """The Generate tab in a real browser: two demo LoRAs on disjoint LORAIDs at multipliers 1.0 and 0.7 show no conflict,
-Run makes a demo video as a job, the gallery plays it (an H.264 mp4 the page loads), its settings record names both
+wrong settings are refused under their own fields (once, no toast), Run makes a demo video as a job, the gallery plays it (an H.264 mp4 the page loads), its settings record names both
 LoRAs, and "Reuse these settings" brings back the prompt, the seed and the multipliers."""
 from __future__ import annotations
 
@@ -54,12 +54,20 @@ def test_generate_tab_makes_a_video_with_two_loraids_and_reuses_its_settings(dem
 
     page.locator("#gen-prompt textarea").fill(PROMPT)
     set_number(page, "gen-frames", "6")
-    expect(page.locator("#gen-settings-message")).to_contain_text("Frames (frames) = 6 is not 4n+1 (1, 5, 9, ..., 81); "
-                                                                 "use 5 or 9.")
+    set_number(page, "gen-width", "32.5")
+    frames_error, width_error = page.locator("#gen-frames-error"), page.locator("#gen-width-error")
+    expect(frames_error).to_have_text("⚠ Frames (frames) = 6 is not 4n+1 (1, 5, 9, ..., 81); use 5 or 9.")
+    expect(width_error).to_have_text("⚠ Width (width) must be a whole number, not 32.5.")  # not rounded to 32
+    page.locator("#gen-run").click()  # refused: each problem stays said once, under its field
+    expect(page.locator("#gen-status")).to_have_text("⚠ Not started: 2 settings need attention; each says why "
+                                                     "beside it.")
+    expect(page.get_by_text("is not 4n+1")).to_have_count(1)
+    expect(page.locator(".toast-body")).to_have_count(0)
     for elem_id, value in (("gen-frames", "5"), ("gen-width", "32"), ("gen-height", "32"), ("gen-steps", "2"),
                            ("gen-seed", "7")):
         set_number(page, elem_id, value)
-    expect(page.locator("#gen-settings-message")).to_have_text("")
+    expect(frames_error).to_be_hidden()
+    expect(width_error).to_be_hidden()
 
     page.locator("#gen-run").click()
     status = page.locator("#gen-status")

@@ -42,4 +42,5 @@ def test_image_needs_an_i2v_model(demo_ws, cli, base_args, tmp_path):
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
     code, _, stderr = cli(*base_args(demo_ws), "--model", "demo-t2v", "--prompt", "a", "--image", image,
                           "--out_dir", tmp_path / "out")
-    assert code == 2 and "cannot start from --image" in _one_sentence(stderr)
+    assert code == 2 and "cannot start from an image; pick an image-to-video model or remove the Start image." in \
+        _one_sentence(stderr)

@@ -44,7 +44,7 @@ def test_image_to_video_from_a_start_image(demo_ws, i2v_dit, cli, base_args, tmp
         assert sum(1 for _ in container.decode(video=0)) == 5
 
     code, _, stderr = cli(*base_args(demo_ws), "--dit", i2v_dit, "--prompt", "a", "--out_dir", out)
-    assert code == 2 and "pass the start image with --image" in stderr
+    assert code == 2 and "is an image-to-video model; give a Start image." in stderr
 
 
 def test_fp8_storage_keeps_hooked_adapters_in_full_precision(demo_ws, lora_files, tiny):

@@ -169,11 +169,12 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         try:
             extra = moe_generate.arguments(moe_file, moe_hint, moe_strengths)
         except UserError as exc:
-            return followed_now, f"⚠ {report_error(exc)}", "", gr.skip(), *panel.field_errors(*values)
+            return (followed_now, f"⚠ {report_error(exc)}", "", gr.skip(), gr.skip(), gr.skip(),
+                    *panel.field_errors(*values))
         return panel.run_with(extra, followed_now, *values)
 
     run_button.click(run, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
-                     outputs=[followed, status, progress, timer, *error_slots], **_GROUP)
+                     outputs=[followed, status, progress, timer, model_message, conflicts, *error_slots], **_GROUP)
     moe_generate.wire(moe, tab, selected_settings, widgets)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)
     timer.tick(panel.tick, inputs=followed,

@@ -129,8 +129,7 @@ class LoraidPanel:
         """A new model: its default blocks_per_loraid and, for two-expert models, the expert choice."""
         try:
             facts = facts_for(model)
-        except UserError as exc:
-            report_error(exc)
+        except UserError:  # said once, in the allocation message the next handler shows
             return gr.skip(), gr.skip()
         return default_blocks_per_loraid(facts.num_blocks), gr.update(visible=bool(facts.experts))
 
@@ -160,10 +159,17 @@ class LoraidPanel:
     def files(self, model, names, typed):
         """(file grid, conflicts)."""
         try:
+<<<<<<< HEAD
             paths = resolve_lora_paths(self.ctx.workspace, names, typed)
+=======
+            facts = facts_for(model)
+        except UserError:  # said once, in the allocation message
+            return "", ""
+        try:
+            paths = resolve_lora_paths(self.ctx, names, typed)
+>>>>>>> af8b1de (One message per problem in the Generate tab: a wrong setting, model or LoRA pick is said beside it and Run's status only says nothing started; tests assert no toast repeats a message box)
             if not paths:
                 return "", conflicts_html([], [], 0)
-            facts = facts_for(model)
             block_map = files_map(paths, facts.num_blocks, facts.experts, facts.dims.targets)
         except UserError as exc:
             message = report_error(exc)
