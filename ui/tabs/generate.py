@@ -117,7 +117,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
             widgets[name] = setting_widget(name, errors, **extra)
         random_seed = gr.Checkbox(DEFAULTS.random_seed, label="Random seed (recorded in the result)",
                                   elem_id="gen-random-seed")
-    with gr.Accordion("Memory (auto plans these on a GPU)", open=False, elem_id="gen-memory"):
+    with gr.Accordion("Memory (auto plans these on a GPU)", open=False, elem_id="gen-memory-options"):
         with gr.Row():
             for name in FORM_PARTS[MemoryOptions]:
                 widgets[name] = setting_widget(name, errors)
