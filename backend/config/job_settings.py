@@ -6,7 +6,7 @@ from backend.compose.settings import EmaSettings, MergeLorasSettings, MergeSetti
 from backend.config.settings import Settings
 from backend.data.cache_settings import LatentCacheSettings, TextCacheSettings
 from backend.data.dataset_keys import DatasetKeys
-from backend.generate.settings import GenerateSettings
+from backend.generate.options import GenerateJob
 from backend.loraid.report_settings import InterferenceSettings
 from backend.train.settings import TrainSettings
 
@@ -15,7 +15,7 @@ JOB_SETTINGS: dict[str, type[Settings]] = {
     "merge": MergeSettings,
     "merge-loras": MergeLorasSettings,
     "ema": EmaSettings,
-    "generate": GenerateSettings,
+    "generate": GenerateJob,  # its parts: backend/generate/options.py PARTS
     "dataset": DatasetKeys,
     "cache-latents": LatentCacheSettings,
     "cache-text": TextCacheSettings,

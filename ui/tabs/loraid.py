@@ -159,15 +159,11 @@ class LoraidPanel:
     def files(self, model, names, typed):
         """(file grid, conflicts)."""
         try:
-<<<<<<< HEAD
-            paths = resolve_lora_paths(self.ctx.workspace, names, typed)
-=======
             facts = facts_for(model)
         except UserError:  # said once, in the allocation message
             return "", ""
         try:
-            paths = resolve_lora_paths(self.ctx, names, typed)
->>>>>>> af8b1de (One message per problem in the Generate tab: a wrong setting, model or LoRA pick is said beside it and Run's status only says nothing started; tests assert no toast repeats a message box)
+            paths = resolve_lora_paths(self.ctx.workspace, names, typed)
             if not paths:
                 return "", conflicts_html([], [], 0)
             block_map = files_map(paths, facts.num_blocks, facts.experts, facts.dims.targets)
