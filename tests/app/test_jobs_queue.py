@@ -116,8 +116,9 @@ def test_open_a_training_job_as_a_preset(workspace):
     assert tabs.selected == "train"  # the page switches to the Train tab, whose form loads opened["key"]
     *_, again, _ = panel.open_in_train(SessionView.of(train_job.id), "")
     assert again != opened  # a second open changes the value, so the Train tab loads it again
-    with pytest.warns(UserWarning, match="only training jobs"):
+    with no_toast():  # the message box says it, once
         *outputs, opened, tabs = panel.open_in_train(SessionView.of(other.id), "")
+    assert "only training jobs" in shown(tuple(outputs))["message"]
     assert isinstance(opened, type(gr.skip())) and isinstance(tabs, type(gr.skip()))
 
 
