@@ -21,6 +21,7 @@ from backend.jobs import Job
 from backend.jobs.logtext import render_log
 from ui.context import AppContext
 from ui.generate_form import MAX_LORAS, GenerateForm
+from ui.settings_form import slot_update
 from ui.widgets import report_error
 
 JOB_KIND = "generate"
@@ -181,8 +182,7 @@ class GeneratePanel:
         from ui.tabs.generate import FIELD_ERRORS
 
         problems = GenerateForm.from_values(*values).problems(self.ws)
-        return [gr.update(value=f"⚠ {problems[name]}" if name in problems else "", visible=name in problems)
-                for name in FIELD_ERRORS]
+        return [slot_update(problems.get(name)) for name in FIELD_ERRORS]
 
     # --- running ----------------------------------------------------------------------------------------------
     def submit(self, form: GenerateForm) -> tuple[Job, list[str]]:

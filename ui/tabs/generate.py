@@ -9,9 +9,9 @@ from backend.errors import UserError
 from backend.generate.memory import MemoryOptions
 from backend.generate.options import Companions, RunOptions
 from backend.generate.settings import GenerateSettings
-from ui import moe_generate
+from ui import moe_generate, settings_form
 from ui.context import AppContext
-from ui.generate_form import FORM_PARTS, LORA_MODES, MAX_LORAS, GenerateForm, _kind, part_of
+from ui.generate_form import FORM_PARTS, LORA_MODES, MAX_LORAS, GenerateForm, part_of
 from ui.generate_panel import FollowedGeneration, GeneratePanel
 from ui.widgets import report_error
 
@@ -37,25 +37,15 @@ def shown(name: str, info: str | None = None) -> dict:
 
 
 def setting_widget(name: str, errors: dict, info: str | None = None, visible: bool = True):
-    """The widget of one setting, made from its field (a check box for true/false, a choice for a field with
-    choices, a number box for numbers, else a text box), in a column with its error slot right under it."""
-    part = part_of(name)
-    field = part.field_info()[name]
-    kind = _kind(part, name)
-    common = dict(value=getattr(DEFAULTS, name), **shown(name, info), elem_id=elem_id(name))
+    """The widget of one setting, made from its field as every tab makes it (`settings_form.widget`), in a column
+    with its problem slot right under it."""
     with gr.Column(min_width=160, scale=1, visible=visible) as column:
-        if kind is bool:
-            widget = gr.Checkbox(**common)
-        elif field["choices"]:
-            widget = gr.Radio(field["choices"], **common)
-        elif kind in (int, float):
-            widget = gr.Number(**common)  # no rounding in the page: 32.5 reaches the whole-number check
-        else:
-            widget = gr.Textbox(**common)
-        errors[name] = gr.Markdown("", visible=False, elem_id=f"{elem_id(name)}-error",
-                                   elem_classes=["gen-field-error"])
-    widget.column = column
-    return widget
+        made = settings_form.widget(part_of(name), name, getattr(DEFAULTS, name), elem_id(name))
+        if info:
+            made.info = info
+        errors[name] = gr.Markdown("", visible=False, elem_id=f"{elem_id(name)}-error", elem_classes=["field-error"])
+    made.column = column
+    return made
 
 
 def build(ctx: AppContext, tab: gr.Tab) -> None:
