@@ -7,8 +7,9 @@
 3. stage 2: two experts ("red" = concept A's caption tag loraidA, "blue" = loraidB), learned routing with hint
    supervision, on both merged experts, a third of the labelled items held out;
 4. measure, on the held-out items only: the router's agreement with the labels, and each expert alone (exported as
-   a plain LoRA) on each concept's items (evaluate.py). A specialised expert lowers the flow-matching loss of its own
-   concept's items more than the other concept's, and more than the other expert does on them.
+   a plain LoRA) on each concept's items (evaluate.py), on each noise expert at its own noise levels. A specialised
+   expert lowers the flow-matching loss of its own concept's items more than the other concept's, and more than the
+   other expert does on them.
 
 `python -m backend moe demo --workspace W [--out_dir D]`: W needs the demo dataset's caches (Dataset tab, or
 `python -m backend cache latents|text --dataset_config W/datasets/demo/dataset.toml`).
@@ -23,6 +24,7 @@ from backend.workspace import Workspace
 
 EXPERTS, TAGS = ["red", "blue"], ["loraidA", "loraidB"]
 HOLDOUT = 0.3
+LOW_TIMESTEPS, HIGH_TIMESTEPS = (0.1, 0.3, 0.5, 0.7), (0.9, 0.95)  # each noise expert at its own noise levels
 
 
 STAGE1_STEPS, STAGE2_STEPS = 150, 60
@@ -86,12 +88,17 @@ def run_demo(workspace: Workspace, out_dir: Path, stage1_steps: int = STAGE1_STE
         label = labeller.label(item)
         if label is not None and held_out(item.key, HOLDOUT):
             by_expert[EXPERTS[label]].append(dataset.load_batch([item]))
-    model = load_transformer(merged / "moe-demo-stage1-low_noise.safetensors", "demo-a14b", expert="low").eval()
-    specificity = expert_specificity(model, moe, "low", by_expert)
     log("held-out items: " + ", ".join(f"{len(batches)} {name}" for name, batches in by_expert.items()))
-    for measure in ("change", "gain"):
-        for expert, row in specificity[measure].items():
-            log(f"{measure:6s} {expert:4s}: " + ", ".join(f"on {c} items {v:.4f}" for c, v in row.items()))
-    return {"router_agreement": evaluation["agreement"], "held_out": evaluation["items"], **specificity,
+    measured = {}
+    for label, timesteps in (("low", LOW_TIMESTEPS), ("high", HIGH_TIMESTEPS)):
+        model = load_transformer(merged / f"moe-demo-stage1-{label}_noise.safetensors", "demo-a14b",
+                                 expert=label).eval()
+        measured[label] = expert_specificity(model, moe, label, by_expert, timesteps)
+        for measure in ("change", "gain"):
+            for expert, row in measured[label][measure].items():
+                log(f"{label:4s} {measure:6s} {expert:4s}: " +
+                    ", ".join(f"on {c} items {v:.4f}" for c, v in row.items()))
+    return {"router_agreement": evaluation["agreement"], "held_out": evaluation["items"], **measured["low"],
+            "high": measured["high"],
             "held_out_by_expert": {name: len(batches) for name, batches in by_expert.items()},
             "moe_file": str(out_dir / "moe-demo.safetensors"), "merged": str(merged)}

@@ -28,12 +28,12 @@ def test_demo_stage1_merge_stage2_generate(moe_workspace, tmp_path, capsys):
 
     # the experts specialise: measured on held-out items only, each expert alone lowers the flow-matching loss of
     # its own concept more than the other concept's, and on each concept its own expert beats the other one
-    # (seeded; the margins measured at the demo settings are 0.015 to 0.020, with seeds 1 and 2 at least 0.0016)
-    gain, margin = result["gain"], 0.003
+    # (seeded; at the demo settings the smallest margin is 0.015 on the low-noise expert, 0.022 on the high-noise one)
     assert min(result["held_out_by_expert"].values()) >= 3
-    for own, other in (("red", "blue"), ("blue", "red")):
-        assert gain[own][own] > gain[own][other] + margin, gain
-        assert gain[own][own] > gain[other][own] + margin, gain
+    for gain in (result["gain"], result["high"]["gain"]):
+        for own, other in (("red", "blue"), ("blue", "red")):
+            assert gain[own][own] > gain[own][other] + 0.003, gain
+            assert gain[own][own] > gain[other][own] + 0.003, gain
 
     # merge: both experts = base + 1.0 · up @ down · alpha / r on a stage-1 module, other tensors untouched
     lora = load_lora(tmp_path / "moe-demo-stage1-low_noise.safetensors")
