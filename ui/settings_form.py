@@ -22,6 +22,10 @@ def widget(cls: type[Settings], name: str, value: Any, elem_id: str, choices: li
     common = dict(label=info["label"], info=info["help"], elem_id=elem_id, value=value)
     options = choices if choices is not None else info["choices"]
     if options:
+        field = cls.model_fields[name]
+        if field.default is None and not field.is_required():  # "not given" is a choice too (read back as None)
+            options = [("(not set)", ""), *((option, option) for option in options)]
+            common["value"] = "" if value is None else value
         return (gr.Radio(list(options), **common) if len(options) <= RADIO_MAX_CHOICES
                 else gr.Dropdown(list(options), **common))
     if kind is bool:

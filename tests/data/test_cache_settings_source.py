@@ -17,7 +17,7 @@ from backend.jobs import JobManager
 from backend.system.devices import default_device, device_choices
 from backend.workspace import Workspace
 from ui.context import AppContext
-from ui.dataset_panel import CACHE_FIELDS, DatasetPanel
+from ui.dataset_panel import CACHE_FIELDS, DatasetPanel, cache_form
 from ui.settings_form import SettingsForm
 from ui.tabs import dataset as dataset_tab
 from ui.tabs.jobs import selfcheck_argv
@@ -95,9 +95,13 @@ def test_the_dataset_tab_builds_its_cache_widgets_from_the_models(workspace):
         widget = by_id[f"dataset-cache-{name.replace('_', '-')}"]
         assert (widget.label, widget.info) == (info["label"], info["help"]), name
         start = default_device() if name == "device" else info["default"]
-        assert widget.value == ("" if start is None and isinstance(widget, gr.Textbox) else start), name
+        assert widget.value == ("" if start is None else start), name  # blank: not given
         assert f"dataset-cache-{name.replace('_', '-')}-error" in by_id
     assert [choice[1] for choice in by_id["dataset-cache-device"].choices] == device_choices()
+    kinds = by_id["dataset-cache-model-kind"]  # optional: "not set" can be chosen again
+    assert kinds.value == "" and kinds.choices[0] == ("(not set)", "")
+    assert [value for _, value in kinds.choices[1:]] == LatentCacheSettings.field_info()["model_kind"]["choices"]
+    assert cache_form().values([""] * len(CACHE_FIELDS))["model_kind"] is None
 
 
 def cache_values(**changes) -> list:
