@@ -51,8 +51,9 @@ def network_args_for(settings, allocation: Allocation | None) -> list[str]:
         args.append(f"algo={settings.network_type}")
     if allocation is not None:
         if keys & {"include_patterns", "exclude_patterns"}:
-            raise UserError("--loraid sets include/exclude patterns itself; remove include_patterns/exclude_patterns "
-                            "from network_args or leave loraid empty.")
+            named = type(settings).named
+            raise UserError(f"{named('loraid')} sets include/exclude patterns itself; remove include_patterns / "
+                            f"exclude_patterns from {named('network_args')} or leave the LORAID empty.")
         args += network_args_entries(allocation)
     return args
 
