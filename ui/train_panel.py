@@ -92,7 +92,7 @@ class TrainPanel:
         problems = len(check.errors)
         notes = [f"ℹ {note}" for name, note in check.notes.items() if name not in check.errors]
         updates["summary"] = "  \n".join(
-            [f"⚠ {problems} setting(s) need attention; the first: {check.first_error()}" if problems
+            [f"⚠ {problems} setting(s) need attention; each says why under it." if problems
              else "✓ All settings are valid.", *notes])
         if "network_args" not in check.errors and check.settings is not None:
             s = check.settings
@@ -302,7 +302,7 @@ class TrainPanel:
         check = self.read(widgets, deep=True)
         if not check.ok:
             return {**self.validation(widgets, check), "run:message": report_error(UserError(
-                f"Not started: {len(check.errors)} setting(s) need attention; the first: {check.first_error()}"))}
+                f"Not started: {len(check.errors)} setting(s) need attention; each says why under it."))}
         try:
             job = self.run.submit(check.settings, self._processes(widgets))
         except UserError as exc:

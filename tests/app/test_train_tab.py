@@ -315,6 +315,19 @@ def test_bad_input_gets_its_own_message_and_changes_nothing(panel, workspace, tm
     assert not list((workspace.root / "runs").glob("*.toml")), "a refused start wrote a run file"
 
 
+def test_a_refused_start_says_each_problem_once_beside_its_field(panel, tmp_path):
+    form = {**demo_form(panel), "run:processes": 1, "output_dir": str(tmp_path / "elsewhere")}
+    with no_toast():
+        refused = panel.start(form)
+    shown = {name: update["value"] for name, update in refused.items()
+             if name.startswith("error:") and isinstance(update, dict) and update.get("visible")}
+    assert "is outside the workspace" in shown["error:output_dir"]
+    count = len(shown)  # each problem under its field; the messages above only count them
+    assert refused["run:message"] == f"Not started: {count} setting(s) need attention; each says why under it."
+    assert refused["summary"] == f"⚠ {count} setting(s) need attention; each says why under it."
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_an_output_folder_outside_the_workspace_passes_once_confirmed(panel, tmp_path):
     form = {**demo_form(panel), "output_dir": str(tmp_path / "elsewhere")}
     assert "outside the workspace" in panel.read(form).errors["output_dir"]
