@@ -127,8 +127,11 @@ def cache_latents(config: DatasetConfig, vae, *, model_id: str, batch_size: int 
     left_out: dict[int, set[str]] = {}  # dataset index -> keys of items that could not be cached
     _refuse_control(config)
     if i2v and encoders.is_wan22_vae(vae):
-        raise UserError("--i2v caches the Wan2.1-style image conditioning, which TI2V-5B does not use (its "
-                        "image-to-video training keeps the first cached latent frame clean); cache without --i2v.")
+        from backend.data.cache_settings import LatentCacheSettings
+
+        i2v_setting = LatentCacheSettings.named("i2v")
+        raise UserError(f"{i2v_setting} caches the Wan2.1-style image conditioning, which TI2V-5B does not use (its "
+                        f"image-to-video training keeps the first cached latent frame clean); turn it off.")
     step = encoders.bucket_step(vae)
     for dataset in config.resolved():
         remove_manifest(dataset.cache_directory)

@@ -30,10 +30,11 @@ class ModelFacts:
     def check_expert(self, expert: str | None) -> None:
         """Experts only on A14B-style pairs; there an unset expert is an error naming the choices."""
         if self.experts and expert is None:
-            raise UserError(f"{self.label} has two experts (high and low noise); choose --expert high, low or both.")
+            raise UserError(f"{self.label} has two experts (high and low noise); choose the expert: high, low or "
+                        f"both.")
         if not self.experts and expert is not None:
-            raise UserError(f"{self.label} has a single transformer, so it has no `{expert}` expert; "
-                            f"leave --expert unset.")
+            raise UserError(f"{self.label} has a single transformer, so it has no `{expert}` expert; leave the expert "
+                            f"unset.")
 
 
 def _dims_from_config(config: dict) -> ModelDims:
