@@ -314,7 +314,9 @@ def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page, tmp_
             phase(*args)
             print(f"journey: {phase.__name__} {time.monotonic() - started:.1f} s")
         other.refresh()
-        assert other.get(other_job).status == "running", "the other training did not run beside the whole journey"
+        beside = other.get(other_job)
+        assert beside.status == "running", (f"the other training ended ({beside.status}) before the journey did: "
+                                            f"{beside.error or other.read_log(other_job)[0][-500:]}")
         other_to = logged_step(other, other_job)
         assert other_to > other_from, "the other training made no progress while the journey ran"
         print(f"journey: the other training went from step {other_from} to {other_to} meanwhile")
