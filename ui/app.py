@@ -37,6 +37,7 @@ CSS = """
 #train-loss-chart svg.marks, #train-lr-chart svg.marks { overflow: visible; }
 #train-loss-chart .vega-embed, #train-lr-chart .vega-embed { padding-left: 16px !important; box-sizing: border-box; }
 #train-log textarea { font-family: ui-monospace, monospace; font-size: 0.8em; }
+#train-stats code, #train-job code { overflow-wrap: anywhere; }  /* long checkpoint paths wrap, never cut */
 """
 # Gradio 6 takes theme and css at launch(), not in Blocks(); app.py passes these.
 LAUNCH_STYLE = {"theme": gr.themes.Soft(), "css": CSS}

@@ -38,6 +38,7 @@ OTHER_STEPS = 1_000_000  # the training beside the journey: far more than it can
 def screenshot(page: Page, number: int, tab: str) -> None:
     for button in page.locator(".toast-close").all():  # warning toasts would cover the tab
         button.click()
+    page.evaluate("window.scrollTo(0, 0)")  # the Train tab's run column stays in view: at the top of the picture
     page.screenshot(path=str(SHOTS / f"journey-{number}-{tab}.png"), full_page=True)
 
 
