@@ -214,6 +214,11 @@ def open_app(page, url: str) -> None:
     page.get_by_role("tab", name="Jobs", exact=True).wait_for()
 
 
+# How long an `expect` keeps checking before it fails. It returns as soon as the page is right, so a long allowance
+# costs nothing when the app answers; it only lets a busy machine (another training beside the tests) be slow.
+EXPECT_TIMEOUT_MS = 60_000
+
+
 @pytest.fixture
 def open_page(browser):
     """`open_page(server, timeout_ms)`: a fresh page of its own showing `server`'s app, closed after the test."""
@@ -224,6 +229,9 @@ def open_page(browser):
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(timeout_ms)
+        from playwright.sync_api import expect
+
+        expect.set_options(timeout=EXPECT_TIMEOUT_MS)
         open_app(page, server.url)
         return page
 

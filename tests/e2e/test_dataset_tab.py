@@ -28,6 +28,18 @@ COUNTS_SEEN = """() => {  // every distinct count the cache bar shows, in order
 }"""
 
 
+def the_running_job(manager, patience_s: float = 300):
+    """The job the page just started, once its folder exists (a busy page may take a while to submit it)."""
+    give_up = time.monotonic() + patience_s
+    while True:
+        running = [job for job in manager.list() if not job.is_finished]
+        if running:
+            return running[0]
+        finished = [f"{job.id} {job.status}" for job in manager.list()]
+        assert time.monotonic() < give_up, f"no job running {patience_s:.0f} s after the click; jobs: {finished}"
+        time.sleep(0.005)
+
+
 @contextlib.contextmanager
 def frozen_at_first_progress(jobs: Path, total: int):
     """The running job paused (SIGSTOP on its processes) right after its first progress event short of `total`,
@@ -35,7 +47,7 @@ def frozen_at_first_progress(jobs: Path, total: int):
     from backend.jobs import JobManager
 
     manager = JobManager(jobs)
-    job = next(job for job in manager.list() if not job.is_finished)
+    job = the_running_job(manager)
     offset, step = 0, 0
     while step == 0:
         events, offset = manager.read_events(job.id, offset)
