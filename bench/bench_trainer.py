@@ -225,9 +225,9 @@ class Watchdog:
         start = last_progress = time.perf_counter()
         seen = 0
         while not self._stop.wait(5):
-            now = time.perf_counter()
-            if self._steps() != seen:
-                seen, last_progress = self._steps(), now
+            now, steps = time.perf_counter(), self._steps()
+            if steps != seen:
+                seen, last_progress = steps, now
             if self.deadline_s and now - start > self.deadline_s:
                 self.stopped_at_deadline = True
                 os.killpg(self.process.pid, signal.SIGKILL)

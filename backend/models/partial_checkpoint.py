@@ -16,12 +16,17 @@ import torch.nn as nn
 from backend.errors import UserError
 
 
+def check_uncheckpointed_blocks(blocks: int, num_blocks: int, label: str) -> None:
+    """One sentence when the number of uncheckpointed blocks does not fit the model."""
+    if blocks < 0 or blocks > num_blocks:
+        raise UserError(f"uncheckpointed_blocks={blocks} does not fit the {label}, which has {num_blocks} blocks; use "
+                        f"a number from 0 to {num_blocks}.")
+
+
 def keep_activations(model: nn.Module, blocks: int) -> None:
     """Run the last `blocks` of `model.blocks` without checkpointing; no-op for 0."""
     count = len(model.blocks)
-    if blocks < 0 or blocks > count:
-        raise UserError(f"uncheckpointed_blocks={blocks} does not fit a model of {count} blocks; use a number from 0 "
-                        f"to {count}.")
+    check_uncheckpointed_blocks(blocks, count, type(model).__name__)
     if blocks == 0:
         return
     kept = {id(block) for block in list(model.blocks)[count - blocks:]}

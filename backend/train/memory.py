@@ -25,7 +25,7 @@ import torch
 from backend.errors import UserError
 from backend.models.activation_offload import offload_activations
 from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
-from backend.models.partial_checkpoint import keep_activations
+from backend.models.partial_checkpoint import check_uncheckpointed_blocks, keep_activations
 from backend.models.registry import pixels_per_token
 from backend.train.memory_plan import (
     TrainRun,
@@ -66,9 +66,7 @@ def check_offload_settings(settings, num_blocks: int, label: str) -> None:
         raise UserError("offload_activations moves the block inputs that gradient checkpointing keeps, and "
                         "checkpointing is off; turn gradient_checkpointing on or offload_activations off.")
     kept = settings.uncheckpointed_blocks if settings.gradient_checkpointing else 0
-    if kept > num_blocks:
-        raise UserError(f"uncheckpointed_blocks={kept} does not fit the {label}, which has {num_blocks} blocks; use a "
-                        f"number from 0 to {num_blocks}.")
+    check_uncheckpointed_blocks(kept, num_blocks, label)
     if kept and settings.blocks_to_swap + kept > num_blocks:
         raise UserError(f"blocks_to_swap={settings.blocks_to_swap} and uncheckpointed_blocks={kept} overlap in the "
                         f"{num_blocks} blocks of the {label} (swapped blocks must be checkpointed); lower one of them.")
