@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from backend.errors import UserError
 from backend.fileio import atomic_write_text
 
 
@@ -22,7 +23,13 @@ class StepProfiler:
         self.first = self.last = 0
         if steps and main_process:
             first, _, last = steps.partition(":")
-            self.first, self.last = int(first), int(last or first)
+            try:
+                self.first, self.last = int(first), int(last or first)
+            except ValueError:
+                self.first = self.last = 0
+            if not 1 <= self.first <= self.last:
+                raise UserError(f"LORAID_PROFILE_STEPS={steps!r} is not a step range; give FIRST:LAST with "
+                                f"1 <= FIRST <= LAST (e.g. 3:4), or one step number.")
             self.out = Path(out or "kernels.txt")
 
     @staticmethod

@@ -1,8 +1,12 @@
 """LORAID_PROFILE_STEPS: the trainer writes a kernel table of the chosen steps, and nothing without it."""
 from __future__ import annotations
 
+import pytest
+
+from backend.errors import UserError
 from backend.jobs.protocol import JobContext
 from backend.train.loop import train
+from backend.train.profiling import StepProfiler
 
 
 def test_profiled_steps_write_an_operator_table(demo_workspace, demo_settings, tmp_path, monkeypatch):
@@ -25,3 +29,9 @@ def test_no_table_without_the_setting(demo_workspace, demo_settings, tmp_path, m
     assert train(settings, demo_workspace, JobContext(events_path=tmp_path / "events.jsonl"),
                  log=lambda *_: None) == "succeeded"
     assert not (tmp_path / "kernels.txt").exists()
+
+
+@pytest.mark.parametrize("steps", ["abc", "4:2", "0", "3:x"])
+def test_a_malformed_step_range_gets_one_sentence(steps):
+    with pytest.raises(UserError, match="is not a step range; give FIRST:LAST"):
+        StepProfiler(steps, None, main_process=True)
