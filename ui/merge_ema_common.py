@@ -1,6 +1,7 @@
 """What the Merge and EMA tabs share: following one compose job (status, a progress bar with counts and ETA from its
 events, its log, the summary of what it wrote; a page that opens while such a job runs picks it up again, since jobs
-outlive the page), widgets described by their settings model's fields, and a problem shown beside its field."""
+outlive the page), widgets described by their settings model's fields, a problem shown beside its field, and the
+default output name that follows the picks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -143,3 +144,11 @@ def summary_markdown(outputs: list[str], read_summary: Callable[[Path], list[str
         if note:
             parts.append(note)
     return "\n\n".join(parts)
+
+
+def output_update(out: str | None, suggested: str, suggestion: str):
+    """What the output field becomes when the default output name is recomputed: it follows the suggestion until
+    the user types another path. An unchanged suggestion leaves the field alone, because `out` was read when the
+    event fired and the user may have typed since."""
+    shown = (out or "").strip()
+    return gr.skip() if shown and (shown != suggested or suggestion == suggested) else suggestion

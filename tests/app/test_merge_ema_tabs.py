@@ -148,6 +148,8 @@ def test_merge_runs_as_a_job_and_shows_the_summary_from_the_file(ctx):
     assert next_out == str(ws.outputs / "merged" / "demo-t2v+alice+bob-2.safetensors")
     _, kept, _ = panel.review("dit", rows, str(base), "", "/tmp/mine.safetensors", suggested)
     assert kept == gr.skip()  # the typed path is left alone
+    _, unchanged, _ = panel.review("dit", rows, str(base), "", next_out, next_out)
+    assert unchanged == gr.skip()  # a review that suggests the same name cannot undo what was typed meanwhile
 
 
 def test_merge_and_ema_outputs_outside_the_workspace_wait_for_the_confirm_box(ctx):

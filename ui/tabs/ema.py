@@ -20,7 +20,7 @@ from backend.errors import UserError
 from backend.output_guard import output_message
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 problem_slot, refused, shown, summary_markdown, tick)
+                                 output_update, problem_slot, refused, shown, summary_markdown, tick)
 from ui.settings_form import SettingsForm, slot_update
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
@@ -101,8 +101,7 @@ class EmaPanel:
         except UserError as exc:
             return Inputs(), error_html(str(exc)), gr.skip(), gr.skip()
         suggestion = str(free_path(self.ctx.workspace.loras, ema_stem(run_name(found.files if run else paths))))
-        keep_typed = out and out.strip() and out.strip() != suggested
-        return Inputs(paths, found), notes_markdown(found), gr.skip() if keep_typed else suggestion, suggestion
+        return Inputs(paths, found), notes_markdown(found), output_update(out, suggested, suggestion), suggestion
 
     def weights(self, inputs: Inputs, *values):
         """(checkpoint rows with weights, rule message, each option's problem): what the job will compute, before it

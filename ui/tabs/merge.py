@@ -24,7 +24,7 @@ from backend.output_guard import output_message
 from backend.system.devices import device_choices
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
-                                 problem_slot, refused, shown, summary_markdown, tick)
+                                 output_update, problem_slot, refused, shown, summary_markdown, tick)
 from ui.settings_form import SettingsForm, slot_update
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
@@ -134,7 +134,7 @@ class MergePanel:
 
     def review(self, mode, table, base, base_high, out, suggested):
         """(overlap report, output path, suggested output): warnings before running; the default output follows
-        the picks until the user types another path."""
+        the picks (output_update)."""
         try:
             pair = self._pair(mode, base_high)
             picks = picks_from_rows(self.ctx.workspace.root, table, pair)
@@ -142,8 +142,7 @@ class MergePanel:
             suggestion = self.suggestion(mode, base, base_high, picks)
         except UserError as exc:
             return error_html(str(exc)), gr.skip(), gr.skip()
-        keep_typed = out and out.strip() and out.strip() != suggested
-        return report, gr.skip() if keep_typed else suggestion, suggestion
+        return report, output_update(out, suggested, suggestion), suggestion
 
     def request(self, mode, table, base, base_high, out, options: dict):
         """The merge the form asks for; `options` by field name."""
