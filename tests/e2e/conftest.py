@@ -214,21 +214,22 @@ def open_app(page, url: str) -> None:
     page.get_by_role("tab", name="Jobs", exact=True).wait_for()
 
 
-# How long an `expect` keeps checking before it fails. It returns as soon as the page is right, so a long allowance
-# costs nothing when the app answers; it only lets a busy machine (another training beside the tests) be slow.
+# How long an `expect` keeps checking, and a click or fill waits for its element, before it fails. Each returns as
+# soon as the page is right, so a long allowance costs nothing when the app answers; it only lets a busy machine
+# (another training beside the tests) be slow.
 EXPECT_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
 def open_page(browser):
-    """`open_page(server, timeout_ms)`: a fresh page of its own showing `server`'s app, closed after the test."""
+    """`open_page(server)`: a fresh page of its own showing `server`'s app, closed after the test."""
     contexts = []
 
-    def open_(server: AppServer, timeout_ms: int = 20_000):
+    def open_(server: AppServer):
         context = browser.new_context(viewport=VIEWPORT)
         contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(timeout_ms)
+        page.set_default_timeout(EXPECT_TIMEOUT_MS)
         from playwright.sync_api import expect
 
         expect.set_options(timeout=EXPECT_TIMEOUT_MS)
@@ -243,4 +244,4 @@ def open_page(browser):
 @pytest.fixture
 def page(open_page, app_server):
     """A fresh browser page showing the session's app."""
-    return open_page(app_server, timeout_ms=30_000)
+    return open_page(app_server)

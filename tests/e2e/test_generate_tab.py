@@ -76,8 +76,7 @@ def test_generate_tab_makes_a_video_with_two_loraids_and_reuses_its_settings(dem
 
     video = page.locator("#gen-gallery video[controls]")  # the gallery's preview player of the new result
     expect(video).to_have_attribute("src", re.compile(r"_7\.mp4$"))
-    page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=video.element_handle(),
-                           timeout=20_000)
+    page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=video.element_handle())
     assert abs(video.evaluate("v => v.duration") - 5 / 16) < 0.05  # 5 frames at 16 fps
     served = page.request.get(video.get_attribute("src"))
     assert served.ok and served.headers["content-type"] == "video/mp4"

@@ -303,8 +303,7 @@ def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page, tmp_
     (dataset / MISSING_CAPTION).unlink()
     manager = JobManager(ws / "jobs")
     server = start_app(ws)
-    page = open_page(server, timeout_ms=30_000)
-    expect.set_options(timeout=30_000)
+    page = open_page(server)
     try:
         other_from = logged_step(other, other_job)
         for phase, args in ((prepare_dataset, (page, manager, dataset)), (train_concept_a, (page, manager, ws)),
@@ -322,6 +321,5 @@ def test_the_whole_journey(demo_workspace_copy: Path, start_app, open_page, tmp_
         assert other_to > other_from, "the other training made no progress while the journey ran"
         print(f"journey: the other training went from step {other_from} to {other_to} meanwhile")
     finally:
-        expect.set_options(timeout=5_000)
         other.stop(other_job, grace_s=5.0)
         wait_while_moving(other, other_job, lambda: other.get(other_job).is_finished)

@@ -69,7 +69,7 @@ def clipped_axis_labels(page: Page, chart: str) -> list[str]:
 def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_copy: Path, start_app, open_page):
     cache_concept_a(Workspace(demo_workspace_copy))
     server = start_app(demo_workspace_copy)
-    page = open_page(server, timeout_ms=30_000)
+    page = open_page(server)
     open_train(page)
     pick(page, "train-dataset_config", "datasets/demo/concept_a/dataset.toml")
     for group in ("Training", "Saving", "Logging"):
@@ -140,7 +140,6 @@ def test_reload_mid_run_shows_the_chart_and_the_jobs_settings(demo_workspace_cop
 
 
 def test_bad_input_is_refused_next_to_its_field(page: Page):
-    expect.set_options(timeout=30_000)  # each check is a round trip to a busy server
     open_train(page)
     for group in ("Training", "Saving"):
         page.locator(f"#train-group-{group}").get_by_role("button", name=group).click()
