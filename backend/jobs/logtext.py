@@ -29,6 +29,16 @@ def _latest_state(line: str) -> str:
     return ""
 
 
+def _read_bytes(path: Path, offset: int, max_bytes: int) -> bytes | None:
+    """Up to `max_bytes` of `path` from byte `offset`; None when the file does not exist (yet)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(max_bytes)
+    except FileNotFoundError:
+        return None
+
+
 def read_text(path: Path, offset: int = 0, max_bytes: int = MAX_READ_BYTES) -> tuple[str, int]:
     """The text appended to `path` since byte `offset`, and the offset to read from next.
 
@@ -36,11 +46,8 @@ def read_text(path: Path, offset: int = 0, max_bytes: int = MAX_READ_BYTES) -> t
     offset that lands inside a character skips to the next character start. Invalid bytes become U+FFFD.
     """
     offset = max(0, int(offset))
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(max_bytes)
-    except FileNotFoundError:
+    data = _read_bytes(path, offset, max_bytes)
+    if data is None:
         return "", offset
     start = 0
     if offset > 0:
@@ -59,11 +66,8 @@ def read_jsonl(path: Path, offset: int = 0, max_bytes: int = MAX_READ_BYTES) -> 
     returned as `{"event": "invalid", "raw": <text>}` rather than dropped.
     """
     offset = max(0, int(offset))
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(max_bytes)
-    except FileNotFoundError:
+    data = _read_bytes(path, offset, max_bytes)
+    if data is None:
         return [], offset
     end = data.rfind(b"\n") + 1
     events: list[dict] = []
