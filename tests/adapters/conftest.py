@@ -9,33 +9,13 @@ from typing import Callable
 import pytest
 import torch
 
-MUSUBI = Path(__file__).resolve().parents[1] / "fixtures" / "musubi"
+from tests.tiny_wan import MUSUBI, run_model, tiny_inputs
+from tests.tiny_wan import make_tiny_wan as make_shared_wan
 
 
 def make_tiny_wan(seed: int = 0, **overrides):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    config = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=32,
-                  freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads")
-    config.update(overrides)
-    model = WanTransformer3DModel(**config).eval()
-    with torch.no_grad():  # diffusers zero-initialises some layers; random weights make every path observable
-        for param in model.parameters():
-            param.normal_(0.0, 0.2)
-    return model
-
-
-def tiny_inputs(seed: int = 1) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {"hidden_states": torch.randn(2, 4, 1, 4, 4, generator=generator),
-            "timestep": torch.tensor([300.0, 700.0]),
-            "encoder_hidden_states": torch.randn(2, 5, 32, generator=generator)}
-
-
-def run_model(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs, return_dict=False)[0]
+    """The shared tiny Wan with two blocks unless `overrides` say otherwise."""
+    return make_shared_wan(seed, **{"num_layers": 2, **overrides})
 
 
 def randomize(network, std: float = 0.1, seed: int = 3) -> None:

@@ -10,28 +10,14 @@ import torch
 from backend.adapters.formats import save_lora
 from backend.adapters.metadata import build_metadata
 from backend.models.names import lora_key_prefix
+from tests.tiny_wan import MUSUBI, TINY_CONFIG, make_tiny_wan
 
-MUSUBI = Path(__file__).resolve().parents[1] / "fixtures" / "musubi"
-
-TINY_CONFIG = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, text_dim=32,
-                   freq_dim=32, ffn_dim=64, num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads")
 TINY_DIM, TINY_FFN = 32, 64
 
 
 @pytest.fixture(scope="session")
 def musubi_dir() -> Path:
     return MUSUBI
-
-
-def make_tiny_wan(seed: int = 0):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    model = WanTransformer3DModel(**TINY_CONFIG).eval()
-    with torch.no_grad():  # diffusers zero-initialises some layers; random weights make every path observable
-        for param in model.parameters():
-            param.normal_(0.0, 0.2)
-    return model
 
 
 def tiny_shape(module: str) -> tuple[int, int]:
