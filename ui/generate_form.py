@@ -4,6 +4,8 @@ settings models' fields (backend/generate/options.py), by name, plus the few wid
 from __future__ import annotations
 
 import math
+import re
+import types
 import typing
 from dataclasses import field, fields, make_dataclass, replace
 from pathlib import Path
@@ -13,9 +15,10 @@ from backend.errors import UserError
 from backend.generate.lora_catalog import picker_value, resolve_lora
 from backend.generate.memory import MemoryOptions, memory_problems
 from backend.generate.model_options import AUTO_KIND, read_model
-from backend.generate.options import Companions, LoraOptions, RunOptions
+from backend.generate.options import Companions, LoraOptions, MoeOptions, RunOptions, lora_problems, moe_problems
 from backend.generate.request import GenerateRequest, LoraPick
 from backend.generate.settings import DEMO_START, GenerateSettings, settings_problems
+from backend.loraid.registry import LoraidRegistry
 from backend.workspace import Workspace
 
 MAX_LORAS = 12  # multiplier sliders on the page; the command line takes any number
@@ -24,14 +27,16 @@ LORA_MODES = [("Merged into the weights (fast steps)", "merged"), ("Hooked adapt
 # The settings parts this form shows as one widget per field (by the field's name), and the fields it shows of each.
 FORM_PARTS: dict[type[Settings], list[str]] = {
     GenerateSettings: list(GenerateSettings.model_fields), Companions: list(Companions.model_fields),
-    MemoryOptions: list(MemoryOptions.model_fields), LoraOptions: ["allow_overlap"],
-    RunOptions: ["save_latents", "save_frames"]}
+    MemoryOptions: list(MemoryOptions.model_fields), LoraOptions: ["loraid", "allow_overlap"],
+    MoeOptions: ["router_ema"], RunOptions: ["save_latents", "save_frames"]}
 # The form's own widgets: how it shows what the command line gives as --model / --dit (one model box), --hooked (a
 # choice of two), --lora / --multiplier (a file list and a slider per file), and the seed left to the job.
 OWN_FIELDS = [("model", str, "demo-t2v"), ("model_kind", str, AUTO_KIND), ("random_seed", bool, False),
               ("lora_mode", str, "merged"), ("lora_files", tuple, ()), ("slot_files", tuple, ())]
-# A number box sends 0 (or nothing) when it is emptied: for these optional settings that means "not set".
-UNSET = {"guidance_scale_2": (None, "", 0), "memory_limit_gb": (None, "", 0), "image": (None, "")}
+# A number box sends 0 (or nothing) when it is emptied: for these optional settings that means "not set" (a router
+# smoothing of 0 is a value: no smoothing).
+UNSET = {"guidance_scale_2": (None, "", 0), "memory_limit_gb": (None, "", 0), "image": (None, ""),
+         "router_ema": (None, "")}
 START_VALUES = {**DEMO_START.model_dump(), "guidance_scale_2": 0}  # the demo size; 0: the same guidance
 
 
@@ -42,12 +47,17 @@ def part_of(name: str) -> type[Settings] | None:
 def _start(part: type[Settings], name: str):
     if part is GenerateSettings:
         return START_VALUES[name]
-    value = part.model_fields[name].default
+    value = part.field_info()[name]["default"]
+    if typing.get_origin(_kind(part, name)) is list:  # a text box of the values
+        return ", ".join(map(str, value))
     return "" if value is None and _kind(part, name) is str else value
 
 
 def _kind(part: type[Settings], name: str) -> type:
+    """The field's type, without the None of an optional one (`float | None` -> float; `list[int]` stays)."""
     annotation = part.model_fields[name].annotation
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
     return next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
 
 
@@ -91,6 +101,8 @@ class _FormMethods:
                     values[name] = _whole(value, part.named(name))
                 elif kind is float:
                     values[name] = _number(value, part.named(name))
+                elif typing.get_origin(kind) is list:
+                    values[name] = _whole_numbers(value, part.named(name))
                 else:
                     values[name] = str(value or "")
             except UserError as exc:
@@ -112,6 +124,14 @@ class _FormMethods:
             raise UserError(next(iter(problems.values())))
         return MemoryOptions(**values)
 
+    def moe_options(self) -> MoeOptions:
+        """The LoRA-MoE options the form shows (the picker's file, expert and strengths are its own widgets)."""
+        problems: dict[str, str] = {}
+        values = self._part(MoeOptions, problems)
+        if problems:
+            raise UserError(next(iter(problems.values())))
+        return MoeOptions(**values)
+
     def problems(self, ws: Workspace | None = None) -> dict[str, str]:
         """Every field that is wrong as it stands, by name, with its one sentence (the prompt may still be empty:
         it is being written); with the workspace, the model part folders too. The model and the LoRA files have
@@ -130,6 +150,14 @@ class _FormMethods:
         for name, message in memory_problems(MemoryOptions(**{n: v for n, v in memory.items()
                                                               if n not in problems})).items():
             problems.setdefault(name, message)
+        loras = self._part(LoraOptions, problems)
+        if "loraid" not in problems:
+            problems.update(lora_problems(LoraOptions(loraid=loras["loraid"])))
+        if "loraid" not in problems and ws is not None:
+            problems.update(_unregistered(ws, loras["loraid"]))
+        moe = self._part(MoeOptions, problems)
+        if "router_ema" not in problems:
+            problems.update(moe_problems(MoeOptions(**moe)))
         order = self.names()
         return dict(sorted(problems.items(), key=lambda item: order.index(item[0])))
 
@@ -163,8 +191,9 @@ class _FormMethods:
         files = tuple(picker_value(ws.root, ws.loras, pick.path) for pick in request.loras)[:MAX_LORAS]
         multipliers = tuple(pick.multiplier for pick in request.loras)[:MAX_LORAS]
         parts = {GenerateSettings: request.settings, Companions: request.companions, MemoryOptions: request.memory,
-                 LoraOptions: request.lora_options, RunOptions: request.outputs}
+                 LoraOptions: request.lora_options, MoeOptions: MoeOptions(), RunOptions: request.outputs}
         values = {name: getattr(parts[part], name) for part, names in cls.PARTS.items() for name in names}
+        values.update(loraid=", ".join(map(str, request.lora_options.loraid)))  # a result names its LoRAs' files
         values.update({name: "" for name, value in request.companions.model_dump().items() if value is None})
         values.update(guidance_scale_2=request.settings.guidance_scale_2 or 0)
         return cls(**values, model=request.model.value(ws), model_kind=request.model.model_kind or AUTO_KIND,
@@ -204,6 +233,32 @@ def _whole(value, label: str) -> int:
     if number != int(number):
         raise UserError(f"{label} must be a whole number, not {value}.")
     return int(number)
+
+
+def _whole_numbers(value, label: str) -> list[int]:
+    """`1, 2 3` (or a list) as whole numbers; anything else is one sentence."""
+    parts = [part for part in re.split(r"[,;\s]+", value.strip()) if part] if isinstance(value, str) \
+        else list(value or [])
+    numbers = []
+    for part in parts:
+        try:
+            number = float(part)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number != int(number):
+            raise UserError(f"{label} `{part}` is not a whole number; type whole numbers such as 1 2 3.")
+        numbers.append(int(number))
+    return numbers
+
+
+def _unregistered(ws: Workspace, loraids: list[int]) -> dict[str, str]:
+    """The LORAIDs field's problem when an ID has no LoRA in the workspace's registry."""
+    known = {entry.loraid for entry in LoraidRegistry.for_workspace(ws.root).entries()} if loraids else set()
+    missing = [loraid for loraid in loraids if loraid not in known]
+    if not missing:
+        return {}
+    return {"loraid": f"{LoraOptions.named('loraid')} {missing[0]} has no LoRA in the workspace's registry; pick an "
+                      f"ID the LORAID tab lists, or choose the file under LoRA files."}
 
 
 def _folder_text(ws: Workspace, text: str | None) -> str | None:

@@ -2,9 +2,10 @@
 per-expert strengths, the routing the router would choose for the prompt before a run ("Show routing", through
 `python -m backend moe route`), and the routing weights the router chose for the selected result's prompt.
 
-`arguments(file, hint, strengths)` gives the `generate` flags; the tab appends them to the job's command.
-Stable elem_ids: gen-moe-file, gen-moe-hint, gen-moe-strengths, gen-moe-experts, gen-moe-show-routing,
-gen-moe-route, gen-moe-routing.
+`arguments(file, hint, strengths, router_ema)` gives the `generate` flags; the tab appends them to the job's command.
+The router smoothing (`router_ema`) is a field of the tab's settings form, laid out here beside the expert.
+Stable elem_ids: gen-moe-file, gen-moe-hint, gen-moe-strengths, gen-router-ema, gen-moe-experts,
+gen-moe-show-routing, gen-moe-route, gen-moe-routing.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def moe_files(ctx: AppContext) -> list[str]:
     return [NONE, *(str(path) for path in files if is_moe_file(path))]
 
 
-def arguments(file: str, hint: str, strengths: str) -> list[str]:
-    """`--moe FILE [--hint NAME] [--expert_strength NAME=VALUE ...]`, checked; [] without a file."""
+def arguments(file: str, hint: str, strengths: str, router_ema: float | None = None) -> list[str]:
+    """`--moe FILE [--hint NAME] [--expert_strength NAME=VALUE ...] [--router_ema B]`, checked; [] without a
+    file."""
     if not file or file == NONE:
         return []
     moe = load_moe(file)
@@ -43,7 +45,8 @@ def arguments(file: str, hint: str, strengths: str) -> list[str]:
     for name in parse_strengths(entries):
         if name != "*":
             moe.spec.expert_index(name)
-    return MoeOptions(moe=str(Path(file).resolve()), hint=hint, expert_strength=entries).flag_arguments()
+    return MoeOptions(moe=str(Path(file).resolve()), hint=hint, expert_strength=entries,
+                      router_ema=router_ema).flag_arguments()
 
 
 def route_argv(workspace: Path, file: str, hint: str, prompt: str, text_encoder: str, tokenizer: str, steps,
@@ -113,8 +116,9 @@ def routing_text(record_json: str) -> str:
     return "  \n".join(lines)
 
 
-def build(ctx: AppContext) -> dict:
-    """The picker's widgets by name (file, hint, strengths, routing)."""
+def build(ctx: AppContext, setting_widget) -> dict:
+    """The picker's widgets by name (file, hint, strengths, router_ema, routing); `setting_widget(name)` makes a
+    settings field's widget with its problem slot, as the tab makes its other fields."""
     with gr.Accordion("LoRA-MoE experts", open=False, elem_id="gen-moe"):
         with gr.Row():
             file = gr.Dropdown(moe_files(ctx), value=NONE, allow_custom_value=True, scale=3,
@@ -123,6 +127,7 @@ def build(ctx: AppContext) -> dict:
                                elem_id="gen-moe-hint")
             strengths = gr.Textbox("", label="Expert strengths (NAME=VALUE, *=VALUE for all)", scale=2,
                                    elem_id="gen-moe-strengths")
+            router_ema = setting_widget("router_ema")
         experts = gr.Markdown("", elem_id="gen-moe-experts")
         with gr.Row():
             show = gr.Button("Show routing", scale=0, min_width=160, elem_id="gen-moe-show-routing")
@@ -145,7 +150,7 @@ def build(ctx: AppContext) -> dict:
         return gr.update(choices=moe_files(ctx), value=path if path else NONE)
 
     file.change(picked, inputs=file, outputs=[hint, experts], show_progress="hidden", api_visibility="private")
-    return {"file": file, "hint": hint, "strengths": strengths, "routing": routing, "refresh": refresh,
+    return {"file": file, "hint": hint, "strengths": strengths, "router_ema": router_ema, "routing": routing, "refresh": refresh,
             "show": show, "route": route, "workspace": ctx.workspace.root}
 
 

@@ -19,7 +19,7 @@ from backend.output_guard import check_folder
 from backend.generate.engine import GenerateSession, LoraRequest, Stopped, decode_latents
 from backend.generate.memory import MemoryOptions
 from backend.generate.options import (Companions, LoraOptions, ModelSource, MoeOptions, add_job_arguments,
-                                      check_moe_options, named, part_of)
+                                      check_moe_options, lora_problems, named, part_of)
 from backend.generate.outputs import output_stem, read_latents, write_result
 from backend.generate.pipeline import ModelChoice
 from backend.generate.prompts import settings_from_file
@@ -88,8 +88,8 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     else:
         batch = [validate(base)]
     loras = part_of(args, LoraOptions)
-    if any(loraid < 1 for loraid in loras.loraid):
-        raise UserError(f"{named('loraid')} {min(loras.loraid)} is not a LORAID; IDs are whole numbers from 1.")
+    for problem in lora_problems(loras).values():
+        raise UserError(problem)
     lora_request = LoraRequest(files=list(loras.lora), loraids=resolve_loraids(loras.loraid),
                                multipliers=list(loras.multiplier) or None,
                                allow_overlap=loras.allow_overlap, hooked=loras.hooked)

@@ -65,8 +65,8 @@ class LoraOptions(Settings):
 
     lora: list[str] = setting([], label="LoRA files", group="LoRAs", metavar="FILE", help="LoRA file(s)")
     loraid: list[int] = setting([], label="LORAIDs", group="LoRAs", metavar="ID",
-                                help="LoRAs of the workspace registry by LORAID: `--loraid 1 2 3` or `--loraid 1 "
-                                     "--loraid 2`; repeats are ignored")
+                                help="LoRAs of the workspace's registry by their LORAID, e.g. 1 2 3; repeats are "
+                                     "ignored")
     multiplier: list[float] = setting([], label="Multipliers", group="LoRAs", metavar="M",
                                       help="LoRA strength(s): one value applies to all, else one per LoRA (both forms "
                                            "accepted)")
@@ -142,14 +142,30 @@ def part_of(args, part: type[Settings], **changes) -> Settings:
     return part(**{**{name: getattr(args, name) for name in part.model_fields}, **changes})
 
 
-def check_moe_options(options: MoeOptions) -> None:
-    """The LoRA-MoE options' rules, one sentence each (the file's own checks come when it is read)."""
+def lora_problems(options: LoraOptions) -> dict[str, str]:
+    """The LoRA options' own rules, by field, one sentence each (the files are checked when they are read)."""
+    wrong = [loraid for loraid in options.loraid if loraid < 1]
+    if wrong:
+        return {"loraid": f"{named('loraid')} {wrong[0]} is not a LORAID; IDs are whole numbers from 1."}
+    return {}
+
+
+def moe_problems(options: MoeOptions) -> dict[str, str]:
+    """The LoRA-MoE options' rules, by field, one sentence each (the file's own checks come when it is read)."""
+    problems = {}
     if not options.moe and (options.hint or options.expert_strength):
-        raise UserError(f"{named('hint')} and {named('expert_strength')} choose experts of a LoRA-MoE file; choose "
-                        f"the {named('moe')} too.")
+        problems["moe"] = (f"{named('hint')} and {named('expert_strength')} choose experts of a LoRA-MoE file; "
+                           f"choose the {named('moe')} too.")
     if options.router_ema is not None and not 0.0 <= options.router_ema < 1.0:
-        raise UserError(f"{named('router_ema')} = {options.router_ema}: give a β from 0 (no smoothing) up to, not "
-                        f"including, 1.")
+        problems["router_ema"] = (f"{named('router_ema')} = {options.router_ema}: give a β from 0 (no smoothing) up "
+                                  f"to, not including, 1.")
+    return problems
+
+
+def check_moe_options(options: MoeOptions) -> None:
+    """Refuse the first of `moe_problems`."""
+    for problem in moe_problems(options).values():
+        raise UserError(problem)
 
 
 def named(name: str) -> str:

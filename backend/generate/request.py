@@ -85,10 +85,12 @@ class GenerateRequest:
 
     def arguments(self, workspace: Path) -> list[str]:
         """`generate ...` arguments (single values as `--name=value`, so a prompt may start with a dash)."""
-        loras = self.lora_options.model_copy(update={
-            "lora": [str(Path(pick.path).resolve()) for pick in self.loras],
-            "multiplier": [float(pick.multiplier) for pick in self.loras],
-            "allow_overlap": self.allow_overlap and bool(self.loras)})
+        by_id = list(dict.fromkeys(self.lora_options.loraid))
+        strengths = [float(pick.multiplier) for pick in self.loras]
+        loras = self.lora_options.model_copy(update={  # a LoRA picked by its LORAID applies at strength 1.0
+            "lora": [str(Path(pick.path).resolve()) for pick in self.loras], "loraid": by_id,
+            "multiplier": strengths + [1.0] * len(by_id) if strengths else [],
+            "allow_overlap": self.allow_overlap and bool(self.loras or by_id)})
         return ["generate", *RunOptions(workspace=str(Path(workspace))).flag_arguments(), *self.model.arguments(),
                 *self.settings.arguments(leave_out=("seed",) if self.random_seed else ()),
                 *self.companions.flag_arguments(), *loras.flag_arguments(),
@@ -100,6 +102,7 @@ class GenerateRequest:
                 "model": {"demo": self.model.demo, "dit": [str(p) for p in self.model.dit],
                           "model_kind": self.model.model_kind},
                 "loras": [{"path": str(pick.path), "multiplier": pick.multiplier} for pick in self.loras],
+                **({"loraids": list(self.lora_options.loraid)} if self.lora_options.loraid else {}),
                 "lora_mode": "hooked" if self.hooked else "merged", "allow_overlap": self.allow_overlap,
                 "memory": self.memory.to_dict(), "companions": self.companions.given(),
                 "save_latents": self.save_latents, "save_frames": self.save_frames}

@@ -4,6 +4,7 @@ bad settings and overlapping LoRAs are one sentence and submit nothing; a good r
 multipliers stay with their files; a result's sidecar refills the form."""
 from __future__ import annotations
 
+import argparse
 import shutil
 import time
 from pathlib import Path
@@ -13,18 +14,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.generate.cli import add_arguments
 from backend.generate.outputs import output_stem, write_result
 from backend.generate.pipeline import ModelChoice
 from backend.generate.settings import GenerateSettings
 from backend.jobs import JobManager
+from backend.loraid.cli_args import flatten_appended, resolve_loraids
+from backend.loraid.registry import LoraidRegistry
 from backend.models import demo_parts
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.models.loading import save_transformer_original
+from backend.moe.files import save_moe
+from backend.moe.network import MoeNetwork, MoeSpec
 from backend.workspace import Workspace
 from tests.demo_files import save_demo_lora
 from ui.context import AppContext
 from ui.generate_form import MAX_LORAS, GenerateForm
 from ui.generate_panel import FollowedGeneration, GeneratePanel
+from ui.moe_generate import NONE, ROUTER
 from ui.tabs.generate import FIELD_ERRORS
 
 STATUS, PROGRESS, MODEL_MESSAGE, CONFLICTS, SLOTS = 1, 2, 4, 5, 6  # run()'s outputs: followed, status,
@@ -318,3 +325,58 @@ def test_the_second_guidance_scale_shows_only_for_an_expert_pair(ctx):
     assert all(panel.pair_fields(value, "")["visible"] for value in pairs)
     assert not any(panel.pair_fields(value, "")["visible"] for value in singles)
     assert "demo-a14b" in pairs and "demo-t2v" in singles
+
+
+def test_loraids_and_router_smoothing_reach_the_job_as_the_generate_command_parses_them(ctx):
+    """LORAIDs (LoRAs of the workspace registry, at strength 1.0 after the files' multipliers) and the LoRA-MoE
+    router smoothing set in the tab are in the job's argv, read back by the `generate` command's own parser."""
+    LoraidRegistry.for_workspace(ctx.workspace.root).scan(ctx.workspace.loras)
+    model = demo_parts.build_transformer("demo-t2v", 0, part=10)
+    spec = MoeSpec(expert_names=("red", "blue"), rank=2, alpha=1.0,
+                   network_args=("exclude_patterns=['.*']", r"include_patterns=['blocks\.(4|5)\..*']"))
+    moe = save_moe(ctx.workspace.loras / "colours.safetensors", {"single": MoeNetwork.create(model, spec)},
+                   model_kind="demo-t2v", step=1, stage1={})
+    panel = GeneratePanel(ctx)
+    request = form(loras={"alice.safetensors": 0.5}, loraid="3, 2", router_ema=0.9)
+    assert not any(update["visible"] for update in panel.field_errors(*request.values()))
+    started = panel.run_picked(FollowedGeneration(), str(moe), ROUTER, "", *request.values())
+    assert started[STATUS].startswith("Job "), started[STATUS]
+    (job,) = ctx.jobs.list()
+    assert job.argv[1:4] == ["-m", "backend", "generate"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(job.argv[4:])
+    assert resolve_loraids(args.loraid) == [3, 2]
+    assert args.lora == [str(ctx.workspace.loras.resolve() / "alice.safetensors")]
+    assert flatten_appended(args.multiplier) == [0.5, 1.0, 1.0]  # one per item: the file, then each LORAID
+    assert (args.moe, args.router_ema) == (str(moe.resolve()), 0.9)
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, started[0])
+
+    no_smoothing = panel.run_picked(FollowedGeneration(), str(moe), ROUTER, "",
+                                    *form(loraid="", router_ema=0).values())
+    job = next(j for j in ctx.jobs.list() if j.id != job.id)
+    args = parser.parse_args(job.argv[4:])
+    assert "--loraid" not in job.argv and args.router_ema == 0.0  # 0 is a value (no smoothing)
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, no_smoothing[0])
+
+
+@pytest.mark.parametrize("changes, name, sentence", [
+    ({"loraid": "1, 0"}, "loraid", "LORAIDs (loraid) 0 is not a LORAID; IDs are whole numbers from 1."),
+    ({"loraid": "1 two"}, "loraid", "LORAIDs (loraid) `two` is not a whole number; type whole numbers such as 1 2 3."),
+    ({"loraid": "7"}, "loraid", "LORAIDs (loraid) 7 has no LoRA in the workspace's registry; pick an ID the LORAID "
+                                "tab lists, or choose the file under LoRA files."),
+    ({"router_ema": 1.0}, "router_ema", "Router smoothing (router_ema) = 1.0: give a β from 0 (no smoothing) up to, "
+                                        "not including, 1."),
+])
+def test_a_wrong_loraid_or_router_smoothing_is_said_beside_it_and_nothing_starts(ctx, changes, name, sentence):
+    LoraidRegistry.for_workspace(ctx.workspace.root).scan(ctx.workspace.loras)
+    panel = GeneratePanel(ctx)
+    bad = form(**changes)
+    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
+    assert {other for other, update in slots.items() if update["visible"]} == {name}
+    assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
+    shown = panel.run_picked(FollowedGeneration(), NONE, ROUTER, "", *bad.values())
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
+    assert ctx.jobs.list() == []

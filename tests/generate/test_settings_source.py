@@ -116,8 +116,7 @@ FORM_SHOWS_OTHERWISE = {
     "moe": "the LoRA-MoE picker", "hint": "the LoRA-MoE picker", "expert_strength": "the LoRA-MoE picker",
 }
 # Fields only the command line has, and why.
-COMMAND_LINE_ONLY = {"loraid": "the tab picks files", "router_ema": "the file's own smoothing in the tab",
-                     "workspace": "the app's workspace", "from_file": "one prompt per Run in the tab",
+COMMAND_LINE_ONLY = {"workspace": "the app's workspace", "from_file": "one prompt per Run in the tab",
                      "out_dir": "the tab's gallery lists the workspace's outputs",
                      "decode_latents": "a separate command"}
 
@@ -171,6 +170,8 @@ def test_every_form_field_is_a_widget_with_the_fields_label_and_starting_value(t
                 assert widget.value == getattr(start, name), name
             continue
         default = part.field_info()[name]["default"]
+        if isinstance(default, list):  # a list field is a text box of its values
+            default = ", ".join(map(str, default))
         assert getattr(start, name) == ("" if default is None and isinstance(widget, gr.Textbox) else default), name
         assert widget.value == getattr(start, name), name
         if part.field_info()[name]["choices"]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from backend.errors import UserError
 from backend.generate.memory import MemoryOptions
 from backend.generate.options import Companions, RunOptions
 from backend.generate.settings import GenerateSettings
@@ -13,7 +12,6 @@ from ui import moe_generate, settings_form
 from ui.context import AppContext
 from ui.generate_form import FORM_PARTS, LORA_MODES, MAX_LORAS, GenerateForm, part_of
 from ui.generate_panel import FollowedGeneration, GeneratePanel
-from ui.widgets import report_error
 
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="generate-tab", concurrency_limit=1, show_progress="hidden",
@@ -92,8 +90,9 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         lora_mode = gr.Radio(LORA_MODES, value=DEFAULTS.lora_mode, label="How LoRAs are applied",
                              elem_id="gen-lora-mode")
         allow_overlap = gr.Checkbox(DEFAULTS.allow_overlap, elem_id="gen-allow-overlap", **shown("allow_overlap"))
+        loraid = setting_widget("loraid", errors, info=f"{shown('loraid')['info']}; each applies at strength 1.0")
 
-    moe = moe_generate.build(ctx)
+    moe = moe_generate.build(ctx, lambda name: setting_widget(name, errors))
 
     gr.Markdown("#### Settings")
     widgets: dict = {**companions}
@@ -138,7 +137,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     widgets.update(prompt=prompt, negative_prompt=negative, model=model, model_kind=model_kind, image=image,
                    random_seed=random_seed, lora_mode=lora_mode, allow_overlap=allow_overlap, lora_files=lora_files,
-                   slot_files=slot_files)
+                   slot_files=slot_files, loraid=loraid, router_ema=moe["router_ema"])
     form = [widgets[name] for name in GenerateForm.names()] + sliders
 
     slot_inputs = [model, model_kind, lora_files, slot_files, *sliders]
@@ -155,15 +154,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     gr.on([refresh.click, tab.select], panel.refresh, inputs=[model, lora_files],
           outputs=[model, lora_files, gallery, results], **_GROUP)
 
-    def run(followed_now, moe_file, moe_hint, moe_strengths, *values):
-        try:
-            extra = moe_generate.arguments(moe_file, moe_hint, moe_strengths)
-        except UserError as exc:
-            return (followed_now, f"⚠ {report_error(exc)}", "", gr.skip(), gr.skip(), gr.skip(),
-                    *panel.field_errors(*values))
-        return panel.run_with(extra, followed_now, *values)
-
-    run_button.click(run, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
+    run_button.click(panel.run_picked, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
                      outputs=[followed, status, progress, timer, model_message, conflicts, *error_slots], **_GROUP)
     moe_generate.wire(moe, tab, selected_settings, widgets)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)
