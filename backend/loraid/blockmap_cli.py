@@ -13,14 +13,13 @@ import argparse
 import json
 import sys
 
-from backend.config.field_checks import checked
+from backend.config.field_checks import checked, flag_of
 from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
-from backend.loraid.allocation import (EXPERT_CHOICES, allocate, allocation_table, compact_ranges,
-                                       default_blocks_per_loraid, describe_units)
+from backend.loraid.allocation import EXPERT_CHOICES, allocate, allocation_table, compact_ranges, describe_units
+from backend.loraid.allocation_fields import AllocationValues
 from backend.loraid.capacity import Capacity, capacity, human_bytes
 from backend.loraid.cli_args import add_loraid_arguments, add_multiplier_argument, flatten_appended, resolve_loraids
-from backend.loraid.model_facts import facts_for
 from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
 from backend.loraid.report_settings import REPORT_FILE, InterferenceSettings
 
@@ -76,12 +75,12 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> dict:
-    facts = facts_for(args.model)
+    given = AllocationValues(args.model, args.blocks_per_loraid, args.module_group_split, args.rank).check(flag_of)
+    if given.problems:
+        raise UserError(next(iter(given.problems.values())))
+    facts, k = given.facts, given.blocks_per_loraid
     expert = args.expert if args.expert or not facts.experts else "both"
     facts.check_expert(expert)
-    if args.rank < 1:
-        raise UserError(f"--rank must be at least 1, got {args.rank}.")
-    k = args.blocks_per_loraid if args.blocks_per_loraid is not None else default_blocks_per_loraid(facts.num_blocks)
     table = allocation_table(facts.num_blocks, k, expert, args.module_group_split, facts.name)
     registry = None
     if args.workspace:

@@ -29,3 +29,13 @@ def taken_ids(workspace: Workspace, table: list[Allocation], folders: list[Path]
                 if (owners := slice_owners(workspace, allocation, folders, registry))}
     except UserError:
         return {}
+
+
+def id_label(loraid: int, owners: list[str]) -> str:
+    """An ID as its picker lists it: free, its one owner, or how many hold it (the capacity table lists them all),
+    so a crowded slice does not stretch the label past the picker."""
+    if not owners:
+        return str(loraid)
+    if len(owners) == 1:
+        return f"{loraid} (taken by {owners[0]})"
+    return f"{loraid} (taken by {len(owners)}: see the capacity table)"

@@ -1,5 +1,5 @@
 """One message per problem: a refused action says its sentence once, in its message box, with no toast repeating it;
-a bad model in the LORAID tab is said once by the three handlers that follow a model change."""
+a bad model in the LORAID tab is said once, beside it, by the three handlers that follow a model change."""
 from __future__ import annotations
 
 import gradio as gr
@@ -42,7 +42,10 @@ def test_a_bad_model_in_the_loraid_tab_is_said_once(ctx, toasts, tmp_path):
     panel = LoraidPanel(ctx)
     missing = str(tmp_path / "no-such-model.safetensors")
     assert panel.on_model(missing) == (gr.skip(), gr.skip())
-    _, rows, message, _, network_args, cli = panel.allocation(missing, 5, None, False, 4, None)
-    assert "no-such-model.safetensors" in message and rows == []
-    assert panel.files(missing, [], "") == ("", "")  # the allocation message above says it
+    _, rows, message, _, network_args, cli, model_slot, *other_slots = panel.allocation(missing, 5, None, False, 4,
+                                                                                       None)
+    assert "no-such-model.safetensors" in model_slot["value"] and model_slot["visible"]  # beside the model
+    assert message == "" and rows == [] and network_args == cli == ""
+    assert not any(slot["visible"] for slot in other_slots)
+    assert panel.files(missing, [], "") == ("", "")  # the model's slot above says it
     assert toasts == []

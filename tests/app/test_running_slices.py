@@ -23,7 +23,7 @@ def test_a_running_runs_slice_is_listed_as_taken_until_it_ends(tmp_path):
     loraid_tab, train = LoraidPanel(ctx), TrainPanel(ctx)
 
     def shown():
-        _, rows, _, picker, _, _ = loraid_tab.allocation(str(ws.demo_t2v), k, None, False, 4, 1)
+        _, rows, _, picker, *_ = loraid_tab.allocation(str(ws.demo_t2v), k, None, False, 4, 1)
         taken_column = {row[0]: row[-1] for row in rows}
         id_labels = dict((value, label) for label, value in picker["choices"])
         train_labels = dict((value, label) for label, value in loraid_choices(settings, train._taken(settings)))

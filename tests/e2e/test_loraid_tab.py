@@ -1,6 +1,6 @@
 """The LORAID tab in a real browser: two demo LoRAs on disjoint IDs show both owners and no conflict; an
-overlapping pair shows the conflict naming the shared block; a wrong report option is refused beside it; the
-interference report runs as a job with a bar counting its measurements."""
+overlapping pair shows the conflict naming the shared block; a wrong allocation value or report option is
+refused beside its field; the interference report runs as a job with a bar counting its measurements."""
 from __future__ import annotations
 
 import re
@@ -51,6 +51,17 @@ def test_loraid_tab_shows_owners_and_conflicts(demo_workspace_copy: Path, start_
     expect(page.locator("#loraid-network-args")).to_contain_text(r"include_patterns=[r'blocks\.(4|5)\..*']")
     expect(page.locator("#loraid-cli-args textarea")).to_have_value(
         re.compile(r"^--loraid 3 --blocks_per_loraid 2\n--network_args "))
+
+    # a wrong allocation value says why beside its own field, clears the arguments it made stale, and goes when fixed
+    blocks, cli = page.locator("#loraid-k input"), page.locator("#loraid-cli-args textarea")
+    blocks.fill("9")
+    expect(page.locator("#loraid-k-error")).to_have_text(
+        "⚠ Blocks per LORAID (blocks_per_loraid) is 9; it must be from 1 to 8 (tiny demo T2V has 8 blocks).")
+    expect(cli).to_have_value("")
+    expect(page.locator("#loraid-rank-error")).to_be_hidden()
+    blocks.fill("2")
+    expect(page.locator("#loraid-k-error")).to_be_hidden()
+    expect(cli).to_have_value(re.compile(r"^--loraid 3 --blocks_per_loraid 2\n"))
 
     pick_files(page, ["alice.safetensors", "bob.safetensors"])
     conflicts, file_grid = page.locator("#loraid-conflicts"), page.locator("#loraid-file-grid")

@@ -32,6 +32,11 @@ def test_refusals_are_one_sentence(capsys):
     assert "single transformer" in capsys.readouterr().err
     assert main(["blockmap", "--model", "no-such-model"]) == 2
     assert "neither a model type" in capsys.readouterr().err
+    # the same checks as the LORAID tab's fields, here naming the flags
+    assert main(["blockmap", "--model", "wan2.1-t2v-1.3b", "--rank", "0"]) == 2
+    assert "--rank is 0; it must be at least 1." in capsys.readouterr().err
+    assert main(["blockmap", "--model", "wan2.1-t2v-1.3b", "--blocks_per_loraid", "31"]) == 2
+    assert "--blocks_per_loraid is 31; it must be from 1 to 30 (" in capsys.readouterr().err
 
 
 def test_a14b_defaults_to_both_experts_and_text_output(capsys):

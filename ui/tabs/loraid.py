@@ -12,18 +12,20 @@ from backend.errors import UserError
 from backend.jobs import Job
 from backend.jobs.progress import read_progress
 from backend.loraid.allocation import allocate, allocation_table, default_blocks_per_loraid, describe_units
+from backend.loraid.allocation_fields import LABELS, AllocationValues, CheckedAllocation
 from backend.loraid.blockmap import allocation_map, files_map
 from backend.loraid.capacity import capacity, human_bytes
 from backend.loraid.lora_paths import lora_names, resolve_lora_paths
 from backend.loraid.model_facts import ModelFacts, facts_for
-from backend.loraid.owners import taken_ids
+from backend.loraid.owners import id_label, taken_ids
 from backend.loraid.patterns import network_args_command_line, network_args_entries, network_args_toml
 from backend.loraid.report_settings import REPORT_FILE, InterferenceSettings
 from backend.models.registry import MODEL_KINDS
 from backend.system.devices import default_device, device_choices
 from ui.blockmap_html import block_map_html
 from ui.context import AppContext
-from ui.settings_form import SettingsForm
+from ui.merge_ema_common import problem_slot
+from ui.settings_form import SettingsForm, slot_update
 from ui.widgets import progress_bar, report_error
 
 DEFAULT_RANK = 32
@@ -34,6 +36,7 @@ CAPACITY_WIDTHS = ["5%", "9%", "8%", "9%", "9%", "10%", "7%", "7%", "36%"]  # fi
 _GROUP = dict(concurrency_id="loraid-tab", concurrency_limit=1, show_progress="hidden")
 REPORT_KIND = "blockmap-report"
 REPORT_FIELDS = ["multiplier", "probes", "device"]  # files and model have the tab's own widgets
+ALLOCATION_FIELDS = ["model", "blocks_per_loraid", "rank", "loraid"]  # each with its problem slot, in this order
 
 
 def report_form(start: dict | None = None, choices: dict | None = None) -> SettingsForm:
@@ -61,30 +64,28 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Choice:
-    """The allocation settings on the page, checked against the model."""
+    """The allocation settings on the page, once the model and blocks per LORAID are right."""
     facts: ModelFacts
     blocks_per_loraid: int
     expert: str | None
     module_group_split: bool
 
     @classmethod
-    def read(cls, model: str, k: float | None, expert: str | None, split: bool) -> "Choice":
-        if not model:
-            raise UserError("Pick a model first (a demo model, a model type, or a checkpoint path).")
-        facts = facts_for(model)
-        blocks = default_blocks_per_loraid(facts.num_blocks) if k in (None, "") else int(k)
-        return cls(facts, blocks, (expert or "both") if facts.experts else None, bool(split))
+    def of(cls, given: CheckedAllocation, expert: str | None, split: bool) -> "Choice":
+        facts = given.facts
+        return cls(facts, given.blocks_per_loraid, (expert or "both") if facts.experts else None, bool(split))
 
     def table(self):
         return allocation_table(self.facts.num_blocks, self.blocks_per_loraid, self.expert, self.module_group_split,
                                 self.facts.name)
 
 
-def id_choices(ctx: AppContext, table) -> list[tuple[str, int]]:
-    """The ID picker: each ID with its owners, so a slice in use (also by a running run) reads as taken."""
+def id_choices(ctx: AppContext, table, stale: int | None = None) -> list[tuple[str, int]]:
+    """The ID picker: each ID with its owner (or their count: the capacity table lists them), so a slice in use (also
+    by a running run) reads as taken; a picked ID the layout no longer has stays listed as owning no block."""
     taken = taken_ids(ctx.workspace, table)
-    return [(f"{a.loraid} (taken by {', '.join(taken[a.loraid])})" if a.loraid in taken else str(a.loraid), a.loraid)
-            for a in table]
+    choices = [(id_label(a.loraid, taken.get(a.loraid, [])), a.loraid) for a in table]
+    return choices + ([(f"{stale} (owns no block)", stale)] if stale is not None else [])
 
 
 def capacity_rows(ctx: AppContext, choice: Choice, rank: int) -> list[list[str]]:
@@ -129,38 +130,39 @@ class LoraidPanel:
         """A new model: its default blocks_per_loraid and, for two-expert models, the expert choice."""
         try:
             facts = facts_for(model)
-        except UserError:  # said once, in the allocation message the next handler shows
+        except UserError:  # said once, beside the model, by the allocation handler that follows
             return gr.skip(), gr.skip()
         return default_blocks_per_loraid(facts.num_blocks), gr.update(visible=bool(facts.experts))
 
     def allocation(self, model, k, expert, split, rank, loraid):
-        """(grid, capacity rows, message, ID dropdown, network_args, CLI arguments)."""
-        try:
-            choice = Choice.read(model, k, expert, split)
-            rank = int(rank or DEFAULT_RANK)
-            if rank < 1:
-                raise UserError(f"The rank must be at least 1, got {rank}.")
-            table = choice.table()
-            block_map = allocation_map(table, choice.facts.dims.targets)
-            ids = [a.loraid for a in table]
-            chosen = int(loraid) if loraid and int(loraid) in ids else ids[0]
-            network_args, cli = id_arguments(choice, chosen)
-        except UserError as exc:
-            message = report_error(exc)
-            return "", [], message, gr.skip(), "", ""
+        """(grid, capacity rows, message, ID picker, network_args, CLI arguments, *problem slots in ALLOCATION_FIELDS
+        order): a wrong control says why beside it, and what depends on it is cleared rather than left stale."""
+        given = AllocationValues(model, k, split, rank, loraid).check()
+        slots = [slot_update(given.problems.get(name)) for name in ALLOCATION_FIELDS]
+        if given.facts is None or given.blocks_per_loraid is None:
+            return "", [], "", gr.skip(), "", "", *slots
+        choice = Choice.of(given, expert, split)
+        table = choice.table()
+        block_map = allocation_map(table, choice.facts.dims.targets)
+        ids = [a.loraid for a in table]
+        wrong_id = "loraid" in given.problems
+        chosen = None if wrong_id else (given.loraid or ids[0])
+        network_args, cli = id_arguments(choice, chosen) if chosen is not None else ("", "")
+        rows = capacity_rows(self.ctx, choice, given.rank) if given.rank is not None else []
         unit = "module groups" if choice.module_group_split else "blocks"
         per = " per expert" if choice.facts.experts else ""
         summary = (f"**{choice.facts.label}**: {choice.facts.num_blocks} blocks{per}, {choice.blocks_per_loraid} "
                    f"{unit} per LORAID → IDs 1–{len(ids)}.")
         message = "  \n".join([summary, *[f"⚠ {note}" for note in block_map.notes]])
-        return (block_map_html(block_map), capacity_rows(self.ctx, choice, rank), message,
-                gr.update(choices=id_choices(self.ctx, table), value=chosen), network_args, cli)
+        picker = gr.update(choices=id_choices(self.ctx, table, loraid if wrong_id else None),
+                           value=loraid if wrong_id else chosen)
+        return (block_map_html(block_map), rows, message, picker, network_args, cli, *slots)
 
     def files(self, model, names, typed):
         """(file grid, conflicts)."""
         try:
             facts = facts_for(model)
-        except UserError:  # said once, in the allocation message
+        except UserError:  # said once, beside the model
             return "", ""
         try:
             paths = resolve_lora_paths(self.ctx.workspace, names, typed)
@@ -250,26 +252,34 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     choices = model_choices(ctx)
     first = choices[0][1]
     first_facts = facts_for(first)
-    with gr.Row():
-        model = gr.Dropdown(choices, value=first, allow_custom_value=True, scale=3, elem_id="loraid-model",
-                            label="Model (a demo model, a model type, or type a checkpoint path)")
-        blocks = gr.Number(default_blocks_per_loraid(first_facts.num_blocks), precision=0, minimum=1, scale=1,
-                           label="blocks_per_loraid", elem_id="loraid-k")
+    slot = {}
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            model = gr.Dropdown(choices, value=first, allow_custom_value=True, elem_id="loraid-model",
+                                label=f"{LABELS['model']} (a demo model, a model type, or type a checkpoint path)")
+            slot["model"] = problem_slot("loraid-model-error")
+        with gr.Column(scale=1, min_width=160):  # no rounding or bounds in the page: the check says what is wrong
+            blocks = gr.Number(default_blocks_per_loraid(first_facts.num_blocks), label=LABELS["blocks_per_loraid"],
+                               elem_id="loraid-k")
+            slot["blocks_per_loraid"] = problem_slot("loraid-k-error")
         expert = gr.Radio(["high", "low", "both"], value="both", label="Expert (A14B)", scale=1,
                           visible=bool(first_facts.experts), elem_id="loraid-expert")
         split = gr.Checkbox(False, label="Split blocks into module groups (3× more IDs)", scale=1,
                             elem_id="loraid-split")
-        rank = gr.Number(DEFAULT_RANK, precision=0, minimum=1, label="Rank (capacity)", scale=1,
-                         elem_id="loraid-rank")
+        with gr.Column(scale=1, min_width=160):
+            rank = gr.Number(DEFAULT_RANK, label=LABELS["rank"], elem_id="loraid-rank")
+            slot["rank"] = problem_slot("loraid-rank-error")
     shown = panel.allocation(first, blocks.value, expert.value, False, DEFAULT_RANK, None)
     message = gr.Markdown(shown[2], elem_id="loraid-message")
     grid = gr.HTML(shown[0], elem_id="loraid-grid", label="Allocation")
     capacity_table = gr.Dataframe(shown[1], headers=CAPACITY_HEADERS, interactive=False, wrap=True,
                                   column_widths=CAPACITY_WIDTHS,
                                   label="Capacity per LORAID", elem_id="loraid-capacity")
-    with gr.Row():
-        loraid = gr.Dropdown(shown[3]["choices"], value=shown[3]["value"], label="LORAID", scale=2, min_width=220,
-                             elem_id="loraid-id")  # wide enough for "1 (taken by NAME)"
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=220):
+            loraid = gr.Dropdown(shown[3]["choices"], value=shown[3]["value"], label=LABELS["loraid"],
+                                 elem_id="loraid-id")  # "3 (taken by NAME)"; several owners are counted
+            slot["loraid"] = problem_slot("loraid-id-error")
         network_args = gr.Code(shown[4], language=None, label="network_args entries and TOML line (this app or "
                                                           "musubi-tuner)", elem_id="loraid-network-args", scale=3,
                                wrap_lines=True)
@@ -298,7 +308,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     timer = gr.Timer(POLL_SECONDS)  # its first tick follows a report job still running (a reloaded page)
 
     settings = [model, blocks, expert, split, rank, loraid]
-    allocation_outputs = [grid, capacity_table, message, loraid, network_args, cli]
+    allocation_outputs = [grid, capacity_table, message, loraid, network_args, cli,
+                          *(slot[name] for name in ALLOCATION_FIELDS)]
     file_inputs, file_outputs = [model, files, typed], [file_grid, conflicts]
     model.change(panel.on_model, inputs=model, outputs=[blocks, expert], **_GROUP).then(
         panel.allocation, inputs=settings, outputs=allocation_outputs, **_GROUP).then(
