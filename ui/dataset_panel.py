@@ -14,7 +14,8 @@ from backend.data.dataset_folder import Entry, FolderScan, resolve_folder, scan_
 from backend.data.dataset_form import DatasetForm, FormProblems, existing_form, form_problems, read_form, render_form_toml
 from backend.data.dataset_preview import bucket_summary, cache_counts, windows_by_mode
 from backend.data.frames import rounding_note
-from backend.data.dataset_toml_file import read_toml_text, ready_for_cache, resolve_toml_path, write_dataset_toml
+from backend.data.dataset_toml_file import (read_toml_text, ready_for_cache, resolve_toml_path, toml_path_problem,
+                                            write_dataset_toml)
 from backend.data.media import MediaError
 from backend.data.thumbnails import thumbnail
 from backend.errors import UserError
@@ -30,13 +31,14 @@ FORM_FIELDS = list(DatasetForm.model_fields)
 FORM_OUTPUTS = [f"form.{name}" for name in FORM_FIELDS]
 FORM_SLOTS = [f"form_problem.{name}" for name in FORM_FIELDS]
 FIX_THE_FORM = "⚠ Fix the setting marked ⚠ under Settings first."
+FIX_THE_PATH = "⚠ Not written: fix the TOML file marked ⚠ above."
 CACHE_FIELDS = ["device", "dtype", "batch_size", "skip_existing", "i2v", "vae_tiling", "max_sequence_length",
                 "model_kind", "vae", "text_encoder", "tokenizer"]
 CACHE_SLOTS = [f"cache_problem.{name}" for name in CACHE_FIELDS]
 OUTPUTS = {  # every output a handler may set, by name
     "scan", "summary", "problems", "gallery", "items", "item", "preview", "item_info", "caption", "caption_message",
     "scope", "plan", "changes", "bulk_message", "buckets", "dropped", "buckets_message", "frames_video", "frames",
-    "frames_strip", "frames_message", "toml_path", "toml", "toml_message", "cache_view", "cache_status", "cache_log",
+    "frames_strip", "frames_message", "toml_path", "toml_path_problem", "toml", "toml_message", "cache_view", "cache_status", "cache_log",
     "cache_progress", "timer", *FORM_OUTPUTS, *FORM_SLOTS, *CACHE_SLOTS}
 ALL_FOLDERS = "all folders"
 GALLERY_LIMIT = 120
@@ -122,6 +124,7 @@ class DatasetPanel:
         out = {"scan": scan, "summary": views.summary_markdown(scan), "problems": views.problems_markdown(scan),
                "gallery": gallery_items(scan), "items": views.item_rows(scan), "plan": None, "changes": [],
                "bulk_message": "", "toml_path": str(root / "dataset.toml"),
+               "toml_path_problem": slot_update(None),  # a new path: Write TOML (or leaving the field) checks it
                "item": gr.update(choices=views.item_choices(scan), value=first),
                "scope": gr.update(choices=[ALL_FOLDERS, *scan.sources_by_label()], value=ALL_FOLDERS),
                "frames_video": gr.update(choices=videos, value=videos[0] if videos else None),
@@ -278,13 +281,22 @@ class DatasetPanel:
             return {"toml_message": f"⚠ {report_error(exc)}"}
         return {"toml": text, "toml_message": f"Loaded {path}."}
 
-    def write_toml(self, toml_path: str, text: str) -> dict:
+    def check_toml_path(self, toml_path: str, outside: bool) -> dict:
+        """The TOML file's problem beside it (a place outside the workspace needs the confirmation box)."""
+        return {"toml_path_problem": slot_update(toml_path_problem(toml_path, self.ctx.workspace, bool(outside)))}
+
+    def write_toml(self, toml_path: str, text: str, outside: bool) -> dict:
+        """Write the editor's TOML; a path that may not be written is refused beside it and nothing is written."""
+        problem = toml_path_problem(toml_path, self.ctx.workspace, bool(outside))
+        if problem:
+            return {"toml_path_problem": slot_update(problem), "toml_message": FIX_THE_PATH}
         try:
             path = resolve_toml_path(toml_path, self.ctx.workspace.root)
-            config = write_dataset_toml(path, text)
+            config = write_dataset_toml(path, text, self.ctx.workspace, bool(outside))
         except UserError as exc:
-            return {"toml_message": f"⚠ {report_error(exc)} Nothing was written."}
-        return {"toml_message": f"Wrote {path}: {len(config.datasets)} [[datasets]] entries, valid."}
+            return {"toml_path_problem": slot_update(None), "toml_message": f"⚠ {report_error(exc)} Nothing was written."}
+        return {"toml_path_problem": slot_update(None),
+                "toml_message": f"Wrote {path}: {len(config.datasets)} [[datasets]] entries, valid."}
 
     # ---- caching jobs --------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The dataset TOML file on disk as the Dataset tab handles it: the typed path checked, text validated before it is
+"""The dataset TOML file on disk as the Dataset tab handles it: the typed path checked (a place outside the
+workspace only once the user confirmed it, as for every output the app writes), text validated before it is
 written (atomically, so an invalid edit never replaces a valid file), and the file checked again before a cache
 job is started from it."""
 from __future__ import annotations
@@ -8,7 +9,8 @@ from pathlib import Path
 from backend.data.dataset_config import DatasetConfig, load_dataset_config, parse_dataset_toml
 from backend.errors import UserError
 from backend.fileio import atomic_write_text
-from backend.output_guard import typed_path
+from backend.output_guard import check_folder, typed_path
+from backend.workspace import Workspace
 
 
 def resolve_toml_path(text: str | None, base: Path) -> Path:
@@ -27,6 +29,16 @@ def resolve_toml_path(text: str | None, base: Path) -> Path:
     return path
 
 
+def toml_path_problem(text: str | None, workspace: Workspace, outside_confirmed: bool) -> str | None:
+    """The TOML file field's problem as the form shows it beside the field (None when the TOML may be written
+    there): the checks of `resolve_toml_path`, then a folder outside the workspace that was not confirmed."""
+    try:
+        check_folder(resolve_toml_path(text, workspace.root).parent, workspace, outside_confirmed, creating=False)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
 def read_toml_text(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"{path} does not exist yet; generate the TOML from the form and write it.")
@@ -36,9 +48,11 @@ def read_toml_text(path: Path) -> str:
         raise UserError(f"{path.name} is not UTF-8 text; save it as UTF-8 TOML.") from None
 
 
-def write_dataset_toml(path: Path, text: str) -> DatasetConfig:
+def write_dataset_toml(path: Path, text: str, workspace: Workspace | None = None,
+                       outside_confirmed: bool = True) -> DatasetConfig:
     """Validate `text` as the dataset config it would become at `path` (media folders must exist), then write it
-    atomically. On any error nothing is written."""
+    atomically; with a `workspace`, a place outside it needs `outside_confirmed`. On any error nothing is written."""
+    check_folder(path.parent, workspace, outside_confirmed, creating=False)
     if not (text or "").strip():
         raise UserError("The TOML editor is empty; generate the TOML from the form first.")
     if path.exists() and not _is_dataset_toml(path):

@@ -14,7 +14,7 @@ from backend.data.sample_dataset import write_sample_dataset
 from backend.jobs import JobManager
 from backend.workspace import Workspace
 from ui.context import AppContext
-from ui.dataset_panel import ALL_FOLDERS, CACHE_FIELDS, FORM_FIELDS, DatasetPanel, form_values
+from ui.dataset_panel import ALL_FOLDERS, CACHE_FIELDS, FIX_THE_PATH, FORM_FIELDS, DatasetPanel, form_values
 from ui.tabs.dataset import wire
 from tests.app.toasts import no_toast
 
@@ -197,7 +197,7 @@ def test_a_malformed_toml_edit_is_refused_and_the_file_is_unchanged(panel, works
     path = workspace.demo_dataset / "dataset.toml"
     before = snapshot(workspace.demo_dataset)
     with no_toast():  # the message box says it, once
-        refused = panel.write_toml(str(path), edit(shown["toml"]))
+        refused = panel.write_toml(str(path), edit(shown["toml"]), False)
     assert refused["toml_message"].startswith("⚠ ") and sentence in refused["toml_message"]
     assert refused["toml_message"].endswith("Nothing was written.")
     assert snapshot(workspace.demo_dataset) == before
@@ -209,15 +209,40 @@ def test_writing_the_generated_toml_gives_a_file_the_loader_reads(panel, workspa
     assert "nothing is written until you click Write TOML" in generated["toml_message"]
     path = workspace.demo_dataset / "studio.toml"
     assert not path.exists()
-    assert panel.write_toml("datasets/demo/studio.toml", generated["toml"])["toml_message"] == (
+    assert panel.write_toml("datasets/demo/studio.toml", generated["toml"], False)["toml_message"] == (
         f"Wrote {path}: 4 [[datasets]] entries, valid.")
     config = load_dataset_config(path)
     assert config.general.num_repeats == 3
     assert config.resolved()[0].source == workspace.demo_dataset / "concept_a" / "images"
     assert panel.load_toml(str(path)) == {"toml": generated["toml"], "toml_message": f"Loaded {path}."}
     with no_toast():  # the message box says it, once
-        refused = panel.write_toml("datasets/demo/studio.txt", generated["toml"])
-    assert "does not end in .toml" in refused["toml_message"]
+        refused = panel.write_toml("datasets/demo/studio.txt", generated["toml"], False)
+    assert "does not end in .toml" in refused["toml_path_problem"]["value"]  # beside the path, not in the message
+    assert refused["toml_message"] == FIX_THE_PATH and not (workspace.demo_dataset / "studio.txt").exists()
+
+
+def test_a_toml_outside_the_workspace_is_written_only_once_confirmed(panel, workspace, tmp_path):
+    scan, shown = scanned(panel, workspace)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    path = outside / "dataset.toml"
+    sentence = (f"⚠ {outside} is outside the workspace {workspace.root}; confirm writing there, or choose a folder "
+                "inside the workspace.")
+    before = snapshot(workspace.root)
+    with no_toast():  # said once, beside the path
+        refused = panel.write_toml(str(path), shown["toml"], False)
+    assert refused["toml_path_problem"]["value"] == sentence and refused["toml_path_problem"]["visible"]
+    assert refused["toml_message"] == FIX_THE_PATH  # no "Wrote ..." of an earlier write left beside the refusal
+    assert list(outside.iterdir()) == [] and snapshot(workspace.root) == before  # nothing written anywhere
+    assert panel.check_toml_path(str(path), False)["toml_path_problem"]["value"] == sentence  # the field's own check
+    cleared = panel.check_toml_path(str(path), True)["toml_path_problem"]  # ticking the box clears it
+    assert cleared["visible"] is False and cleared["value"] == ""
+    written = panel.write_toml(str(path), shown["toml"], True)
+    assert written["toml_message"] == f"Wrote {path}: 4 [[datasets]] entries, valid."
+    assert written["toml_path_problem"]["visible"] is False
+    assert len(load_dataset_config(path).datasets) == 4  # the loader reads what was written there
+    inside = panel.check_toml_path("datasets/demo/dataset.toml", False)["toml_path_problem"]
+    assert inside["visible"] is False  # inside the workspace no confirmation is asked
 
 
 def test_caching_starts_only_from_the_written_toml(panel, workspace):
@@ -226,7 +251,7 @@ def test_caching_starts_only_from_the_written_toml(panel, workspace):
     with no_toast():  # the message box says it, once
         refused = panel.start_cache("latents", str(path), shown["toml"], *cache_options())
     assert refused == {"cache_status": f"⚠ {path} has not been written yet; click Write TOML before caching."}
-    panel.write_toml(str(path), shown["toml"])
+    panel.write_toml(str(path), shown["toml"], False)
     with no_toast():  # the message box says it, once
         refused = panel.start_cache("latents", str(path), shown["toml"].replace("64, 64", "96, 96"),
                                     *cache_options())

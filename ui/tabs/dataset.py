@@ -14,8 +14,8 @@ Stable elem_ids (browser tests drive the tab through these):
              frame_sample, max_frames, source_fps)
   buckets:   #dataset-buckets-run #dataset-buckets-message #dataset-buckets #dataset-dropped
   frames:    #dataset-frames-video #dataset-frames-run #dataset-frames-message #dataset-frames #dataset-frames-strip
-  TOML:      #dataset-toml-path #dataset-toml-generate #dataset-toml-load #dataset-toml (editable code)
-             #dataset-toml-write #dataset-toml-message
+  TOML:      #dataset-toml-path (#dataset-toml-path-error under it) #dataset-toml-generate #dataset-toml-load
+             #dataset-toml (editable code) #dataset-toml-outside #dataset-toml-write #dataset-toml-message
   cache:     #dataset-cache-<option> (device, dtype, batch-size, skip-existing, i2v, vae-tiling,
              max-sequence-length, each with #...-error under it) #dataset-cache-latents #dataset-cache-text #dataset-cache-status #dataset-cache-log
 """
@@ -32,6 +32,7 @@ from backend.system.devices import default_device, device_choices
 from ui import dataset_views as views
 from ui.context import AppContext
 from ui.dataset_panel import ALL_FOLDERS, CACHE_FIELDS, FORM_FIELDS, OUTPUTS, DatasetPanel, cache_form, form_values
+from ui.merge_ema_common import OUTSIDE_LABEL, problem_slot
 
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="dataset-tab", concurrency_limit=1, show_progress="hidden")
@@ -172,15 +173,18 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     frames_strip = gr.HTML("", elem_id="dataset-frames-strip")
 
     gr.Markdown("#### Dataset TOML")
-    with gr.Row():
-        toml_path = gr.Textbox(str(default_folder / "dataset.toml"), label="TOML file", scale=4,
-                               elem_id="dataset-toml-path")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            toml_path = gr.Textbox(str(default_folder / "dataset.toml"), label="TOML file",
+                                   elem_id="dataset-toml-path")
+            toml_path_problem = problem_slot("dataset-toml-path-error")
         generate = gr.Button("Generate from settings", scale=0, min_width=200, elem_id="dataset-toml-generate")
         load = gr.Button("Load file", scale=0, min_width=120, elem_id="dataset-toml-load")
     toml = gr.Code(_file_text(default_folder / "dataset.toml"), language=None, interactive=True, lines=14,
                    max_lines=40, elem_id="dataset-toml",
                    label="Dataset TOML (editable; validated before it is written)")
     with gr.Row():
+        outside = gr.Checkbox(False, label=OUTSIDE_LABEL, scale=0, min_width=180, elem_id="dataset-toml-outside")
         write = gr.Button("Write TOML", variant="primary", scale=0, min_width=160, elem_id="dataset-toml-write")
         toml_message = gr.Markdown("", elem_id="dataset-toml-message")
 
@@ -210,7 +214,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     on(scan_button.click, panel.scan, [folder, scan_state, *form_inputs],
        dict(**listing, gallery=gallery, scope=scope, plan=plan_state, changes=changes, bulk_message=bulk_message,
-            frames_video=frames_video, toml_path=toml_path, toml=toml, toml_message=toml_message,
+            frames_video=frames_video, toml_path=toml_path, toml_path_problem=toml_path_problem, toml=toml,
+            toml_message=toml_message,
             **bucket_outputs, **frame_outputs, **form, **form_slots))
     on(item.change, panel.select_item, [scan_state, item], item_outputs)
     items.select(_row_pick, inputs=None, outputs=item, **_GROUP)
@@ -231,7 +236,10 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     for widget in form_inputs:
         on(widget.input, panel.check_form, form_inputs, form_slots)
     on(load.click, panel.load_toml, [toml_path], dict(toml=toml, toml_message=toml_message))
-    on(write.click, panel.write_toml, [toml_path, toml], dict(toml_message=toml_message))
+    on(write.click, panel.write_toml, [toml_path, toml, outside],
+       dict(toml_path_problem=toml_path_problem, toml_message=toml_message))
+    for event in (toml_path.blur, toml_path.submit, outside.change):
+        on(event, panel.check_toml_path, [toml_path, outside], dict(toml_path_problem=toml_path_problem))
     cache_slots = {f"cache_problem.{name}": cache_options.slots[name] for name in CACHE_FIELDS}
     cache_outputs = dict(cache_view=cache_view, cache_status=cache_status, cache_log=cache_log,
                          cache_progress=cache_progress, timer=timer, **cache_slots)
