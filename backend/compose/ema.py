@@ -95,8 +95,11 @@ def average_deltas(loras: Sequence[LoraFile], weights: Sequence[float],
     for done, module in enumerate(first.modules, 1):
         parts = first.parts(module)
         if first.module_algos[module] not in ("lora", "locon") or "dora_scale" in parts:
+            from backend.compose.settings import EmaSettings  # the EMA tab shows this job's sentence
+
             raise UserError(f"`{module}` is {first.module_algos[module]}: the delta space re-factorizes into plain "
-                            f"LoRA factors, so use --space factors for {first.algo} checkpoints.")
+                            f"LoRA factors, so set {EmaSettings.named('space')} to factors for {first.algo} "
+                            f"checkpoints.")
         shape = delta_shape(first, module, parts)
         total = torch.zeros(shape, dtype=torch.float64)
         for lora, weight in zip(loras, weights):

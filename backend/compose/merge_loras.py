@@ -61,8 +61,10 @@ def concat_module(contributors: Sequence[tuple]) -> Parts:
     ups, downs = [], []
     for lora, multiplier, parts in contributors:
         if "lora_down.weight" not in parts:
+            from backend.compose.settings import MergeLorasSettings  # the Merge tab shows this job's sentence
+
             raise UserError(f"{lora.path.name} is a {lora.algo} file; exact concatenation works for LoRA / LoCon "
-                            f"only, so pass --rank R to merge by SVD.")
+                            f"only, so set {MergeLorasSettings.named('rank')} to merge by SVD.")
         down, up = parts["lora_down.weight"].float(), parts["lora_up.weight"].float()
         scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
         ups.append(up * (multiplier * scale))

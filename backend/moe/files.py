@@ -125,8 +125,10 @@ def load_moe(path: str | Path) -> MoeFile:
     except Exception:  # corrupt header or truncated data: several exception types
         raise UserError(f"{path.name} is not a readable .safetensors file; pass a complete LoRA-MoE file.") from None
     if HEADER_KEY not in metadata:
+        from backend.generate.options import named  # the Generate tab's picker shows this sentence
+
         raise UserError(f"{path.name} is not a LoRA-MoE file (no {HEADER_KEY} header); load it as an ordinary LoRA "
-                        f"with --lora instead.")
+                        f"among the {named('lora')} instead.")
     header = json.loads(metadata[HEADER_KEY])
     if int(header.get("format_version", 0)) > FORMAT_VERSION:
         raise UserError(f"{path.name} was written by a newer LoRA-MoE format ({header['format_version']}); update "

@@ -45,7 +45,7 @@ class Stage1Merge:
         if self.dit_high_noise is None:
             return [(None, self.dit, self.lora, self.out_dir / f"{name}.safetensors")]
         if Path(self.dit).resolve() == Path(self.dit_high_noise).resolve():
-            raise UserError("--dit and --dit_high_noise are the same file; give the low- and the high-noise expert.")
+            raise UserError("The low-noise and the high-noise DiT are the same file; give one file of each expert.")
         return [("high", self.dit_high_noise, self.lora_high_noise or self.lora,
                  self.out_dir / f"{name}-{EXPERT_STEMS['high']}.safetensors"),
                 ("low", self.dit, self.lora, self.out_dir / f"{name}-{EXPERT_STEMS['low']}.safetensors")]
@@ -55,7 +55,7 @@ def merge_stage1(request: Stage1Merge, progress: Callable[[str, int, int], None]
     plan = request.plan()
     for _, dit, _, out in plan:
         if Path(out).resolve() == Path(dit).resolve():
-            raise UserError(f"the output {out} is the DiT itself; choose another --out_dir or --name.")
+            raise UserError(f"the output {out} is the DiT itself; choose another output folder or name.")
     request.out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for expert, dit, lora, out in plan:

@@ -53,8 +53,11 @@ def boundary_of(moe: MoeFile, boundary_ratio: float | None) -> float | None:
         return None
     kind = MODEL_KINDS.get(moe.header.get("model_kind") or "")
     if kind is None or kind.timestep_boundary is None:
+        from backend.generate.options import named  # the Generate tab shows this sentence
+
         raise UserError(f"{moe.path.name if moe.path else 'the file'} has {' and '.join(moe.labels)}-noise experts but "
-                        f"its model kind `{moe.header.get('model_kind')}` names no boundary; pass --boundary_ratio.")
+                        f"its model kind `{moe.header.get('model_kind')}` names no boundary; give the "
+                        f"{named('boundary_ratio')}.")
     return kind.timestep_boundary
 
 

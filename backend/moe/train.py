@@ -47,7 +47,7 @@ def _refuse(s) -> None:
             raise UserError(f"{name}={getattr(s, name)!r} is not available for LoRA-MoE stage 2 yet; "
                             f"set it to {accepted[0]!r}.")
     if not s.dataset_config:
-        raise UserError("no dataset_config given; pass --dataset_config FILE (a cached dataset TOML).")
+        raise UserError(f"No {type(s).named('dataset_config')} is given; give a cached dataset TOML.")
     check_memory_settings(s, s.spec().use_dora)
 
 

@@ -102,7 +102,7 @@ def test_refusals(tmp_path, kit):
     plain = kit.save_network(kit.make_network(model, FIRST_HALF), tmp_path / "p.safetensors")
     with pytest.raises(UserError, match="DoRA"):
         merge_loras([dora, loha], [1.0, 1.0], tmp_path / "x.safetensors", rank=4)
-    with pytest.raises(UserError, match="--rank"):
+    with pytest.raises(UserError, match=r"set Rank \(rank\) to merge by SVD"):
         merge_loras([plain, loha], [1.0, 1.0], tmp_path / "x.safetensors")
     with pytest.raises(UserError, match="allow_overlap"):
         merge_loras([plain, dora], [1.0, 1.0], tmp_path / "x.safetensors")

@@ -130,7 +130,7 @@ def test_stage2_refuses_only_a_compile_it_cannot_do(tmp_path, compile_choice, re
 
     settings = MoeTrainSettings(model_kind="demo-a14b", expert="both", output_dir=str(tmp_path),
                                 compile=compile_choice, dataset_config="")
-    expected = "compile='on' is not available" if refused else "no dataset_config given"
+    expected = "compile='on' is not available" if refused else r"No Dataset TOML \(dataset_config\) is given"
     with pytest.raises(UserError, match=expected):
         train_moe(settings, None, log=lambda *_: None)
     assert not any(tmp_path.iterdir())
