@@ -7,8 +7,6 @@ A handler that refuses bad input returns only messages: no widget value changes.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import gradio as gr
 
 from backend.config.model_fields import fields_for
 from backend.config.network_builder import builder_lines, builder_state, recipe_state
-from backend.config.presets import PresetStore
+from backend.config.presets import PresetStore, job_presets
 from backend.config.train_checks import FormCheck, check_train_settings
 from backend.errors import UserError
 from backend.loraid.allocation import allocation_table
@@ -30,23 +28,19 @@ from ui.context import AppContext
 from ui.train_form import FIELDS, dataset_choices, error_key, error_updates, settings_values, widget_values
 from ui.train_network import (NO_LORAID, allocation_text, builder_values, control_updates, live_lines,
                               loraid_choices, net_key)
+from ui.preset_row import PresetActions
 from ui.train_run import RunPanel, RunSession
 from ui.widgets import report_error
 
-DELETE_ASKED = "preset:delete-asked"  # the preset a first Delete press asked about
 OUTSIDE = "output:outside"  # the checkbox that confirms an output folder outside the workspace
 OPENED = "preset:opened"  # {"key", "job"}: a job's settings the Jobs tab saved as a preset, to load here
-EXPORT_FOLDER = Path(tempfile.gettempdir()) / "loraid-studio-exports"
-
-
-def preset_choices(store: PresetStore) -> list[tuple[str, str]]:
-    return [(ref.label, ref.key) for ref in store.list()]
 
 
 class TrainPanel:
     def __init__(self, ctx: AppContext, store: PresetStore | None = None) -> None:
         self.ctx = ctx
-        self.store = store or PresetStore(ctx.workspace.presets, TrainSettings)
+        self.store = store or job_presets(ctx.workspace.presets, "train")
+        self.presets = PresetActions(self.store)
         self.run = RunPanel(ctx)
 
     # --- reading the form --------------------------------------------------------------------------------------
@@ -147,26 +141,21 @@ class TrainPanel:
         filled = {"network_type": network_type, **control_updates(values)}
         return {**filled, **self.validation({**widgets, **filled})}
 
-    # --- presets -----------------------------------------------------------------------------------------------
+    # --- presets (the shared handlers, ui/preset_row.py) ---------------------------------------------------------
     def _preset_refresh(self, selected: str | None) -> dict[str, Any]:
-        return {"preset": gr.update(choices=preset_choices(self.store), value=selected)}
-
-    def _refused(self, exc: UserError) -> dict[str, Any]:
-        return {"preset:message": report_error(exc)}
+        return self.presets.refresh(selected)
 
     def load_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
         key = widgets.get("preset")
         try:
-            settings = self.store.load(key)
+            settings = self.presets.read(key)
         except UserError as exc:
-            return self._refused(exc)
+            return self.presets.refused(exc)
         try:
             updates = self.fill(settings, widgets)
         except UserError as exc:  # network_args the builder cannot show
-            return self._refused(UserError(f"preset `{self.store.ref(key).name}`: {exc}"))
-        described = self.store.description(key)
-        return {**updates, "preset:message": f"Loaded preset `{self.store.ref(key).name}`."
-                                             + (f"  \n{described}" if described else "")}
+            return self.presets.refused(UserError(f"preset `{self.store.ref(key).name}`: {exc}"))
+        return {**updates, "preset:message": self.presets.loaded(key)}
 
     def open_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
         """Load the preset the Jobs tab made from a job's settings, and say whose settings the form now shows."""
@@ -182,69 +171,25 @@ class TrainPanel:
                                   "change what you like and press **Start training**."}
 
     def describe_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        """What the chosen preset is for (its description), before it is loaded."""
-        key = widgets.get("preset")
-        try:
-            name = self.store.ref(key).name
-        except UserError as exc:
-            return self._refused(exc)
-        described = self.store.description(key)
-        return {"preset:message": f"`{name}`: {described or 'no description.'}  \nPress **Load** to fill the form."}
+        return self.presets.describe(widgets)
 
     def save_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        try:
-            ref = self.store.save(widgets.get("preset:name") or "", self.settings(widgets),
-                                  replace=bool(widgets.get("preset:replace")))
-        except UserError as exc:
-            return self._refused(exc)
-        return {**self._preset_refresh(ref.key), "preset:message": f"Saved user preset `{ref.name}` ({ref.path})."}
+        return self.presets.save(widgets, lambda: self.settings(widgets))
 
     def rename_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        try:
-            ref = self.store.rename(widgets.get("preset"), widgets.get("preset:name") or "")
-        except UserError as exc:
-            return self._refused(exc)
-        return {**self._preset_refresh(ref.key), "preset:message": f"Renamed to `{ref.name}`."}
+        return self.presets.rename(widgets)
 
     def delete_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        """The first press asks; a second press on the same preset deletes it."""
-        try:
-            ref = self.store.ref(widgets.get("preset"))
-            if widgets.get(DELETE_ASKED) != ref.key:
-                if ref.source != "user":
-                    self.store.delete(ref.key)  # refuses at once, saying why
-                return {DELETE_ASKED: ref.key,
-                        "preset:message": f"Press **Delete** again to delete user preset `{ref.name}`."}
-            self.store.delete(ref.key)
-        except UserError as exc:
-            return {**self._refused(exc), DELETE_ASKED: None}
-        return {**self._preset_refresh(None), DELETE_ASKED: None,
-                "preset:message": f"Deleted user preset `{ref.name}`."}
+        return self.presets.delete(widgets)
 
     def import_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        path = widgets.get("preset:file")
-        if not path:
-            return {}
-        try:
-            ref = self.store.import_file(Path(path), name=widgets.get("preset:name") or "",
-                                         replace=bool(widgets.get("preset:replace")))
-        except UserError as exc:
-            return self._refused(exc)
-        return {**self._preset_refresh(ref.key), "preset:file": None, "preset:message": f"Imported `{Path(path).name}` as user preset "
-                                                                   f"`{ref.name}`; press Load to use it."}
+        return self.presets.import_file(widgets)
 
     def export_preset(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        try:
-            source = self.store.export_path(widgets.get("preset"))
-        except UserError as exc:
-            return self._refused(exc)
-        EXPORT_FOLDER.mkdir(parents=True, exist_ok=True)
-        copy = Path(tempfile.mkdtemp(dir=EXPORT_FOLDER)) / source.name
-        shutil.copyfile(source, copy)
-        return {"preset:exported": str(copy), "preset:message": f"`{source.name}` is ready: download it below."}
+        return self.presets.export(widgets)
 
     def refresh_presets(self, widgets: dict[str, Any]) -> dict[str, Any]:
-        return {"preset": gr.update(choices=preset_choices(self.store))}
+        return self.presets.choices(widgets)
 
     def refresh_datasets(self, widgets: dict[str, Any]) -> dict[str, Any]:
         """The workspace's dataset TOML files as they are now (the Dataset tab may have written one)."""

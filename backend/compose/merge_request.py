@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 from backend.compose.merge_dit import open_checkpoint
-from backend.compose.merge_plan import Pick, conflicts_per_transformer, roles
+from backend.compose.merge_plan import BOTH, Pick, conflicts_per_transformer, roles
 from backend.compose.output_names import check_output
 from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.config.field_checks import checked, label_of
 from backend.errors import UserError
+from backend.loraid.cli_args import resolve_multipliers
 from backend.loraid.file_coverage import coverage_of_file
 from backend.loraid.overlap import overlap_message
 from backend.models.names import lora_key_prefix
@@ -30,6 +31,22 @@ _LORAS = MergeLorasSettings.field_info()
 def expert_output(out: Path, expert: str) -> Path:
     """`merged.safetensors` -> `merged-high_noise.safetensors` / `merged-low_noise.safetensors`."""
     return out.with_name(f"{out.stem}-{EXPERT_STEMS[expert]}{out.suffix}")
+
+
+def pair_output(expert_file: Path) -> Path:
+    """The name an expert's output derives from: `merged-low_noise.safetensors` -> `merged.safetensors`."""
+    for stem in EXPERT_STEMS.values():
+        if expert_file.stem.endswith(f"-{stem}"):
+            return expert_file.with_name(f"{expert_file.stem.removesuffix(f'-{stem}')}{expert_file.suffix}")
+    return expert_file
+
+
+def _strengths_of(files: list[str], multipliers: list[float], label: str) -> dict[str, float]:
+    try:
+        return dict(zip(files, resolve_multipliers(len(files), multipliers)))
+    except UserError:
+        raise UserError(f"{len(multipliers)} {label} are given for {len(files)} LoRA files; give one value for all "
+                        "or one per file.") from None
 
 
 def check_overlaps(picks: Sequence[Pick], pair: bool, allow_overlap: bool) -> list[str]:
@@ -125,6 +142,29 @@ class DitMerge:
         """The arguments after `python -m backend`."""
         return ["merge", *self.settings().flag_arguments()]
 
+    @classmethod
+    def from_settings(cls, settings: MergeSettings) -> "DitMerge":
+        """The merge `settings` describe (the inverse of `settings()`): on a pair, a file in both experts' lists is
+        one pick for both, and the output is the name both experts' files derive from. Settings that merge only the
+        high-noise expert are that expert merged alone, which writes the same file."""
+        low = _strengths_of(settings.lora, settings.multiplier, "strengths")
+        options = dict(dtype=settings.dtype, device=settings.device, allow_overlap=settings.allow_overlap,
+                       overwrite=settings.overwrite)
+        if settings.dit_high_noise is None:
+            return cls([Pick(Path(file), value) for file, value in low.items()], Path(settings.dit),
+                       Path(settings.out), **options)
+        high = _strengths_of(settings.lora_high_noise, settings.multiplier_high_noise, "high-noise strengths")
+        picks, waiting = [], list(high)  # in the order of both lists: a file on both experts joins them
+        for file, value in low.items():
+            if file in high:
+                while waiting and waiting[0] != file:
+                    picks.append(Pick(Path(waiting[0]), high[waiting.pop(0)], "high"))
+                waiting = waiting[1:] if waiting else waiting
+            picks.append(Pick(Path(file), value, BOTH if file in high else "low"))
+        picks += [Pick(Path(file), high[file], "high") for file in waiting if file not in low]
+        return cls(picks, Path(settings.dit), pair_output(Path(settings.out)), Path(settings.dit_high_noise),
+                   **options)
+
     def _files(self, role: str) -> list[str]:
         return [str(pick.path) for pick in self.on(role)]
 
@@ -161,3 +201,11 @@ class LoraMerge:
 
     def arguments(self) -> list[str]:
         return ["merge-loras", *self.settings().flag_arguments()]
+
+    @classmethod
+    def from_settings(cls, settings: MergeLorasSettings) -> "LoraMerge":
+        """The merge `settings` describe (the inverse of `settings()`)."""
+        picks = [Pick(Path(file), value) for file, value in
+                 _strengths_of(settings.lora, settings.multiplier, "strengths").items()]
+        return cls(picks, Path(settings.out), settings.rank, settings.precision, settings.allow_overlap,
+                   settings.overwrite)

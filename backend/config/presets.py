@@ -5,7 +5,9 @@ is strict: bad JSON, another kind, a top-level key that is not part of the forma
 them are named) or an invalid value is a UserError, and nothing is changed. Older schema versions are migrated by
 the settings class. Writes are atomic; a name is never silently replaced.
 
-Presets are addressed by key `shipped:<name>` or `user:<name>`; a name is the file stem.
+Presets are addressed by key `shipped:<name>` or `user:<name>`; a name is the file stem. Train presets lie in those
+folders themselves; every other job type's in a sub-folder named after the job type (`<workspace>/presets/merge/`,
+`<workspace>/presets/ema/`, ...), so the kinds never mix in a list (`job_presets`).
 """
 from __future__ import annotations
 
@@ -78,6 +80,16 @@ def parse_preset(text: str, settings_cls, source: str):
 
 def _names(keys: list[str]) -> str:
     return ", ".join(f"`{key}`" for key in keys)
+
+
+def job_presets(user_root: Path, job_type: str, shipped_root: Path = SHIPPED_DIR) -> "PresetStore":
+    """The presets of one job type (backend/config/job_settings.py), in `user_root` for training and in its
+    `<job type>/` sub-folder (of `user_root` and of the shipped folder) for the others."""
+    from backend.config.job_settings import settings_model  # the registry imports every job's settings
+
+    if job_type == "train":
+        return PresetStore(user_root, settings_model(job_type), shipped_root)
+    return PresetStore(Path(user_root) / job_type, settings_model(job_type), Path(shipped_root) / job_type)
 
 
 class PresetStore:

@@ -16,10 +16,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from backend.compose.settings import EmaSettings, MergeLorasSettings, MergeSettings
+from backend.config.presets import job_presets
 from backend.jobs import JobManager
 from backend.models import demo_parts
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.models.loading import save_transformer_original
+from backend.train.settings import TrainSettings
 from backend.workspace import Workspace
 from tests.demo_files import save_demo_lora
 from ui.context import AppContext
@@ -289,3 +292,171 @@ def test_merge_loras_rank_is_checked_beside_its_field(ctx):
         assert not any(slot["visible"] for slot in panel.check_options("loras", *options(rank=fine)))
     assert not any(slot["visible"] for slot in panel.check_options("dit", *options(rank=2.5)))  # not a DiT's option
     assert context.jobs.list() == [] and not Path(out).exists()
+
+
+MERGE_FIELDS = ["files", "typed", "table", "base", "base_high", "out"]  # the preset row's fields before the options
+
+
+def merge_values(files=(), typed="", table=(), base="", base_high="", out="", **given) -> list:
+    """The Merge tab's values in the preset row's order: the picks, bases and output, then the options."""
+    return [list(files), typed, [list(row) for row in table], base, base_high, out, *options(**given)]
+
+
+def shown_merge(updates: tuple) -> dict:
+    """The load's updates by field: a value, or the update's value when it also refreshes choices."""
+    names = [*MERGE_FIELDS, *MERGE_OPTIONS]
+    return {name: update["value"] if isinstance(update, dict) and "value" in update else update
+            for name, update in zip(names, updates)}
+
+
+def test_a_merge_preset_saved_from_the_form_loads_back_into_every_field(ctx):
+    """An A14B pair merge (files from loras/ and a typed path, per-file strengths and experts, both bases, the
+    output, every option) saved as a preset is a MergeSettings file the command line reads, and loading it into a
+    different form gives back every field, and so the same merge."""
+    context, model = ctx
+    ws = context.workspace
+    panel = MergePanel(context)
+    save_demo_lora(model, ws.loras / "hi.safetensors", loraid=1, blocks_per_loraid=2, seed=4, expert="high")
+    save_demo_lora(model, ws.loras / "any.safetensors", loraid=2, blocks_per_loraid=2, seed=5)
+    save_demo_lora(model, ws.root / "extra" / "low.safetensors", loraid=3, blocks_per_loraid=2, seed=6)
+    low, high = str(expert_file(ws, "low")), str(expert_file(ws, "high"))
+    rows, _ = panel.rows("dit", ["hi.safetensors", "any.safetensors"], "extra/low.safetensors", [], high)
+    for row, (expert, strength) in zip(rows, (("high", 0.6), ("both", 0.8), ("low", 1.3))):
+        row[5], row[6] = expert, strength
+    out = str(ws.outputs / "merged" / "recipe.safetensors")
+    form = merge_values(["hi.safetensors", "any.safetensors"], "extra/low.safetensors", rows, low, high, out,
+                        allow_overlap=True, dtype="bf16", overwrite=True)
+    picker, message = panel.presets.on_save("dit", "pair recipe", False, *form)
+    path = ws.presets / "merge" / "pair recipe.json"
+    assert message == f"Saved user preset `pair recipe` ({path})."
+    assert picker["value"] == "user:pair recipe" and ("pair recipe (user)", "user:pair recipe") in picker["choices"]
+    saved = MergeSettings.load_file(path)  # what `python -m backend merge --config` reads
+    resolved = {name: str((ws.loras / name).resolve()) for name in ("hi.safetensors", "any.safetensors")}
+    typed_file = str((ws.root / "extra" / "low.safetensors").resolve())
+    assert (saved.dit, saved.dit_high_noise) == (str(Path(low).resolve()), str(Path(high).resolve()))
+    assert (saved.lora, saved.multiplier) == ([resolved["any.safetensors"], typed_file], [0.8, 1.3])
+    assert (saved.lora_high_noise, saved.multiplier_high_noise) == (
+        [resolved["hi.safetensors"], resolved["any.safetensors"]], [0.6, 0.8])
+    assert (saved.dtype, saved.device, saved.allow_overlap, saved.overwrite) == ("bf16", "cpu", True, True)
+
+    other = merge_values(["any.safetensors"], "", rows[1:2], str(ws.demo_t2v / TRANSFORMER_FILE), "", "x.safetensors")
+    *updates, message = panel.presets.on_load("dit", "user:pair recipe", *other)
+    assert message == "Loaded preset `pair recipe`."
+    shown = shown_merge(tuple(updates))
+    assert sorted(shown["files"]) == ["any.safetensors", "hi.safetensors"] and shown["typed"] == "extra/low.safetensors"
+    assert {row[0]: (row[5], row[6]) for row in shown["table"]} == {
+        "loras/hi.safetensors": ("high", 0.6), "loras/any.safetensors": ("both", 0.8),
+        "extra/low.safetensors": ("low", 1.3)}
+    assert (shown["base"], shown["base_high"], shown["out"]) == (str(Path(low).resolve()), str(Path(high).resolve()),
+                                                                 str(Path(out).resolve()))
+    assert {name: shown[name] for name in ("allow_overlap", "dtype", "device", "overwrite")} == {
+        "allow_overlap": True, "dtype": "bf16", "device": "cpu", "overwrite": True}
+    assert shown["rank"] == gr.skip() and shown["precision"] == gr.skip()  # the other mode's options stay
+    loaded = [shown[name] for name in ("table", "base", "base_high", "out")]
+    assert panel.request("dit", *loaded, {name: shown[name] for name in MERGE_OPTIONS}).settings() == saved
+
+
+def test_a_merge_loras_preset_round_trips_and_each_mode_lists_only_its_own(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = MergePanel(context)
+    save_demo_lora(model, ws.loras / "gus.safetensors", loraid=1, blocks_per_loraid=2, seed=6)
+    save_demo_lora(model, ws.loras / "hal.safetensors", loraid=3, blocks_per_loraid=2, seed=7)
+    rows, _ = panel.rows("loras", ["gus.safetensors", "hal.safetensors"], "", [], "")
+    rows[0][6] = 0.5
+    out = str(ws.loras / "gus+hal.safetensors")
+    form = merge_values(["gus.safetensors", "hal.safetensors"], "", rows, "", "", out, rank=3, precision="bf16")
+    assert panel.presets.on_save("loras", "svd 3", False, *form)[1].startswith("Saved user preset `svd 3`")
+    assert MergeLorasSettings.load_file(ws.presets / "merge-loras" / "svd 3.json") == MergeLorasSettings(
+        lora=[str((ws.loras / name).resolve()) for name in ("gus.safetensors", "hal.safetensors")],
+        multiplier=[0.5, 1.0], out=str(Path(out).resolve()), rank=3, precision="bf16")
+    again = panel.presets.on_save("loras", "svd 3", False, *form)[1]
+    assert again == "A user preset named `svd 3` already exists; choose another name or tick 'Replace an existing " \
+                    "preset'."
+
+    *updates, message = panel.presets.on_load("loras", "user:svd 3", *merge_values())
+    shown = shown_merge(tuple(updates))
+    assert message == "Loaded preset `svd 3`."
+    assert (shown["files"], shown["typed"], shown["out"]) == (["gus.safetensors", "hal.safetensors"], "",
+                                                              str(Path(out).resolve()))
+    assert [row[6] for row in shown["table"]] == [0.5, 1.0]
+    assert (shown["rank"], shown["precision"], shown["allow_overlap"], shown["overwrite"]) == (3, "bf16", False, False)
+    assert shown["base"] == shown["base_high"] == shown["dtype"] == shown["device"] == gr.skip()
+
+    assert panel.presets.on_kind("dit")[0]["choices"] == []  # the other mode's presets are not offered
+    assert panel.presets.on_kind("loras")[0]["choices"] == [("svd 3 (user)", "user:svd 3")]
+    assert EmaPanel(context).presets.on_focus("ema")["choices"] == []
+    assert all(ref.source == "shipped" for ref in job_presets(ws.presets, "train").list())  # nor in Train
+
+
+def test_a_preset_of_another_kind_or_a_broken_one_is_one_sentence_and_the_form_keeps_its_values(ctx):
+    context, model = ctx
+    ws = context.workspace
+    merge, ema = MergePanel(context), EmaPanel(context)
+    folder = ws.presets / "merge"
+    folder.mkdir(parents=True)
+    (folder / "train one.json").write_text(json.dumps(TrainSettings().to_preset("train one")))
+    (folder / "broken.json").write_text('{"kind": "MergeSettings", "settings": {')
+    save_demo_lora(model, ws.loras / "gone.safetensors", loraid=1, blocks_per_loraid=2, seed=1)
+    gone = MergeSettings(dit=str(ws.demo_t2v / TRANSFORMER_FILE), lora=[str(ws.loras / "gone.safetensors")],
+                         out=str(ws.outputs / "merged" / "g.safetensors"))
+    (folder / "gone.json").write_text(json.dumps(gone.to_preset("gone")))
+    (ws.loras / "gone.safetensors").unlink()
+    form = merge_values(["a.safetensors"], "typed.safetensors", [["loras/a.safetensors"]], "base", "", "out",
+                        dtype="fp16")
+    expected = {
+        "train one": "preset `train one` is a `TrainSettings` preset, not a MergeSettings one; load it in the tab it "
+                     "belongs to.",
+        "broken": "preset `broken` is not valid JSON (Expecting property name enclosed in double quotes at line 1, "
+                  "column 40); fix the file or export the preset again.",
+        "gone": f"The preset's LoRA file {(ws.loras / 'gone.safetensors').resolve()} does not exist any more; put it "
+                f"back or save the preset again with other files.",
+    }
+    for name, sentence in expected.items():
+        *updates, message = merge.presets.on_load("dit", f"user:{name}", *form)
+        assert message == sentence
+        assert updates == [gr.skip()] * len(form)  # every field keeps what the user had
+
+    (ws.presets / "ema").mkdir()
+    shutil.copy(folder / "gone.json", ws.presets / "ema" / "merge one.json")
+    *updates, message = ema.presets.on_load("ema", "user:merge one", None, "out", *ema_options(rule="uniform"))
+    assert message == "preset `merge one` is a `MergeSettings` preset, not a EmaSettings one; load it in the tab it " \
+                      "belongs to."
+    assert updates == [gr.skip()] * (3 + len(EMA_OPTIONS))
+    assert merge.presets.on_save("dit", "no picks", False, *merge_values(base="b", out="o.safetensors"))[1] == \
+        "No LoRA file is picked; choose the LoRAs of the merge, then save the preset."
+    assert not (folder / "no picks.json").exists()
+
+
+def test_an_ema_preset_loads_back_into_every_field_and_one_of_options_alone_keeps_the_picks(ctx):
+    context, model = ctx
+    ws = context.workspace
+    panel = EmaPanel(context)
+    for step, seed in ((10, 11), (20, 12), (40, 13)):
+        save_demo_lora(model, ws.loras / f"run-step{step:06d}.safetensors", 4, 2, seed, step=step)
+    inputs, _, out, _ = panel.find("loras/run", "", "", "")
+    chosen = ema_options(rule="beta", beta=0.9, beta2=0.99, space="delta", precision="bf16", overwrite=True)
+    assert panel.presets.on_save("ema", "slow beta", False, inputs, out, *chosen)[1].startswith(
+        "Saved user preset `slow beta`")
+    saved = EmaSettings.load_file(ws.presets / "ema" / "slow beta.json")
+    assert saved == EmaSettings(inputs=[str(path) for path in inputs.paths], out=str(Path(out).resolve()), rule="beta",
+                                beta=0.9, beta2=0.99, space="delta", precision="bf16", overwrite=True)
+
+    *updates, message = panel.presets.on_load("ema", "user:slow beta", panel.find(None, "", "", "")[0], "",
+                                               *ema_options())
+    assert message == "Loaded preset `slow beta`."
+    run, typed, shown_out, *shown = updates
+    assert (run["value"], typed, shown_out) == ("loras/run", "", out)
+    assert dict(zip(EMA_OPTIONS, shown)) == {"rule": "beta", "sigma_rel": 0.2, "beta": 0.9, "beta2": 0.99,
+                                             "space": "delta", "precision": "bf16", "overwrite": True}
+
+    typed_only = panel.find(None, "loras/run-step000010.safetensors\nloras/run-step000040.safetensors", "", "")[0]
+    panel.presets.on_save("ema", "two", False, typed_only, "", *ema_options())
+    run, typed, shown_out, *_ = panel.presets.on_load("ema", "user:two", inputs, out, *ema_options())[:-1]
+    assert (run["value"], typed, shown_out) == (
+        None, "loras/run-step000010.safetensors\nloras/run-step000040.safetensors", gr.skip())
+
+    panel.presets.on_save("ema", "power 0.1", False, None, "", *ema_options(sigma_rel=0.1))
+    run, typed, shown_out, *shown = panel.presets.on_load("ema", "user:power 0.1", inputs, out, *chosen)[:-1]
+    assert (run, typed, shown_out) == (gr.skip(), gr.skip(), gr.skip())  # no checkpoints in it: the picks stay
+    assert dict(zip(EMA_OPTIONS, shown))["sigma_rel"] == 0.1 and dict(zip(EMA_OPTIONS, shown))["rule"] == "power"

@@ -23,7 +23,8 @@ from ui.tabs.train import OUTPUTS
 from ui.context import AppContext
 from ui.train_form import FIELDS, OWN_WIDGETS
 from ui.train_network import GROUPS, net_key
-from ui.train_panel import DELETE_ASKED, OPENED, OUTSIDE, TrainPanel
+from ui.preset_row import DELETE_ASKED
+from ui.train_panel import OPENED, OUTSIDE, TrainPanel
 from ui.train_run import RunSession
 from tests.demo_files import cache_concept_a
 from tests.app.toasts import no_toast

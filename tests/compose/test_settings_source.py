@@ -100,7 +100,9 @@ def test_the_forms_widgets_take_label_hint_start_and_choices_from_the_model(tmp_
             info, widget = model.field_info()[name], by_id[elem_id]
             assert widget.label == info["label"], name
             if model is MergeLorasSettings and name == "out":  # one output box: its hint follows the merge chosen
-                assert merge_tab.MergePanel(None).on_mode("loras")[2]["info"] == info["help"]
+                ws = Workspace(tmp_path / "ws")
+                assert merge_tab.MergePanel(AppContext(ws, JobManager(ws.jobs))).on_mode("loras")[2]["info"] == \
+                    info["help"]
             else:
                 assert widget.info.startswith(info["help"]), name  # the output's hint adds what a pair writes
             if name not in ("dit", "out"):  # these start from the workspace's demo model and a free file name

@@ -16,17 +16,20 @@ from backend.compose.output_names import ema_stem, free_path
 from backend.compose.settings import RULE_VALUES, EmaSettings
 from backend.compose.summaries import ema_summary
 from backend.config.field_checks import checked, label_of
+from backend.config.presets import job_presets
 from backend.errors import UserError
 from backend.output_guard import output_message
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
                                  output_update, problem_slot, refused, shown, summary_markdown, tick)
+from ui.preset_row import PresetRow
 from ui.settings_form import SettingsForm, slot_update
 
 CHECKPOINT_HEADERS = ["#", "checkpoint", "step", "weight"]
 RULE_FIELDS = ("sigma_rel", "beta", "beta2")  # the rules' values: only the chosen rule's are shown and checked
 OPTIONS = ["rule", *RULE_FIELDS, "space", "precision", "overwrite"]  # the form's option fields
 JOB_KINDS = ("ema",)
+PRESET_FIELDS = ("run", "typed paths", "output")  # then the options
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="ema-tab", concurrency_limit=1, show_progress="hidden")
 
@@ -55,6 +58,8 @@ class EmaPanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.form = SettingsForm(EmaSettings, OPTIONS, "ema")
+        self.presets = PresetRow({"ema": job_presets(ctx.workspace.presets, "ema")}, "ema", self.preset_settings,
+                                 self.preset_fill, len(PRESET_FIELDS) + len(OPTIONS))
 
     def on_rule(self, rule):
         """Show the chosen rule's values only, and no problem of the values no longer used."""
@@ -166,6 +171,35 @@ class EmaPanel:
         return (follow_job(job), f"Job {job.id}: {job.status}…", "", "", job_bar(job), gr.Timer(active=True),
                 *slots)
 
+    def preset_settings(self, kind, inputs: Inputs, out, *values) -> EmaSettings:
+        """The form as EmaSettings, for a preset: the rule and its values, the output options, and the checkpoints
+        and output when they are chosen (a preset of the options alone leaves them to the form)."""
+        options = self.form.values(values)
+        problems = self.option_problems(options)
+        if problems:
+            raise UserError(f"Fix the form first: {next(iter(problems.values()))}")
+        target = str(workspace_path(self.ctx.workspace.root, out).resolve()) if out and str(out).strip() else ""
+        return self.settings(inputs or Inputs(), options, target)
+
+    def preset_fill(self, kind, settings: EmaSettings, inputs, out, *values) -> tuple:
+        """Updates for (run, typed paths, output, each option) that show `settings`: its checkpoints as the run they
+        are, else as typed paths; a checkpoint that is gone is a UserError (nothing changes)."""
+        root = self.ctx.workspace.root
+        paths = [Path(path).expanduser().resolve() for path in settings.inputs]
+        gone = next((path for path in paths if not path.exists()), None)
+        if gone is not None:
+            raise UserError(f"The preset's checkpoint {gone} does not exist any more; pick the run again, or save the "
+                            "preset again without it.")
+        run, typed = gr.skip(), gr.skip()
+        if paths:
+            match = next((found for found in list_runs(self.ctx.workspace.loras)
+                          if {Path(file).resolve() for file in found.files} == set(paths)), None)
+            run = match.key(root) if match else None
+            typed = "" if match else "\n".join(display_path(root, path) for path in paths)
+        options = [getattr(settings, name) for name in OPTIONS]
+        return (gr.update(choices=run_choices(self.ctx), value=run) if paths else run, typed,
+                settings.out or gr.skip(), *options)
+
     def tick(self, followed: FollowedJob):
         return tick(self.ctx, followed, JOB_KINDS, self.summary)
 
@@ -184,6 +218,8 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                 "choosing the averaging width (`sigma_rel`) without retraining. Checkpoints are ordered by the "
                 "training step in their metadata and weighted by the real step spacing; the first one keeps its "
                 "weight. Runs as a job and writes a new LoRA file (by default to `loras/`).")
+    kind = gr.State("ema")
+    panel.presets.build("ema")  # one line: EMA presets (the rule, its values, the checkpoints, the output)
     with gr.Row():
         run = gr.Dropdown(run_choices(ctx), value=None, scale=3, elem_id="ema-run",
                           label=f"Run (checkpoints saved in {ctx.workspace.loras})")
@@ -236,6 +272,9 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     gr.on([out.blur, form.widgets["overwrite"].change, outside.change], panel.check_out, inputs=out_inputs,
           outputs=out_slot, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh, inputs=run, outputs=run, **_GROUP)
+    panel.presets.wire(kind, [inputs, out, *form.inputs], [run, typed, out, *form.inputs], **_GROUP).then(
+        **find_args).then(panel.weights, inputs=option_inputs, outputs=weight_outputs, **_GROUP).then(
+        panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
     run_button.click(panel.run, inputs=[inputs, out, followed, outside, *form.inputs],
                      outputs=[followed, status, log, summary, progress, timer, *form.outputs, out_slot], **_GROUP)
     timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, progress, timer], **_GROUP)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from backend.config.presets import PresetRef, PresetStore
+from backend.config.presets import PresetRef, job_presets
 from backend.errors import UserError
 from backend.jobs import STATUSES, Job
 from backend.jobs.progress import read_progress
@@ -228,7 +228,7 @@ class JobsPanel:
             raise UserError(f"Job {job.id} is a {job.kind} job; only training jobs have settings the Train tab "
                             "can load.")
         settings = TrainSettings.from_mapping(job.settings, f"job {job.id}'s settings")
-        store = PresetStore(self.ctx.workspace.presets, TrainSettings)
+        store = job_presets(self.ctx.workspace.presets, "train")
         typed = (name or "").strip()
         return job, store.save(typed or f"job-{job.id}", settings, replace=not typed)
 

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend.compose.merge_plan import (TABLE_HEADERS, display_path, lora_files, overlap_lines, picks_from_rows,
-                                        table_rows, workspace_path)
+from backend.compose.merge_plan import (NO_EXPERT, TABLE_HEADERS, display_path, lora_files, overlap_lines,
+                                        picks_from_rows, table_rows, workspace_path)
 from backend.compose.merge_request import DitMerge, LoraMerge
 from backend.compose.output_names import (MERGED_DIT_FOLDER, PAIR_VARIANTS, free_path, high_noise_partner,
                                           merged_dit_stem, merged_lora_stem)
 from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.compose.summaries import merge_summary
+from backend.config.presets import job_presets
 from backend.errors import UserError
 from backend.models.demo import TRANSFORMER_FILE, expert_file
 from backend.output_guard import output_message
@@ -25,6 +26,7 @@ from backend.system.devices import device_choices
 from ui.context import AppContext
 from ui.merge_ema_common import (NOT_STARTED, OUTSIDE_LABEL, FollowedJob, error_html, follow_job, job_bar,
                                  output_update, problem_slot, refused, shown, summary_markdown, tick)
+from ui.preset_row import PresetRow
 from ui.settings_form import SettingsForm, slot_update
 
 MODES = [("Into a DiT (a new model file)", "dit"), ("LoRAs into one LoRA", "loras")]
@@ -33,6 +35,9 @@ PAIR_OUTPUT_HINT = f"{MergeSettings.field_info()['out']['help']}; a Wan2.2 A14B 
                    "NAME-low_noise"
 OPTIONS = ["allow_overlap", "dtype", "device", "rank", "precision", "overwrite"]  # the form's option fields
 MODE_MODELS = {"dit": MergeSettings, "loras": MergeLorasSettings}
+MODE_JOBS = {"dit": "merge", "loras": "merge-loras"}  # each mode's presets are its job type's
+MODE_REQUESTS = {"dit": DitMerge, "loras": LoraMerge}
+PRESET_FIELDS = ("files", "typed paths", "table", "base", "high-noise base", "output")  # then the options
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="merge-tab", concurrency_limit=1, show_progress="hidden")
 
@@ -94,6 +99,8 @@ class MergePanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.form = merge_form()
+        self.presets = PresetRow({mode: job_presets(ctx.workspace.presets, job) for mode, job in MODE_JOBS.items()},
+                                 "merge", self.preset_settings, self.preset_fill, len(PRESET_FIELDS) + len(OPTIONS))
 
     def _path(self, text: str | None) -> Path | None:
         return workspace_path(self.ctx.workspace.root, text).resolve() if text and str(text).strip() else None
@@ -217,6 +224,44 @@ class MergePanel:
         return (follow_job(job), f"Job {job.id}: {job.status}…{note}", "", "", job_bar(job), gr.Timer(active=True),
                 *slots)
 
+    def preset_settings(self, mode, files, typed, table, base, base_high, out, *values):
+        """The form as its merge's settings (MergeSettings or MergeLorasSettings), for a preset: the picks with their
+        strengths (and experts), the base, the output and the options."""
+        options = self.form.values(values)
+        problems = self.option_problems(mode, options)
+        if problems:
+            raise UserError(f"Fix the form first: {next(iter(problems.values()))}")
+        if not out or not str(out).strip():
+            raise UserError("The output path is empty; type where the merged file goes, then save the preset.")
+        if mode == "dit" and self._path(base) is None:
+            raise UserError("No base DiT is chosen; pick the base model, then save the preset.")
+        request = self.request(mode, table, base, base_high, out, options)
+        if not request.picks:
+            raise UserError("No LoRA file is picked; choose the LoRAs of the merge, then save the preset.")
+        return request.settings()
+
+    def preset_fill(self, mode, settings, *values) -> tuple:
+        """Updates for (files, typed paths, table, base, high-noise base, output, each option) that show `settings`;
+        a LoRA file that is gone is a UserError (nothing changes)."""
+        ws = self.ctx.workspace
+        request = MODE_REQUESTS[mode].from_settings(settings)
+        paths = [pick.path.expanduser().resolve() for pick in request.picks]
+        gone = next((path for path in paths if not path.is_file()), None)
+        if gone is not None:
+            raise UserError(f"The preset's LoRA file {gone} does not exist any more; put it back or save the preset "
+                            "again with other files.")
+        listed = [path for path in paths if path.parent == ws.loras.resolve() and path.suffix == ".safetensors"]
+        typed = "\n".join(display_path(ws.root, path) for path in paths if path not in listed)
+        pair = isinstance(request, DitMerge) and request.pair
+        previous = [[display_path(ws.root, path), "", "", "", "", pick.expert or NO_EXPERT, pick.multiplier]
+                    for path, pick in zip(paths, request.picks)]
+        table = table_rows(ws.root, paths, previous, pair)
+        bases = (str(request.base), str(request.base_high or "")) if isinstance(request, DitMerge) else \
+            (gr.skip(), gr.skip())
+        options = [getattr(request, name) if hasattr(request, name) else gr.skip() for name in OPTIONS]
+        files = gr.update(choices=lora_choices(self.ctx), value=[path.name for path in listed])
+        return (files, typed, table, *bases, str(request.out), *options)
+
     def tick(self, followed: FollowedJob):
         return tick(self.ctx, followed, JOB_KINDS, self.summary)
 
@@ -239,6 +284,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
                 "each other's weights; overlapping ones are refused unless you allow it. Merges run as jobs and "
                 "write their file atomically.")
     mode = gr.Radio(MODES, value="dit", label="Merge", elem_id="merge-mode")
+    panel.presets.build("dit")  # one line: each mode's own presets
     with gr.Row():
         files = gr.Dropdown(lora_choices(ctx), value=[], multiselect=True, scale=3, elem_id="merge-files",
                             label=f"LoRA files in {ctx.workspace.loras}")
@@ -302,6 +348,10 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     gr.on([out.blur, form.widgets["overwrite"].change, outside.change], panel.check_out, inputs=out_inputs,
           outputs=out_slot, **_GROUP)
     gr.on([refresh.click, tab.select], panel.refresh_files, inputs=files, outputs=[files, base], **_GROUP)
+    preset_fields = [files, typed, table, base, base_high, out]
+    mode.change(panel.presets.on_kind, inputs=mode, outputs=[panel.presets.picker, panel.presets.message], **_GROUP)
+    panel.presets.wire(mode, [*preset_fields, *form.inputs], [*preset_fields, *form.inputs], **_GROUP).then(
+        panel.check_out, inputs=out_inputs, outputs=out_slot, **_GROUP)
     run_button.click(panel.run, inputs=[mode, table, base, base_high, out, followed, outside, *form.inputs],
                      outputs=[followed, status, log, summary, progress, timer, *form.outputs, out_slot], **_GROUP)
     timer.tick(panel.tick, inputs=followed, outputs=[followed, status, log, summary, progress, timer], **_GROUP)

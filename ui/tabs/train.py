@@ -33,7 +33,8 @@ from ui import moe_panel
 from ui.context import AppContext
 from ui.train_form import FIELDS, GROUP_ORDER, OWN_WIDGETS, Form, error_key, widget_values
 from ui.train_network import NO_LORAID, build_builder, control_updates, loraid_choices, net_key
-from ui.train_panel import DELETE_ASKED, OPENED, OUTSIDE, TrainPanel, preset_choices
+from ui.preset_row import DELETE_ASKED, preset_choices
+from ui.train_panel import OPENED, OUTSIDE, TrainPanel
 from ui.train_run import (FOLLOW_SECONDS, LOSS_SERIES, RUN_OUTPUTS, SAMPLES_LABEL, RunSession, chart_label,
                           first_loss_frame, lr_frame)
 
