@@ -138,7 +138,7 @@ class PresetRow:
             self.load = gr.Button("Load", variant="primary", scale=0, min_width=80, elem_id=f"{p}-preset-load")
             self.name = gr.Textbox("", label="Save as (name)", max_lines=1, scale=2, min_width=160,
                                    elem_id=f"{p}-preset-name")
-            self.replace = gr.Checkbox(False, label="Replace an existing preset", scale=0, min_width=130,
+            self.replace = gr.Checkbox(False, label="Replace an existing preset", scale=0, min_width=200,
                                        elem_id=f"{p}-preset-replace")
             self.save = gr.Button("Save", scale=0, min_width=80, elem_id=f"{p}-preset-save")
             self.rename = gr.Button("Rename", scale=0, min_width=90, elem_id=f"{p}-preset-rename")
