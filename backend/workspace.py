@@ -13,7 +13,7 @@
   loras/                    LoRA files trained or imported
   outputs/                  generated videos / images / merged models
   jobs/<job_id>/            one folder per job (command, settings, log.txt, events.jsonl, status)
-  presets/                  user presets (JSON)
+  presets/                  user presets (JSON): Train's; merge/, merge-loras/ and ema/ hold the other jobs'
   loraid_registry.json      which LORAIDs are taken by which files
 """
 from __future__ import annotations

@@ -64,8 +64,8 @@ def parse_preset(text: str, settings_cls, source: str):
                         f"{', '.join(ENVELOPE_KEYS)}. Remove them and load it again.")
     kind = data.get("kind", settings_cls.preset_kind())
     if kind != settings_cls.preset_kind():
-        raise UserError(f"{source} is a `{kind}` preset, not a {settings_cls.preset_kind()} one; load it in the "
-                        "tab it belongs to.")
+        raise UserError(f"{source} is {_kind_words(kind)} preset, not {_kind_words(settings_cls.preset_kind())} "
+                        "one; load it in the tab it belongs to.")
     version = data.get("schema_version")
     if isinstance(version, int) and 1 <= version <= settings_cls.SCHEMA_VERSION:
         migrated = settings_cls.migrate(dict(data["settings"]), version)
@@ -76,6 +76,14 @@ def parse_preset(text: str, settings_cls, source: str):
             raise UserError(f"{source} has unknown setting(s) {', '.join(hints)}; rename or remove them, nothing "
                             "was loaded.")
     return settings_cls.from_preset(data, source)
+
+
+def _kind_words(kind) -> str:
+    """A preset's kind as the job type it belongs to, with its article: a `merge`, an `ema`, a `train`."""
+    from backend.config.job_settings import JOB_SETTINGS  # the registry imports every job's settings
+
+    job = next((job for job, cls in JOB_SETTINGS.items() if cls.preset_kind() == kind), kind)
+    return f"{'an' if str(job)[:1].lower() in 'aeiou' else 'a'} `{job}`"
 
 
 def _names(keys: list[str]) -> str:

@@ -311,8 +311,8 @@ def shown_merge(updates: tuple) -> dict:
 
 def test_a_merge_preset_saved_from_the_form_loads_back_into_every_field(ctx):
     """An A14B pair merge (files from loras/ and a typed path, per-file strengths and experts, both bases, the
-    output, every option) saved as a preset is a MergeSettings file the command line reads, and loading it into a
-    different form gives back every field, and so the same merge."""
+    output, every option) saved as a preset is a MergeSettings file the settings model reads back, and loading it
+    into a different form gives back every field, and so the same merge."""
     context, model = ctx
     ws = context.workspace
     panel = MergePanel(context)
@@ -330,7 +330,7 @@ def test_a_merge_preset_saved_from_the_form_loads_back_into_every_field(ctx):
     path = ws.presets / "merge" / "pair recipe.json"
     assert message == f"Saved user preset `pair recipe` ({path})."
     assert picker["value"] == "user:pair recipe" and ("pair recipe (user)", "user:pair recipe") in picker["choices"]
-    saved = MergeSettings.load_file(path)  # what `python -m backend merge --config` reads
+    saved = MergeSettings.load_file(path)  # the settings model's own strict preset reader
     resolved = {name: str((ws.loras / name).resolve()) for name in ("hi.safetensors", "any.safetensors")}
     typed_file = str((ws.root / "extra" / "low.safetensors").resolve())
     assert (saved.dit, saved.dit_high_noise) == (str(Path(low).resolve()), str(Path(high).resolve()))
@@ -405,8 +405,7 @@ def test_a_preset_of_another_kind_or_a_broken_one_is_one_sentence_and_the_form_k
     form = merge_values(["a.safetensors"], "typed.safetensors", [["loras/a.safetensors"]], "base", "", "out",
                         dtype="fp16")
     expected = {
-        "train one": "preset `train one` is a `TrainSettings` preset, not a MergeSettings one; load it in the tab it "
-                     "belongs to.",
+        "train one": "preset `train one` is a `train` preset, not a `merge` one; load it in the tab it belongs to.",
         "broken": "preset `broken` is not valid JSON (Expecting property name enclosed in double quotes at line 1, "
                   "column 40); fix the file or export the preset again.",
         "gone": f"The preset's LoRA file {(ws.loras / 'gone.safetensors').resolve()} does not exist any more; put it "
@@ -420,8 +419,7 @@ def test_a_preset_of_another_kind_or_a_broken_one_is_one_sentence_and_the_form_k
     (ws.presets / "ema").mkdir()
     shutil.copy(folder / "gone.json", ws.presets / "ema" / "merge one.json")
     *updates, message = ema.presets.on_load("ema", "user:merge one", None, "out", *ema_options(rule="uniform"))
-    assert message == "preset `merge one` is a `MergeSettings` preset, not a EmaSettings one; load it in the tab it " \
-                      "belongs to."
+    assert message == "preset `merge one` is a `merge` preset, not an `ema` one; load it in the tab it belongs to."
     assert updates == [gr.skip()] * (3 + len(EMA_OPTIONS))
     assert merge.presets.on_save("dit", "no picks", False, *merge_values(base="b", out="o.safetensors"))[1] == \
         "No LoRA file is picked; choose the LoRAs of the merge, then save the preset."

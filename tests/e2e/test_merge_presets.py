@@ -1,6 +1,6 @@
 """The Merge tab's preset row in a real browser: a merge's picks, strength and output dtype saved as a preset come
 back into the form when the preset is loaded after the fields were changed; the preset is a MergeSettings file in
-the workspace's presets/merge/ that the command line reads."""
+the workspace's presets/merge/ that the settings model reads back."""
 from __future__ import annotations
 
 from pathlib import Path
