@@ -171,3 +171,27 @@ def test_a_field_added_to_a_model_reaches_the_command_line_the_form_and_the_argv
     assert "--seed=5" in settings.flag_arguments()
     assert _MergeLorasWithSeed(**vars(parser.parse_args(settings.flag_arguments()))) == settings
     assert shown(_MergeLorasWithSeed, "seed") == {"label": "SVD seed", "info": "a field added to the model"}
+
+
+def test_a_merges_settings_give_back_the_merge_they_came_from(tmp_path):
+    """A preset holds the job's settings; loading it turns them back into the merge (picks in their order, each with
+    its strength and expert, a file on both experts one pick, the pair's output name), so it runs the same job."""
+    files = [tmp_path / f"{name}.safetensors" for name in ("a", "b", "c", "d")]
+    low, high = tmp_path / "w-low_noise.safetensors", tmp_path / "w-high_noise.safetensors"
+    pair = DitMerge([Pick(files[0], 1.0, "high"), Pick(files[1], 0.5, "both"), Pick(files[2], 1.5, "low"),
+                     Pick(files[3], 0.25, "high")], low, tmp_path / "m.safetensors", high, dtype="fp16",
+                    overwrite=True)
+    assert DitMerge.from_settings(pair.settings()) == pair
+    assert DitMerge.from_settings(pair.settings()).arguments() == pair.arguments()
+    single = DitMerge([Pick(files[0], 0.75), Pick(files[1], 1.0)], tmp_path / "dit.safetensors",
+                      tmp_path / "s.safetensors", allow_overlap=True)
+    assert DitMerge.from_settings(single.settings()) == single
+    loras = LoraMerge([Pick(files[2], 1.0), Pick(files[3], 0.7)], tmp_path / "cd.safetensors", rank=8,
+                      precision="bf16")
+    assert LoraMerge.from_settings(loras.settings()) == loras
+    one_for_all = MergeSettings(dit=str(low), lora=[str(files[0]), str(files[1])], multiplier=[0.5],
+                                out=str(tmp_path / "o.safetensors"))
+    assert [pick.multiplier for pick in DitMerge.from_settings(one_for_all).picks] == [0.5, 0.5]
+    with pytest.raises(UserError, match=r"^3 strengths are given for 2 LoRA files; give one value for all or one "
+                                        r"per file\.$"):
+        DitMerge.from_settings(one_for_all.model_copy(update={"multiplier": [1.0, 2.0, 3.0]}))

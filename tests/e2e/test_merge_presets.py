@@ -1,6 +1,7 @@
-"""The Merge tab's preset row in a real browser: a merge's picks, strength and output dtype saved as a preset come
-back into the form when the preset is loaded after the fields were changed; the preset is a MergeSettings file in
-the workspace's presets/merge/ that the settings model reads back."""
+"""The Merge and EMA tabs' preset rows in a real browser: a merge's picks, strength and output dtype saved as a
+preset come back into the form when the preset is loaded after the fields were changed (the preset is a MergeSettings
+file in the workspace's presets/merge/ that the settings model reads back); an EMA preset's σ_rel comes back with the
+checkpoint weights it gives, and the EMA tab does not offer the merge preset."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from playwright.sync_api import Page, expect
 from backend.compose.settings import MergeSettings
 from backend.models.loading import load_transformer
 from tests.demo_files import save_demo_lora
-from tests.e2e.test_merge_ema_tabs import edit_cell, pick_files
+from tests.e2e.test_merge_ema_tabs import edit_cell, pick_files, power_weights_closed_form
 
 
 def dtype(page: Page, value: str):
@@ -23,6 +24,9 @@ def test_a_saved_merge_preset_puts_the_changed_fields_back(demo_workspace_copy: 
     model = load_transformer(ws / "models" / "demo-t2v")
     save_demo_lora(model, loras / "alice.safetensors", loraid=1, blocks_per_loraid=2, seed=1)
     save_demo_lora(model, loras / "bob.safetensors", loraid=3, blocks_per_loraid=2, seed=2)
+    for step in (10, 20, 40):
+        save_demo_lora(model, loras / f"run-step{step:06d}.safetensors", loraid=4, blocks_per_loraid=2, seed=step,
+                       step=step)
     page = open_page(start_app(ws))
     page.get_by_role("tab", name="Merge", exact=True).click()
 
@@ -54,3 +58,27 @@ def test_a_saved_merge_preset_puts_the_changed_fields_back(demo_workspace_copy: 
     expect(dtype(page, "bf16")).to_be_checked()
     expect(out).to_have_value(str(Path(saved_out).resolve()))
     expect(page.locator("#merge-table")).to_contain_text("loras/alice.safetensors")
+
+    page.get_by_role("tab", name="EMA", exact=True).click()
+    page.locator("#ema-run input").click()
+    page.get_by_role("option", name="run: 3 files in loras/").click()
+    sigma, last_weight = page.locator("#ema-sigma-rel input"), page.locator('#ema-checkpoints [data-testid="cell-2-3"]')
+    sigma.fill("0.1")
+    sigma.press("Enter")
+    narrow = f"{power_weights_closed_form([10, 20, 40], 0.1)[-1]:.6f}".rstrip("0")
+    expect(last_weight).to_have_text(narrow)
+    page.locator("#ema-preset-name input").fill("narrow")
+    page.locator("#ema-preset-save").click()
+    expect(page.locator("#ema-preset-message")).to_contain_text("Saved user preset narrow")
+    sigma.fill("0.25")
+    sigma.press("Enter")
+    expect(last_weight).not_to_have_text(narrow)
+
+    page.locator("#ema-preset input").click()
+    expect(page.get_by_role("option", name="narrow (user)", exact=True)).to_be_visible()
+    expect(page.get_by_role("option", name="soft bob (user)", exact=True)).to_have_count(0)  # a merge preset
+    page.get_by_role("option", name="narrow (user)", exact=True).click()
+    page.locator("#ema-preset-load").click()
+    expect(page.locator("#ema-preset-message")).to_have_text("Loaded preset narrow.")
+    expect(sigma).to_have_value("0.1")
+    expect(last_weight).to_have_text(narrow)
