@@ -1,6 +1,7 @@
 """Presets in a tab, for any job type's settings model: the handlers every tab shares (`PresetActions`, over one
 `PresetStore`; the Train tab wires them by name) and the compact one-line row of the Merge and EMA tabs
-(`PresetRow`: pick, Load, Save as NAME, Rename, Delete, with its message under it).
+(`PresetRow`: pick, Load, Save as NAME, Rename, Delete, with its message under it; Save on a name that exists and
+Delete each ask first, and a second press does it).
 
 A preset is read strictly (backend/config/presets.py): another job type's preset, a malformed file or settings the
 form cannot show are one sentence in the preset message, and the form keeps every value it had.
@@ -138,12 +139,11 @@ class PresetRow:
             self.load = gr.Button("Load", variant="primary", scale=0, min_width=80, elem_id=f"{p}-preset-load")
             self.name = gr.Textbox("", label="Save as (name)", max_lines=1, scale=2, min_width=160,
                                    elem_id=f"{p}-preset-name")
-            self.replace = gr.Checkbox(False, label="Replace an existing preset", scale=0, min_width=200,
-                                       elem_id=f"{p}-preset-replace")
             self.save = gr.Button("Save", scale=0, min_width=80, elem_id=f"{p}-preset-save")
             self.rename = gr.Button("Rename", scale=0, min_width=90, elem_id=f"{p}-preset-rename")
             self.delete = gr.Button("Delete", variant="stop", scale=0, min_width=80, elem_id=f"{p}-preset-delete")
-        self.asked = gr.State(None)
+        self.asked = gr.State(None)  # the preset a first Delete press asked about
+        self.replace_asked = gr.State(None)  # the name a first Save press on an existing preset asked about
         self.message = gr.Markdown("", elem_id=f"{p}-preset-message")
 
     def wire(self, kind, form_inputs: list, fill_outputs: list, **options):
@@ -152,8 +152,8 @@ class PresetRow:
         if len(fill_outputs) != self.fill_count:
             raise ValueError(f"the preset row fills {self.fill_count} fields, not {len(fill_outputs)}")
         self.picker.focus(self.on_focus, inputs=kind, outputs=self.picker, **options)
-        self.save.click(self.on_save, inputs=[kind, self.name, self.replace, *form_inputs],
-                        outputs=[self.picker, self.message], **options)
+        self.save.click(self.on_save, inputs=[kind, self.name, self.replace_asked, *form_inputs],
+                        outputs=[self.picker, self.replace_asked, self.message], **options)
         self.rename.click(self.on_rename, inputs=[kind, self.picker, self.name], outputs=[self.picker, self.message],
                           **options)
         self.delete.click(self.on_delete, inputs=[kind, self.picker, self.asked],
@@ -179,10 +179,17 @@ class PresetRow:
             return (*[gr.skip()] * self.fill_count, report_error(exc))
         return (*updates, actions.loaded(key))
 
-    def on_save(self, kind, name, replace, *values):
-        shown = self.actions[kind].save({"preset:name": name, "preset:replace": replace},
-                                        lambda: self.read(kind, *values))
-        return shown.get("preset", gr.skip()), shown["preset:message"]
+    def on_save(self, kind, name, asked, *values):
+        """(list, asked name, message): saving over a user preset asks first; a second press replaces it."""
+        actions = self.actions[kind]
+        try:
+            exists = actions.store.user_exists(name or "")
+        except UserError as exc:
+            return gr.skip(), None, report_error(exc)
+        if exists and asked != name:
+            return gr.skip(), name, f"A user preset named `{name.strip()}` exists; press **Save** again to replace it."
+        shown = actions.save({"preset:name": name, "preset:replace": exists}, lambda: self.read(kind, *values))
+        return shown.get("preset", gr.skip()), None, shown["preset:message"]
 
     def on_rename(self, kind, key, name):
         shown = self.actions[kind].rename({"preset": key, "preset:name": name})

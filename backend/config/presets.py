@@ -128,6 +128,10 @@ class PresetStore:
     def _user_path(self, name: str) -> Path:
         return self.user_dir / f"{check_name(name)}.json"
 
+    def user_exists(self, name: str) -> bool:
+        """Whether a user preset of this name exists (a name that is not usable is a UserError)."""
+        return self._user_path(name).exists()
+
     # --- reading -----------------------------------------------------------------------------------------------
     def load(self, key: str):
         ref = self.ref(key)

@@ -326,9 +326,9 @@ def test_a_merge_preset_saved_from_the_form_loads_back_into_every_field(ctx):
     out = str(ws.outputs / "merged" / "recipe.safetensors")
     form = merge_values(["hi.safetensors", "any.safetensors"], "extra/low.safetensors", rows, low, high, out,
                         allow_overlap=True, dtype="bf16", overwrite=True)
-    picker, message = panel.presets.on_save("dit", "pair recipe", False, *form)
+    picker, asked, message = panel.presets.on_save("dit", "pair recipe", None, *form)
     path = ws.presets / "merge" / "pair recipe.json"
-    assert message == f"Saved user preset `pair recipe` ({path})."
+    assert message == f"Saved user preset `pair recipe` ({path})." and asked is None
     assert picker["value"] == "user:pair recipe" and ("pair recipe (user)", "user:pair recipe") in picker["choices"]
     saved = MergeSettings.load_file(path)  # the settings model's own strict preset reader
     resolved = {name: str((ws.loras / name).resolve()) for name in ("hi.safetensors", "any.safetensors")}
@@ -366,13 +366,17 @@ def test_a_merge_loras_preset_round_trips_and_each_mode_lists_only_its_own(ctx):
     rows[0][6] = 0.5
     out = str(ws.loras / "gus+hal.safetensors")
     form = merge_values(["gus.safetensors", "hal.safetensors"], "", rows, "", "", out, rank=3, precision="bf16")
-    assert panel.presets.on_save("loras", "svd 3", False, *form)[1].startswith("Saved user preset `svd 3`")
+    assert panel.presets.on_save("loras", "svd 3", None, *form)[2].startswith("Saved user preset `svd 3`")
     assert MergeLorasSettings.load_file(ws.presets / "merge-loras" / "svd 3.json") == MergeLorasSettings(
         lora=[str((ws.loras / name).resolve()) for name in ("gus.safetensors", "hal.safetensors")],
         multiplier=[0.5, 1.0], out=str(Path(out).resolve()), rank=3, precision="bf16")
-    again = panel.presets.on_save("loras", "svd 3", False, *form)[1]
-    assert again == "A user preset named `svd 3` already exists; choose another name or tick 'Replace an existing " \
-                    "preset'."
+    changed = merge_values(["gus.safetensors", "hal.safetensors"], "", rows, "", "", out, rank=5, precision="bf16")
+    picker, asked, message = panel.presets.on_save("loras", "svd 3", None, *changed)
+    assert (picker, asked, message) == (gr.skip(), "svd 3", "A user preset named `svd 3` exists; press **Save** "
+                                                            "again to replace it.")
+    assert MergeLorasSettings.load_file(ws.presets / "merge-loras" / "svd 3.json").rank == 3  # asked, not replaced
+    _, asked, message = panel.presets.on_save("loras", "svd 3", asked, *form)  # the second press replaces it
+    assert asked is None and message.startswith("Saved user preset `svd 3`")
 
     *updates, message = panel.presets.on_load("loras", "user:svd 3", *merge_values())
     shown = shown_merge(tuple(updates))
@@ -421,7 +425,7 @@ def test_a_preset_of_another_kind_or_a_broken_one_is_one_sentence_and_the_form_k
     *updates, message = ema.presets.on_load("ema", "user:merge one", None, "out", *ema_options(rule="uniform"))
     assert message == "preset `merge one` is a `merge` preset, not an `ema` one; load it in the tab it belongs to."
     assert updates == [gr.skip()] * (3 + len(EMA_OPTIONS))
-    assert merge.presets.on_save("dit", "no picks", False, *merge_values(base="b", out="o.safetensors"))[1] == \
+    assert merge.presets.on_save("dit", "no picks", None, *merge_values(base="b", out="o.safetensors"))[2] == \
         "No LoRA file is picked; choose the LoRAs of the merge, then save the preset."
     assert not (folder / "no picks.json").exists()
 
@@ -434,7 +438,7 @@ def test_an_ema_preset_loads_back_into_every_field_and_one_of_options_alone_keep
         save_demo_lora(model, ws.loras / f"run-step{step:06d}.safetensors", 4, 2, seed, step=step)
     inputs, _, out, _ = panel.find("loras/run", "", "", "")
     chosen = ema_options(rule="beta", beta=0.9, beta2=0.99, space="delta", precision="bf16", overwrite=True)
-    assert panel.presets.on_save("ema", "slow beta", False, inputs, out, *chosen)[1].startswith(
+    assert panel.presets.on_save("ema", "slow beta", None, inputs, out, *chosen)[2].startswith(
         "Saved user preset `slow beta`")
     saved = EmaSettings.load_file(ws.presets / "ema" / "slow beta.json")
     assert saved == EmaSettings(inputs=[str(path) for path in inputs.paths], out=str(Path(out).resolve()), rule="beta",
@@ -449,12 +453,12 @@ def test_an_ema_preset_loads_back_into_every_field_and_one_of_options_alone_keep
                                              "space": "delta", "precision": "bf16", "overwrite": True}
 
     typed_only = panel.find(None, "loras/run-step000010.safetensors\nloras/run-step000040.safetensors", "", "")[0]
-    panel.presets.on_save("ema", "two", False, typed_only, "", *ema_options())
+    panel.presets.on_save("ema", "two", None, typed_only, "", *ema_options())
     run, typed, shown_out, *_ = panel.presets.on_load("ema", "user:two", inputs, out, *ema_options())[:-1]
     assert (run["value"], typed, shown_out) == (
         None, "loras/run-step000010.safetensors\nloras/run-step000040.safetensors", gr.skip())
 
-    panel.presets.on_save("ema", "power 0.1", False, None, "", *ema_options(sigma_rel=0.1))
+    panel.presets.on_save("ema", "power 0.1", None, None, "", *ema_options(sigma_rel=0.1))
     run, typed, shown_out, *shown = panel.presets.on_load("ema", "user:power 0.1", inputs, out, *chosen)[:-1]
     assert (run, typed, shown_out) == (gr.skip(), gr.skip(), gr.skip())  # no checkpoints in it: the picks stay
     assert dict(zip(EMA_OPTIONS, shown))["sigma_rel"] == 0.1 and dict(zip(EMA_OPTIONS, shown))["rule"] == "power"
