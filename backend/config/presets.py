@@ -55,7 +55,7 @@ def parse_preset(text: str, settings_cls, source: str):
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{source} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix the "
-                        "file or export the preset again.") from None
+                        "file, or save the preset again.") from None
     if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
         raise UserError(f"{source} is not a LORAID Studio preset (no `settings` object); choose a preset JSON file.")
     extra = [key for key in data if key not in ENVELOPE_KEYS]

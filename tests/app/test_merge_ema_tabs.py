@@ -411,7 +411,7 @@ def test_a_preset_of_another_kind_or_a_broken_one_is_one_sentence_and_the_form_k
     expected = {
         "train one": "preset `train one` is a `train` preset, not a `merge` one; load it in the tab it belongs to.",
         "broken": "preset `broken` is not valid JSON (Expecting property name enclosed in double quotes at line 1, "
-                  "column 40); fix the file or export the preset again.",
+                  "column 40); fix the file, or save the preset again.",
         "gone": f"The preset's LoRA file {(ws.loras / 'gone.safetensors').resolve()} does not exist any more; put it "
                 f"back or save the preset again with other files.",
     }
