@@ -3,9 +3,11 @@ into both DiT files of an A14B pair, stage 2 (experts + router + timestep gate),
 a view of the job followed (progress, loss terms and their chart, the router's held-out agreement).
 
 Each stage hands its output to the next one's field (the stage-1 LoRA to the merge, the merged folder to stage 2).
+Stage 2's LoRA-MoE settings are MoeTrainSettings' fields, made by ui/settings_form.py (label, help, starting value, a
+problem slot under each, checked as they change and before the job starts).
 Stable elem_ids: moe-s1-* / moe-merge-* / moe-s2-* for the fields (e.g. moe-s1-blocks, moe-merge-lora,
-moe-s2-merged, moe-s2-expert_names), moe-s1-start, moe-merge-start, moe-s2-start, moe-status, moe-progress
-(data-step / data-total / data-status), moe-loss-chart.
+moe-s2-merged, moe-s2-expert-names with moe-s2-expert-names-error under it), moe-s1-start, moe-merge-start,
+moe-s2-start, moe-status, moe-progress (data-step / data-total / data-status), moe-loss-chart.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from backend.moe.stage1 import parse_blocks, stage1_network_args
 from backend.train.command import train_argv, write_run_config
 from backend.train.settings import TrainSettings
 from ui.context import AppContext
+from ui.settings_form import SettingsForm, slot_update
 from ui.widgets import report_error
 
 STAGE1_KIND = "train"
@@ -31,6 +34,13 @@ A14B_KINDS = ["demo-a14b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b", "demo-t2v", "wa
 POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="moe-panel", concurrency_limit=1, show_progress="hidden", api_visibility="private")
 STAGE2_FIELDS = [name for name, info in MoeTrainSettings.field_info().items() if info["group"] == MOE]
+STAGE2_START = {"expert_names": ["red", "blue"], "hint_tags": ["loraidA", "loraidB"], "router_holdout": 0.3}
+NOT_STARTED = "⚠ Not started: fix the stage-2 setting marked ⚠."
+
+
+def stage2_form() -> SettingsForm:
+    """Stage 2's LoRA-MoE settings as a form of MoeTrainSettings' fields (the demo's two experts to start)."""
+    return SettingsForm(MoeTrainSettings, STAGE2_FIELDS, "moe-s2", start=STAGE2_START)
 
 
 @dataclass
@@ -82,13 +92,18 @@ class MoePanel:
             values["dit_high_noise"], values["dit"] = str(merged[0]), str(merged[1])
         elif len(merged) == 1:
             values["dit"] = str(merged[0])
-        optional = {name for name, info in MoeTrainSettings.field_info().items() if info["default"] is None}
-        for name in STAGE2_FIELDS:
-            value = v[f"s2:{name}"]
-            if name in optional and not value:  # a number box shows "empty" as 0: the setting's own default
-                value = None
-            values[name] = _listing(value) if name in ("expert_names", "hint_tags") else value
+        values.update(self.stage2_values(v))
         return MoeTrainSettings.from_mapping(values, "LoRA-MoE stage 2")
+
+    @staticmethod
+    def stage2_values(v: dict) -> dict:
+        """Stage 2's LoRA-MoE settings as the form reads them back (a blank number is "not set")."""
+        return stage2_form().values([v[f"s2:{name}"] for name in STAGE2_FIELDS])
+
+    def stage2_problems(self, v: dict) -> dict[str, str]:
+        """{field: sentence} for stage 2's LoRA-MoE settings, worded with their labels, shown beside each."""
+        form = stage2_form()
+        return form.problems(MoeTrainSettings, self.stage2_values(v))
 
     def start(self, which: str, v: dict) -> Followed:
         if which == "stage1":
@@ -147,7 +162,6 @@ class MoePanel:
 def build(ctx: AppContext) -> None:
     """The LoRA-MoE accordion; call inside the Train tab's layout."""
     panel = MoePanel(ctx)
-    defaults = MoeTrainSettings(expert_names=["red", "blue"], hint_tags=["loraidA", "loraidB"], router_holdout=0.3)
     c: dict = {}
     with gr.Accordion("LoRA-MoE (two stages)", open=False, elem_id="moe-panel"):
         gr.Markdown("**Stage 1** trains an ordinary LoRA on chosen blocks with per-projection ranks; **Merge** folds "
@@ -205,20 +219,9 @@ def build(ctx: AppContext) -> None:
                 c["s2:steps"] = gr.Number(40, precision=0, label="Steps", elem_id="moe-s2-steps")
                 c["s2:lr"] = gr.Number(1e-3, label="Learning rate", elem_id="moe-s2-lr")
                 c["s2:name"] = gr.Textbox("moe", label="Output name", elem_id="moe-s2-name")
-            with gr.Row():
-                for name in STAGE2_FIELDS:
-                    info = MoeTrainSettings.field_info()[name]
-                    value = getattr(defaults, name)
-                    label, elem = info["label"], f"moe-s2-{name}"
-                    if isinstance(value, list):
-                        c[f"s2:{name}"] = gr.Textbox(", ".join(value), label=label, info=info["help"], elem_id=elem)
-                    elif info["choices"]:
-                        c[f"s2:{name}"] = gr.Dropdown(info["choices"], value=value, label=label, info=info["help"],
-                                                      elem_id=elem)
-                    else:
-                        help_text = info["help"] + (" 0: as empty." if info["default"] is None else "")
-                        c[f"s2:{name}"] = gr.Number(value, label=label, info=help_text, elem_id=elem,
-                                                    precision=0 if isinstance(value, int) else None)
+            stage2 = stage2_form()
+            stage2.build(per_row=6)
+            c.update({f"s2:{name}": stage2.widgets[name] for name in STAGE2_FIELDS})
             c["s2:start"] = gr.Button("Start stage 2", variant="primary", elem_id="moe-s2-start")
         c["status"] = gr.Markdown("", elem_id="moe-status")
         c["progress"] = gr.HTML("", elem_id="moe-progress")
@@ -227,27 +230,42 @@ def build(ctx: AppContext) -> None:
                                  x_axis_format="d", elem_id="moe-loss-chart")
         followed = gr.State(Followed())
         timer = gr.Timer(POLL_SECONDS, active=False)
-    _wire(panel, c, followed, timer)
+    _wire(panel, c, followed, timer, stage2.slots)
 
 
-def _wire(panel: MoePanel, c: dict, followed, timer) -> None:
+def _wire(panel: MoePanel, c: dict, followed, timer, slots: dict) -> None:
     buttons = ("s1:start", "merge:start", "s2:start")
     fields = [name for name in c if name.split(":")[0] in ("s1", "merge", "s2") and name not in buttons]
     handoff_names = ["merge:lora", "s2:merged"]
 
+    def slot_updates(problems: dict[str, str]) -> dict:
+        return {slots[name]: slot_update(problems.get(name)) for name in STAGE2_FIELDS}
+
     def starter(which: str):
         def start(data: dict):
             values = {name: data[c[name]] for name in fields}
+            problems = panel.stage2_problems(values) if which == "stage2" else {}
+            if problems:  # each beside its field; nothing starts
+                return {c["status"]: NOT_STARTED, followed: gr.skip(), timer: gr.skip(), **slot_updates(problems)}
             try:
                 now = panel.start(which, values)
             except UserError as exc:
-                return {c["status"]: f"⚠ {report_error(exc)}", followed: gr.skip(), timer: gr.skip()}
-            return {c["status"]: f"Job {now.job_id} ({which}) queued…", followed: now, timer: gr.Timer(active=True)}
+                return {c["status"]: f"⚠ {report_error(exc)}", followed: gr.skip(), timer: gr.skip(),
+                        **slot_updates({})}
+            return {c["status"]: f"Job {now.job_id} ({which}) queued…", followed: now, timer: gr.Timer(active=True),
+                    **slot_updates({})}
         return start
 
     for which, button in (("stage1", "s1:start"), ("merge", "merge:start"), ("stage2", "s2:start")):
         c[button].click(starter(which), inputs={c[name] for name in fields},
-                        outputs={c["status"], followed, timer}, **_GROUP)
+                        outputs={c["status"], followed, timer, *slots.values()}, **_GROUP)
+
+    def check(data: dict):
+        """Stage 2's settings checked as they change, each problem beside its field."""
+        return slot_updates(panel.stage2_problems({name: data[c[name]] for name in fields}))
+
+    for name in STAGE2_FIELDS:
+        c[f"s2:{name}"].change(check, inputs={c[name] for name in fields}, outputs=set(slots.values()), **_GROUP)
 
     def tick(state: Followed):
         if state is None or state.job_id is None:

@@ -20,7 +20,7 @@ def _stage2(merged: str) -> dict:
     for name in STAGE2_FIELDS:
         value = getattr(defaults, name)
         values[f"s2:{name}"] = ", ".join(value) if isinstance(value, list) else value
-    values["s2:router_lr"] = 0  # an emptied number box sends 0: the setting's default (None) applies
+    values["s2:router_lr"] = None  # an emptied number box: the setting's default (None) applies
     return values
 
 
@@ -47,3 +47,24 @@ def test_stage2_fields_take_the_merged_pair_high_then_low(tmp_path):
     assert dora.network_args == ["rank_q=8", "use_dora=True"] and dora.spec().use_dora
     with pytest.raises(UserError, match="does not exist; run the merge step"):
         MoePanel(None).stage2_settings(_stage2(str(tmp_path / "missing.safetensors")))
+
+
+def test_stage2_settings_are_the_models_fields_and_a_wrong_one_is_said_beside_it():
+    import gradio as gr
+
+    from ui.moe_panel import STAGE2_START, stage2_form
+
+    with gr.Blocks():
+        form = stage2_form()
+        form.build()
+    for name in STAGE2_FIELDS:  # each widget from its field: label, hint, starting value, a slot under it
+        info = MoeTrainSettings.field_info()[name]
+        widget = form.widgets[name]
+        assert (widget.label, widget.info) == (info["label"], info["help"]), name
+        start = STAGE2_START.get(name, info["default"])
+        assert widget.value == (", ".join(start) if isinstance(start, list) else start), name
+        assert form.slots[name].elem_id == f"moe-s2-{name.replace('_', '-')}-error"
+    problems = MoePanel(None).stage2_problems({**_stage2(""), "s2:router_lr": -1.0, "s2:top_k": 2.5})
+    assert problems == {"top_k": "Top-k is 2.5, not a whole number; enter a whole number such as 2.",
+                        "router_lr": "Router learning rate is -1.0; it must be above 0."}  # not rounded to 2
+    assert MoePanel(None).stage2_problems(_stage2("")) == {}  # fixed: every slot clears
