@@ -15,7 +15,8 @@ from backend.errors import UserError
 from backend.generate.lora_catalog import picker_value, resolve_lora
 from backend.generate.memory import MemoryOptions, memory_problems
 from backend.generate.model_options import AUTO_KIND, read_model
-from backend.generate.options import Companions, LoraOptions, MoeOptions, RunOptions, lora_problems, moe_problems
+from backend.generate.options import (Companions, LoraOptions, MoeOptions, RunOptions, lora_problems,
+                                      moe_file_problems, moe_problems)
 from backend.generate.request import GenerateRequest, LoraPick
 from backend.generate.settings import DEMO_START, GenerateSettings, settings_problems
 from backend.loraid.registry import LoraidRegistry
@@ -28,7 +29,7 @@ LORA_MODES = [("Merged into the weights (fast steps)", "merged"), ("Hooked adapt
 FORM_PARTS: dict[type[Settings], list[str]] = {
     GenerateSettings: list(GenerateSettings.model_fields), Companions: list(Companions.model_fields),
     MemoryOptions: list(MemoryOptions.model_fields), LoraOptions: ["loraid", "allow_overlap"],
-    MoeOptions: ["router_ema"], RunOptions: ["save_latents", "save_frames"]}
+    MoeOptions: list(MoeOptions.model_fields), RunOptions: ["save_latents", "save_frames"]}
 # The form's own widgets: how it shows what the command line gives as --model / --dit (one model box), --hooked (a
 # choice of two), --lora / --multiplier (a file list and a slider per file), and the seed left to the job.
 OWN_FIELDS = [("model", str, "demo-t2v"), ("model_kind", str, AUTO_KIND), ("random_seed", bool, False),
@@ -36,7 +37,7 @@ OWN_FIELDS = [("model", str, "demo-t2v"), ("model_kind", str, AUTO_KIND), ("rand
 # A number box sends 0 (or nothing) when it is emptied: for these optional settings that means "not set" (a router
 # smoothing of 0 is a value: no smoothing).
 UNSET = {"guidance_scale_2": (None, "", 0), "memory_limit_gb": (None, "", 0), "image": (None, ""),
-         "router_ema": (None, "")}
+         "router_ema": (None, ""), "moe": (None, ""), "hint": (None, "")}
 START_VALUES = {**DEMO_START.model_dump(), "guidance_scale_2": 0}  # the demo size; 0: the same guidance
 
 
@@ -101,6 +102,8 @@ class _FormMethods:
                     values[name] = _whole(value, part.named(name))
                 elif kind is float:
                     values[name] = _number(value, part.named(name))
+                elif typing.get_origin(kind) is list and typing.get_args(kind) == (str,):
+                    values[name] = _texts(value)
                 elif typing.get_origin(kind) is list:
                     values[name] = _whole_numbers(value, part.named(name))
                 else:
@@ -124,12 +127,15 @@ class _FormMethods:
             raise UserError(next(iter(problems.values())))
         return MemoryOptions(**values)
 
-    def moe_options(self) -> MoeOptions:
-        """The LoRA-MoE options the form shows (the picker's file, expert and strengths are its own widgets)."""
+    def moe_options(self, ws: Workspace | None = None) -> MoeOptions:
+        """The LoRA-MoE picker's options (a typed file is relative to the workspace); raises the first value that
+        is no number."""
         problems: dict[str, str] = {}
         values = self._part(MoeOptions, problems)
         if problems:
             raise UserError(next(iter(problems.values())))
+        if values.get("moe") and ws is not None:
+            values["moe"] = _folder_text(ws, values["moe"])
         return MoeOptions(**values)
 
     def problems(self, ws: Workspace | None = None) -> dict[str, str]:
@@ -155,9 +161,12 @@ class _FormMethods:
             problems.update(lora_problems(LoraOptions(loraid=loras["loraid"])))
         if "loraid" not in problems and ws is not None:
             problems.update(_unregistered(ws, loras["loraid"]))
-        moe = self._part(MoeOptions, problems)
-        if "router_ema" not in problems:
-            problems.update(moe_problems(MoeOptions(**moe)))
+        moe = {name: value for name, value in self._part(MoeOptions, problems).items() if name not in problems}
+        if moe.get("moe") and ws is not None:
+            moe["moe"] = _folder_text(ws, moe["moe"])
+        options = MoeOptions(**moe)  # the picked file's checks read its header only
+        for name, message in [*moe_problems(options).items(), *moe_file_problems(options).items()]:
+            problems.setdefault(name, message)
         order = self.names()
         return dict(sorted(problems.items(), key=lambda item: order.index(item[0])))
 
@@ -183,7 +192,7 @@ class _FormMethods:
         return GenerateRequest(
             read_model(ws, self.model, self.model_kind), self.settings(), random_seed=bool(self.random_seed),
             loras=self.lora_picks(ws), lora_options=lora_options, memory=self.memory_options(), companions=companions,
-            outputs=RunOptions(**self._part(RunOptions, {})))
+            outputs=RunOptions(**self._part(RunOptions, {})), moe=self.moe_options(ws))
 
     # --- from a past result -----------------------------------------------------------------------------------
     @classmethod
@@ -191,11 +200,14 @@ class _FormMethods:
         files = tuple(picker_value(ws.root, ws.loras, pick.path) for pick in request.loras)[:MAX_LORAS]
         multipliers = tuple(pick.multiplier for pick in request.loras)[:MAX_LORAS]
         parts = {GenerateSettings: request.settings, Companions: request.companions, MemoryOptions: request.memory,
-                 LoraOptions: request.lora_options, MoeOptions: MoeOptions(), RunOptions: request.outputs}
+                 LoraOptions: request.lora_options, MoeOptions: request.moe, RunOptions: request.outputs}
         values = {name: getattr(parts[part], name) for part, names in cls.PARTS.items() for name in names}
         values.update(loraid=", ".join(map(str, request.lora_options.loraid)))  # a result names its LoRAs' files
         values.update({name: "" for name, value in request.companions.model_dump().items() if value is None})
         values.update(guidance_scale_2=request.settings.guidance_scale_2 or 0)
+        moe_file = Path(request.moe.moe) if request.moe.moe else None  # a result names its file: in loras/
+        values.update(moe="" if moe_file is None else str(moe_file if moe_file.is_absolute() else ws.loras / moe_file),
+                      hint=request.moe.hint or "", expert_strength=", ".join(request.moe.expert_strength))
         return cls(**values, model=request.model.value(ws), model_kind=request.model.model_kind or AUTO_KIND,
                    random_seed=False, lora_mode="hooked" if request.hooked else "merged", lora_files=files,
                    slot_files=files, multipliers=multipliers + (1.0,) * (MAX_LORAS - len(multipliers)))
@@ -249,6 +261,12 @@ def _whole_numbers(value, label: str) -> list[int]:
             raise UserError(f"{label} `{part}` is not a whole number; type whole numbers such as 1 2 3.")
         numbers.append(int(number))
     return numbers
+
+
+def _texts(value) -> list[str]:
+    """`red=0.8, blue=1.2` (or a list) as its entries."""
+    return [part for part in re.split(r"[,;\s]+", value.strip()) if part] if isinstance(value, str) \
+        else [str(part) for part in value or []]
 
 
 def _unregistered(ws: Workspace, loraids: list[int]) -> dict[str, str]:

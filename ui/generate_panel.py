@@ -19,7 +19,6 @@ from backend.generate.results import GeneratedResult, list_results, read_result
 from backend.generate.start_images import keep_start_image
 from backend.jobs import Job
 from backend.jobs.logtext import render_log
-from ui import moe_generate
 from ui.context import AppContext
 from ui.generate_form import MAX_LORAS, GenerateForm
 from ui.settings_form import slot_update
@@ -94,7 +93,6 @@ def record_text(result: GeneratedResult) -> str:
 class GeneratePanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
-        self.extra_arguments: list[str] = []  # more `generate` flags for the next submit (run_with)
 
     @property
     def ws(self):
@@ -193,32 +191,9 @@ class GeneratePanel:
         if request.settings.image:  # the upload is temporary: the job and the result's record use a kept copy
             request = request.with_image(keep_start_image(self.ws.outputs, request.settings.image))
         title = f"Generate: {request.settings.prompt.strip()[:48]}"
-        job = self.ctx.jobs.submit([sys.executable, "-m", "backend", *request.arguments(self.ws.root),
-                                    *self.extra_arguments],
+        job = self.ctx.jobs.submit([sys.executable, "-m", "backend", *request.arguments(self.ws.root)],
                                    kind=JOB_KIND, title=title, settings=request.job_settings())
         return job, warnings
-
-    def run_with(self, extra_arguments: list[str], followed: FollowedGeneration, *values):
-        """`run` with more `generate` flags (the LoRA-MoE picker's)."""
-        self.extra_arguments = list(extra_arguments)
-        try:
-            return self.run(followed, *values)
-        finally:
-            self.extra_arguments = []
-
-    def run_picked(self, followed: FollowedGeneration, moe_file, moe_hint, moe_strengths, *values):
-        """The Run button: `run` with the LoRA-MoE picker's flags (its file, expert and strengths, and the form's
-        router smoothing); a wrong pick is one sentence and nothing starts."""
-        try:
-            smoothing = GenerateForm.from_values(*values).moe_options().router_ema
-        except UserError:  # said beside its field, where `run` refuses it
-            smoothing = None
-        try:
-            extra = moe_generate.arguments(moe_file, moe_hint, moe_strengths, smoothing)
-        except UserError as exc:
-            return (followed, f"⚠ {report_error(exc)}", "", gr.skip(), gr.skip(), gr.skip(),
-                    *self.field_errors(*values))
-        return self.run_with(extra, followed, *values)
 
     def run(self, followed: FollowedGeneration, *values):
         """(followed, status, progress, timer, model message, LoRA list message, one update per field's error slot).

@@ -1,11 +1,12 @@
-"""The Generate tab's LoRA-MoE expert picker: a LoRA-MoE file of the workspace, the expert to force (or the router),
-per-expert strengths, the routing the router would choose for the prompt before a run ("Show routing", through
-`python -m backend moe route`), and the routing weights the router chose for the selected result's prompt.
+"""The Generate tab's LoRA-MoE expert picker: its fields are MoeOptions' (backend/generate/options.py), made as the
+tab makes every setting (ui/settings_form.py: label, help, starting value, a problem slot under each, checked by the
+backend as they change) and read back into the job's argv through the same model: the LoRA-MoE file (a file of the
+workspace, or a typed path), the expert to force (the file's experts, or the router), per-expert strengths, the
+router smoothing. Beside them: the routing the router would choose for the prompt before a run ("Show routing",
+through `python -m backend moe route`), and the routing weights the router chose for the selected result's prompt.
 
-`arguments(file, hint, strengths, router_ema)` gives the `generate` flags; the tab appends them to the job's command.
-The router smoothing (`router_ema`) is a field of the tab's settings form, laid out here beside the expert.
-Stable elem_ids: gen-moe-file, gen-moe-hint, gen-moe-strengths, gen-router-ema, gen-moe-experts,
-gen-moe-show-routing, gen-moe-route, gen-moe-routing.
+Stable elem_ids: gen-moe-file, gen-moe-hint, gen-moe-strengths, gen-router-ema (each with -error under it),
+gen-moe-experts, gen-moe-show-routing, gen-moe-route, gen-moe-routing.
 """
 from __future__ import annotations
 
@@ -18,45 +19,37 @@ import gradio as gr
 
 from backend.errors import UserError
 from backend.generate.options import MoeOptions
-from backend.moe.files import is_moe_file, load_moe
-from backend.moe.inference import parse_strengths
+from backend.moe.files import is_moe_file, read_moe_header
 from ui.context import AppContext
+from ui.settings_form import choice_list
 
-NONE = "(no LoRA-MoE)"
-ROUTER = "router decides"
+FIELDS = list(MoeOptions.model_fields)  # the picker shows every field of the model, in its order
 
 
 def moe_files(ctx: AppContext) -> list[str]:
     folder = ctx.workspace.loras
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    return [NONE, *(str(path) for path in files if is_moe_file(path))]
+    return [str(path) for path in files if is_moe_file(path)]
 
 
-def arguments(file: str, hint: str, strengths: str, router_ema: float | None = None) -> list[str]:
-    """`--moe FILE [--hint NAME] [--expert_strength NAME=VALUE ...] [--router_ema B]`, checked; [] without a
-    file."""
-    if not file or file == NONE:
-        return []
-    moe = load_moe(file)
-    hint = hint if hint and hint != ROUTER else None
-    if hint:
-        moe.spec.expert_index(hint)
-    entries = strengths.replace(",", " ").split()
-    for name in parse_strengths(entries):
-        if name != "*":
-            moe.spec.expert_index(name)
-    return MoeOptions(moe=str(Path(file).resolve()), hint=hint, expert_strength=entries,
-                      router_ema=router_ema).flag_arguments()
+def _file(workspace: Path, file: str | None) -> Path | None:
+    """The picked file (a typed path is relative to the workspace); None when none is picked."""
+    text = (file or "").strip().strip('"')
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else Path(workspace) / path
 
 
 def route_argv(workspace: Path, file: str, hint: str, prompt: str, text_encoder: str, tokenizer: str, steps,
                sampler: str, flow_shift, seed, width, height, frames) -> list[str]:
     """`python -m backend moe route ... --json` for the picker's file and expert and the form's prompt and sampling."""
-    if not file or file == NONE:
-        raise UserError("Pick a LoRA-MoE file first; the routing belongs to its router.")
+    path = _file(workspace, file)
+    if path is None:
+        raise UserError(f"Pick a {MoeOptions.named('moe')} first; the routing belongs to its router.")
     if not (prompt or "").strip():
         raise UserError("Type a prompt first; the router chooses the experts from it.")
-    argv = [sys.executable, "-m", "backend", "moe", "route", "--moe", str(Path(file).resolve()), "--prompt", prompt,
+    argv = [sys.executable, "-m", "backend", "moe", "route", "--moe", str(path.resolve()), "--prompt", prompt,
             "--workspace", str(workspace), "--json"]
     for flag, value in (("--text_encoder", text_encoder), ("--tokenizer", tokenizer)):
         if value and value.strip():
@@ -67,7 +60,7 @@ def route_argv(workspace: Path, file: str, hint: str, prompt: str, text_encoder:
             argv += [flag, str(int(value) if flag != "--flow_shift" else float(value))]
     if sampler:
         argv += ["--sampler", sampler]
-    if hint and hint != ROUTER:
+    if hint:
         argv.append(f"--hint={hint}")
     return argv
 
@@ -116,42 +109,43 @@ def routing_text(record_json: str) -> str:
     return "  \n".join(lines)
 
 
-def build(ctx: AppContext, setting_widget) -> dict:
-    """The picker's widgets by name (file, hint, strengths, router_ema, routing); `setting_widget(name)` makes a
-    settings field's widget with its problem slot, as the tab makes its other fields."""
+def build(ctx: AppContext, setting_widget, model: type[MoeOptions] = MoeOptions) -> dict:
+    """The picker's widgets by field name, one per field of `model` (and the routing views); `setting_widget(name,
+    **how)` makes a settings field's widget with its problem slot, as the tab makes its other fields."""
+    files_help = f"{model.field_info()['moe']['help']}: one of {ctx.workspace.loras}, or type a path"
+    how = {"moe": dict(choices=moe_files(ctx), typed=True, info=files_help), "hint": dict(choices=[], typed=True)}
     with gr.Accordion("LoRA-MoE experts", open=False, elem_id="gen-moe"):
         with gr.Row():
-            file = gr.Dropdown(moe_files(ctx), value=NONE, allow_custom_value=True, scale=3,
-                               label=f"LoRA-MoE file in {ctx.workspace.loras}", elem_id="gen-moe-file")
-            hint = gr.Dropdown([ROUTER], value=ROUTER, label="Expert (or the router)", scale=1,
-                               elem_id="gen-moe-hint")
-            strengths = gr.Textbox("", label="Expert strengths (NAME=VALUE, *=VALUE for all)", scale=2,
-                                   elem_id="gen-moe-strengths")
-            router_ema = setting_widget("router_ema")
+            made = {name: setting_widget(name, **how.get(name, {})) for name in model.model_fields}
         experts = gr.Markdown("", elem_id="gen-moe-experts")
         with gr.Row():
             show = gr.Button("Show routing", scale=0, min_width=160, elem_id="gen-moe-show-routing")
             route = gr.Markdown("", elem_id="gen-moe-route")
         routing = gr.Markdown("", elem_id="gen-moe-routing")
+    workspace = ctx.workspace.root
 
-    def picked(path: str):
-        if not path or path == NONE:
-            return gr.update(choices=[ROUTER], value=ROUTER), ""
+    def picked(file: str, hint: str):
+        """A new file: its experts become the expert choices (the router first; a chosen expert the file has stays,
+        e.g. from a reused result), and a line says what it holds; what is wrong with the file is said beside its
+        field by the form's check."""
+        path = _file(workspace, file)
         try:
-            moe = load_moe(path)
-        except UserError as exc:
-            return gr.update(choices=[ROUTER], value=ROUTER), f"⚠ {exc}"
-        names = list(moe.spec.expert_names)
-        return (gr.update(choices=[ROUTER, *names], value=ROUTER),
-                f"{len(names)} experts ({', '.join(names)}), routing {moe.spec.routing_mode}, trained for "
-                f"{', '.join(moe.labels)}.")
+            header = read_moe_header(path)[0] if path is not None else None
+        except UserError:
+            header = None
+        if header is None:
+            return gr.update(choices=choice_list(MoeOptions, "hint", []), value=""), ""
+        names, spec = list(header["spec"]["expert_names"]), header["spec"]
+        return (gr.update(choices=choice_list(MoeOptions, "hint", names), value=hint if hint in names else ""),
+                f"{len(names)} experts ({', '.join(names)}), routing {spec.get('routing_mode')}, trained for "
+                f"{', '.join(header['labels'])}.")
 
-    def refresh(path: str):
-        return gr.update(choices=moe_files(ctx), value=path if path else NONE)
+    def refresh(file: str):
+        return gr.update(choices=choice_list(MoeOptions, "moe", moe_files(ctx)), value=file or "")
 
-    file.change(picked, inputs=file, outputs=[hint, experts], show_progress="hidden", api_visibility="private")
-    return {"file": file, "hint": hint, "strengths": strengths, "router_ema": router_ema, "routing": routing, "refresh": refresh,
-            "show": show, "route": route, "workspace": ctx.workspace.root}
+    made["moe"].change(picked, inputs=[made["moe"], made["hint"]], outputs=[made["hint"], experts],
+                       show_progress="hidden", api_visibility="private")
+    return {**made, "routing": routing, "refresh": refresh, "show": show, "route": route, "workspace": workspace}
 
 
 def wire(widgets: dict, tab, selected_settings, form: dict) -> None:
@@ -161,9 +155,9 @@ def wire(widgets: dict, tab, selected_settings, form: dict) -> None:
              "frames")
     workspace = widgets["workspace"]
     widgets["show"].click(lambda *values: show_routing(workspace, *values),
-                          inputs=[widgets["file"], widgets["hint"], *(form[name] for name in names)],
+                          inputs=[widgets["moe"], widgets["hint"], *(form[name] for name in names)],
                           outputs=widgets["route"], api_visibility="private")
-    tab.select(widgets["refresh"], inputs=widgets["file"], outputs=widgets["file"], show_progress="hidden",
+    tab.select(widgets["refresh"], inputs=widgets["moe"], outputs=widgets["moe"], show_progress="hidden",
                api_visibility="private")
     selected_settings.change(routing_text, inputs=selected_settings, outputs=widgets["routing"],
                              show_progress="hidden", api_visibility="private")

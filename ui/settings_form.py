@@ -15,17 +15,21 @@ from backend.config.settings import Settings, _field_kind
 RADIO_MAX_CHOICES = 4
 
 
-def widget(cls: type[Settings], name: str, value: Any, elem_id: str, choices: list | None = None):
-    """The widget of one field (`choices` narrows the field's own, e.g. to the devices this machine has)."""
+def widget(cls: type[Settings], name: str, value: Any, elem_id: str, choices: list | None = None,
+           typed: bool = False):
+    """The widget of one field (`choices` narrows the field's own, e.g. to the devices this machine has, or gives a
+    text field the files it may pick; `typed`: a value not among them may be typed, e.g. a path)."""
     info = cls.field_info()[name]
     kind = _field_kind(cls, name)
     common = dict(label=info["label"], info=info["help"], elem_id=elem_id, value=value)
     options = choices if choices is not None else info["choices"]
-    if options:
+    if options is not None and (options or typed):
         field = cls.model_fields[name]
-        if field.default is None and not field.is_required():  # "not given" is a choice too (read back as None)
-            options = [("(not set)", ""), *((option, option) for option in options)]
+        options = choice_list(cls, name, options)
+        if field.default is None and not field.is_required():
             common["value"] = "" if value is None else value
+        if typed:
+            return gr.Dropdown(list(options), allow_custom_value=True, **common)
         return (gr.Radio(list(options), **common) if len(options) <= RADIO_MAX_CHOICES
                 else gr.Dropdown(list(options), **common))
     if kind is bool:
@@ -35,6 +39,16 @@ def widget(cls: type[Settings], name: str, value: Any, elem_id: str, choices: li
     if typing.get_origin(kind) is list:
         return gr.Textbox(**{**common, "value": ", ".join(map(str, value or []))})
     return gr.Textbox(**{**common, "value": value or ""}, max_lines=1)
+
+
+def choice_list(cls: type[Settings], name: str, options: list) -> list:
+    """A field's choices as its widget lists them: for an optional field, "not given" first (its `unset` name, read
+    back as None), then each option."""
+    field = cls.model_fields[name]
+    if field.default is None and not field.is_required():
+        unset = (field.json_schema_extra or {}).get("unset", "(not set)")
+        return [(unset, ""), *((option, option) for option in options)]
+    return list(options)
 
 
 class SettingsForm:

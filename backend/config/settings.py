@@ -21,10 +21,13 @@ from backend.errors import UserError
 
 
 def setting(default: Any, *, label: str, help: str, group: str, choices: list | None = None,
-            metavar: str | None = None, **constraints) -> Any:
+            metavar: str | None = None, unset: str | None = None, **constraints) -> Any:
     """Declare one setting with what a form needs to show it (and, for the command line, the metavar of its value).
-    `...` as the default makes the setting required (a job cannot run without it)."""
+    `...` as the default makes the setting required (a job cannot run without it). `unset`: how a form's choice
+    names "not given" for an optional setting with choices (default "(not set)")."""
     extra = {"label": label, "group": group}
+    if unset is not None:
+        extra["unset"] = unset
     if choices is not None:
         extra["choices"] = list(choices)
     if metavar is not None:

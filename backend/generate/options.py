@@ -82,9 +82,9 @@ class MoeOptions(Settings):
 
     model_config = _FROZEN
 
-    moe: str | None = setting(None, label="LoRA-MoE file", group="LoRA-MoE", metavar="FILE",
+    moe: str | None = setting(None, label="LoRA-MoE file", group="LoRA-MoE", metavar="FILE", unset="(no LoRA-MoE)",
                               help="a LoRA-MoE file (experts + router + timestep gate)")
-    hint: str | None = setting(None, label="Expert", group="LoRA-MoE", metavar="NAME",
+    hint: str | None = setting(None, label="Expert", group="LoRA-MoE", metavar="NAME", unset="router decides",
                                help="route every sample to this expert (else the router chooses)")
     expert_strength: list[str] = setting([], label="Expert strengths", group="LoRA-MoE", metavar="NAME=VALUE",
                                          help="scale experts, e.g. red=0.8 (`*=X` for all)")
@@ -162,9 +162,36 @@ def moe_problems(options: MoeOptions) -> dict[str, str]:
     return problems
 
 
+def moe_file_problems(options: MoeOptions) -> dict[str, str]:
+    """The picked LoRA-MoE file's own checks, by field: a readable LoRA-MoE file, an expert it has, strengths written
+    NAME=VALUE for experts it has. Only the file's header is read, so a form may check it as it changes."""
+    if not options.moe:
+        return {}
+    from backend.moe.files import read_moe_spec
+    from backend.moe.inference import parse_strengths
+
+    try:
+        experts = list(read_moe_spec(options.moe).expert_names)
+    except UserError as exc:
+        return {"moe": str(exc)}
+    problems, name = {}, Path(options.moe).name
+    if options.hint and options.hint not in experts:
+        problems["hint"] = (f"{named('hint')} `{options.hint}` is not an expert of {name}; choose one of "
+                            f"{', '.join(experts)}, or leave it unset for the router.")
+    try:
+        unknown = [expert for expert in parse_strengths(options.expert_strength) if expert not in ("*", *experts)]
+    except UserError as exc:
+        problems["expert_strength"] = str(exc)
+    else:
+        if unknown:
+            problems["expert_strength"] = (f"{named('expert_strength')} names `{unknown[0]}`, which is not an expert "
+                                           f"of {name}; the experts are {', '.join(experts)}.")
+    return problems
+
+
 def check_moe_options(options: MoeOptions) -> None:
-    """Refuse the first of `moe_problems`."""
-    for problem in moe_problems(options).values():
+    """Refuse the first of `moe_problems`, then of `moe_file_problems`."""
+    for problem in [*moe_problems(options).values(), *moe_file_problems(options).values()]:
         raise UserError(problem)
 
 

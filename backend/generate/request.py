@@ -17,7 +17,7 @@ from backend.errors import UserError
 from backend.generate.lora_catalog import check_overlaps, summarize
 from backend.generate.memory import MemoryOptions, check_memory_options
 from backend.generate.model_options import ModelPick, pick_from_record
-from backend.generate.options import Companions, LoraOptions, RunOptions, named
+from backend.generate.options import Companions, LoraOptions, MoeOptions, RunOptions, check_moe_options, named
 from backend.generate.pipeline import accepts_image, check_size
 from backend.generate.settings import GenerateSettings, validate
 
@@ -38,6 +38,7 @@ class GenerateRequest:
     memory: MemoryOptions = field(default_factory=MemoryOptions)
     companions: Companions = field(default_factory=Companions)
     outputs: RunOptions = field(default_factory=RunOptions)  # what is saved beside the video
+    moe: MoeOptions = field(default_factory=MoeOptions)  # a LoRA-MoE file and how its experts are chosen
 
     @property
     def hooked(self) -> bool:
@@ -71,6 +72,7 @@ class GenerateRequest:
         for problem in self.companions.problems().values():
             raise UserError(problem)
         check_memory_options(self.memory)
+        check_moe_options(self.moe)
         paths = [Path(pick.path) for pick in self.loras]
         for pick in self.loras:
             summarize(pick.path)  # exists, is a readable .safetensors
@@ -94,7 +96,8 @@ class GenerateRequest:
         return ["generate", *RunOptions(workspace=str(Path(workspace))).flag_arguments(), *self.model.arguments(),
                 *self.settings.arguments(leave_out=("seed",) if self.random_seed else ()),
                 *self.companions.flag_arguments(), *loras.flag_arguments(),
-                *self.memory.flag_arguments(only_changed=True), *self.outputs.flag_arguments(only_changed=True)]
+                *self.memory.flag_arguments(only_changed=True), *self.moe.flag_arguments(only_changed=True),
+                *self.outputs.flag_arguments(only_changed=True)]
 
     def job_settings(self) -> dict:
         """What the job record keeps about the request (plain JSON)."""
@@ -105,6 +108,7 @@ class GenerateRequest:
                 **({"loraids": list(self.lora_options.loraid)} if self.lora_options.loraid else {}),
                 "lora_mode": "hooked" if self.hooked else "merged", "allow_overlap": self.allow_overlap,
                 "memory": self.memory.to_dict(), "companions": self.companions.given(),
+                **({"moe": self.moe.changed_fields()} if self.moe.moe else {}),
                 "save_latents": self.save_latents, "save_frames": self.save_frames}
 
     @classmethod
@@ -122,8 +126,20 @@ class GenerateRequest:
                             "another result.") from None
         companions = Companions(**{name: model.get(name) for name in Companions.model_fields if model.get(name)})
         outputs = record.get("outputs") or {}
+        moe = _moe_from_record(record.get("moe"))
         return cls(pick_from_record(model), settings, loras=loras,
                    lora_options=LoraOptions(hooked=record.get("lora_mode") == "hooked",
                                             allow_overlap=bool(record.get("allow_overlap"))),
                    memory=memory, companions=companions,
-                   outputs=RunOptions(save_latents="latents" in outputs, save_frames="frames" in outputs))
+                   outputs=RunOptions(save_latents="latents" in outputs, save_frames="frames" in outputs), moe=moe)
+
+
+def _moe_from_record(moe: dict | None) -> MoeOptions:
+    """The LoRA-MoE picks a result records (its file by name, as it lies in the workspace's loras folder)."""
+    if not isinstance(moe, dict) or not moe.get("file"):
+        return MoeOptions()
+    try:
+        strengths = [f"{name}={float(value):g}" for name, value in (moe.get("strengths") or {}).items()]
+        return MoeOptions(moe=str(moe["file"]), hint=moe.get("hint"), expert_strength=strengths)
+    except (TypeError, ValueError, AttributeError):
+        return MoeOptions()

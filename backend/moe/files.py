@@ -116,13 +116,27 @@ def load_moe(path: str | Path) -> MoeFile:
     from safetensors import safe_open
 
     path = Path(path)
+    _, metadata = read_moe_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception:  # truncated data: several exception types
+        raise UserError(f"{path.name} is not a readable .safetensors file; pass a complete LoRA-MoE file.") from None
+    header = json.loads(metadata[HEADER_KEY])
+    return MoeFile(MoeSpec.from_dict(header["spec"]), list(header["labels"]), tensors, header, metadata, path)
+
+
+def read_moe_header(path: str | Path) -> tuple[dict, dict]:
+    """(the LoRA-MoE header, the file's metadata), reading no tensor: a form checks a picked file with it."""
+    from safetensors import safe_open
+
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"the LoRA-MoE file {path} does not exist; check the path.")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception:  # corrupt header or truncated data: several exception types
+    except Exception:  # corrupt header: several exception types
         raise UserError(f"{path.name} is not a readable .safetensors file; pass a complete LoRA-MoE file.") from None
     if HEADER_KEY not in metadata:
         from backend.generate.options import named  # the Generate tab's picker shows this sentence
@@ -133,7 +147,12 @@ def load_moe(path: str | Path) -> MoeFile:
     if int(header.get("format_version", 0)) > FORMAT_VERSION:
         raise UserError(f"{path.name} was written by a newer LoRA-MoE format ({header['format_version']}); update "
                         f"the app to read it.")
-    return MoeFile(MoeSpec.from_dict(header["spec"]), list(header["labels"]), tensors, header, metadata, path)
+    return header, metadata
+
+
+def read_moe_spec(path: str | Path) -> MoeSpec:
+    """The experts, routing and ranks of a LoRA-MoE file, from its header only."""
+    return MoeSpec.from_dict(read_moe_header(path)[0]["spec"])
 
 
 @torch.no_grad()

@@ -31,7 +31,6 @@ from tests.demo_files import save_demo_lora
 from ui.context import AppContext
 from ui.generate_form import MAX_LORAS, GenerateForm
 from ui.generate_panel import FollowedGeneration, GeneratePanel
-from ui.moe_generate import NONE, ROUTER
 from ui.tabs.generate import FIELD_ERRORS
 
 STATUS, PROGRESS, MODEL_MESSAGE, CONFLICTS, SLOTS = 1, 2, 4, 5, 6  # run()'s outputs: followed, status,
@@ -337,9 +336,9 @@ def test_loraids_and_router_smoothing_reach_the_job_as_the_generate_command_pars
     moe = save_moe(ctx.workspace.loras / "colours.safetensors", {"single": MoeNetwork.create(model, spec)},
                    model_kind="demo-t2v", step=1, stage1={})
     panel = GeneratePanel(ctx)
-    request = form(loras={"alice.safetensors": 0.5}, loraid="3, 2", router_ema=0.9)
+    request = form(loras={"alice.safetensors": 0.5}, loraid="3, 2", router_ema=0.9, moe=str(moe))
     assert not any(update["visible"] for update in panel.field_errors(*request.values()))
-    started = panel.run_picked(FollowedGeneration(), str(moe), ROUTER, "", *request.values())
+    started = run(panel, request)
     assert started[STATUS].startswith("Job "), started[STATUS]
     (job,) = ctx.jobs.list()
     assert job.argv[1:4] == ["-m", "backend", "generate"]
@@ -353,8 +352,7 @@ def test_loraids_and_router_smoothing_reach_the_job_as_the_generate_command_pars
     ctx.jobs.stop(job.id, grace_s=0)
     until_finished(panel, started[0])
 
-    no_smoothing = panel.run_picked(FollowedGeneration(), str(moe), ROUTER, "",
-                                    *form(loraid="", router_ema=0).values())
+    no_smoothing = run(panel, form(loraid="", router_ema=0, moe=str(moe)))
     job = next(j for j in ctx.jobs.list() if j.id != job.id)
     args = parser.parse_args(job.argv[4:])
     assert "--loraid" not in job.argv and args.router_ema == 0.0  # 0 is a value (no smoothing)
@@ -377,6 +375,59 @@ def test_a_wrong_loraid_or_router_smoothing_is_said_beside_it_and_nothing_starts
     slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
     assert {other for other, update in slots.items() if update["visible"]} == {name}
     assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
-    shown = panel.run_picked(FollowedGeneration(), NONE, ROUTER, "", *bad.values())
+    shown = run(panel, bad)
     assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
     assert ctx.jobs.list() == []
+
+
+def colours_moe(ctx) -> Path:
+    model = demo_parts.build_transformer("demo-t2v", 0, part=10)
+    spec = MoeSpec(expert_names=("red", "blue"), rank=2, alpha=1.0,
+                   network_args=("exclude_patterns=['.*']", r"include_patterns=['blocks\.(4|5)\..*']"))
+    return save_moe(ctx.workspace.loras / "colours.safetensors", {"single": MoeNetwork.create(model, spec)},
+                    model_kind="demo-t2v", step=1, stage1={})
+
+
+@pytest.mark.parametrize("changes, name, sentence", [
+    ({"moe": "loras/alice.safetensors"}, "moe",
+     "alice.safetensors is not a LoRA-MoE file (no loraid_studio.lora_moe header); load it as an ordinary LoRA among "
+     "the LoRA files (lora) instead."),
+    ({"moe": "loras/colours.safetensors", "hint": "green"}, "hint",
+     "Expert (hint) `green` is not an expert of colours.safetensors; choose one of red, blue, or leave it unset for "
+     "the router."),
+    ({"moe": "loras/colours.safetensors", "expert_strength": "red=0.5, green=2"}, "expert_strength",
+     "Expert strengths (expert_strength) names `green`, which is not an expert of colours.safetensors; the experts "
+     "are red, blue."),
+    ({"moe": "loras/colours.safetensors", "expert_strength": "red"}, "expert_strength",
+     "Expert strengths (expert_strength) `red`: write NAME=VALUE, e.g. `red=0.8`."),
+    ({"hint": "red"}, "moe", "Expert (hint) and Expert strengths (expert_strength) choose experts of a LoRA-MoE file; "
+                             "choose the LoRA-MoE file (moe) too."),
+])
+def test_a_wrong_moe_pick_is_said_beside_its_field_cleared_when_fixed_and_nothing_starts(ctx, changes, name,
+                                                                                          sentence):
+    colours_moe(ctx)
+    panel = GeneratePanel(ctx)
+    bad = form(**changes)
+    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
+    assert {other for other, update in slots.items() if update["visible"]} == {name}
+    assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
+    shown = run(panel, bad)
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
+    assert ctx.jobs.list() == []
+    fixed = form(moe="loras/colours.safetensors", hint="blue", expert_strength="red=0.5, *=1.5")
+    assert not any(update["visible"] for update in panel.field_errors(*fixed.values()))
+
+
+def test_the_moe_picks_reach_the_job_as_the_generate_command_parses_them(ctx):
+    moe = colours_moe(ctx)
+    panel = GeneratePanel(ctx)
+    started = run(panel, form(moe="loras/colours.safetensors", hint="blue", expert_strength="red=0.5, *=1.5"))
+    assert started[STATUS].startswith("Job "), started[STATUS]
+    (job,) = ctx.jobs.list()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(job.argv[4:])
+    assert (args.moe, args.hint, args.expert_strength) == (str(moe.resolve()), "blue", ["red=0.5", "*=1.5"])
+    assert args.router_ema is None  # not set: the file's own
+    ctx.jobs.stop(job.id, grace_s=0)
+    until_finished(panel, started[0])

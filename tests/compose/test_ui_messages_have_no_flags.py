@@ -12,12 +12,12 @@ import pytest
 from backend.__main__ import main
 from backend.compose.ema import post_hoc_ema
 from backend.errors import UserError
+from backend.generate.options import MoeOptions, moe_file_problems
 from backend.loraid.allocation_fields import AllocationValues
 from backend.moe.merge_stage1 import Stage1Merge, merge_stage1
 from backend.moe.route import boundary_of
 from backend.workspace import Workspace
 from ui.merge_ema_common import failure_sentence
-from ui.moe_generate import ROUTER, arguments
 
 FIRST_HALF = [r"exclude_patterns=['blocks\.[23]\..*']"]
 
@@ -61,7 +61,7 @@ def test_an_ema_in_delta_space_of_loha_files_names_the_ema_tabs_field(files):
 
 
 def test_the_generate_tabs_moe_picker_sends_a_plain_lora_to_the_lora_field(files):
-    shown = refusal(lambda: arguments(str(files.plain), ROUTER, ""))  # the picker's own check before a run
+    shown = moe_file_problems(MoeOptions(moe=str(files.plain)))["moe"]  # beside the picker's file field
     assert_page_words(shown, "is not a LoRA-MoE file", "among the LoRA files (lora)")
 
 

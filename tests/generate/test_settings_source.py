@@ -12,13 +12,14 @@ from backend.config.settings import add_setting_arguments, setting
 from backend.generate.cli import add_arguments
 from backend.generate.memory import MemoryOptions
 from backend.generate.model_options import ModelPick
-from backend.generate.options import PARTS, Companions, GenerateJob, LoraOptions, part_of
+from backend.generate.options import PARTS, Companions, GenerateJob, LoraOptions, MoeOptions, part_of
 from backend.generate.request import GenerateRequest
 from backend.generate.settings import DEMO_START, GenerateSettings
 from backend.jobs import JobManager
 from backend.workspace import Workspace
 from ui.context import AppContext
 from ui.generate_form import FORM_PARTS, GenerateForm, form_class
+from ui import moe_generate, settings_form
 from ui.tabs import generate as generate_tab
 
 FIELDS = list(GenerateSettings.model_fields)
@@ -113,7 +114,6 @@ FORM_SHOWS_OTHERWISE = {
     "model": "one model box: a demo name, a merged model or typed path(s)", "dit": "the same model box",
     "model_kind": "the model type box beside it", "boundary_ratio": "the model type's own",
     "lora": "the LoRA file list", "multiplier": "one slider per chosen file", "hooked": "the LoRA mode choice",
-    "moe": "the LoRA-MoE picker", "hint": "the LoRA-MoE picker", "expert_strength": "the LoRA-MoE picker",
 }
 # Fields only the command line has, and why.
 COMMAND_LINE_ONLY = {"workspace": "the app's workspace", "from_file": "one prompt per Run in the tab",
@@ -172,7 +172,8 @@ def test_every_form_field_is_a_widget_with_the_fields_label_and_starting_value(t
         default = part.field_info()[name]["default"]
         if isinstance(default, list):  # a list field is a text box of its values
             default = ", ".join(map(str, default))
-        assert getattr(start, name) == ("" if default is None and isinstance(widget, gr.Textbox) else default), name
+        unset = "" if isinstance(widget, (gr.Textbox, gr.Dropdown)) else None  # a text or a choice: "" is "not set"
+        assert getattr(start, name) == (unset if default is None else default), name
         assert widget.value == getattr(start, name), name
         if part.field_info()[name]["choices"]:
             assert [value for _, value in widget.choices] == part.field_info()[name]["choices"], name
@@ -222,3 +223,36 @@ def test_a_field_added_to_a_part_reaches_the_command_line_the_argv_and_the_form(
     assert problems == {}
     form(cache_gb="lots")._part(_MemoryWithExtra, problems)
     assert problems == {"cache_gb": "Cache (GB) (cache_gb) `lots` is not a number; type a number."}
+
+
+class _MoeWithExtra(MoeOptions):
+    expert_temperature: float = setting(1.0, label="Expert temperature", group="LoRA-MoE", help="a field added")
+
+
+def test_a_field_added_to_the_moe_options_reaches_the_command_line_the_argv_and_the_picker(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_setting_arguments(parser, _MoeWithExtra)
+    assert parser.parse_args([]).expert_temperature == 1.0
+    changed = _MoeWithExtra(moe="x.safetensors", hint="red", expert_strength=["red=2"], expert_temperature=0.5)
+    assert changed.flag_arguments(only_changed=True) == ["--moe=x.safetensors", "--hint=red", "--expert_strength",
+                                                         "red=2", "--expert_temperature=0.5"]
+    assert vars(parser.parse_args(changed.flag_arguments())) == changed.model_dump()
+
+    parts = {**FORM_PARTS, _MoeWithExtra: list(_MoeWithExtra.model_fields)}
+    del parts[MoeOptions]
+    form = form_class(parts)
+    assert {"moe", "hint", "expert_strength", "router_ema", "expert_temperature"} <= set(form.names())
+    assert (form().expert_temperature, form().moe, form().expert_strength) == (1.0, "", "")
+    problems: dict = {}
+    given = form(moe="x.safetensors", hint="red", expert_strength="red=2", expert_temperature="0.5")
+    assert _MoeWithExtra(**given._part(_MoeWithExtra, problems)) == changed and problems == {}
+
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure_folders()
+    with gr.Blocks():  # the picker makes one widget per field of its model, each from the field
+        made = moe_generate.build(AppContext(ws, JobManager(ws.jobs)), lambda name, **how: settings_form.widget(
+            _MoeWithExtra, name, getattr(form(), name), f"moe-{name}", how.get("choices"), how.get("typed", False)),
+            _MoeWithExtra)
+    assert [name for name in made if name in _MoeWithExtra.model_fields] == list(_MoeWithExtra.model_fields)
+    assert (made["expert_temperature"].label, made["expert_temperature"].value) == ("Expert temperature", 1.0)
+    assert made["hint"].choices == [("router decides", "")] and made["moe"].allow_custom_value

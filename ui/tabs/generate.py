@@ -17,7 +17,8 @@ POLL_SECONDS = 1.0
 _GROUP = dict(concurrency_id="generate-tab", concurrency_limit=1, show_progress="hidden",
               api_visibility="private")  # a page, not an API: keeps the page quick to load
 DEFAULTS = GenerateForm()
-ELEM_IDS = {"negative_prompt": "gen-negative-prompt", "guidance_scale": "gen-guidance", "guidance_scale_2": "gen-guidance-2"}
+ELEM_IDS = {"negative_prompt": "gen-negative-prompt", "guidance_scale": "gen-guidance", "guidance_scale_2": "gen-guidance-2",
+            "moe": "gen-moe-file", "hint": "gen-moe-hint", "expert_strength": "gen-moe-strengths"}
 # The settings checked as they change, each with its own message slot under it (the prompt is checked on Run, the
 # start image when it is uploaded, the overlap rule beside the LoRA list).
 FIELD_ERRORS = [name for names in FORM_PARTS.values() for name in names
@@ -34,11 +35,12 @@ def shown(name: str, info: str | None = None) -> dict:
     return {"label": field["label"], "info": info or field["help"]}
 
 
-def setting_widget(name: str, errors: dict, info: str | None = None, visible: bool = True):
-    """The widget of one setting, made from its field as every tab makes it (`settings_form.widget`), in a column
-    with its problem slot right under it."""
+def setting_widget(name: str, errors: dict, info: str | None = None, visible: bool = True,
+                   choices: list | None = None, typed: bool = False):
+    """The widget of one setting, made from its field as every tab makes it (`settings_form.widget`; `choices` and
+    `typed` as there), in a column with its problem slot right under it."""
     with gr.Column(min_width=160, scale=1, visible=visible) as column:
-        made = settings_form.widget(part_of(name), name, getattr(DEFAULTS, name), elem_id(name))
+        made = settings_form.widget(part_of(name), name, getattr(DEFAULTS, name), elem_id(name), choices, typed)
         if info:
             made.info = info
         errors[name] = gr.Markdown("", visible=False, elem_id=f"{elem_id(name)}-error", elem_classes=["field-error"])
@@ -92,7 +94,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
         allow_overlap = gr.Checkbox(DEFAULTS.allow_overlap, elem_id="gen-allow-overlap", **shown("allow_overlap"))
         loraid = setting_widget("loraid", errors, info=f"{shown('loraid')['info']}; each applies at strength 1.0")
 
-    moe = moe_generate.build(ctx, lambda name: setting_widget(name, errors))
+    moe = moe_generate.build(ctx, lambda name, **how: setting_widget(name, errors, **how))
 
     gr.Markdown("#### Settings")
     widgets: dict = {**companions}
@@ -137,7 +139,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
 
     widgets.update(prompt=prompt, negative_prompt=negative, model=model, model_kind=model_kind, image=image,
                    random_seed=random_seed, lora_mode=lora_mode, allow_overlap=allow_overlap, lora_files=lora_files,
-                   slot_files=slot_files, loraid=loraid, router_ema=moe["router_ema"])
+                   slot_files=slot_files, loraid=loraid, **{name: moe[name] for name in moe_generate.FIELDS})
     form = [widgets[name] for name in GenerateForm.names()] + sliders
 
     slot_inputs = [model, model_kind, lora_files, slot_files, *sliders]
@@ -154,7 +156,7 @@ def build(ctx: AppContext, tab: gr.Tab) -> None:
     gr.on([refresh.click, tab.select], panel.refresh, inputs=[model, lora_files],
           outputs=[model, lora_files, gallery, results], **_GROUP)
 
-    run_button.click(panel.run_picked, inputs=[followed, moe["file"], moe["hint"], moe["strengths"], *form],
+    run_button.click(panel.run, inputs=[followed, *form],
                      outputs=[followed, status, progress, timer, model_message, conflicts, *error_slots], **_GROUP)
     moe_generate.wire(moe, tab, selected_settings, widgets)
     stop_button.click(panel.stop, inputs=followed, outputs=status, **_GROUP)
