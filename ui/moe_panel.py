@@ -36,6 +36,7 @@ _GROUP = dict(concurrency_id="moe-panel", concurrency_limit=1, show_progress="hi
 STAGE2_FIELDS = [name for name, info in MoeTrainSettings.field_info().items() if info["group"] == MOE]
 STAGE2_START = {"expert_names": ["red", "blue"], "hint_tags": ["loraidA", "loraidB"], "router_holdout": 0.3}
 NOT_STARTED = "⚠ Not started: fix the stage-2 setting marked ⚠."
+UNSET_AT_ZERO = [name for name in STAGE2_FIELDS if MoeTrainSettings.field_info()[name]["default"] is None]
 
 
 def stage2_form() -> SettingsForm:
@@ -97,8 +98,10 @@ class MoePanel:
 
     @staticmethod
     def stage2_values(v: dict) -> dict:
-        """Stage 2's LoRA-MoE settings as the form reads them back (a blank number is "not set")."""
-        return stage2_form().values([v[f"s2:{name}"] for name in STAGE2_FIELDS])
+        """Stage 2's LoRA-MoE settings as the form reads them back: a blank number is "not set", and so is 0 in a
+        number box whose setting is optional (the page sends an empty box as 0; these settings must be above 0)."""
+        values = stage2_form().values([v[f"s2:{name}"] for name in STAGE2_FIELDS])
+        return {name: None if value == 0 and name in UNSET_AT_ZERO else value for name, value in values.items()}
 
     def stage2_problems(self, v: dict) -> dict[str, str]:
         """{field: sentence} for stage 2's LoRA-MoE settings, worded with their labels, shown beside each."""

@@ -20,7 +20,8 @@ def _stage2(merged: str) -> dict:
     for name in STAGE2_FIELDS:
         value = getattr(defaults, name)
         values[f"s2:{name}"] = ", ".join(value) if isinstance(value, list) else value
-    values["s2:router_lr"] = None  # an emptied number box: the setting's default (None) applies
+    values["s2:router_lr"] = 0  # an emptied number box sends 0: the setting's default (None) applies
+    values["s2:gate_lr"] = None  # or nothing
     return values
 
 
