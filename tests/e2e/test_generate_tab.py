@@ -1,5 +1,5 @@
 """The Generate tab in a real browser: two demo LoRAs on disjoint LORAIDs at multipliers 1.0 and 0.7 show no conflict,
-wrong settings are refused under their own fields (once, no toast), Run makes a demo video as a job, the gallery plays it (an H.264 mp4 the page loads), its settings record names both
+a plain LoRA picked as the LoRA-MoE file and wrong settings are refused under their own fields (once, no toast), Run makes a demo video as a job, the gallery plays it (an H.264 mp4 the page loads), its settings record names both
 LoRAs, and "Reuse these settings" brings back the prompt, the seed and the multipliers."""
 from __future__ import annotations
 
@@ -51,6 +51,17 @@ def test_generate_tab_makes_a_video_with_two_loraids_and_reuses_its_settings(dem
     expect(page.locator("#gen-lora-multiplier-2")).to_be_hidden()
     expect(page.locator("#gen-lora-conflicts")).to_contain_text("No conflict: the 2 LoRAs change disjoint weights")
     set_number(page, "gen-lora-multiplier-1", "0.7")
+
+    # the LoRA-MoE picker's fields are the settings model's, checked beside them: a plain LoRA is no LoRA-MoE file
+    page.locator("#gen-moe").get_by_role("button", name="LoRA-MoE experts").click()
+    moe_file, moe_error = page.locator("#gen-moe-file input"), page.locator("#gen-moe-file-error")
+    moe_file.fill("loras/alice.safetensors")
+    moe_file.press("Enter")
+    expect(moe_error).to_have_text("⚠ alice.safetensors is not a LoRA-MoE file (no loraid_studio.lora_moe header); "
+                                   "load it as an ordinary LoRA among the LoRA files (lora) instead.")
+    moe_file.click()
+    page.get_by_role("option", name="(no LoRA-MoE)", exact=True).click()
+    expect(moe_error).to_be_hidden()
 
     page.locator("#gen-prompt textarea").fill(PROMPT)
     set_number(page, "gen-frames", "6")
