@@ -46,8 +46,9 @@ def test_each_wrong_value_is_said_beside_its_field_and_cleared_when_fixed(panel,
 
     page, problems = shown(panel, workspace, k=9, rank=4, loraid=3)
     assert list(problems) == ["blocks_per_loraid"]
-    assert problems["blocks_per_loraid"].startswith("⚠ Blocks per LORAID (blocks_per_loraid) is 9; it must be from 1 "
-                                                    "to 8 (") and problems["blocks_per_loraid"].endswith(" has 8 blocks).")
+    sentence = problems["blocks_per_loraid"]
+    assert sentence.startswith("⚠ Blocks per LORAID (blocks_per_loraid) is 9; it must be from 1 to 8 (")
+    assert sentence.endswith(" has 8 blocks).")
 
     page, problems = shown(panel, workspace, k=2, rank=0, loraid=3)
     assert problems == {"rank": "⚠ Rank (capacity) is 0; it must be at least 1."}

@@ -1,6 +1,7 @@
 """The Dataset tab in a real browser, on its own copy of the demo workspace with one caption file removed: scan,
 see the counts and the missing caption, fix it, preview and apply a trigger word, preview buckets, write the TOML
-(a malformed edit is refused first), and cache latents as a job whose files appear on disk."""
+(a malformed edit is refused first, and a place outside the workspace until confirmed), and cache latents as a job
+whose files appear on disk."""
 from __future__ import annotations
 
 import contextlib
@@ -151,6 +152,28 @@ def test_dataset_tab_scans_fixes_a_caption_writes_the_toml_and_caches(demo_works
     assert toml_file.read_bytes() == original
     page.locator("#dataset-toml-generate").click()
     expect(page.locator("#dataset-toml-message")).to_contain_text("nothing is written until you click Write TOML")
+
+    # outside the workspace the TOML is written only once that is confirmed; the check stands beside the path
+    elsewhere = demo_workspace_copy.parent / "elsewhere"
+    elsewhere.mkdir()
+    path_box = page.locator("#dataset-toml-path textarea, #dataset-toml-path input").first
+    path_box.fill(str(elsewhere / "dataset.toml"))
+    page.locator("#dataset-toml-write").click()
+    path_error, outside = page.locator("#dataset-toml-path-error"), page.locator("#dataset-toml-outside input")
+    expect(path_error).to_contain_text(f"{elsewhere} is outside the workspace")
+    expect(path_error).to_contain_text("confirm writing there, or choose a folder inside the workspace.")
+    expect(page.locator("#dataset-toml-message")).to_have_text("⚠ Not written: fix the TOML file marked ⚠ above.")
+    assert list(elsewhere.iterdir()) == []
+    outside.check()
+    expect(path_error).to_be_hidden()
+    page.locator("#dataset-toml-write").click()
+    expect(page.locator("#dataset-toml-message")).to_have_text(f"Wrote {elsewhere / 'dataset.toml'}: 4 [[datasets]] "
+                                                               "entries, valid.")
+    outside.uncheck()
+    path_box.fill(str(toml_file))
+    path_box.press("Tab")
+    expect(path_error).to_be_hidden()
+
     page.locator("#dataset-toml-write").click()
     expect(page.locator("#dataset-toml-message")).to_have_text(f"Wrote {toml_file}: 4 [[datasets]] entries, "
                                                                "valid.")
