@@ -21,7 +21,8 @@ class MoeTrainSettings(TrainSettings):
     SCHEMA_VERSION: ClassVar[int] = 2
 
     expert_names: list[str] = setting(["expert_1", "expert_2"], label="Expert names", group=MOE,
-                                      help="One name per expert (E = their number). Hints and --hint use them.")
+                                      help="One name per expert (E = their number); hints and the Expert choice of "
+                                           "generation use them.")
     hint_tags: list[str] = setting([], label="Hint caption tags", group=MOE,
                                    help="Caption tag of each expert, in the order of the names (a caption holding "
                                         "the tag as a word is labelled with that expert). Empty: the names "

@@ -360,6 +360,16 @@ def test_loraids_and_router_smoothing_reach_the_job_as_the_generate_command_pars
     until_finished(panel, no_smoothing[0])
 
 
+def assert_refused_beside(ctx, panel, bad, name: str, sentence: str) -> None:
+    """`bad` shows `sentence` beside field `name` only, and Generate starts nothing."""
+    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
+    assert {other for other, update in slots.items() if update["visible"]} == {name}
+    assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
+    shown = run(panel, bad)
+    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
+    assert ctx.jobs.list() == []
+
+
 @pytest.mark.parametrize("changes, name, sentence", [
     ({"loraid": "1, 0"}, "loraid", "LORAIDs (loraid) 0 is not a LORAID; IDs are whole numbers from 1."),
     ({"loraid": "1 two"}, "loraid", "LORAIDs (loraid) `two` is not a whole number; type whole numbers such as 1 2 3."),
@@ -371,13 +381,7 @@ def test_loraids_and_router_smoothing_reach_the_job_as_the_generate_command_pars
 def test_a_wrong_loraid_or_router_smoothing_is_said_beside_it_and_nothing_starts(ctx, changes, name, sentence):
     LoraidRegistry.for_workspace(ctx.workspace.root).scan(ctx.workspace.loras)
     panel = GeneratePanel(ctx)
-    bad = form(**changes)
-    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
-    assert {other for other, update in slots.items() if update["visible"]} == {name}
-    assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
-    shown = run(panel, bad)
-    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
-    assert ctx.jobs.list() == []
+    assert_refused_beside(ctx, panel, form(**changes), name, sentence)
 
 
 def colours_moe(ctx) -> Path:
@@ -407,13 +411,7 @@ def test_a_wrong_moe_pick_is_said_beside_its_field_cleared_when_fixed_and_nothin
                                                                                           sentence):
     colours_moe(ctx)
     panel = GeneratePanel(ctx)
-    bad = form(**changes)
-    slots = dict(zip(FIELD_ERRORS, panel.field_errors(*bad.values())))
-    assert {other for other, update in slots.items() if update["visible"]} == {name}
-    assert slots[name] == gr.update(value=f"⚠ {sentence}", visible=True)
-    shown = run(panel, bad)
-    assert shown[STATUS] == "⚠ Not started: 1 setting needs attention; each says why beside it."
-    assert ctx.jobs.list() == []
+    assert_refused_beside(ctx, panel, form(**changes), name, sentence)
     fixed = form(moe="loras/colours.safetensors", hint="blue", expert_strength="red=0.5, *=1.5")
     assert not any(update["visible"] for update in panel.field_errors(*fixed.values()))
 
