@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from backend.config.preset_cli import add_config_option, apply_preset
 from backend.errors import UserError, os_error_sentence
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,13 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"python -m backend {name}", description=summary)
     module.add_arguments(parser)
+    preset_settings = getattr(module, "PRESET_SETTINGS", None)
+    if preset_settings is not None:
+        add_config_option(parser)
     try:
         if hasattr(module, "translate_argv"):  # flags of other tools mapped to ours (or refused with a sentence)
             rest = module.translate_argv(rest)
+        if preset_settings is not None:
+            apply_preset(parser, preset_settings, rest)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(rest)
+    if preset_settings is not None:
+        del args.config  # read above; the command's settings model has no such field
     try:
         return int(module.run(args) or 0)
     except UserError as exc:

@@ -1,6 +1,7 @@
 """`python -m backend ema RUN_DIR_OR_FILES --sigma_rel 0.2 --out FILE [--beta B --beta2 B2] [--uniform]
 [--rule power|beta|uniform] [--space factors|delta]`: post-hoc EMA of a run's checkpoints (options: EmaSettings in
-backend/compose/settings.py; the exact rules: backend/compose/ema*.py)."""
+backend/compose/settings.py; the exact rules: backend/compose/ema*.py). `--config PRESET.json` runs a preset saved in
+the EMA tab; flags given beside it win."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,9 @@ from backend.compose.output_names import check_output
 from backend.compose.settings import EmaSettings, ema_from_flags
 from backend.config.settings import add_setting_arguments
 from backend.jobs.protocol import JobContext, every_percent
+
+
+PRESET_SETTINGS = EmaSettings  # `--config PRESET.json`: a preset saved in the app (backend/config/preset_cli.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

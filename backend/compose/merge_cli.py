@@ -2,6 +2,7 @@
 
 Wan2.2 A14B: `--dit_high_noise H --lora_high_noise ... --out_high_noise ...` merges the high-noise expert too (with
 `--multiplier_high_noise`). Overlapping LoRAs are refused unless `--allow_overlap`. Progress goes to the job events.
+`--config PRESET.json` runs a preset saved in the Merge tab; flags given beside it win.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from backend.config.settings import add_setting_arguments
 from backend.errors import UserError
 from backend.jobs.protocol import JobContext, every_percent
 from backend.loraid.cli_args import resolve_multipliers
+
+
+PRESET_SETTINGS = MergeSettings  # `--config PRESET.json`: a preset saved in the app (backend/config/preset_cli.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,6 +2,7 @@
 
 Without --rank the merge is exact (ranks concatenated, LoRA / LoCon); with --rank the summed ΔW is resized by SVD
 and the retained energy is printed per module.
+`--config PRESET.json` runs a preset saved in the Merge tab (LoRAs into one); flags given beside it win.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from backend.config.field_checks import checked
 from backend.config.settings import add_setting_arguments
 from backend.jobs.protocol import JobContext, every_percent
 from backend.loraid.cli_args import resolve_multipliers
+
+
+PRESET_SETTINGS = MergeLorasSettings  # `--config PRESET.json`: a preset saved in the app (backend/config/preset_cli.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

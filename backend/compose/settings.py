@@ -119,6 +119,13 @@ class EmaSettings(_ComposeSettings):
         """The rule values the chosen rule does not read (left out of the job's argv)."""
         return tuple(name for rule, names in RULE_VALUES.items() if rule != self.rule for name in names)
 
+    def preset_defaults(self, given: set[str]) -> dict:
+        """The chosen rule's values only, and none when the command line names a rule or a rule's value: it
+        infers the rule from the values it is given."""
+        rule_settings = {"rule", *(name for names in RULE_VALUES.values() for name in names)}
+        left_out = rule_settings if given & rule_settings else set(self.unused())
+        return {name: value for name, value in self.model_dump().items() if name not in left_out}
+
     def rule_values(self) -> dict:
         """`post_hoc_ema`'s keyword arguments for the chosen rule."""
         values = {"sigma_rel": None, "beta": None, "beta2": None, "uniform": self.rule == "uniform"}

@@ -100,6 +100,11 @@ class Settings(BaseModel):
     def with_overrides(self, overrides: dict, source: str = "command line"):
         return type(self).from_mapping({**self.model_dump(), **overrides}, source)
 
+    def preset_defaults(self, given: set[str]) -> dict:
+        """The values a preset gives a command's flags as defaults (backend/config/preset_cli.py); `given`: the
+        settings the command line sets itself, which win anyway."""
+        return self.model_dump()
+
     def changed_fields(self) -> dict:
         """Only the settings that differ from their defaults (what a short preset or TOML needs)."""
         defaults = type(self)()
