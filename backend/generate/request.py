@@ -135,11 +135,13 @@ class GenerateRequest:
 
 
 def _moe_from_record(moe: dict | None) -> MoeOptions:
-    """The LoRA-MoE picks a result records (its file by name, as it lies in the workspace's loras folder)."""
-    if not isinstance(moe, dict) or not moe.get("file"):
+    """The LoRA-MoE picks a result records: its file (by path; a record without one names the file as it lies in
+    the workspace's loras folder), expert, strengths and router smoothing."""
+    if not isinstance(moe, dict) or not (moe.get("path") or moe.get("file")):
         return MoeOptions()
     try:
         strengths = [f"{name}={float(value):g}" for name, value in (moe.get("strengths") or {}).items()]
-        return MoeOptions(moe=str(moe["file"]), hint=moe.get("hint"), expert_strength=strengths)
+        return MoeOptions(moe=str(moe.get("path") or moe["file"]), hint=moe.get("hint"), expert_strength=strengths,
+                          router_ema=moe.get("router_ema"))
     except (TypeError, ValueError, AttributeError):
         return MoeOptions()

@@ -71,9 +71,10 @@ class AttachedMoe:
 
     def record(self) -> dict:
         """What the result record says about the MoE: file, hint, strengths, the routing chosen."""
-        return {"file": self.moe.path.name if self.moe.path else None, "experts": list(self.moe.spec.expert_names),
+        return {"file": self.moe.path.name if self.moe.path else None,
+                "path": str(self.moe.path) if self.moe.path else None, "experts": list(self.moe.spec.expert_names),
                 "hint": self.request.hint, "strengths": dict(self.request.strengths),
-                "routing": self.routing_summary()}
+                "router_ema": self.request.router_ema, "routing": self.routing_summary()}
 
     def remove(self) -> None:
         for network in self.networks.values():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from backend.__main__ import main as backend_main
 from backend.data import encoders
+from backend.generate.request import GenerateRequest
 from backend.generate.settings import make_scheduler
 from backend.models.demo import expert_file
 from backend.models.loading import load_transformer
@@ -88,6 +89,10 @@ def test_route_equals_the_router_by_hand_and_the_routing_a_run_records(moe_works
         recorded = record["moe"]["routing"][label]
         for name in SPEC.expert_names:
             assert abs(recorded[name] - routing["transformers"][label]["mean"][name]) < 2e-3, (label, name)
+    reused = GenerateRequest.from_record(record).moe  # "Reuse": a file outside loras/ comes back by its path
+    assert (reused.moe, reused.hint, reused.router_ema) == (str(path), None, None)
+    smoothed = GenerateRequest.from_record({**record, "moe": {**record["moe"], "router_ema": 0.5}})
+    assert smoothed.moe.router_ema == 0.5
 
     # a hint forces every step; the plain text names the gates per noise expert
     assert backend_main(["moe", "route", "--moe", str(path), "--prompt", PROMPT, "--workspace", str(ws.root),
