@@ -272,14 +272,19 @@ def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     assert run_choices(context) == [("run: 4 files in loras/", "loras/run")]  # the result is no checkpoint
 
 
-def test_merge_loras_rank_is_checked_beside_its_field(ctx):
+def gus_and_hal_picked(ctx):
+    """Two LoRAs picked in the Merge tab's LoRAs-into-one mode: (context, workspace, panel, table rows, output)."""
     context, model = ctx
     ws = context.workspace
     panel = MergePanel(context)
     save_demo_lora(model, ws.loras / "gus.safetensors", loraid=1, blocks_per_loraid=2, seed=6)
     save_demo_lora(model, ws.loras / "hal.safetensors", loraid=3, blocks_per_loraid=2, seed=7)
     rows, _ = panel.rows("loras", ["gus.safetensors", "hal.safetensors"], "", [], "")
-    out = str(ws.loras / "gus+hal.safetensors")
+    return context, ws, panel, rows, str(ws.loras / "gus+hal.safetensors")
+
+
+def test_merge_loras_rank_is_checked_beside_its_field(ctx):
+    context, ws, panel, rows, out = gus_and_hal_picked(ctx)
     for rank, problem in ((2.5, "Rank is 2.5, not a whole number; enter a whole number such as 2."),
                           (0, "Rank is 0; it must be at least 1.")):
         slots = dict(zip(MERGE_OPTIONS, panel.check_options("loras", *options(rank=rank))))
@@ -357,14 +362,8 @@ def test_a_merge_preset_saved_from_the_form_loads_back_into_every_field(ctx):
 
 
 def test_a_merge_loras_preset_round_trips_and_each_mode_lists_only_its_own(ctx):
-    context, model = ctx
-    ws = context.workspace
-    panel = MergePanel(context)
-    save_demo_lora(model, ws.loras / "gus.safetensors", loraid=1, blocks_per_loraid=2, seed=6)
-    save_demo_lora(model, ws.loras / "hal.safetensors", loraid=3, blocks_per_loraid=2, seed=7)
-    rows, _ = panel.rows("loras", ["gus.safetensors", "hal.safetensors"], "", [], "")
+    context, ws, panel, rows, out = gus_and_hal_picked(ctx)
     rows[0][6] = 0.5
-    out = str(ws.loras / "gus+hal.safetensors")
     form = merge_values(["gus.safetensors", "hal.safetensors"], "", rows, "", "", out, rank=3, precision="bf16")
     assert panel.presets.on_save("loras", "svd 3", None, *form)[2].startswith("Saved user preset `svd 3`")
     assert MergeLorasSettings.load_file(ws.presets / "merge-loras" / "svd 3.json") == MergeLorasSettings(
