@@ -24,21 +24,20 @@ from backend.moe.losses import scheduled_weight
 from backend.moe.network import MoeNetwork
 from backend.moe.objective import MoeDenoiser, Weights, moe_losses
 from backend.train.loop import DTYPES, timestep_sampler
-from backend.train.memory import COMPUTE_DTYPES, check_memory_settings
+from backend.train.memory import apply_memory_settings, check_memory_settings, check_offload_settings
 from backend.train.networks import ExpertPlan
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
-from backend.models.partial_checkpoint import keep_activations
 from backend.train.progress import Progress
 from backend.workspace import Workspace
 
 # Trainer settings stage 2 does not apply yet: the values it accepts (the first one is what to set). Stage 2 runs
-# one process without torch.compile or block swap; memory="auto" plans nothing here. The frozen base may be stored
-# in fp8 as in ordinary training: fp8_scaled (block Linears in fp8 + a per-row scale, set while loading; DoRA
-# experts read the dequantised weight) or fp8_base (diffusers' layerwise casting; not with DoRA).
-NOT_FOR_MOE = {"blocks_to_swap": (0,), "resume": ("",), "save_state": (False,), "network_weights": ("",),
-               "sample_prompts": ("",), "offload_activations": (False,), "compile": ("off", "auto"),
-               "num_machines": (1,)}
+# one process, its blocks without torch.compile; memory="auto" plans nothing here. The memory savers are those of
+# ordinary training (apply_memory_settings): the frozen base stored in fp8 (fp8_scaled: block Linears in fp8 + a
+# per-row scale, set while loading, DoRA experts read the dequantised weight; fp8_base: diffusers' layerwise
+# casting, not with DoRA), block swap, activation offload and uncheckpointed_blocks.
+NOT_FOR_MOE = {"resume": ("",), "save_state": (False,), "network_weights": ("",), "sample_prompts": ("",),
+               "compile": ("off", "auto"), "num_machines": (1,)}
 
 
 def _refuse(s) -> None:
@@ -51,11 +50,15 @@ def _refuse(s) -> None:
     check_memory_settings(s, s.spec().use_dora)
 
 
-def build(s, workspace: Workspace | None):
-    """(kind, plan, models, networks) for the settings, experts fresh, injected."""
+def build(s, workspace: Workspace | None, device=None, log=lambda *_: None):
+    """(kind, plan, models, networks, stage-1 fingerprints) for the settings: experts fresh and injected, then the
+    memory settings applied and each model moved to `device` (default: where it was loaded), swapped blocks
+    excepted."""
     kind = get_model_kind(s.model_kind)
+    check_offload_settings(s, kind.num_blocks, kind.label)
     plan = ExpertPlan.from_settings(s, kind)
     spec = s.spec()
+    eager = s.with_overrides({"compile": "off"})
     models, networks, stage1 = {}, {}, {}
     for label, expert in zip(plan.labels, plan.experts):
         path = dit_path(s, kind, expert, workspace)
@@ -65,12 +68,10 @@ def build(s, workspace: Workspace | None):
         model.requires_grad_(False)
         if s.gradient_checkpointing:
             model.enable_gradient_checkpointing()
-            keep_activations(model, s.uncheckpointed_blocks)
         models[label] = model
         networks[label] = MoeNetwork.create(model, spec, name=label).inject()
-        if s.fp8_base:  # after the experts took what they need from the full-precision weights
-            model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
-                                           compute_dtype=COMPUTE_DTYPES[s.mixed_precision])
+        # after the experts took what they need from the full-precision weights (fp8_base, DoRA magnitudes)
+        apply_memory_settings(model, eager, device, log if label == plan.labels[0] else (lambda *_: None))
         stage1[label] = stage1_fingerprint(path)
     return kind, plan, models, networks, stage1
 
@@ -116,9 +117,7 @@ def train_moe(settings, workspace: Workspace | None = None, ctx: JobContext | No
                         f"{', '.join(s.tags)} and no dataset has an expert_label; set hint_tags or expert_label.")
 
     torch.manual_seed(s.seed)
-    kind, plan, models, networks, stage1 = build(s, workspace)
-    for model in models.values():
-        model.to(device)
+    kind, plan, models, networks, stage1 = build(s, workspace, device, log)
     for network in networks.values():
         network.to(device)
     denoiser = MoeDenoiser(models, networks, plan.boundary)
