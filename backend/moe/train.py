@@ -24,7 +24,8 @@ from backend.moe.losses import scheduled_weight
 from backend.moe.network import MoeNetwork
 from backend.moe.objective import MoeDenoiser, Weights, moe_losses
 from backend.train.loop import DTYPES, timestep_sampler
-from backend.train.memory import apply_memory_settings, check_memory_settings, check_offload_settings
+from backend.train.memory import (apply_memory_settings, check_memory_settings, check_offload_settings,
+                                  plan_memory)
 from backend.train.networks import ExpertPlan
 from backend.train.optim import build_optimizer, build_scheduler
 from backend.train.paths import dit_path, output_folder, resolve_settings
@@ -32,8 +33,8 @@ from backend.train.progress import Progress
 from backend.workspace import Workspace
 
 # Trainer settings stage 2 does not apply yet: the values it accepts (the first one is what to set). Stage 2 runs
-# one process, its blocks without torch.compile; memory="auto" plans nothing here. The memory savers are those of
-# ordinary training (apply_memory_settings): the frozen base stored in fp8 (fp8_scaled: block Linears in fp8 + a
+# one process, its blocks without torch.compile. memory="auto" plans as for ordinary training, counting every
+# expert's adapters, and the memory savers are those of ordinary training (apply_memory_settings): the frozen base stored in fp8 (fp8_scaled: block Linears in fp8 + a
 # per-row scale, set while loading, DoRA experts read the dequantised weight; fp8_base: diffusers' layerwise
 # casting, not with DoRA), block swap, activation offload and uncheckpointed_blocks.
 NOT_FOR_MOE = {"resume": ("",), "save_state": (False,), "network_weights": ("",), "sample_prompts": ("",),
@@ -116,6 +117,9 @@ def train_moe(settings, workspace: Workspace | None = None, ctx: JobContext | No
         raise UserError(f"routing_mode {s.routing_mode} needs labels, and no caption holds a tag of "
                         f"{', '.join(s.tags)} and no dataset has an expert_label; set hint_tags or expert_label.")
 
+    kind = get_model_kind(s.model_kind)
+    s = plan_memory(s, kind, len(ExpertPlan.from_settings(s, kind).experts), dataset, device, log,
+                    adapters_per_module=len(s.expert_names))
     torch.manual_seed(s.seed)
     kind, plan, models, networks, stage1 = build(s, workspace, device, log)
     for network in networks.values():

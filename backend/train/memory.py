@@ -152,9 +152,10 @@ def limit_memory(limit_gb: float | None, device) -> None:
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(limit_gb, total), index)
 
 
-def plan_memory(settings, kind, experts: int, dataset, device, log=print):
+def plan_memory(settings, kind, experts: int, dataset, device, log=print, adapters_per_module: int = 1):
     """The settings with memory=auto's choices in PLANNED (logged, one line per decision); unchanged for manual or
-    on a CPU. Refuses with one sentence when nothing fits."""
+    on a CPU. Refuses with one sentence when nothing fits. `adapters_per_module`: LoRA-MoE trains that many expert
+    adapters on each module."""
     limit_memory(settings.memory_limit_gb, device)
     if settings.memory == "manual":
         log("memory=manual: using gradient_checkpointing / fp8 / offload_activations / blocks_to_swap as set")
@@ -166,7 +167,7 @@ def plan_memory(settings, kind, experts: int, dataset, device, log=print):
     tokens = largest_bucket_tokens(dataset, pixels_per_token(kind.task))
     shape = shape_from_config(kind.name, kind.config(kind.experts[0] if kind.has_experts else None))
     run = TrainRun(shape, tokens, resident_experts=experts, rank=settings.network_dim,
-                   optimizer=settings.optimizer_type, network_copies=experts,
+                   optimizer=settings.optimizer_type, network_copies=experts * adapters_per_module,
                    value_bytes=4 if settings.mixed_precision == "no" else 2)
     budget = budget_bytes(free, settings.memory_limit_gb)
     plan = plan_training(run, budget)

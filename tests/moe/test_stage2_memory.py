@@ -40,11 +40,12 @@ def savers(monkeypatch):
 
 
 def settings(folder, **changes) -> MoeTrainSettings:
-    return MoeTrainSettings(model_kind="demo-a14b", expert="both", dataset_config="datasets/demo/dataset.toml",
-                            network_dim=2, network_alpha=2.0, learning_rate=5e-3, max_train_steps=STEPS,
-                            log_every_n_steps=1, timestep_sampling="uniform", expert_names=["red", "blue"],
-                            hint_tags=["loraidA", "loraidB"], routing_mode="learned+hint", network_args=ARGS,
-                            output_dir=str(folder), output_name="moe", **{"gradient_checkpointing": True, **changes})
+    values = dict(model_kind="demo-a14b", expert="both", dataset_config="datasets/demo/dataset.toml", network_dim=2,
+                  network_alpha=2.0, learning_rate=5e-3, max_train_steps=STEPS, log_every_n_steps=1,
+                  timestep_sampling="uniform", expert_names=["red", "blue"], hint_tags=["loraidA", "loraidB"],
+                  routing_mode="learned+hint", network_args=ARGS, gradient_checkpointing=True, output_dir=str(folder),
+                  output_name="moe")
+    return MoeTrainSettings(**{**values, **changes})
 
 
 def run(workspace, folder, **changes) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -83,3 +84,17 @@ def test_savers_that_clash_are_one_sentence(moe_workspace, tmp_path):
         train_moe(settings(tmp_path, blocks_to_swap=2, gradient_checkpointing=False), moe_workspace, JobContext(),
                   log=lambda *_: None)
     assert not (tmp_path / "moe.safetensors").exists()
+
+
+def test_memory_auto_is_planned_with_one_adapter_per_expert(moe_workspace, tmp_path, monkeypatch):
+    from backend.moe import train as stage2
+
+    asked = []
+
+    def plan(settings, kind, experts, dataset, device, log, adapters_per_module=1):
+        asked.append((kind.name, experts, adapters_per_module, settings.memory))
+        return settings
+
+    monkeypatch.setattr(stage2, "plan_memory", plan)
+    run(moe_workspace, tmp_path, expert_names=["red", "blue", "green"], hint_tags=["loraidA", "loraidB", "green"])
+    assert asked == [("demo-a14b", 2, 3, "auto")]  # both noise experts, three adapters on each module

@@ -194,10 +194,10 @@ def test_on_the_cpu_auto_changes_nothing_and_manual_is_untouched(demo_settings):
                      "memory=manual: using gradient_checkpointing / fp8 / offload_activations / blocks_to_swap as set"]
 
 
-def test_auto_on_a_gpu_applies_the_plan_and_refuses_with_one_sentence(demo_settings, monkeypatch):
-    """The CUDA calls are replaced by a fake 80 GiB card: the glue's own logic runs."""
-    from backend.train import memory
-
+@pytest.fixture
+def fake_80gib_card(monkeypatch) -> list[float]:
+    """The CUDA calls the plan makes, answered as an 80 GiB card would: the glue's own logic runs. Returns the
+    allocator fractions set."""
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79 * GIB, 80 * GIB))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: type("P", (), {"total_memory": 80 * GIB})())
@@ -209,6 +209,13 @@ def test_auto_on_a_gpu_applies_the_plan_and_refuses_with_one_sentence(demo_setti
         fractions.append(fraction)
 
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
+    return fractions
+
+
+def test_auto_on_a_gpu_applies_the_plan_and_refuses_with_one_sentence(demo_settings, fake_80gib_card):
+    from backend.train import memory
+
+    fractions = fake_80gib_card
     kind = get_model_kind("wan2.1-t2v-14b")
     lines = []
     settings = demo_settings.with_overrides({"memory_limit_gb": 24, "fp8_base": True, "mixed_precision": "bf16"})
@@ -222,6 +229,21 @@ def test_auto_on_a_gpu_applies_the_plan_and_refuses_with_one_sentence(demo_setti
         memory.plan_memory(settings.with_overrides({"memory_limit_gb": 8}), kind, 1, _Dataset([(832, 480, 81)]),
                            torch.device("cuda"), lines.append)
     assert str(refused.value).count(". ") == 0 and "smaller buckets" in str(refused.value)
+
+
+def test_lora_moe_stage2_plans_for_every_experts_adapters(fake_80gib_card):
+    """Stage 2 trains one adapter per expert on each module: two experts' adapters need more swapped blocks than one
+    under the same 24 GiB cap on both A14B noise experts."""
+    from backend.moe.settings import MoeTrainSettings
+    from backend.train import memory
+
+    kind = get_model_kind("wan2.2-t2v-a14b")
+    settings = MoeTrainSettings(model_kind="wan2.2-t2v-a14b", expert="both", network_dim=16, memory_limit_gb=24,
+                                mixed_precision="bf16", expert_names=["red", "blue"])
+    one, two = (memory.plan_memory(settings, kind, 2, _Dataset([(832, 480, 81)]), torch.device("cuda"),
+                                   lambda *_: None, adapters_per_module=count) for count in (1, 2))
+    assert one.fp8_scaled and two.fp8_scaled and one.gradient_checkpointing and two.gradient_checkpointing
+    assert two.blocks_to_swap > one.blocks_to_swap
 
 
 @pytest.mark.parametrize("preset,label", [("14b-24gb", "14B"), ("a14b-24gb", "A14B"), ("lowvram-1.3b", "1.3B")])
