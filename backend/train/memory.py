@@ -176,7 +176,8 @@ def plan_memory(settings, kind, experts: int, dataset, device, log=print, adapte
     if not plan.fits:
         raise UserError(f"{kind.label} with {tokens:,} tokens per batch needs about {gib(plan.estimate)} of GPU "
                         f"memory even with every saver on ({describe_choice(plan.choice)}), and {gib(budget)} is "
-                        f"available; use smaller buckets (fewer frames or pixels), a lower rank or a larger GPU.")
+                        f"available; use smaller buckets (fewer frames or pixels), a lower rank"
+                        f"{', fewer experts' if adapters_per_module > 1 else ''} or a larger GPU.")
     chosen = {name: getattr(plan.choice, name) for name in PLANNED}
     mine = {name: getattr(settings, name) for name in PLANNED if getattr(settings, name) != chosen[name]}
     log(f"memory=auto: {describe_choice(plan.choice)}; estimate {gib(plan.estimate)} of {gib(budget)} "

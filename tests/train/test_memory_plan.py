@@ -244,6 +244,9 @@ def test_lora_moe_stage2_plans_for_every_experts_adapters(fake_80gib_card):
                                    lambda *_: None, adapters_per_module=count) for count in (1, 2))
     assert one.fp8_scaled and two.fp8_scaled and one.gradient_checkpointing and two.gradient_checkpointing
     assert two.blocks_to_swap > one.blocks_to_swap
+    with pytest.raises(UserError, match=r"a lower rank, fewer experts or a larger GPU\.$"):
+        memory.plan_memory(settings, kind, 2, _Dataset([(832, 480, 81)]), torch.device("cuda"), lambda *_: None,
+                           adapters_per_module=4)
 
 
 @pytest.mark.parametrize("preset,label", [("14b-24gb", "14B"), ("a14b-24gb", "A14B"), ("lowvram-1.3b", "1.3B")])
