@@ -34,9 +34,10 @@ from backend.workspace import Workspace
 
 # Trainer settings stage 2 does not apply yet: the values it accepts (the first one is what to set). Stage 2 runs
 # one process, its blocks without torch.compile. memory="auto" plans as for ordinary training, counting every
-# expert's adapters, and the memory savers are those of ordinary training (apply_memory_settings): the frozen base stored in fp8 (fp8_scaled: block Linears in fp8 + a
-# per-row scale, set while loading, DoRA experts read the dequantised weight; fp8_base: diffusers' layerwise
-# casting, not with DoRA), block swap, activation offload and uncheckpointed_blocks.
+# expert's adapters, and the memory savers are those of ordinary training (apply_memory_settings): the frozen base
+# stored in fp8 (fp8_scaled: block Linears in fp8 + a per-row scale, set while loading, DoRA experts read the
+# dequantised weight; fp8_base: diffusers' layerwise casting, not with DoRA), block swap, activation offload and
+# uncheckpointed_blocks.
 NOT_FOR_MOE = {"resume": ("",), "save_state": (False,), "network_weights": ("",), "sample_prompts": ("",),
                "compile": ("off", "auto"), "num_machines": (1,)}
 
