@@ -5,6 +5,13 @@ class UserError(Exception):
     """Bad input from the user (a path, a value, a file). The CLI prints it and exits with status 2."""
 
 
+def refuse_first(problems: dict[str, str]) -> None:
+    """Raise the first of a check's {field: sentence} problems (a form shows them all, each beside its field; a job
+    or command stops at the first); nothing when there is none."""
+    for problem in problems.values():
+        raise UserError(problem)
+
+
 def os_error_sentence(exc: OSError) -> str | None:
     """One sentence for the file-system errors a user can fix (full disk, no permission, a file where a folder goes,
     a folder where a file goes); None for the others, which are bugs worth a traceback."""

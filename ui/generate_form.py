@@ -11,7 +11,7 @@ from dataclasses import field, fields, make_dataclass, replace
 from pathlib import Path
 
 from backend.config.settings import Settings
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.generate.lora_catalog import picker_value, resolve_lora
 from backend.generate.memory import MemoryOptions, memory_problems
 from backend.generate.model_options import AUTO_KIND, read_model
@@ -112,28 +112,24 @@ class _FormMethods:
                 problems[name] = str(exc)
         return values
 
+    def _checked_part(self, part: type[Settings], **own) -> dict:
+        """`_part`'s values; raises the first value that is no number."""
+        problems: dict[str, str] = {}
+        values = self._part(part, problems, **own)
+        refuse_first(problems)
+        return values
+
     def settings(self) -> GenerateSettings:
         """The generation settings, field by field of GenerateSettings; raises the first value that is no number."""
-        problems: dict[str, str] = {}
-        values = self._part(GenerateSettings, problems, **({"seed": 0} if self.random_seed else {}))
-        if problems:
-            raise UserError(next(iter(problems.values())))
-        return GenerateSettings(**values)
+        return GenerateSettings(**self._checked_part(GenerateSettings, **({"seed": 0} if self.random_seed else {})))
 
     def memory_options(self) -> MemoryOptions:
-        problems: dict[str, str] = {}
-        values = self._part(MemoryOptions, problems)
-        if problems:
-            raise UserError(next(iter(problems.values())))
-        return MemoryOptions(**values)
+        return MemoryOptions(**self._checked_part(MemoryOptions))
 
     def moe_options(self, ws: Workspace | None = None) -> MoeOptions:
         """The LoRA-MoE picker's options (a typed file is relative to the workspace); raises the first value that
         is no number."""
-        problems: dict[str, str] = {}
-        values = self._part(MoeOptions, problems)
-        if problems:
-            raise UserError(next(iter(problems.values())))
+        values = self._checked_part(MoeOptions)
         if values.get("moe") and ws is not None:
             values["moe"] = _folder_text(ws, values["moe"])
         return MoeOptions(**values)
@@ -184,9 +180,7 @@ class _FormMethods:
         return Companions(**{name: _folder_text(ws, getattr(self, name)) for name in self.PARTS[Companions]})
 
     def request(self, ws: Workspace) -> GenerateRequest:
-        problems = self.problems(ws)
-        if problems:
-            raise UserError(next(iter(problems.values())))
+        refuse_first(self.problems(ws))
         companions = self.companions(ws)
         lora_options = LoraOptions(**self._part(LoraOptions, {}), hooked=self.lora_mode == "hooked")
         return GenerateRequest(
@@ -249,10 +243,8 @@ def _whole(value, label: str) -> int:
 
 def _whole_numbers(value, label: str) -> list[int]:
     """`1, 2 3` (or a list) as whole numbers; anything else is one sentence."""
-    parts = [part for part in re.split(r"[,;\s]+", value.strip()) if part] if isinstance(value, str) \
-        else list(value or [])
     numbers = []
-    for part in parts:
+    for part in _texts(value):
         try:
             number = float(part)
         except (TypeError, ValueError):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from backend.config.settings import Settings, _field_kind
-from backend.errors import UserError
+from backend.errors import refuse_first
 
 NameOf = Callable[[str], str]
 _BOUNDS = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "above"),
@@ -96,7 +96,5 @@ def field_problems(cls: type[Settings], values: dict[str, Any], name_of: NameOf 
 
 def checked(cls: type[Settings], values: dict[str, Any], name_of: NameOf = flag_of):
     """The settings, or a UserError with the first wrong field's sentence (the command line's flags by default)."""
-    problems = field_problems(cls, values, name_of)
-    if problems:
-        raise UserError(next(iter(problems.values())))
+    refuse_first(field_problems(cls, values, name_of))
     return cls(**values)

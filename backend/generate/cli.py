@@ -14,7 +14,7 @@ import random
 import time
 from pathlib import Path
 
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.output_guard import check_folder
 from backend.generate.engine import GenerateSession, LoraRequest, Stopped, decode_latents
 from backend.generate.memory import MemoryOptions
@@ -88,8 +88,7 @@ def generate_all(args: argparse.Namespace, ctx: JobContext) -> list[dict]:
     else:
         batch = [validate(base)]
     loras = part_of(args, LoraOptions)
-    for problem in lora_problems(loras).values():
-        raise UserError(problem)
+    refuse_first(lora_problems(loras))
     lora_request = LoraRequest(files=list(loras.lora), loraids=resolve_loraids(loras.loraid),
                                multipliers=list(loras.multiplier) or None,
                                allow_overlap=loras.allow_overlap, hooked=loras.hooked)

@@ -70,8 +70,6 @@ def _files_of_loraid(registry: LoraidRegistry, loraid: int, model_kind: str | No
     if model_kind:
         entries = [e for e in entries if not e.parsed.model or e.parsed.model == model_kind] or entries
     if not entries:
-        from backend.generate.options import named  # the Generate tab shows this sentence
-
         raise UserError(f"LORAID {loraid} is not in the workspace registry {registry.path}; train it, or give its "
                         f"file among the {named('lora')}.")
     return [registry.resolve(e) for e in entries]

@@ -8,7 +8,7 @@ import torch
 from pydantic import ConfigDict
 
 from backend.config.settings import Settings, setting
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.models.block_swap import check_blocks_to_swap, enable_block_swap
 from backend.models.registry import pixels_per_token, task_of_config
 
@@ -77,9 +77,7 @@ class MemoryOptions(Settings):
 
 def check_memory_options(options: MemoryOptions) -> None:
     """Refuse what cannot work here before anything is loaded: the first of `memory_problems`."""
-    problems = memory_problems(options)
-    if problems:
-        raise UserError(next(iter(problems.values())))
+    refuse_first(memory_problems(options))
 
 
 def memory_problems(options: MemoryOptions) -> dict[str, str]:

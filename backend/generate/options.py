@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ConfigDict
 
 from backend.config.settings import Settings, add_setting_arguments, setting
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.generate.memory import MemoryOptions
 from backend.generate.settings import GenerateSettings
 
@@ -191,8 +191,8 @@ def moe_file_problems(options: MoeOptions) -> dict[str, str]:
 
 def check_moe_options(options: MoeOptions) -> None:
     """Refuse the first of `moe_problems`, then of `moe_file_problems`."""
-    for problem in [*moe_problems(options).values(), *moe_file_problems(options).values()]:
-        raise UserError(problem)
+    refuse_first(moe_problems(options))
+    refuse_first(moe_file_problems(options))
 
 
 def named(name: str) -> str:

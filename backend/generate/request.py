@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.generate.lora_catalog import check_overlaps, summarize
 from backend.generate.memory import MemoryOptions, check_memory_options
 from backend.generate.model_options import ModelPick, pick_from_record
@@ -69,8 +69,7 @@ class GenerateRequest:
                             "image or pick an image-to-video model.")
         if settings.image is None and task == "i2v":
             raise UserError("This is an image-to-video model; add a start image.")
-        for problem in self.companions.problems().values():
-            raise UserError(problem)
+        refuse_first(self.companions.problems())
         check_memory_options(self.memory)
         check_moe_options(self.moe)
         paths = [Path(pick.path) for pick in self.loras]

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import ConfigDict
 
 from backend.config.settings import Settings, setting
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 
 SAMPLERS = ("unipc", "euler")
 MAX_SEED = 2 ** 63 - 1
@@ -65,18 +65,13 @@ named = GenerateSettings.named  # `Frames (frames)`: the form's label and the se
 
 def validate(settings: GenerateSettings) -> GenerateSettings:
     """Return the settings unchanged, or raise a UserError naming the first wrong value and how to fix it."""
-    problems = settings_problems(settings)
-    if problems:
-        raise UserError(next(iter(problems.values())))
+    refuse_first(settings_problems(settings))
     return settings
 
 
 def validate_values(settings: GenerateSettings) -> GenerateSettings:
     """Every rule of `validate` but the prompt's (a form checks these while its prompt is still being written)."""
-    problems = settings_problems(settings)
-    problems.pop("prompt", None)
-    if problems:
-        raise UserError(next(iter(problems.values())))
+    refuse_first({name: problem for name, problem in settings_problems(settings).items() if name != "prompt"})
     return settings
 
 

@@ -15,7 +15,7 @@ import sys
 
 from backend.config.field_checks import checked, flag_of
 from backend.config.settings import add_setting_arguments
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.loraid.allocation import EXPERT_CHOICES, allocate, allocation_table, compact_ranges, describe_units
 from backend.loraid.allocation_fields import AllocationValues
 from backend.loraid.capacity import Capacity, capacity, human_bytes
@@ -76,8 +76,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _table(args: argparse.Namespace) -> dict:
     given = AllocationValues(args.model, args.blocks_per_loraid, args.module_group_split, args.rank).check(flag_of)
-    if given.problems:
-        raise UserError(next(iter(given.problems.values())))
+    refuse_first(given.problems)
     facts, k = given.facts, given.blocks_per_loraid
     expert = args.expert if args.expert or not facts.experts else "both"
     facts.check_expert(expert)

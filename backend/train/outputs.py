@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from backend.errors import UserError
+from backend.errors import UserError, refuse_first
 from backend.fileio import atomic_write_json
 from backend.jobs.processes import ProcessRef
 from backend.loraid.allocation import Allocation
@@ -87,9 +87,7 @@ def output_problems(s, workspace: Workspace | None, outside_confirmed: bool = Tr
 
 
 def check_outputs(s, workspace: Workspace | None) -> None:
-    problems = output_problems(s, workspace)
-    if problems:
-        raise UserError(next(iter(problems.values())))
+    refuse_first(output_problems(s, workspace))
 
 
 def _resolved_dir(s, workspace: Workspace | None):
