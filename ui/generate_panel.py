@@ -90,6 +90,13 @@ def record_text(result: GeneratedResult) -> str:
     return json.dumps(ordered, indent=2, ensure_ascii=False)
 
 
+def _slot_updates(problems: dict[str, str]) -> list:
+    """One update per checked setting (FIELD_ERRORS' order): its message under it, or hidden."""
+    from ui.tabs.generate import FIELD_ERRORS
+
+    return [slot_update(problems.get(name)) for name in FIELD_ERRORS]
+
+
 class GeneratePanel:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
@@ -178,10 +185,7 @@ class GeneratePanel:
 
     def field_errors(self, *values) -> list:
         """One update per checked setting (FIELD_ERRORS' order): its message under it while it is wrong."""
-        from ui.tabs.generate import FIELD_ERRORS
-
-        problems = GenerateForm.from_values(*values).problems(self.ws)
-        return [slot_update(problems.get(name)) for name in FIELD_ERRORS]
+        return _slot_updates(GenerateForm.from_values(*values).problems(self.ws))
 
     # --- running ----------------------------------------------------------------------------------------------
     def submit(self, form: GenerateForm) -> tuple[Job, list[str]]:
@@ -200,12 +204,13 @@ class GeneratePanel:
         A wrong setting, model or LoRA pick is said once, beside it; the status then only says that nothing started.
         No stale bar beside an error."""
         form = GenerateForm.from_values(*values)
-        slots = self.field_errors(*values)
+        wrong_fields = form.problems(self.ws)
+        slots = _slot_updates(wrong_fields)
         model = self.model_message(form.model, form.model_kind)
         lines, lora_problems, _ = self._lora_findings(form.model, form.model_kind, list(form.lora_files))
         readable = len(form.lora_files) - len(lora_problems)
         conflicts = conflicts_html(lines, lora_problems, readable)
-        problems = len(form.problems(self.ws)) + model.startswith("⚠") + bool(
+        problems = len(wrong_fields) + model.startswith("⚠") + bool(
             lora_problems or lines and not form.allow_overlap)
         if problems:
             count = f"{problems} settings need" if problems > 1 else "1 setting needs"
