@@ -21,24 +21,6 @@ BLOCKS = 8  # each demo transformer's
 ARGS = ["exclude_patterns=['.*']", r"include_patterns=['blocks\.(1|6)\..*']"]
 
 
-@pytest.fixture
-def savers(monkeypatch):
-    """The BlockSwap / ActivationOffload objects stage 2 made."""
-    from backend.train import memory
-
-    made = []
-
-    def spy(original):
-        def wrapper(*args, **kwargs):
-            made.append(original(*args, **kwargs))
-            return made[-1]
-        return wrapper
-
-    monkeypatch.setattr(memory, "enable_block_swap", spy(memory.enable_block_swap))
-    monkeypatch.setattr(memory, "offload_activations", spy(memory.offload_activations))
-    return made
-
-
 def settings(folder, **changes) -> MoeTrainSettings:
     values = dict(model_kind="demo-a14b", expert="both", dataset_config="datasets/demo/dataset.toml", network_dim=2,
                   network_alpha=2.0, learning_rate=5e-3, max_train_steps=STEPS, log_every_n_steps=1,

@@ -17,24 +17,6 @@ from backend.train.loop import train
 STEPS = 3
 
 
-@pytest.fixture
-def offloads(monkeypatch):
-    """The BlockSwap / ActivationOffload objects the trainer made, to check that they really copied tensors."""
-    from backend.train import memory
-
-    made = []
-
-    def spy(original):
-        def wrapper(*args, **kwargs):
-            made.append(original(*args, **kwargs))
-            return made[-1]
-        return wrapper
-
-    monkeypatch.setattr(memory, "enable_block_swap", spy(memory.enable_block_swap))
-    monkeypatch.setattr(memory, "offload_activations", spy(memory.offload_activations))
-    return made
-
-
 def run(settings, workspace, folder, **overrides) -> tuple[list[float], dict[str, torch.Tensor]]:
     events = folder / "events.jsonl"
     values = {"output_dir": str(folder), "max_train_steps": STEPS, "log_every_n_steps": 1,
@@ -58,7 +40,7 @@ NETWORKS = {
 
 
 @pytest.mark.parametrize("network", list(NETWORKS))
-def test_swap_and_offload_train_the_same_adapter(demo_workspace, demo_settings, tmp_path, network, offloads):
+def test_swap_and_offload_train_the_same_adapter(demo_workspace, demo_settings, tmp_path, network, savers):
     base = NETWORKS[network]
     reference_losses, reference = run(demo_settings, demo_workspace, tmp_path / "plain", **base)
     variants = {"swap-3": {"blocks_to_swap": 3}, "swap-all": {"blocks_to_swap": 8},
@@ -67,10 +49,10 @@ def test_swap_and_offload_train_the_same_adapter(demo_workspace, demo_settings, 
     if network not in ("lora", "dora"):  # the other networks: one combined run keeps the suite short
         variants = {"swap-all-offload": {"blocks_to_swap": 8, "offload_activations": True}}
     for name, variant in variants.items():
-        offloads.clear()
+        savers.clear()
         losses, tensors = run(demo_settings, demo_workspace, tmp_path / name, **base, **variant)
-        swap = next((made for made in offloads if isinstance(made, BlockSwap)), None)
-        offload = next((made for made in offloads if isinstance(made, ActivationOffload)), None)
+        swap = next((made for made in savers if isinstance(made, BlockSwap)), None)
+        offload = next((made for made in savers if isinstance(made, ActivationOffload)), None)
         if variant.get("blocks_to_swap"):  # every step loaded each swapped block at least for its forward
             assert swap is not None and swap.loads >= STEPS * variant["blocks_to_swap"] and not swap.loaded
         if variant.get("offload_activations"):  # and each step sent every block's input to CPU memory
