@@ -17,7 +17,7 @@ from backend.compose.ema import averaging_rule, check_compatible
 from backend.compose.ema_inputs import EMA_KEY, find_checkpoints
 from backend.compose.ema_weights import beta_weights, gamma_from_sigma_rel, power_weights, uniform_weights
 from backend.compose.merge_plan import display_path
-from backend.compose.output_names import check_output
+from backend.compose.output_names import check_output, split_expert_stem
 from backend.compose.settings import RULE_VALUES, RULES, EmaSettings
 from backend.errors import UserError
 from backend.models.checkpoint import read_safetensors_header
@@ -47,10 +47,7 @@ class RunGroup:
 
 def _split_stem(path: Path) -> tuple[str, str | None, bool]:
     """(run name, expert, is an intermediate step/epoch file)."""
-    stem, expert = path.stem, None
-    for name, expert_stem in EXPERT_STEMS.items():
-        if stem.endswith(f"-{expert_stem}"):
-            stem, expert = stem[: -len(expert_stem) - 1], name
+    stem, expert = split_expert_stem(path.stem)
     match = _SAVED.match(stem)
     return (match.group("name"), expert, True) if match else (stem, expert, False)
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from backend.compose.merge_dit import open_checkpoint
 from backend.compose.merge_plan import BOTH, Pick, conflicts_per_transformer, roles
-from backend.compose.output_names import check_output
+from backend.compose.output_names import check_output, split_expert_stem
 from backend.compose.settings import MergeLorasSettings, MergeSettings
 from backend.config.field_checks import checked, label_of
 from backend.errors import UserError
@@ -35,10 +35,8 @@ def expert_output(out: Path, expert: str) -> Path:
 
 def pair_output(expert_file: Path) -> Path:
     """The name an expert's output derives from: `merged-low_noise.safetensors` -> `merged.safetensors`."""
-    for stem in EXPERT_STEMS.values():
-        if expert_file.stem.endswith(f"-{stem}"):
-            return expert_file.with_name(f"{expert_file.stem.removesuffix(f'-{stem}')}{expert_file.suffix}")
-    return expert_file
+    stem, expert = split_expert_stem(expert_file.stem)
+    return expert_file.with_name(f"{stem}{expert_file.suffix}") if expert else expert_file
 
 
 def _strengths_of(files: list[str], multipliers: list[float], label: str) -> dict[str, float]:

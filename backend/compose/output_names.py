@@ -52,6 +52,14 @@ def ema_stem(run_name: str) -> str:
     return f"{run_name}-ema"
 
 
+def split_expert_stem(stem: str) -> tuple[str, str | None]:
+    """(the stem without its `-high_noise` / `-low_noise` ending, that expert), or (the stem, None)."""
+    for expert, expert_stem in EXPERT_STEMS.items():
+        if stem.endswith(f"-{expert_stem}"):
+            return stem[: -len(expert_stem) - 1], expert
+    return stem, None
+
+
 def high_noise_partner(low_noise: Path) -> Path | None:
     """The high-noise checkpoint beside a low-noise one, when a file of the partner name exists."""
     low_noise = Path(low_noise)
