@@ -220,12 +220,17 @@ def test_a_page_opened_during_a_merge_follows_it(ctx):
         context.jobs.stop(job.id, grace_s=1.0)
 
 
+def save_run_checkpoints(model, ws) -> None:
+    """A run's three checkpoints in loras/ (run-step000010/20/40), for the EMA tab to find."""
+    for step, seed in ((10, 11), (20, 12), (40, 13)):
+        save_demo_lora(model, ws.loras / f"run-step{step:06d}.safetensors", 4, 2, seed, step=step)
+
+
 def test_ema_shows_weights_before_running_and_refuses_bad_input(ctx):
     context, model = ctx
     ws = context.workspace
     panel = EmaPanel(context)
-    for step, seed in ((10, 11), (20, 12), (40, 13)):
-        save_demo_lora(model, ws.loras / f"run-step{step:06d}.safetensors", 4, 2, seed, step=step)
+    save_run_checkpoints(model, ws)
     shutil.copy(ws.loras / "run-step000040.safetensors", ws.loras / "run.safetensors")
     assert run_choices(context) == [("run: 4 files in loras/", "loras/run")]
     inputs, notes, out, suggested = panel.find("loras/run", "", "", "")
@@ -433,8 +438,7 @@ def test_an_ema_preset_loads_back_into_every_field_and_one_of_options_alone_keep
     context, model = ctx
     ws = context.workspace
     panel = EmaPanel(context)
-    for step, seed in ((10, 11), (20, 12), (40, 13)):
-        save_demo_lora(model, ws.loras / f"run-step{step:06d}.safetensors", 4, 2, seed, step=step)
+    save_run_checkpoints(model, ws)
     inputs, _, out, _ = panel.find("loras/run", "", "", "")
     chosen = ema_options(rule="beta", beta=0.9, beta2=0.99, space="delta", precision="bf16", overwrite=True)
     assert panel.presets.on_save("ema", "slow beta", None, inputs, out, *chosen)[2].startswith(
